@@ -1,0 +1,1 @@
+"""FAISS index selection, building, loading and searching."""

@@ -1,0 +1,1 @@
+"""Batch jobs: sample data, training, evaluation, embedding, index building, ingestion."""

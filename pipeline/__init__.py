@@ -1,0 +1,1 @@
+"""Model, distances and retrieval logic of Complete the Look."""
