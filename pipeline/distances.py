@@ -1,0 +1,78 @@
+"""The one definition of the global, attention, local and hybrid distances and the triplet loss.
+
+Shapes follow one batched convention so training (pairs, M=1 or 2), evaluation (one scene against
+its candidates) and serving (one scene against C candidates) share the same code:
+  f_s: B x d scene-global embeddings      f_i: B x R x d scene-region embeddings
+  f_p: B x M x d product embeddings       e_c: B x M x d category embedding of each product
+A distance comes back as B x M; attention weights as B x M x R.
+"""
+from __future__ import annotations
+
+import torch
+
+DEFAULT_MARGIN = 0.2
+
+
+def _check(name: str, t: torch.Tensor, ndim: int, what: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.ndim != ndim:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be {what}, got shape {shape}")
+
+
+def _check_same(name_a: str, a: int, name_b: str, b: int, dim: str) -> None:
+    if a != b:
+        raise ValueError(f"{name_a} and {name_b} disagree on {dim}: {a} vs {b}")
+
+
+def pairwise_squared_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_j - b_k||^2 for a: B x J x d, b: B x K x d -> B x J x K (clamped at 0 against rounding)."""
+    sq = (a * a).sum(-1).unsqueeze(-1) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(-1, -2)
+    return sq.clamp_min_(0.0)
+
+
+def global_distance(f_s: torch.Tensor, f_p: torch.Tensor) -> torch.Tensor:
+    """d_g(s, p) = ||f_s - f_p||^2 -> B x M."""
+    _check("f_s", f_s, 2, "B x d")
+    _check("f_p", f_p, 3, "B x M x d")
+    _check_same("f_s", f_s.shape[0], "f_p", f_p.shape[0], "batch size B")
+    _check_same("f_s", f_s.shape[1], "f_p", f_p.shape[2], "embedding size d")
+    return pairwise_squared_l2(f_s.unsqueeze(1), f_p).squeeze(1)
+
+
+def attention_weights(f_i: torch.Tensor, e_c: torch.Tensor) -> torch.Tensor:
+    """a_r = softmax_r(-||f_i[r] - e_c||^2): each category's attention over the scene's regions -> B x M x R."""
+    _check("f_i", f_i, 3, "B x R x d")
+    _check("e_c", e_c, 3, "B x M x d")
+    _check_same("f_i", f_i.shape[0], "e_c", e_c.shape[0], "batch size B")
+    _check_same("f_i", f_i.shape[2], "e_c", e_c.shape[2], "embedding size d")
+    return torch.softmax(-pairwise_squared_l2(e_c, f_i), dim=-1)
+
+
+def local_distance(f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor) -> torch.Tensor:
+    """d_l(s, p) = sum_r a_r(s, c_p) * ||f_i[r] - f_p||^2 -> B x M."""
+    _check("f_p", f_p, 3, "B x M x d")
+    if f_p.shape != e_c.shape:
+        raise ValueError(f"f_p and e_c must have the same shape, got {tuple(f_p.shape)} and {tuple(e_c.shape)}")
+    weights = attention_weights(f_i, e_c)
+    return (weights * pairwise_squared_l2(f_p, f_i)).sum(-1)
+
+
+def hybrid_distance(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor) -> torch.Tensor:
+    """d_h = (d_g + d_l) / 2 -> B x M."""
+    return 0.5 * (global_distance(f_s, f_p) + local_distance(f_i, f_p, e_c))
+
+
+def all_distances(f_s, f_i, f_p, e_c) -> dict[str, torch.Tensor]:
+    """Global, local and hybrid distances at once (the attention is computed once)."""
+    d_g = global_distance(f_s, f_p)
+    d_l = local_distance(f_i, f_p, e_c)
+    return {"global": d_g, "local": d_l, "hybrid": 0.5 * (d_g + d_l)}
+
+
+def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float = DEFAULT_MARGIN) -> torch.Tensor:
+    """mean over triplets of max(0, d(s, p+) - d(s, p-) + margin); d_pos: B, d_neg: B or B x K negatives."""
+    _check("d_pos", d_pos, 1, "B")
+    if d_neg.ndim not in (1, 2) or d_neg.shape[0] != d_pos.shape[0]:
+        raise ValueError(f"d_neg must be B or B x K with B={d_pos.shape[0]}, got shape {tuple(d_neg.shape)}")
+    pos = d_pos if d_neg.ndim == 1 else d_pos.unsqueeze(1)
+    return torch.relu(pos - d_neg + margin).mean()

@@ -1,0 +1,126 @@
+"""The style embedder: scene-global, scene-region, product and category embeddings in one unit-sphere space."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.backbones import BACKBONE_CHANNELS, Backbone, build_backbone, pooled
+
+DEFAULT_DIM = 128
+DEFAULT_HIDDEN = 512
+
+
+def _mlp(channels: int, hidden: int, dim: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+
+
+class StyleEmbedder(nn.Module):
+    """Heads over a backbone's feature map; every output is L2-normalised.
+
+    The backbone is optional so the heads can train on cached feature maps; `channels` is then
+    the backbone's channel count.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: Backbone | None,
+        backbone_name: str,
+        channels: int,
+        categories: Sequence[str],
+        dim: int = DEFAULT_DIM,
+        hidden: int = DEFAULT_HIDDEN,
+        dropout: float = 0.1,
+        freeze_backbone: bool = True,
+    ):
+        super().__init__()
+        if len(set(categories)) != len(categories) or not categories:
+            raise ValueError("categories must be a non-empty list of distinct names")
+        self.backbone = backbone
+        self.backbone_name = backbone_name
+        self.channels = channels
+        self.dim = dim
+        self.hidden = hidden
+        self.categories = list(categories)
+        self.category_to_index = {c: i for i, c in enumerate(self.categories)}
+        self.freeze_backbone = freeze_backbone
+        self.scene_global = _mlp(channels, hidden, dim, dropout)
+        self.scene_local = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, dim))
+        self.product = _mlp(channels, hidden, dim, dropout)
+        self.category = nn.Embedding(len(self.categories), dim)
+        if backbone is not None and freeze_backbone:
+            backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone is not None and self.freeze_backbone:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics
+        return self
+
+    def heads_state_dict(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    # -- from backbone feature maps (also used on cached features) --------------------------------
+    def scene_from_features(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """N x C x h x w -> (f_s: N x d, f_i: N x (h*w) x d)."""
+        if feature_map.ndim != 4 or feature_map.shape[1] != self.channels:
+            raise ValueError(f"scene feature map must be N x {self.channels} x h x w, got {tuple(feature_map.shape)}")
+        feature_map = feature_map.float()
+        f_s = F.normalize(self.scene_global(pooled(feature_map)), dim=-1)
+        regions = feature_map.flatten(2).transpose(1, 2)
+        f_i = F.normalize(self.scene_local(regions), dim=-1)
+        return f_s, f_i
+
+    def product_from_features(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """N x C x h x w (or N x C pooled) -> f_p: N x d."""
+        feature_map = feature_map.float()
+        vec = pooled(feature_map) if feature_map.ndim == 4 else feature_map
+        if vec.ndim != 2 or vec.shape[1] != self.channels:
+            raise ValueError(f"product features must be N x {self.channels} (x h x w), got {tuple(feature_map.shape)}")
+        return F.normalize(self.product(vec), dim=-1)
+
+    def category_embeddings(self, index: torch.Tensor) -> torch.Tensor:
+        """e_c for category indices of any shape -> shape + (d,)."""
+        return F.normalize(self.category(index), dim=-1)
+
+    def category_indices(self, names: Sequence[str]) -> torch.Tensor:
+        unknown = sorted({n for n in names if n not in self.category_to_index})
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {self.categories}")
+        return torch.tensor([self.category_to_index[n] for n in names], dtype=torch.long)
+
+    # -- from images ------------------------------------------------------------------------------
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.backbone is None:
+            raise RuntimeError("this embedder was built without a backbone (heads-only); attach one to embed images")
+        return self.backbone(images)
+
+    def encode_scenes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scene_from_features(self._features(images))
+
+    def encode_products(self, images: torch.Tensor) -> torch.Tensor:
+        return self.product_from_features(self._features(images))
+
+
+def build_embedder(
+    *,
+    categories: Sequence[str],
+    backbone: str = "efficientnet-lite0",
+    backbone_weights: str = "imagenet",
+    with_backbone: bool = True,
+    dim: int = DEFAULT_DIM,
+    hidden: int = DEFAULT_HIDDEN,
+    dropout: float = 0.1,
+    freeze_backbone: bool = True,
+) -> StyleEmbedder:
+    """Keyword-only factory; `with_backbone=False` gives heads only, for training on cached features."""
+    if backbone not in BACKBONE_CHANNELS:
+        raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONE_CHANNELS)}")
+    trunk = build_backbone(name=backbone, weights=backbone_weights) if with_backbone else None
+    return StyleEmbedder(
+        backbone=trunk, backbone_name=backbone, channels=BACKBONE_CHANNELS[backbone], categories=categories,
+        dim=dim, hidden=hidden, dropout=dropout, freeze_backbone=freeze_backbone,
+    )
