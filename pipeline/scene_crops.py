@@ -1,0 +1,41 @@
+"""Scene views that leave the product out, so the model learns compatibility rather than duplicate detection."""
+from __future__ import annotations
+
+from PIL import Image
+
+EXCLUSION_MODES = ("crop", "mask")
+
+
+def bbox_to_pixels(bbox, width: int, height: int) -> tuple[int, int, int, int]:
+    """Normalised [l, t, r, b] -> integer pixel box clamped to the image."""
+    left, top, right, bottom = bbox
+    l = min(max(int(round(left * width)), 0), width)
+    t = min(max(int(round(top * height)), 0), height)
+    r = min(max(int(round(right * width)), l), width)
+    b = min(max(int(round(bottom * height)), t), height)
+    return l, t, r, b
+
+
+def largest_region_outside(bbox, width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest of the four full-width/full-height bands beside the box (left, right, above, below)."""
+    l, t, r, b = bbox_to_pixels(bbox, width, height)
+    bands = [(0, 0, l, height), (r, 0, width, height), (0, 0, width, t), (0, b, width, height)]
+    return max(bands, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
+
+
+def exclude_product(scene: Image.Image, bbox, mode: str = "crop", min_side: int = 16) -> Image.Image:
+    """The scene without the product: cropped to the largest band outside its box, or the box masked grey.
+
+    Falls back to masking when the largest band is thinner than `min_side` pixels (a box that fills the scene).
+    """
+    if mode not in EXCLUSION_MODES:
+        raise ValueError(f"unknown exclusion mode {mode!r}; known: {', '.join(EXCLUSION_MODES)}")
+    width, height = scene.size
+    if mode == "crop":
+        region = largest_region_outside(bbox, width, height)
+        if min(region[2] - region[0], region[3] - region[1]) >= min_side:
+            return scene.crop(region)
+    masked = scene.copy()
+    l, t, r, b = bbox_to_pixels(bbox, width, height)
+    masked.paste((124, 116, 104), (l, t, r, b))  # ImageNet mean colour: as neutral as a patch can be
+    return masked

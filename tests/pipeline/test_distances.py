@@ -1,0 +1,96 @@
+"""Distances and the triplet loss against explicit per-region, per-product loops."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.distances import (all_distances, attention_weights, global_distance, hybrid_distance, local_distance,
+                                triplet_loss)
+
+
+def unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+@pytest.fixture
+def batch():
+    B, R, M, d = 3, 49, 5, 8
+    return unit(B, d, seed=1), unit(B, R, d, seed=2), unit(B, M, d, seed=3), unit(B, M, d, seed=4)
+
+
+def loop_local(f_i, f_p, e_c):
+    """d_l by the definition: softmax over regions of -||f_i - e_c||^2, then the weighted sum."""
+    B, R, _ = f_i.shape
+    M = f_p.shape[1]
+    out = torch.zeros(B, M, dtype=f_i.dtype)
+    for b in range(B):
+        for m in range(M):
+            logits = [-float(((f_i[b, r] - e_c[b, m]) ** 2).sum()) for r in range(R)]
+            z = sum(torch.exp(torch.tensor(x, dtype=torch.float64)) for x in logits)
+            for r in range(R):
+                a = torch.exp(torch.tensor(logits[r], dtype=torch.float64)) / z
+                out[b, m] += a * ((f_i[b, r] - f_p[b, m]) ** 2).sum()
+    return out
+
+
+def test_global_distance_matches_loop(batch):
+    f_s, _, f_p, _ = batch
+    d = global_distance(f_s, f_p)
+    for b in range(f_s.shape[0]):
+        for m in range(f_p.shape[1]):
+            assert d[b, m].item() == pytest.approx(float(((f_s[b] - f_p[b, m]) ** 2).sum()), abs=1e-10)
+
+
+def test_global_distance_is_two_minus_two_cosine_on_unit_vectors(batch):
+    f_s, _, f_p, _ = batch
+    cos = (f_s.unsqueeze(1) * f_p).sum(-1)
+    assert torch.allclose(global_distance(f_s, f_p), 2 - 2 * cos, atol=1e-10)
+
+
+def test_local_distance_matches_loop(batch):
+    _, f_i, f_p, e_c = batch
+    assert torch.allclose(local_distance(f_i, f_p, e_c), loop_local(f_i, f_p, e_c), atol=1e-10)
+
+
+def test_hybrid_is_mean_of_global_and_local(batch):
+    f_s, f_i, f_p, e_c = batch
+    expected = 0.5 * (global_distance(f_s, f_p) + loop_local(f_i, f_p, e_c))
+    assert torch.allclose(hybrid_distance(f_s, f_i, f_p, e_c), expected, atol=1e-10)
+    all_d = all_distances(f_s, f_i, f_p, e_c)
+    assert torch.allclose(all_d["hybrid"], expected, atol=1e-10)
+
+
+def test_attention_sums_to_one_and_prefers_the_region_nearest_the_category():
+    d = 8
+    f_i = unit(1, 49, d, seed=5)
+    e_c = f_i[:, 17:18, :].clone()  # the category embedding sits exactly on region 17
+    a = attention_weights(f_i, e_c)
+    assert a.shape == (1, 1, 49)
+    assert torch.allclose(a.sum(-1), torch.ones(1, 1, dtype=a.dtype))
+    assert int(a.argmax()) == 17
+    # moving e_c toward another region moves the attention there
+    e_c2 = F.normalize(0.2 * e_c + f_i[:, 3:4, :], dim=-1)
+    assert attention_weights(f_i, e_c2)[0, 0, 3] > a[0, 0, 3]
+
+
+def test_triplet_loss_matches_explicit_triplets():
+    d_pos = torch.tensor([0.1, 0.9, 0.5])
+    d_neg = torch.tensor([[0.5, 0.2], [1.5, 0.95], [0.1, 2.0]])
+    margin = 0.2
+    expected = sum(max(0.0, float(p) - float(n) + margin) for p, row in zip(d_pos, d_neg) for n in row) / 6
+    assert triplet_loss(d_pos, d_neg, margin).item() == pytest.approx(expected)
+    assert triplet_loss(d_pos, d_neg[:, 0], margin).item() == pytest.approx(
+        sum(max(0.0, float(p) - float(n) + margin) for p, n in zip(d_pos, d_neg[:, 0])) / 3)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: global_distance(torch.zeros(2, 4), torch.zeros(2, 4)), "f_p"),
+    (lambda: global_distance(torch.zeros(2, 4), torch.zeros(3, 1, 4)), "batch size"),
+    (lambda: global_distance(torch.zeros(2, 4), torch.zeros(2, 1, 5)), "embedding size"),
+    (lambda: attention_weights(torch.zeros(2, 49), torch.zeros(2, 1, 4)), "f_i"),
+    (lambda: local_distance(torch.zeros(2, 49, 4), torch.zeros(2, 3, 4), torch.zeros(2, 2, 4)), "e_c"),
+    (lambda: triplet_loss(torch.zeros(2), torch.zeros(3)), "d_neg"),
+])
+def test_bad_shapes_raise_value_error_naming_the_argument(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()

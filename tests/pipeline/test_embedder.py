@@ -1,0 +1,69 @@
+"""The style embedder: shapes, unit norms, heads-only mode, and the checkpoint round trip."""
+import pytest
+import torch
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
+from pipeline.embedder import build_embedder
+
+CATS = ["A|Shoes", "A|Bags", "A|Hats"]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    torch.manual_seed(0)
+    return build_embedder(categories=CATS, backbone_weights="random", dim=16, hidden=32).eval()
+
+
+def test_outputs_are_unit_vectors_of_the_promised_shapes(embedder):
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    with torch.inference_mode():
+        f_s, f_i = embedder.encode_scenes(x)
+        f_p = embedder.encode_products(x)
+        e_c = embedder.category_embeddings(torch.tensor([0, 2]))
+    assert f_s.shape == (2, 16) and f_i.shape == (2, 49, 16) and f_p.shape == (2, 16) and e_c.shape == (2, 16)
+    for t in (f_s, f_i, f_p, e_c):
+        assert torch.allclose(t.norm(dim=-1), torch.ones(t.shape[:-1]), atol=1e-5)
+
+
+def test_frozen_backbone_gets_no_gradient_and_stays_in_eval_mode(embedder):
+    assert all(not p.requires_grad for p in embedder.backbone.parameters())
+    embedder.train()
+    assert not embedder.backbone.training and embedder.scene_global.training
+    embedder.eval()
+
+
+def test_heads_only_embedder_refuses_images_but_takes_features():
+    heads = build_embedder(categories=CATS, with_backbone=False, dim=8, hidden=16)
+    assert heads.product_from_features(torch.randn(3, 1280)).shape == (3, 8)
+    with pytest.raises(RuntimeError, match="without a backbone"):
+        heads.encode_products(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="1280"):
+        heads.scene_from_features(torch.randn(1, 512, 7, 7))
+
+
+def test_unknown_category_names_the_known_ones(embedder):
+    with pytest.raises(ValueError, match="A\\|Shoes"):
+        embedder.category_indices(["A|Socks"])
+
+
+def test_checkpoint_round_trip_gives_identical_embeddings_and_records_sha256(embedder, tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    sha = save_checkpoint(path, embedder, config={"dim": 16})
+    assert sha == sha256_of(path)
+    assert (tmp_path / "run" / "config.json").is_file()
+    loaded = load_checkpoint(path)
+    assert loaded.sha256 == sha and loaded.embedder.categories == CATS
+    x = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.embedder.encode_products(x), embedder.encode_products(x), atol=1e-6)
+        assert torch.allclose(loaded.embedder.encode_scenes(x)[1], embedder.encode_scenes(x)[1], atol=1e-6)
+    assert not list(path.parent.glob(".*tmp"))
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="make train"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
