@@ -16,3 +16,9 @@ main.add_command(data)
 
 # Subcommands register themselves below; each module keeps heavy imports (torch) inside its functions
 # so that `ctl data ...` starts fast.
+from jobs.stl_ingest import stl_command  # noqa: E402
+data.add_command(stl_command, name="stl")
+from jobs.fetch_images import fetch_command  # noqa: E402
+data.add_command(fetch_command, name="fetch")
+from jobs.user_catalog import catalog_command  # noqa: E402
+data.add_command(catalog_command, name="catalog")
