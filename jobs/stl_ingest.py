@@ -7,14 +7,14 @@ import os
 import re
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import pyarrow as pa
 
-from jobs.datasets import (CATALOG, PAIRS, PRODUCTS, SCENES, STL_URL_TEMPLATE, Reject, parse_pairs,
+from jobs.datasets import (CATALOG, PAIRS, PRODUCTS, SCENES, STL_URL_TEMPLATE, Reject, no_gc, parse_pairs,
                            read_categories, write_catalog, write_parquet_atomic)
 from pipeline.files import write_json_atomic, write_text_atomic
 
@@ -55,8 +55,12 @@ def ingest_stl(pairs_path: str | os.PathLike, categories_path: str | os.PathLike
     line number and reason) and, last, summary.json. Every file is written atomically. Raises
     ValueError when an input cannot be read or no valid pair is left.
     """
+    with no_gc():
+        return _ingest(Path(pairs_path), Path(categories_path), Path(out), url_template)
+
+
+def _ingest(pairs_path: Path, categories_path: Path, out: Path, url_template: str) -> IngestResult:
     t0 = time.perf_counter()
-    pairs_path, categories_path, out = Path(pairs_path), Path(categories_path), Path(out)
     raw_categories = read_categories(categories_path)
     categories = {k: v for k, v in raw_categories.items() if STL_SIGNATURE_RE.fullmatch(k)}
     bad_keys = len(raw_categories) - len(categories)
@@ -66,47 +70,42 @@ def ingest_stl(pairs_path: str | os.PathLike, categories_path: str | os.PathLike
         raise ValueError(f"{pairs_path}: no valid pair ({len(rejects)} line(s) rejected){first}")
 
     url = url_template.format
-    scene_products: dict[str, int] = Counter(r.scene_id for r in records)
-    product_scenes: dict[str, int] = Counter(r.product_id for r in records)
+    lines, pair_scenes, pair_products, pair_categories, boxes = zip(*records)
+    scene_products: dict[str, int] = Counter(pair_scenes)
+    product_scenes: dict[str, int] = Counter(pair_products)
     scene_ids = sorted(scene_products)
     product_ids = sorted(categories)
-    none = pa.nulls
 
     scenes = pa.table({
         "scene_id": pa.array(scene_ids, pa.string()),
         "image_url": pa.array([url(s=s) for s in scene_ids], pa.string()),
-        "image_path": none(len(scene_ids), pa.string()),
+        "image_path": pa.nulls(len(scene_ids), pa.string()),
         "n_products": pa.array([scene_products[s] for s in scene_ids], pa.int32()),
     })
     products = pa.table({
         "product_id": pa.array(product_ids, pa.string()),
         "category": pa.array([categories[p] for p in product_ids], pa.string()),
         "image_url": pa.array([url(s=p) for p in product_ids], pa.string()),
-        "image_path": none(len(product_ids), pa.string()),
+        "image_path": pa.nulls(len(product_ids), pa.string()),
         "n_scenes": pa.array([product_scenes.get(p, 0) for p in product_ids], pa.int32()),
     })
-    boxes = list(zip(*(r.bbox for r in records)))
     pairs = pa.table({
-        "scene_id": pa.array([r.scene_id for r in records], pa.string()),
-        "product_id": pa.array([r.product_id for r in records], pa.string()),
-        "category": pa.array([r.category for r in records], pa.string()),
-        **{name: pa.array(col, pa.float32()) for name, col in zip(("left", "top", "right", "bottom"), boxes)},
-        "line": pa.array([r.line for r in records], pa.int32()),
+        "scene_id": pa.array(pair_scenes, pa.string()),
+        "product_id": pa.array(pair_products, pa.string()),
+        "category": pa.array(pair_categories, pa.string()),
+        **{name: pa.array(col, pa.float64()) for name, col in zip(("left", "top", "right", "bottom"), zip(*boxes))},
+        "line": pa.array(lines, pa.int32()),
     })
 
-    per_category: dict[str, dict[str, int]] = defaultdict(lambda: {"products": 0, "products_in_pairs": 0,
-                                                                  "pairs": 0, "scenes": 0})
-    for cat, n in Counter(categories.values()).items():
-        per_category[cat]["products"] = n
-    cat_scenes: dict[str, set[str]] = defaultdict(set)
-    for r in records:
-        per_category[r.category]["pairs"] += 1
-        cat_scenes[r.category].add(r.scene_id)
-    for p in product_scenes:
-        per_category[categories[p]]["products_in_pairs"] += 1
-    for cat, s in cat_scenes.items():
-        per_category[cat]["scenes"] = len(s)
-    per_category = dict(sorted(per_category.items()))
+    per_category: dict[str, dict[str, int]] = {
+        cat: {"products": n, "products_in_pairs": 0, "pairs": 0, "scenes": 0}
+        for cat, n in sorted(Counter(categories.values()).items())}
+    for cat, n in Counter(pair_categories).items():
+        per_category[cat]["pairs"] = n
+    for cat, n in Counter(categories[p] for p in product_scenes).items():
+        per_category[cat]["products_in_pairs"] = n
+    for cat, n in Counter(c for c, _ in set(zip(pair_categories, pair_scenes))).items():
+        per_category[cat]["scenes"] = n
 
     write_parquet_atomic(out / SCENES, scenes)
     write_parquet_atomic(out / PRODUCTS, products)
