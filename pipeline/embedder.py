@@ -48,7 +48,8 @@ class StyleEmbedder(nn.Module):
         self.category_to_index = {c: i for i, c in enumerate(self.categories)}
         self.freeze_backbone = freeze_backbone
         self.scene_global = _mlp(channels, hidden, dim, dropout)
-        self.scene_local = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, dim))
+        # No dropout on the 49 regions: masking a 49xC map per step costs more than the layer itself.
+        self.scene_local = nn.Linear(channels, dim)
         self.product = _mlp(channels, hidden, dim, dropout)
         self.category = nn.Embedding(len(self.categories), dim)
         if backbone is not None and freeze_backbone:

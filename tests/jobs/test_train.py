@@ -1,0 +1,104 @@
+"""Training and evaluation on a tiny generated sample: artefacts, determinism, resume, and the cache oracle."""
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from jobs.cli import main as ctl
+from jobs.evaluate import run_evaluation
+from jobs.sample_data import generate
+from jobs.train import TrainConfig, embeddings_from_cache, prepare_data, cache_features, train, usable_queries
+from pipeline.checkpoint import load_checkpoint
+
+CFG = TrainConfig(epochs=3, batch_size=16, dim=16, hidden=32, scene_views=1, product_views=0, negatives=2,
+                  workers=0, val_queries=50)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    generate(root, seed=3, scenes=16, products=60, categories=3, image_size=96, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    summary = train(sample, out, config=CFG, progress=False)
+    return out, summary
+
+
+def _copy_cache(src, dst):
+    shutil.copytree(src / "cache", dst / "cache")
+
+
+def test_training_writes_checkpoint_config_and_a_scene_split(trained, sample):
+    out, summary = trained
+    ckpt = load_checkpoint(out / "checkpoint.pt", with_backbone=False)
+    assert ckpt.sha256 == summary["checkpoint_sha256"]
+    assert json.loads((out / "config.json").read_text())["dim"] == 16
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+    assert len(summary["history"]) == CFG.epochs
+    assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
+
+
+def test_training_is_reproducible_and_resume_equals_a_straight_run(trained, tmp_path, sample):
+    out, summary = trained
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    _copy_cache(out, straight)
+    again = train(sample, straight, config=CFG, progress=False)
+    assert [h["loss"] for h in again["history"]] == [h["loss"] for h in summary["history"]]
+    first = load_checkpoint(out / "checkpoint.pt", with_backbone=False).embedder.heads_state_dict()
+    second = load_checkpoint(straight / "checkpoint.pt", with_backbone=False).embedder.heads_state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    _copy_cache(out, resumed)
+    train(sample, resumed, config=replace(CFG, epochs=1), progress=False)
+    done = train(sample, resumed, config=CFG, resume=True, progress=False)
+    assert [h["loss"] for h in done["history"]] == [h["loss"] for h in summary["history"]]
+
+
+def test_cached_features_give_the_same_embeddings_as_images_through_the_model(trained, sample):
+    from jobs.finetune import embeddings_from_images
+
+    out, _ = trained
+    full = load_checkpoint(out / "checkpoint.pt").embedder
+    data = prepare_data(sample, out, CFG)
+    cache_features(data, out, CFG, "cpu")
+    queries = usable_queries(data, data.test_pairs + data.val_pairs, CFG.seed)[:4]
+    from_cache = embeddings_from_cache(full, data, queries)
+    from_images = embeddings_from_images(full, data, queries, CFG, "cpu")
+    assert torch.allclose(from_cache.scene_global, from_images.scene_global, atol=2e-2)
+    assert torch.allclose(from_cache.scene_regions, from_images.scene_regions, atol=2e-2)
+    for pid, row in from_images.product_index.items():
+        assert torch.allclose(from_cache.product_emb[from_cache.product_index[pid]], from_images.product_emb[row], atol=2e-2)
+
+
+def test_evaluation_report_has_every_method_and_metric(trained):
+    out, _ = trained
+    report = run_evaluation(out, plots=True, device="cpu")
+    assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
+    for metrics in report["methods"].values():
+        assert set(metrics) == {"fitb", "hr@1", "hr@10", "hr@50"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+        assert metrics["hr@1"] <= metrics["hr@10"] <= metrics["hr@50"]
+    assert report["n_queries"] > 0
+    assert json.loads((out / "report.json").read_text())["methods"] == report["methods"]
+    for png in ("report.png", "attention.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(ctl, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "no such dataset folder" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path / "nope")])
+    assert result.exit_code != 0 and "make train" in result.output and "Traceback" not in result.output
