@@ -1,0 +1,152 @@
+"""embed-catalog throughput against the bare backbone forward on the same images, in the same run.
+
+    python bench/bench_embed.py [--n 256] [--repeats 3] [--sweep] [--device cpu|cuda] [--backbone NAME]
+                                [--manifest catalog.parquet] [--batch-size B] [--workers W]
+
+(1) bare: the backbone's forward on pre-decoded uint8 tensors, batch 32 (256 on CUDA), channels_last,
+    inference_mode (bf16 autocast on CUDA) -- the rate no pipeline over this network can beat;
+(2) job: ``embed_catalog`` on the same JPEGs, with its defaults, end to end (catalogue read,
+    checkpoint load, worker start, decode, resize, forward, heads, parquet writes) and its steady
+    state (the loop alone). The ratio job / bare is the figure of merit (target >= 0.9 on 2 CPU cores).
+The two are interleaved `--repeats` times and the best of each is reported: other processes on a
+shared machine only ever slow a measurement down. `--sweep` also times other worker counts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from jobs.embed_catalog import default_workers, embed_catalog  # noqa: E402
+from pipeline.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pipeline.embedder import build_embedder  # noqa: E402
+from pipeline.images import image_to_tensor, load_image  # noqa: E402
+
+SAMPLE_CATALOG = Path("data/sample/catalog.parquet")
+
+
+def make_jpegs(root: Path, n: int, size: int = 256, seed: int = 0) -> Path:
+    """n photo-like JPEGs (smooth colour fields plus grain, ~15-25 KB each) and their manifest."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.int16)
+        grain = rng.normal(0, 6, (size, size, 3))
+        Image.fromarray(np.clip(field + grain, 0, 255).astype(np.uint8)).save(root / "img" / f"{i}.jpg", quality=90)
+    table = pa.table({"product_id": [f"p{i}" for i in range(n)], "image_path": [f"img/{i}.jpg" for i in range(n)],
+                      "category": ["shoes"] * n})
+    pq.write_table(table, root / "catalog.parquet")
+    return root / "catalog.parquet"
+
+
+def bare_rate(backbone, tensors: torch.Tensor, batch: int, device: torch.device, total: int) -> float:
+    """Forward `total` images in batches, cycling through the decoded `tensors` (already on the device)."""
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    starts = [(i * batch) % len(tensors) for i in range(max(1, total // batch))]
+    batches = [tensors[i:i + batch] for i in starts]
+    with torch.inference_mode(), autocast:
+        backbone(batches[0].contiguous(memory_format=torch.channels_last))       # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for x in batches:
+            backbone(x.contiguous(memory_format=torch.channels_last))
+        if cuda:
+            torch.cuda.synchronize()
+    return sum(len(x) for x in batches) / (time.perf_counter() - t)
+
+
+def job_rate(manifest: Path, ckpt: Path, out: Path, **kw) -> tuple[float, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    s = embed_catalog(manifest, ckpt, out, progress=False, shard_size=10_000, **kw)
+    assert s["embedded"] + s["rejected"] == s["n_input"] and s["processed"] == s["n_input"]
+    return s["processed"] / s["seconds"], s["images_per_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--sweep", action="store_true", help="also time the job with 0, 1 and 2 workers")
+    ap.add_argument("--weights", default="random", help="backbone weights (speed does not depend on them)")
+    ap.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "resnet50"])
+    ap.add_argument("--manifest", type=Path, default=None, help="an existing catalogue (else data/sample or generated)")
+    ap.add_argument("--bare-images", type=int, default=1024, help="at most this many decoded images for the bare rate")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    batch = args.batch_size or (256 if device.type == "cuda" else 32)
+    workers = default_workers(device.type) if args.workers is None else args.workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {platform.machine()} {cores} cores (load avg {load:.1f}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} intra-op threads, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.manifest is not None:
+            manifest, source = args.manifest, f"{args.manifest}"
+        elif SAMPLE_CATALOG.exists() and len(pq.read_table(SAMPLE_CATALOG)) >= args.n:
+            from jobs.datasets import read_catalog
+            sample = read_catalog(SAMPLE_CATALOG).slice(0, args.n)
+            pq.write_table(sample.select(["product_id", "image_path", "category"]), tmp / "catalog.parquet")
+            manifest, source = tmp / "catalog.parquet", f"first {args.n} of {SAMPLE_CATALOG}"
+        else:
+            manifest, source = make_jpegs(tmp / "cat", args.n), f"{args.n} generated 256 px JPEGs"
+        torch.manual_seed(0)
+        ckpt = tmp / "checkpoint.pt"
+        save_checkpoint(ckpt, build_embedder(categories=["shoes"], backbone=args.backbone,
+                                             backbone_weights=args.weights), config={})
+        model = load_checkpoint(ckpt, device=device).embedder.eval().to(memory_format=torch.channels_last)
+        from jobs.datasets import read_catalog
+        catalog = read_catalog(manifest)
+        n = len(catalog) if args.manifest is not None else args.n
+        paths = catalog.column("image_path").to_pylist()[:min(n, args.bare_images)]
+        t = time.perf_counter()
+        tensors = torch.stack([image_to_tensor(load_image(p), model.backbone.input_size) for p in paths])
+        decode = len(paths) / (time.perf_counter() - t)
+        print(f"images: {source} ({n}); backbone {args.backbone}; decode+resize in one process: {decode:.0f} img/s")
+        tensors = tensors.to(device)
+        if len(tensors) < n:
+            print(f"  (bare rate over the first {len(tensors)} decoded images; it does not depend on the content)")
+
+        configs = [workers] + ([w for w in (0, 1, 2) if w != workers] if args.sweep else [])
+        bare, e2e, steady = [], {w: [] for w in configs}, {w: [] for w in configs}
+        for r in range(args.repeats):
+            bare.append(bare_rate(model.backbone, tensors, batch, device, total=n))
+            for w in configs:
+                a, b = job_rate(manifest, ckpt, tmp / "out", batch_size=batch, workers=w, device=args.device)
+                e2e[w].append(a)
+                steady[w].append(b)
+            print(f"  repeat {r + 1}: bare {bare[-1]:.1f} img/s; "
+                  + "; ".join(f"job(workers={w}) {e2e[w][-1]:.1f} end-to-end, {steady[w][-1]:.1f} steady"
+                              for w in configs), flush=True)
+        best = max(bare)
+        amp = ", bf16 autocast" if device.type == "cuda" else ""
+        print(f"bare backbone forward (batch {batch}, channels_last, inference_mode{amp}): {best:.1f} img/s")
+        for w in configs:
+            print(f"embed_catalog job (batch {batch}, workers {w}{', default' if w == workers else ''}): "
+                  f"{max(e2e[w]):.1f} img/s end to end (ratio {max(e2e[w]) / best:.2f}), "
+                  f"{max(steady[w]):.1f} img/s steady state (ratio {max(steady[w]) / best:.2f})")
+
+
+if __name__ == "__main__":
+    main()
