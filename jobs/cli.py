@@ -22,3 +22,7 @@ from jobs.fetch_images import fetch_command  # noqa: E402
 data.add_command(fetch_command, name="fetch")
 from jobs.user_catalog import catalog_command  # noqa: E402
 data.add_command(catalog_command, name="catalog")
+
+from jobs.sample_data import sample_data_command  # noqa: E402
+
+main.add_command(sample_data_command, name="sample-data")
