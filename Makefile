@@ -9,9 +9,12 @@ RUN := data/runs/sample
 EMB := data/embeddings/sample
 IDX := data/index/sample
 SEED ?= 0
+STL_PAIRS ?= fashion.json
+STL_CATS ?= fashion-cat.json
+STL_DIR ?= data/stl-fashion
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow sample-data train evaluate embed-catalog build-index retrieve demo bench clean
+.PHONY: help install test test-slow sample-data train evaluate embed-catalog build-index demo bench stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -34,19 +37,22 @@ test-slow: $(STAMP) ## run the slow tests too
 $(SAMPLE)/catalog.parquet: | $(STAMP)
 	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
 
-sample-data: $(STAMP) ## generate the embedded sample looks into data/sample
-	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
-
-train: $(STAMP) $(SAMPLE)/catalog.parquet ## train the style embedding on the sample (frozen backbone, cached features)
+$(RUN)/checkpoint.pt: | $(SAMPLE)/catalog.parquet
 	$(BIN)/ctl train --data $(SAMPLE) --out $(RUN) --seed $(SEED)
 
-evaluate: $(STAMP) ## FITB and HR@K of hybrid/global/local/backbone on the test split
+sample-data: $(STAMP) ## generate the embedded sample looks into data/sample (a no-op when it is there)
+	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
+
+train: $(STAMP) | $(SAMPLE)/catalog.parquet ## train the style embedding on the sample (frozen backbone, cached features)
+	$(BIN)/ctl train --data $(SAMPLE) --out $(RUN) --seed $(SEED)
+
+evaluate: $(STAMP) | $(RUN)/checkpoint.pt ## FITB and HR@K of hybrid/global/local/backbone on the test split
 	$(BIN)/ctl evaluate --run $(RUN)
 
-embed-catalog: $(STAMP) ## embed the catalogue into parquet shards
+embed-catalog: $(STAMP) | $(RUN)/checkpoint.pt ## embed the catalogue into parquet shards (resumes; a no-op when complete)
 	$(BIN)/ctl embed-catalog --manifest $(SAMPLE)/catalog.parquet --checkpoint $(RUN)/checkpoint.pt --out $(EMB)
 
-build-index: $(STAMP) ## build the FAISS index from the embedding shards
+build-index: embed-catalog ## build the FAISS index from the embedding shards
 	$(BIN)/ctl build-index --embeddings $(EMB) --out $(IDX)
 
 demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval
@@ -54,6 +60,10 @@ demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, 
 
 bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+stl-fashion: $(STAMP) ## ingest STL-Fashion (STL_PAIRS=..., STL_CATS=...) into data/stl-fashion and fetch its images
+	$(BIN)/ctl data stl --pairs $(STL_PAIRS) --categories $(STL_CATS) --out $(STL_DIR)
+	$(BIN)/ctl data fetch $(STL_DIR)
 
 clean: ## remove generated data (keeps .venv)
 	rm -rf data/sample data/runs data/embeddings data/index
