@@ -1,0 +1,142 @@
+"""build_index writes the four files atomically, info.json last, and refuses unusable embedding folders."""
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.files
+from index.build import FILES, BuildError, build_index
+from index.shards import EmbeddingsError
+from index.store import IndexDirError, ProductIndex
+from tests.index.conftest import clustered, write_embeddings
+
+FAST = dict(n_eval_queries=100, n_tune_queries=50)
+
+
+def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch):
+    emb_dir, xb, cats = make_catalogue(1500, 16, extra={"brand": [f"b{i % 7}" for i in range(1500)]})
+    renamed = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        renamed.append(os.path.basename(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pipeline.files.os, "replace", spy)
+    out = tmp_path / "idx"
+    info = build_index(emb_dir, out, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert renamed[-1] == "info.json" and set(renamed) == set(FILES)
+
+    on_disk = json.loads((out / "info.json").read_text())
+    assert on_disk == json.loads(json.dumps(info))
+    assert info["n"] == 1500 and info["dim"] == 16 and info["metric"] == "inner_product"
+    assert info["factory"] == "Flat" and info["checkpoint_sha256"] == "a" * 64
+    assert info["backbone"] == "efficientnet-lite0"
+    assert info["counts_per_category"] == {c: int((cats == c).sum()) for c in sorted(set(cats))}
+    assert info["recall"]["k"] == 20 and info["recall"]["value"] == 1.0
+    assert info["memory"]["budget_bytes"] > 0 and info["build_seconds"] > 0
+
+    ids = pq.read_table(out / "ids.parquet")
+    assert ids.column_names == ["product_id", "category", "image_path", "brand"]
+    assert ids.column("product_id").to_pylist()[:2] == ["p000000", "p000001"]
+    emb = np.load(out / "embeddings.f16.npy", mmap_mode="r")
+    assert emb.dtype == np.float16 and emb.shape == (1500, 16)
+    np.testing.assert_allclose(emb[:100].astype(np.float32), xb[:100], atol=1e-3)
+
+
+def test_rebuild_replaces_cleanly(make_catalogue, tmp_path):
+    out = tmp_path / "idx"
+    first, _, _ = make_catalogue(1200, 16, name="first")
+    build_index(first, out, **FAST)
+    (out / ".index.faiss.crashed.tmp").write_bytes(b"left by a killed build")
+    second, xb2, _ = make_catalogue(800, 16, seed=3, name="second", sha="b" * 64)
+    build_index(second, out, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    index = ProductIndex.load(out)
+    assert index.n == 800 and index.info["checkpoint_sha256"] == "b" * 64
+    np.testing.assert_allclose(index.embeddings([0, 799]), xb2[[0, 799]], atol=1e-3)
+
+
+def test_failed_rebuild_leaves_the_dir_marked_incomplete(make_catalogue, tmp_path):
+    out = tmp_path / "idx"
+    good, xb, cats = make_catalogue(1000, 16, name="good")
+    build_index(good, out, **FAST)
+    bad_xb = xb.copy()
+    bad_xb[500] *= 3.0                                     # not unit norm: found while streaming
+    bad = write_embeddings(tmp_path / "bad", bad_xb, cats)
+    with pytest.raises(EmbeddingsError, match="row 500 has norm"):
+        build_index(bad, out, **FAST)
+    assert not (out / "info.json").exists()
+    assert not list(out.glob(".*.tmp"))
+    with pytest.raises(IndexDirError, match="half built"):
+        ProductIndex.load(out)
+
+
+def test_refuses_incomplete_manifest(make_catalogue, tmp_path):
+    emb_dir, _, _ = make_catalogue(300, 8, complete=False)
+    with pytest.raises(EmbeddingsError, match="complete=false"):
+        build_index(emb_dir, tmp_path / "idx", **FAST)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_refuses_missing_folder_and_manifest(tmp_path):
+    with pytest.raises(EmbeddingsError, match="does not exist"):
+        build_index(tmp_path / "nowhere", tmp_path / "idx")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbeddingsError, match="_manifest.json is missing"):
+        build_index(tmp_path / "empty", tmp_path / "idx")
+
+
+def test_refuses_dim_mismatch_between_shards(tmp_path):
+    xb16, _ = clustered(200, 16)
+    xb8, _ = clustered(200, 8)
+    cats = np.array(["a"] * 200)
+    root = write_embeddings(tmp_path / "emb", xb16, cats, shard_rows=200)
+    other = write_embeddings(tmp_path / "other", xb8, cats, shard_rows=200)
+    (other / "part-00000.parquet").rename(root / "part-00001.parquet")
+    manifest = json.loads((root / "_manifest.json").read_text())
+    manifest["shards"].append({"name": "part-00001.parquet", "rows": 200})
+    (root / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmbeddingsError, match="part-00001.parquet has 8-d embeddings but the manifest"):
+        build_index(root, tmp_path / "idx")
+
+
+def test_refuses_row_count_disagreement_and_missing_shard(make_catalogue, tmp_path):
+    emb_dir, _, _ = make_catalogue(300, 8, shard_rows=100)
+    manifest = json.loads((emb_dir / "_manifest.json").read_text())
+    manifest["shards"][1]["rows"] = 99
+    (emb_dir / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmbeddingsError, match="holds 100 rows but the manifest says 99"):
+        build_index(emb_dir, tmp_path / "idx")
+    manifest["shards"][1]["rows"] = 100
+    manifest["shards"].append({"name": "part-00009.parquet", "rows": 5})
+    (emb_dir / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmbeddingsError, match="part-00009.parquet is listed in the manifest but missing"):
+        build_index(emb_dir, tmp_path / "idx")
+
+
+def test_only_listed_shards_count(make_catalogue, tmp_path):
+    emb_dir, _, _ = make_catalogue(300, 8, shard_rows=100)
+    manifest = json.loads((emb_dir / "_manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:2]            # part-00002 is on disk but not finished
+    (emb_dir / "_manifest.json").write_text(json.dumps(manifest))
+    assert build_index(emb_dir, tmp_path / "idx", **FAST)["n"] == 200
+
+
+def test_bad_factory_and_budget_are_build_errors(make_catalogue, tmp_path):
+    emb_dir, _, _ = make_catalogue(300, 8)
+    with pytest.raises(BuildError, match="factory string 'IVF12,Nonsense'"):
+        build_index(emb_dir, tmp_path / "idx", factory="IVF12,Nonsense")
+    with pytest.raises(BuildError, match="too small"):
+        build_index(emb_dir, tmp_path / "idx", memory_budget_bytes=100)
+
+
+def test_build_is_reproducible_with_a_seed(make_catalogue, tmp_path):
+    emb_dir, _, _ = make_catalogue(3000, 16, n_clusters=30)
+    a = build_index(emb_dir, tmp_path / "a", factory="IVF16,Flat", seed=1, **FAST)
+    b = build_index(emb_dir, tmp_path / "b", factory="IVF16,Flat", seed=1, **FAST)
+    assert a["search_params"] == b["search_params"] and a["recall"]["value"] == b["recall"]["value"]
+    assert a["recall"]["value"] >= 0.9 and a["index_kind"] == "ivf"

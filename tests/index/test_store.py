@@ -1,0 +1,170 @@
+"""ProductIndex: exact Flat search, category filtering on every index type, mmap loading, checkpoint guard."""
+import numpy as np
+import pytest
+
+from index.build import build_index
+from index.select import recall_at_k
+from index.store import CheckpointMismatchError, IndexDirError, ProductIndex
+from tests.index.conftest import CATEGORIES, clustered, write_embeddings
+
+FAST = dict(n_eval_queries=100, n_tune_queries=60)
+N, D_DIM = 3000, 32
+
+
+def brute_force(xq, xb, k, rows=None):
+    rows = np.arange(len(xb)) if rows is None else rows
+    S = xq @ xb[rows].T
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(S, order, axis=1), rows[order]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cat")
+    xb, labels = clustered(N, D_DIM, n_clusters=40)
+    cats = np.array([CATEGORIES[c % len(CATEGORIES)] for c in labels])
+    rs = np.random.RandomState(7)
+    xq = xb[rs.choice(N, 40)] + rs.randn(40, D_DIM).astype(np.float32) * (0.6 / np.sqrt(D_DIM))
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    return write_embeddings(root / "emb", xb, cats), xb, cats, xq
+
+
+@pytest.fixture(scope="module")
+def built(catalogue, tmp_path_factory):
+    """factory -> index dir, built once per module."""
+    emb_dir = catalogue[0]
+    cache = {}
+
+    def get(factory):
+        if factory not in cache:
+            out = tmp_path_factory.mktemp("idx")
+            build_index(emb_dir, out, factory=factory, **FAST)
+            cache[factory] = out
+        return cache[factory]
+    return get
+
+
+def test_flat_search_equals_brute_force(catalogue, built):
+    _, xb, _, xq = catalogue
+    k = 20
+    index = ProductIndex.load(built("Flat"))
+    D, I = index.search(xq, k)
+    Dref, Iref = brute_force(xq, xb, k)
+    np.testing.assert_array_equal(I, Iref)
+    np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-6)
+    D1, I1 = index.search(xq[0], k)                        # one query as a 1-d vector
+    np.testing.assert_array_equal(I1[0], Iref[0])
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_flat_category_search_equals_exact_per_category(catalogue, built, category):
+    _, xb, cats, xq = catalogue
+    k = 15
+    index = ProductIndex.load(built("Flat"))
+    rows = np.flatnonzero(cats == category)
+    np.testing.assert_array_equal(index.rows_for_category(category), rows)
+    D, I = index.search(xq, k, category=category)
+    Dref, Iref = brute_force(xq, xb, k, rows)
+    assert np.isin(I, rows).all()
+    np.testing.assert_array_equal(I, Iref)
+    np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory, floor", [("IVF32,Flat", 0.95), ("HNSW16,Flat", 0.95), ("IVF16,PQ8x4", 0.9)])
+def test_approximate_category_search_is_close_to_exact(catalogue, built, factory, floor):
+    _, xb, cats, xq = catalogue
+    k = 20
+    index = ProductIndex.load(built(factory))
+    _, Iref_all = brute_force(xq, xb, k)
+    _, I_all = index.search(xq, k)
+    assert recall_at_k(I_all, Iref_all, k) >= floor
+    for exact_up_to in (0, N):              # 0: FAISS selector path, N: exact over the category's rows
+        index.exact_category_max_rows = exact_up_to
+        for category in CATEGORIES:
+            rows = np.flatnonzero(cats == category)
+            D, I = index.search(xq, k, category=category)
+            assert np.isin(I, rows).all() and (I >= 0).all()
+            assert (np.diff(D, axis=1) <= 1e-6).all()      # best first
+            _, Iref = brute_force(xq, xb, k, rows)
+            assert recall_at_k(I, Iref, k) >= floor, (factory, exact_up_to, category)
+
+
+def test_category_search_pads_when_category_is_small(tmp_path):
+    xb, _ = clustered(200, 8)
+    cats = np.array(["big"] * 197 + ["tiny"] * 3)
+    build_index(write_embeddings(tmp_path / "emb", xb, cats), tmp_path / "idx", **FAST)
+    index = ProductIndex.load(tmp_path / "idx")
+    D, I = index.search(xb[:2], 5, category="tiny")
+    assert (I[:, :3] >= 197).all() and (I[:, 3:] == -1).all() and np.isneginf(D[:, 3:]).all()
+
+
+def test_unknown_category_lists_the_known_ones(built):
+    index = ProductIndex.load(built("Flat"))
+    with pytest.raises(ValueError, match="unknown category 'hats'; known: bags, bottoms, lamps, shoes, tops"):
+        index.search(np.zeros((1, D_DIM), np.float32), 5, category="hats")
+    with pytest.raises(ValueError, match="unknown category"):
+        index.rows_for_category("hats")
+
+
+def test_bad_queries_and_k_raise(built):
+    index = ProductIndex.load(built("Flat"))
+    with pytest.raises(ValueError, match=r"shape \(nq, 32\)"):
+        index.search(np.zeros((2, 31), np.float32), 5)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        index.search(np.zeros((1, D_DIM), np.float32), 0)
+
+
+def test_metadata_accessors(catalogue, built):
+    _, xb, cats, _ = catalogue
+    index = ProductIndex.load(built("Flat"))
+    assert index.categories == sorted(CATEGORIES) and index.n == N and index.dim == D_DIM
+    assert index.product_ids[5] == "p000005"
+    rows = [3, 1, 2999]
+    x = index.embeddings(rows)
+    assert x.dtype == np.float32 and x.shape == (3, D_DIM)
+    np.testing.assert_allclose(x, xb[rows], atol=1e-3)
+    assert index.table.column("category").to_pylist() == list(cats)
+    assert index.info["factory"] == "Flat"
+    with pytest.raises(ValueError, match="rows must lie in"):
+        index.embeddings([N])
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "HNSW16,Flat"])
+def test_memory_mapped_load_matches_normal_load(catalogue, built, factory):
+    xq = catalogue[3]
+    mapped = ProductIndex.load(built(factory))
+    loaded = ProductIndex.load(built(factory), mmap=False)
+    assert mapped.mmap and not loaded.mmap
+    D1, I1 = mapped.search(xq, 10)
+    D2, I2 = loaded.search(xq, 10)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
+def test_require_checkpoint_names_both_hashes(built):
+    index = ProductIndex.load(built("Flat"))
+    index.require_checkpoint("a" * 64)
+    with pytest.raises(CheckpointMismatchError, match=f"built from checkpoint sha256 {'a' * 64}.*{'c' * 64}"):
+        index.require_checkpoint("c" * 64)
+
+
+def test_missing_and_inconsistent_dirs_are_refused(tmp_path, catalogue, built):
+    with pytest.raises(IndexDirError, match="does not exist"):
+        ProductIndex.load(tmp_path / "nope")
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(built("Flat"), copy)
+    np.save(copy / "embeddings.f16.npy", np.zeros((5, D_DIM), np.float16))
+    with pytest.raises(IndexDirError, match="inconsistent"):
+        ProductIndex.load(copy)
+    (copy / "ids.parquet").unlink()
+    with pytest.raises(IndexDirError, match="lacks ids.parquet"):
+        ProductIndex.load(copy)
+
+
+def test_index_package_does_not_import_torch():
+    import subprocess
+    import sys
+    code = ("import sys, index.store, index.build, index.select, jobs.build_index; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
