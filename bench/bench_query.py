@@ -1,0 +1,247 @@
+"""Query latency of two-stage retrieval against one bare backbone forward, in the same run.
+
+    python bench/bench_query.py [--queries 30] [--cold 3] [--candidates 200] [--k 20] [--synthetic N]
+
+(1) bare: the backbone's forward on one pre-decoded, pre-resized uint8 scene tensor (inference_mode)
+    -- the floor of any query, since a scene must pass the network once;
+(2) warm query: ``Retriever.retrieve(path)`` on a loaded retriever, end to end: JPEG decode, resize,
+    backbone, heads, FAISS top-C by global distance, exact hybrid re-rank of the C candidates, top-k
+    hits with their metadata. Also timed from an already decoded PIL image.
+Bare and query runs are interleaved scene by scene and medians are compared, so a slow patch of a
+shared machine hits both alike. Target: warm query / bare forward <= 1.15.
+(3) cold: wall time of the ``ctl-retrieve`` command in a fresh process (interpreter, imports, checkpoint
+    and index load, one query), beside ``python -c "import torch, faiss"`` for scale.
+
+Runs on the embedded sample's artifacts (data/runs/sample/checkpoint.pt, data/index/sample) when they
+exist and match; otherwise it builds a synthetic catalogue in a temporary folder: an EfficientNet-Lite0
+embedder (ImageNet trunk, untrained heads) and N random unit product embeddings indexed by the real
+``build_index``; latency does not depend on what the embeddings mean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline import defaults  # noqa: E402
+from pipeline.images import image_to_tensor, load_image  # noqa: E402
+
+SAMPLE_CATEGORIES = ["shoes", "handbags", "pants", "tops", "sunglasses", "hats", "necklaces", "coats"]
+
+
+def synthetic_artifacts(root: Path, n: int, n_scenes: int, dim: int = 128,
+                        seed: int = 0) -> tuple[Path, Path, list[Path]]:
+    """A checkpoint, an index over n random unit embeddings, and photo-like scene JPEGs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from index.build import build_index
+    from pipeline.backbones import BackboneWeightsError
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.embedder import build_embedder
+
+    torch.manual_seed(seed)
+    try:
+        embedder = build_embedder(categories=SAMPLE_CATEGORIES, backbone_weights="imagenet", dim=dim)
+        weights = "imagenet"
+    except BackboneWeightsError:  # same network and cost with random weights
+        embedder = build_embedder(categories=SAMPLE_CATEGORIES, backbone_weights="random", dim=dim)
+        weights = "random"
+    ckpt = root / "checkpoint.pt"
+    sha = save_checkpoint(ckpt, embedder.eval(), config={"backbone_weights": weights, "dim": dim})
+    rng = np.random.default_rng(seed)
+    xb = rng.normal(size=(n, dim)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    (root / "emb").mkdir(parents=True, exist_ok=True)
+    cats = [SAMPLE_CATEGORIES[i % len(SAMPLE_CATEGORIES)] for i in range(n)]
+    pq.write_table(pa.table({
+        "product_id": [f"p{i:06d}" for i in range(n)], "category": cats,
+        "image_path": [str(root / "none.jpg")] * n,
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(xb.reshape(-1)), dim),
+    }), root / "emb" / "part-00000.parquet")
+    (root / "emb" / "_manifest.json").write_text(json.dumps({
+        "checkpoint_sha256": sha, "backbone": embedder.backbone_name, "dim": dim, "complete": True,
+        "shards": [{"name": "part-00000.parquet", "index": 0, "rows": n, "rejected": 0}]}))
+    build_index(root / "emb", root / "index")
+    scenes = []
+    for i in range(n_scenes):
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        field = np.asarray(Image.fromarray(coarse).resize((256, 256), Image.BICUBIC), dtype=np.int16)
+        img = np.clip(field + rng.normal(0, 6, field.shape), 0, 255).astype(np.uint8)
+        path = root / f"scene{i:03d}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        scenes.append(path)
+    return ckpt, root / "index", scenes
+
+
+def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
+    """The embedded sample's checkpoint, index and held-out scenes, if they are built and match."""
+    ckpt, index_dir = ROOT / defaults.CHECKPOINT, ROOT / defaults.INDEX_DIR
+    if not ckpt.is_file() or not (index_dir / "info.json").is_file():
+        return None
+    from pipeline.checkpoint import sha256_of
+
+    if json.loads((index_dir / "info.json").read_text()).get("checkpoint_sha256") != sha256_of(ckpt):
+        return None
+    scene_dir = ROOT / defaults.SAMPLE_DIR / "images" / "scenes"
+    try:
+        test = json.loads((ROOT / defaults.RUN_DIR / "split.json").read_text())["test"]
+        scenes = [scene_dir / f"{sid}.jpg" for sid in sorted(test)]
+    except (OSError, ValueError, KeyError):
+        scenes = sorted(scene_dir.glob("*.jpg"))
+    scenes = [p for p in scenes if p.is_file()][:n_scenes]
+    return (ckpt, index_dir, scenes) if scenes else None
+
+
+def _ms(seconds: list[float]) -> float:
+    return 1e3 * statistics.median(seconds)
+
+
+def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int) -> dict:
+    backbone = retriever.embedder.backbone
+    size = retriever.input_size
+    pil = [load_image(p) for p in scenes]
+    tensors = [image_to_tensor(img, size).unsqueeze(0) for img in pil]
+    for i in range(3):  # warm-up: allocator, oneDNN primitives, FAISS, page cache
+        with torch.inference_mode():
+            backbone(tensors[i % len(tensors)])
+        retriever.retrieve(scenes[i % len(scenes)], k=k, candidates=candidates)
+    t_bare, t_path, t_pil = [], [], []
+    stages = {"decode+resize": [], "backbone": [], "heads": [], "stage 1 (FAISS top-C)": [],
+              "stage 2 (hybrid re-rank)": [], "top-k hits": []}
+    for q in range(queries):
+        j = q % len(scenes)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            backbone(tensors[j])
+        t_bare.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        retriever.retrieve(scenes[j], k=k, candidates=candidates)
+        t_path.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        retriever.retrieve(pil[j], k=k, candidates=candidates)
+        t_pil.append(time.perf_counter() - t0)
+        # The same query, stage by stage (explains where the time above goes).
+        t0 = time.perf_counter()
+        x = image_to_tensor(load_image(scenes[j]), size).unsqueeze(0)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            fmap = backbone(x)
+            t2 = time.perf_counter()
+            f_s, f_i = retriever.embedder.scene_from_features(fmap)
+        t3 = time.perf_counter()
+        count = min(max(candidates, k), len(retriever))
+        rows = retriever.candidates(f_s, count)
+        t4 = time.perf_counter()
+        d = retriever.rerank(f_s, f_i, rows)
+        t5 = time.perf_counter()
+        order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
+        retriever._hits(rows, d, order)
+        t6 = time.perf_counter()
+        for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)]):
+            stages[name].append(b - a)
+    bare = _ms(t_bare)
+    return {
+        "queries": queries, "scenes": len(scenes), "k": k, "candidates": candidates,
+        "bare_forward_ms": bare,
+        "query_from_path_ms": _ms(t_path), "query_from_pil_ms": _ms(t_pil),
+        "ratio_path": _ms(t_path) / bare, "ratio_pil": _ms(t_pil) / bare,
+        "stages_ms": {name: _ms(v) for name, v in stages.items()},
+    }
+
+
+def cold(ckpt: Path, index_dir: Path, scene: Path, *, runs: int, k: int) -> dict:
+    exe = Path(sys.executable).parent / "ctl-retrieve"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.retrieve_cli"]
+    cmd += ["--scene", str(scene), "--k", str(k), "--checkpoint", str(ckpt), "--index-dir", str(index_dir)]
+    imports = [sys.executable, "-c", "import torch, faiss"]
+    t_cli, t_imp = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(imports, check=True, cwd=ROOT)
+        t_imp.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+        t_cli.append(time.perf_counter() - t0)
+    return {"runs": runs, "ctl_retrieve_s": statistics.median(t_cli), "ctl_retrieve_best_s": min(t_cli),
+            "import_torch_faiss_s": statistics.median(t_imp), "lines": len(out.stdout.splitlines())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=30)
+    ap.add_argument("--cold", type=int, default=3, help="ctl-retrieve processes to time (0: skip)")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N",
+                    help="use a synthetic catalogue of N products even when the sample's artifacts exist")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = ap.parse_args()
+
+    from pipeline.retriever import Retriever
+
+    tmp = None
+    found = None if args.synthetic else sample_artifacts(10)
+    if found is None:
+        n = args.synthetic or 2500
+        tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
+        print(f"building a synthetic catalogue of {n} products in {tmp} ...", flush=True)
+        found = synthetic_artifacts(tmp, n, 10)
+        source = f"synthetic ({n} random unit embeddings, EfficientNet-Lite0 trunk)"
+    else:
+        source = "embedded sample (data/runs/sample, data/index/sample)"
+    ckpt, index_dir, scenes = found
+    try:
+        t0 = time.perf_counter()
+        retriever = Retriever.load(checkpoint=ckpt, index_dir=index_dir)
+        load_s = time.perf_counter() - t0
+        info = retriever.index.info
+        print(f"catalogue: {source}: {len(retriever)} products, index {info.get('factory')} "
+              f"(mmap={retriever.index.mmap}), backbone {retriever.embedder.backbone_name}, "
+              f"d={retriever.embedder.dim}; loaded in {load_s:.2f} s")
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        w = warm(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates)
+        print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}):")
+        print(f"  bare backbone forward, 1 scene       {w['bare_forward_ms']:8.1f} ms")
+        print(f"  retrieve(path)                       {w['query_from_path_ms']:8.1f} ms   "
+              f"x{w['ratio_path']:.3f} of the forward (target <= 1.15)")
+        print(f"  retrieve(PIL image)                  {w['query_from_pil_ms']:8.1f} ms   x{w['ratio_pil']:.3f}")
+        print("  stage by stage:")
+        for name, ms in w["stages_ms"].items():
+            print(f"    {name:<34} {ms:8.2f} ms")
+        result = {"source": source, "n_products": len(retriever), "factory": info.get("factory"),
+                  "load_s": load_s, "warm": w}
+        if args.cold > 0:
+            c = cold(ckpt, index_dir, scenes[0], runs=args.cold, k=args.k)
+            print(f"\ncold ctl-retrieve (fresh process, load + 1 query), median of {c['runs']}: "
+                  f"{c['ctl_retrieve_s']:.2f} s (best {c['ctl_retrieve_best_s']:.2f} s); "
+                  f"`python -c 'import torch, faiss'` alone: {c['import_torch_faiss_s']:.2f} s")
+            result["cold"] = c
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        ok = w["ratio_path"] <= 1.15
+        print(f"\n{'PASS' if ok else 'MISS'}: warm query / bare forward = {w['ratio_path']:.3f} (target <= 1.15)")
+        return 0
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""`ctl demo`: the whole path on the embedded sample, each stage skipped when its output is up to date."""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pipeline import defaults
+
+DEMO_DIR = defaults.DATA_DIR / "demo"
+STAGES = 6
+
+
+def _stage(n: int, name: str, message: str) -> None:
+    click.echo(f"[{n}/{STAGES}] {name:<14} {message}")
+
+
+def _seconds(started: float) -> str:
+    return f"{time.perf_counter() - started:.1f} s"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+def stage_sample(sample_dir: Path, seed: int) -> None:
+    from jobs.sample_data import generate
+
+    started = time.perf_counter()
+    result = generate(sample_dir, seed=seed)
+    counts = result.get("counts", {})
+    what = f"{counts.get('scenes', '?')} scenes, {counts.get('products', '?')} products"
+    _stage(1, "sample data", f"up to date ({what})" if result.get("skipped") else f"wrote {what} ({_seconds(started)})")
+
+
+def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int) -> bool:
+    """A finished run (train_summary.json naming this checkpoint's sha) newer than the sample, same seed."""
+    from pipeline.checkpoint import sha256_of
+
+    summary = _read_json(run_dir / "train_summary.json")
+    if summary is None or not checkpoint.is_file():
+        return False
+    if summary.get("checkpoint_sha256") not in (None, sha256_of(checkpoint)):
+        return False
+    config = _read_json(run_dir / "config.json") or {}
+    if config.get("seed", seed) != seed:
+        return False
+    from jobs.sample_data import DONE_FILE
+
+    return _mtime(run_dir / "train_summary.json") >= _mtime(sample_dir / DONE_FILE)
+
+
+def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, device: str) -> None:
+    if _training_is_current(sample_dir, run_dir, checkpoint, seed):
+        _stage(2, "train", f"up to date ({checkpoint})")
+        return
+    from jobs.train import TrainConfig, train
+
+    _stage(2, "train", f"training on {sample_dir} (frozen backbone, cached features) ...")
+    started = time.perf_counter()
+    summary = train(sample_dir, run_dir, config=TrainConfig(seed=seed, device=device))
+    _stage(2, "train", f"best epoch {summary.get('best_epoch')} of {len(summary.get('history', []))} "
+                       f"-> {checkpoint} ({_seconds(started)})")
+
+
+def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
+    report = _read_json(run_dir / "report.json")
+    if report is None or report.get("checkpoint_sha256") != sha:
+        from jobs.evaluate import run_evaluation
+
+        started = time.perf_counter()
+        report = run_evaluation(run_dir, device=device)
+        done = f"wrote {run_dir / 'report.json'} ({_seconds(started)})"
+    else:
+        done = f"up to date ({run_dir / 'report.json'})"
+    _stage(3, "evaluate", done + f" ({report.get('n_queries', '?')} held-out test queries)")
+    methods = report.get("methods")
+    if methods:
+        from jobs.evaluate import format_table as metrics_table
+
+        for line in metrics_table(methods).splitlines():
+            click.echo(f"      {line}")
+
+
+def stage_embed(catalog: Path, checkpoint: Path, emb_dir: Path, device: str) -> None:
+    from jobs.embed_catalog import EmbedCatalogError, embed_catalog
+
+    started = time.perf_counter()
+    try:
+        summary = embed_catalog(catalog, checkpoint, emb_dir, device=device)
+    except EmbedCatalogError as exc:
+        # The demo owns the sample's embeddings: output made with an older checkpoint or sample is replaced.
+        _stage(4, "embed catalog", f"re-embedding ({exc})")
+        summary = embed_catalog(catalog, checkpoint, emb_dir, device=device, overwrite=True)
+    if summary.get("noop"):
+        _stage(4, "embed catalog", f"up to date ({summary['embedded']} products in {emb_dir})")
+    else:
+        _stage(4, "embed catalog", f"embedded {summary['embedded']} products, rejected {summary['rejected']} "
+                                   f"({_seconds(started)}, {summary['images_per_s']:.1f} img/s)")
+
+
+def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
+    info = _read_json(index_dir / "info.json")
+    if info is None or info.get("checkpoint_sha256") != sha:
+        return False
+    from jobs.embed_catalog import MANIFEST
+
+    needed = ["index.faiss", "ids.parquet", "embeddings.f16.npy"]
+    if not all((index_dir / name).is_file() for name in needed):
+        return False
+    return _mtime(index_dir / "info.json") >= _mtime(emb_dir / MANIFEST)
+
+
+def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
+    if _index_is_current(emb_dir, index_dir, sha):
+        _stage(5, "build index", f"up to date ({index_dir})")
+        return
+    from index.build import build_index
+
+    started = time.perf_counter()
+    build_index(emb_dir, index_dir)
+    info = _read_json(index_dir / "info.json") or {}
+    kind = info.get("factory") or info.get("index_type") or "index"
+    _stage(5, "build index", f"{kind} over {info.get('n', info.get('count', '?'))} products -> {index_dir} "
+                             f"({_seconds(started)})")
+
+
+def pick_scene(sample_dir: Path, run_dir: Path) -> Path:
+    """A held-out test scene of the run's split (never seen in training), else any scene of the sample."""
+    from jobs.sample_data import SCENE_DIR
+
+    scene_dir = sample_dir / SCENE_DIR
+    split = _read_json(run_dir / "split.json") or {}
+    for sid in sorted(split.get("test", [])):
+        path = scene_dir / f"{sid}.jpg"
+        if path.is_file():
+            return path
+    scenes = sorted(scene_dir.glob("*.jpg"))
+    if not scenes:
+        raise click.ClickException(f"no scene images in {scene_dir}")
+    return scenes[0]
+
+
+def _command(name: str) -> str:
+    """How to call one of our console scripts from here: bare if it is on PATH, else by its path."""
+    beside = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if beside.exists() and (found is None or Path(found).resolve() != beside.resolve()):
+        try:
+            return str(beside.relative_to(Path.cwd()))
+        except ValueError:
+            return str(beside)
+    return name
+
+
+def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path, k: int, device: str):
+    from pipeline.retrieve_cli import format_table, write_sheet
+    from pipeline.retriever import Retriever
+
+    started = time.perf_counter()
+    retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+    result = retriever.retrieve(scene, k=k)
+    sheet = write_sheet(result, out_dir / "sheet.png", scene=str(scene))
+    _stage(6, "retrieve", f"top {len(result)} for held-out scene {scene.name}, sheet {sheet} ({_seconds(started)})")
+    click.echo("")
+    click.echo(format_table(result, scene=str(scene), n_products=len(retriever)))
+    return result, sheet
+
+
+@click.command("demo")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="sample data and training seed")
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="products in the demo retrieval")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def demo_command(seed: int, k: int, device: str) -> None:
+    """Run the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval."""
+    from jobs.embed_catalog import EmbedCatalogError
+    from pipeline.checkpoint import CheckpointError, sha256_of
+    from pipeline.images import ImageError
+    from pipeline.retriever import RetrievalError
+
+    import torch
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise click.ClickException("--device cuda asked for, but no CUDA device is available")
+    sample_dir, run_dir, checkpoint = defaults.SAMPLE_DIR, defaults.RUN_DIR, defaults.CHECKPOINT
+    emb_dir, index_dir = defaults.EMBEDDINGS_DIR, defaults.INDEX_DIR
+    started = time.perf_counter()
+    try:
+        stage_sample(sample_dir, seed)
+        stage_train(sample_dir, run_dir, checkpoint, seed, dev)
+        sha = sha256_of(checkpoint)
+        stage_evaluate(run_dir, sha, dev)
+        stage_embed(sample_dir / "catalog.parquet", checkpoint, emb_dir, dev)
+        stage_index(emb_dir, index_dir, sha)
+        scene = pick_scene(sample_dir, run_dir)
+        result, sheet = stage_retrieve(scene, checkpoint, index_dir, DEMO_DIR, k, dev)
+    except click.ClickException:
+        raise
+    except (CheckpointError, EmbedCatalogError, ImageError, RetrievalError, FileNotFoundError) as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    except ValueError as exc:  # the index store and other stages report bad inputs as ValueError
+        raise click.ClickException(" ".join(str(exc).split())) from None
+
+    retrieve = _command("ctl-retrieve")
+    category = result.hits[0].category if result.hits else result.categories[0]
+    q = shlex.quote
+    click.echo("")
+    click.echo(f"demo done in {_seconds(started)}. The sheet {sheet} shows the scene's attention for the top")
+    click.echo("result's category and the recommended products. What to run next:")
+    click.echo(f"  {retrieve} --scene {q(str(scene))} --k 20")
+    click.echo(f"  {retrieve} --scene {q(str(scene))} --category {q(category)} --sheet one-category.png")
+    click.echo(f"  {retrieve} --scene YOUR_PHOTO.jpg --format json")
+    click.echo("  make evaluate   # FITB and HR@K of hybrid vs global vs local distances on the test split")
+    click.echo("  make bench      # query latency against one backbone forward, and job throughput")
