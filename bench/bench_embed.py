@@ -10,12 +10,16 @@
     state (the loop alone). The ratio job / bare is the figure of merit (target >= 0.9 on 2 CPU cores).
 The two are interleaved `--repeats` times and the best of each is reported: other processes on a
 shared machine only ever slow a measurement down. `--sweep` also times other worker counts.
+CPU seconds per image (this process and its DataLoader workers, from getrusage) are reported too:
+on a machine shared with other jobs the wall-clock rates mostly measure the share of the cores the
+scheduler gave each run (more processes get a bigger share), while CPU cost per image does not.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -53,8 +57,15 @@ def make_jpegs(root: Path, n: int, size: int = 256, seed: int = 0) -> Path:
     return root / "catalog.parquet"
 
 
-def bare_rate(backbone, tensors: torch.Tensor, batch: int, device: torch.device, total: int) -> float:
-    """Forward `total` images in batches, cycling through the decoded `tensors` (already on the device)."""
+def cpu_seconds() -> float:
+    """User+system CPU time of this process and its finished children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bare_rate(backbone, tensors: torch.Tensor, batch: int, device: torch.device, total: int) -> tuple[float, float]:
+    """Forward `total` images in batches, cycling through the decoded `tensors` (already on the device).
+    Returns (img/s, CPU ms per image)."""
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     starts = [(i * batch) % len(tensors) for i in range(max(1, total // batch))]
@@ -63,19 +74,24 @@ def bare_rate(backbone, tensors: torch.Tensor, batch: int, device: torch.device,
         backbone(batches[0].contiguous(memory_format=torch.channels_last))       # warm-up
         if cuda:
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         for x in batches:
             backbone(x.contiguous(memory_format=torch.channels_last))
         if cuda:
             torch.cuda.synchronize()
-    return sum(len(x) for x in batches) / (time.perf_counter() - t)
+        wall, cpu = time.perf_counter() - t, cpu_seconds() - c
+    n = sum(len(x) for x in batches)
+    return n / wall, 1e3 * cpu / n
 
 
-def job_rate(manifest: Path, ckpt: Path, out: Path, **kw) -> tuple[float, float]:
+def job_rate(manifest: Path, ckpt: Path, out: Path, **kw) -> tuple[float, float, float]:
+    """Returns (end-to-end img/s, steady-state img/s, CPU ms per image end to end)."""
     shutil.rmtree(out, ignore_errors=True)
+    c = cpu_seconds()
     s = embed_catalog(manifest, ckpt, out, progress=False, shard_size=10_000, **kw)
+    cpu = cpu_seconds() - c
     assert s["embedded"] + s["rejected"] == s["n_input"] and s["processed"] == s["n_input"]
-    return s["processed"] / s["seconds"], s["images_per_s"]
+    return s["processed"] / s["seconds"], s["images_per_s"], 1e3 * cpu / s["processed"]
 
 
 def main() -> None:
@@ -129,24 +145,32 @@ def main() -> None:
             print(f"  (bare rate over the first {len(tensors)} decoded images; it does not depend on the content)")
 
         configs = [workers] + ([w for w in (0, 1, 2) if w != workers] if args.sweep else [])
-        bare, e2e, steady = [], {w: [] for w in configs}, {w: [] for w in configs}
+        bare, bare_cpu = [], []
+        e2e, steady, cpu = ({w: [] for w in configs} for _ in range(3))
         for r in range(args.repeats):
-            bare.append(bare_rate(model.backbone, tensors, batch, device, total=n))
+            rate, ms = bare_rate(model.backbone, tensors, batch, device, total=n)
+            bare.append(rate)
+            bare_cpu.append(ms)
             for w in configs:
-                a, b = job_rate(manifest, ckpt, tmp / "out", batch_size=batch, workers=w, device=args.device)
+                a, b, c = job_rate(manifest, ckpt, tmp / "out", batch_size=batch, workers=w, device=args.device)
                 e2e[w].append(a)
                 steady[w].append(b)
-            print(f"  repeat {r + 1}: bare {bare[-1]:.1f} img/s; "
-                  + "; ".join(f"job(workers={w}) {e2e[w][-1]:.1f} end-to-end, {steady[w][-1]:.1f} steady"
-                              for w in configs), flush=True)
-        best = max(bare)
+                cpu[w].append(c)
+            print(f"  repeat {r + 1}: bare {bare[-1]:.1f} img/s ({bare_cpu[-1]:.0f} CPU ms/img); "
+                  + "; ".join(f"job(workers={w}) {e2e[w][-1]:.1f} end-to-end, {steady[w][-1]:.1f} steady "
+                              f"({cpu[w][-1]:.0f} CPU ms/img)" for w in configs), flush=True)
+        best, best_cpu = max(bare), min(bare_cpu)
         amp = ", bf16 autocast" if device.type == "cuda" else ""
-        print(f"bare backbone forward (batch {batch}, channels_last, inference_mode{amp}): {best:.1f} img/s")
+        print(f"bare backbone forward (batch {batch}, channels_last, inference_mode{amp}): {best:.1f} img/s, "
+              f"{best_cpu:.1f} CPU ms/img")
         for w in configs:
             print(f"embed_catalog job (batch {batch}, workers {w}{', default' if w == workers else ''}): "
                   f"{max(e2e[w]):.1f} img/s end to end (ratio {max(e2e[w]) / best:.2f}), "
-                  f"{max(steady[w]):.1f} img/s steady state (ratio {max(steady[w]) / best:.2f})")
-
+                  f"{max(steady[w]):.1f} img/s steady state (ratio {max(steady[w]) / best:.2f}); "
+                  f"{min(cpu[w]):.1f} CPU ms/img (bare/job CPU ratio {best_cpu / min(cpu[w]):.2f})")
+            paired = sorted(j / b for j, b in zip(e2e[w], bare))
+            print(f"  paired per-repeat ratios (job end to end / bare of the same repeat): "
+                  f"{', '.join(f'{r:.2f}' for r in paired)}; median {paired[len(paired) // 2]:.2f}")
 
 if __name__ == "__main__":
     main()
