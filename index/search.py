@@ -85,7 +85,7 @@ def topk_from_scores(S: np.ndarray, k: int, rows: np.ndarray | None = None) -> t
 
 
 def exact_search(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None = None,
-                 block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+                 block: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force inner product of xq against xb (any float dtype; computed in float32 by blocks)."""
     rows = np.arange(len(xb), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     D, I = topk_from_scores(np.empty((len(xq), 0), np.float32), k)
