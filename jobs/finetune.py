@@ -20,7 +20,7 @@ from pipeline.files import write_json_atomic
 
 
 class TripletImages(Dataset):
-    """Epoch-seeded triplets of images: augmented scene view, augmented positive, K clean negatives."""
+    """Epoch-seeded triplets of images: augmented scene view, augmented positive, K augmented negatives."""
 
     def __init__(self, data, cfg: TrainConfig, category_index: dict[str, int], epoch: int, size: int):
         self.data, self.cfg, self.category_index, self.epoch, self.size = data, cfg, category_index, epoch, size
@@ -39,7 +39,9 @@ class TripletImages(Dataset):
                                 _view_seed(cfg.seed, "product", pair.product_id, self.epoch)), self.size, cfg.exclusion)
         pool = self.data.negatives_pool[j]
         picks = rng.choice(len(pool), size=cfg.negatives, replace=len(pool) < cfg.negatives)
-        negs = [prepare(CacheItem(pool[k], str(ds.products[pool[k]].image_path)), self.size, cfg.exclusion)
+        # Negatives get the same augmentation as the positive, so "augmented" never marks the positive.
+        negs = [prepare(CacheItem(pool[k], str(ds.products[pool[k]].image_path), None,
+                                  _view_seed(cfg.seed, "product", pool[k], self.epoch)), self.size, cfg.exclusion)
                 for k in picks]
         cat = self.category_index[ds.products[pair.product_id].category]
         return scene, torch.stack([pos, *negs]), cat

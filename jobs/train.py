@@ -175,11 +175,10 @@ class TripletBatches:
         self.data, self.cfg = data, cfg
         self.scene_rows = data.scenes.rows_by_key()
         self.product_rows = data.products.rows_by_key()
-        self.product_clean = clean_rows(data.products)
         self.category_index = category_index
         self.pairs = [j for j in data.train_pairs if str(j) in self.scene_rows
                       and data.dataset.pairs[j].product_id in self.product_rows]
-        self.pools = {j: [p for p in data.negatives_pool[j] if p in self.product_clean] for j in self.pairs}
+        self.pools = {j: [p for p in data.negatives_pool[j] if p in self.product_rows] for j in self.pairs}
         self.pairs = [j for j in self.pairs if self.pools[j]]
 
     def epoch(self, rng: np.random.Generator):
@@ -194,7 +193,9 @@ class TripletBatches:
                 pos_rows.append(rng.choice(self.product_rows[pid]))
                 pool = self.pools[j]
                 picks = rng.choice(len(pool), size=cfg.negatives, replace=len(pool) < cfg.negatives)
-                neg_rows.append([self.product_clean[pool[k]] for k in picks])
+                # Negatives are drawn from the same views (clean or augmented) as positives: were
+                # positives the only augmented products, "looks augmented" would separate them.
+                neg_rows.append([rng.choice(self.product_rows[pool[k]]) for k in picks])
                 cats.append(self.category_index[ds.products[pid].category])
             yield (torch.from_numpy(self.data.scenes.features[scene_rows]),
                    torch.from_numpy(self.data.products.features[pos_rows]),
