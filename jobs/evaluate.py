@@ -75,32 +75,56 @@ class QueryEmbeddings:
     product_pooled: torch.Tensor  # P x C
 
 
-def method_distances(method: str, emb: QueryEmbeddings, q: int, candidates: list[str], category_emb: torch.Tensor):
-    """Distances of `candidates` to query q under `method` (lower = more compatible)."""
-    rows = torch.tensor([emb.product_index[p] for p in candidates])
-    if method == "backbone":
-        a = torch.nn.functional.normalize(emb.scene_pooled[q].float(), dim=-1)
-        b = torch.nn.functional.normalize(emb.product_pooled[rows].float(), dim=-1)
-        return (1.0 - b @ a).numpy()
-    f_p = emb.product_emb[rows].unsqueeze(0)
-    e_c = category_emb.expand(1, len(candidates), -1)
-    d = all_distances(emb.scene_global[q:q + 1], emb.scene_regions[q:q + 1], f_p, e_c)
-    return d[method][0].numpy()
+def distance_matrices(emb: QueryEmbeddings, queries: list[Query], category_embedding, methods=METHODS,
+                      chunk: int = 32) -> dict[str, np.ndarray]:
+    """Distances of each query to its candidates under each method -> {method: Q x P}, lower = closer.
+
+    Entries for products that are not among a query's candidates are NaN. Learned methods go through
+    `pipeline.distances.all_distances`, queries grouped by category so each group is scored only
+    against the union of its candidates.
+    """
+    n_queries, n_products = len(queries), emb.product_emb.shape[0]
+    out = {m: np.full((n_queries, n_products), np.nan, np.float32) for m in methods}
+    groups: dict[str, list[int]] = {}
+    for qi, q in enumerate(queries):
+        groups.setdefault(q.category, []).append(qi)
+    with torch.no_grad():
+        if "backbone" in methods:
+            a = torch.nn.functional.normalize(emb.scene_pooled.float(), dim=-1)
+            b = torch.nn.functional.normalize(emb.product_pooled.float(), dim=-1)
+            out["backbone"][:] = (1.0 - a @ b.T).numpy()
+        learned = [m for m in methods if m != "backbone"]
+        for category, members in groups.items():
+            if not learned:
+                break
+            cols = sorted({emb.product_index[p] for qi in members
+                           for p in (queries[qi].product_id, *queries[qi].rank_negatives, *queries[qi].fitb_negatives)})
+            f_p_all = emb.product_emb[cols]
+            e_c_one = category_embedding(category)
+            for start in range(0, len(members), chunk):
+                rows = members[start:start + chunk]
+                b = len(rows)
+                f_p = f_p_all.unsqueeze(0).expand(b, -1, -1)
+                e_c = e_c_one.reshape(1, 1, -1).expand(b, len(cols), -1)
+                d = all_distances(emb.scene_global[rows], emb.scene_regions[rows], f_p, e_c)
+                for m in learned:
+                    out[m][np.ix_(rows, cols)] = d[m].numpy()
+    return out
 
 
 def score_queries(queries: list[Query], emb: QueryEmbeddings, category_embedding, methods=METHODS) -> dict:
     """FITB and HR@K per method. `category_embedding(name)` -> d tensor."""
+    matrices = distance_matrices(emb, queries, category_embedding, methods)
     results = {}
-    with torch.no_grad():
-        cat_emb = {c: category_embedding(c).reshape(1, 1, -1) for c in {q.category for q in queries}}
-        for method in methods:
-            fitb, ranks = [], []
-            for qi, query in enumerate(queries):
-                d_fitb = method_distances(method, emb, qi, [query.product_id, *query.fitb_negatives], cat_emb[query.category])
-                fitb.append(fitb_correct(d_fitb))
-                d_rank = method_distances(method, emb, qi, [query.product_id, *query.rank_negatives], cat_emb[query.category])
-                ranks.append(positive_rank(d_rank))
-            results[method] = {"fitb": float(np.mean(fitb)), **hit_rates(ranks, KS)}
+    for method, dist in matrices.items():
+        fitb, ranks = [], []
+        for qi, query in enumerate(queries):
+            pos = emb.product_index[query.product_id]
+            fitb_cols = [pos, *(emb.product_index[p] for p in query.fitb_negatives)]
+            rank_cols = [pos, *(emb.product_index[p] for p in query.rank_negatives)]
+            fitb.append(fitb_correct(dist[qi, fitb_cols]))
+            ranks.append(positive_rank(dist[qi, rank_cols]))
+        results[method] = {"fitb": float(np.mean(fitb)), **hit_rates(ranks, KS)}
     return results
 
 

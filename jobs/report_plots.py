@@ -50,32 +50,32 @@ def overlay_attention(ax, image, attention: np.ndarray, title: str) -> None:
 
 def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_scenes: int = 4, top: int = 5) -> None:
     """Per scene: the view the model saw with its category's attention, the positive, the top-ranked products."""
-    from jobs.evaluate import method_distances
+    from jobs.evaluate import distance_matrices
 
     ds = data.dataset
-    picked = queries[:: max(1, len(queries) // n_scenes)][:n_scenes]
-    fig, axes = plt.subplots(len(picked), top + 2, figsize=(2.1 * (top + 2), 2.3 * len(picked)), squeeze=False)
+    picked = list(range(0, len(queries), max(1, len(queries) // n_scenes)))[:n_scenes]
+    lookup = lambda name: embedder.category_embeddings(embedder.category_indices([name]))[0]  # noqa: E731
+    hybrid = distance_matrices(emb, [queries[i] for i in picked], lookup, methods=("hybrid",))["hybrid"]
+    fig, axes = plt.subplots(len(picked), top + 2, figsize=(2.0 * (top + 3), 2.4 * len(picked)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2] + [1] * (top + 1)})
     with torch.no_grad():
-        for row, query in zip(axes, picked):
-            qi = queries.index(query)
+        for row, qi, dist in zip(axes, picked, hybrid):
+            query = queries[qi]
             pair = ds.pairs[query.pair_index]
             scene = exclude_product(load_image(ds.scenes[pair.scene_id]), pair.bbox, exclusion)
-            cat = embedder.category_indices([query.category])
-            e_c = embedder.category_embeddings(cat).reshape(1, 1, -1)
+            e_c = lookup(query.category).reshape(1, 1, -1)
             weights = attention_weights(emb.scene_regions[qi:qi + 1], e_c)[0, 0].numpy()
             side = int(round(len(weights) ** 0.5))
-            short = query.category.split("|")[-1]
-            overlay_attention(row[0], scene, weights.reshape(side, side), f"attention: {short}")
+            overlay_attention(row[0], scene, weights.reshape(side, side), f"attention: {query.category.split('|')[-1]}")
             candidates = [query.product_id, *query.rank_negatives]
-            d = method_distances("hybrid", emb, qi, candidates, e_c)
+            d = dist[[emb.product_index[p] for p in candidates]]
             order = np.argsort(d, kind="stable")
             rank = int(np.nonzero(order == 0)[0][0])
             row[1].imshow(load_image(ds.products[query.product_id].image_path))
             row[1].set_title(f"missing item\nrank {rank + 1} of {len(candidates)}", fontsize=8)
             row[1].axis("off")
             for ax, idx in zip(row[2:], order[:top]):
-                pid = candidates[idx]
-                ax.imshow(load_image(ds.products[pid].image_path))
+                ax.imshow(load_image(ds.products[candidates[idx]].image_path))
                 hit = idx == 0
                 ax.set_title(("✓ " if hit else "") + f"d_h={d[idx]:.2f}", fontsize=8, color="green" if hit else "black")
                 ax.axis("off")
