@@ -118,6 +118,13 @@ class Batch:
         return self
 
 
+def _lower_priority(worker_id: int) -> None:
+    """On CPU, decode workers yield to the network's intra-op threads: a preempted intra-op thread stalls
+    the others at the next barrier, while decoding keeps several batches of slack (prefetch)."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
 def collate(items) -> Batch:
     import torch
 
@@ -534,6 +541,7 @@ def _run(table, embedder, out_dir: Path, manifest: dict, pending: list[int], sha
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
         pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=None if cuda else _lower_priority,
     )
     embedder.eval().to(memory_format=torch.channels_last)
     backbone = embedder.backbone
