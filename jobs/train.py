@@ -41,7 +41,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     margin: float = 0.2
     negatives: int = 4              # same-category negatives per (scene, positive)
-    scene_views: int = 2            # augmented views per training scene, besides the clean one
+    scene_views: int = 1            # augmented views per training scene, besides the clean one
     product_views: int = 1          # augmented views per training positive, besides the clean one
     exclusion: str = "crop"         # how the positive is left out of its scene: crop | mask
     val_queries: int = 200

@@ -8,6 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+# Read once at import: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -18,9 +22,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes 0600 files; give the result the permissions a plain open() would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
