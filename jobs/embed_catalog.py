@@ -49,6 +49,7 @@ from typing import Sequence
 
 import click
 
+from jobs.workers import default_workers, lower_priority
 from pipeline import defaults
 from pipeline.files import atomic_path, write_text_atomic
 
@@ -116,13 +117,6 @@ class Batch:
         if self.images is not None:
             self.images = self.images.pin_memory()
         return self
-
-
-def _lower_priority(worker_id: int) -> None:
-    """On CPU, decode workers yield to the network's intra-op threads: a preempted intra-op thread stalls
-    the others at the next barrier, while decoding keeps several batches of slack (prefetch)."""
-    with contextlib.suppress(OSError):
-        os.nice(10)
 
 
 def collate(items) -> Batch:
@@ -354,15 +348,6 @@ def _resolve_device(device: str):
     return torch.device(device)
 
 
-def default_workers(device_type: str) -> int:
-    """DataLoader workers: min(4, cpu count) on a GPU; on CPU, decoding competes with the network's
-    own threads, so use one worker per 8 cores (at least one)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device_type == "cuda":
-        return min(4, cpus)
-    return max(1, min(4, cpus // 8))
-
-
 def _load_catalog(manifest: Path, limit: int | None):
     import pyarrow as pa
 
@@ -541,7 +526,7 @@ def _run(table, embedder, out_dir: Path, manifest: dict, pending: list[int], sha
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
         pin_memory=cuda, prefetch_factor=4 if workers else None, persistent_workers=False,
-        worker_init_fn=None if cuda else _lower_priority,
+        worker_init_fn=None if cuda else lower_priority,
     )
     embedder.eval().to(memory_format=torch.channels_last)
     backbone = embedder.backbone

@@ -20,6 +20,7 @@ from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from jobs.workers import default_workers, lower_priority
 from pipeline.backbones import Backbone, pooled
 from pipeline.files import atomic_path, write_json_atomic
 from pipeline.images import ImageError, image_to_tensor, load_image
@@ -101,6 +102,13 @@ class FeatureTable:
         return rows
 
 
+def _write_part(cache_dir: Path, part: int, rows: dict[int, tuple[np.ndarray, bool]]) -> None:
+    order = sorted(rows)
+    with atomic_path(cache_dir / f"part-{part:05d}.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, features=np.stack([rows[r][0] for r in order]), valid=np.array([rows[r][1] for r in order]))
+
+
 def compute_features(
     items: list[CacheItem],
     backbone: Backbone,
@@ -121,27 +129,30 @@ def compute_features(
         for stale in cache_dir.glob("part-*.npz"):
             stale.unlink()
     write_json_atomic(meta_path, {"fingerprint": fingerprint, "n": len(items), "keep_map": keep_map})
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    workers = default_workers(torch.device(device).type) if workers is None else workers
     backbone = backbone.to(device).eval().to(memory_format=torch.channels_last)
     n_parts = (len(items) + PART_SIZE - 1) // PART_SIZE
     todo = [p for p in range(n_parts) if not (cache_dir / f"part-{p:05d}.npz").is_file()]
-    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not todo)
-    bar.update(len(items) - sum(min(PART_SIZE, len(items) - p * PART_SIZE) for p in todo))
-    for part in todo:
-        chunk = items[part * PART_SIZE:(part + 1) * PART_SIZE]
-        loader = DataLoader(_ItemImages(chunk, backbone.input_size, exclusion), batch_size=batch_size,
-                            num_workers=workers)
-        feats, oks = [], []
-        with torch.inference_mode():
-            for images, ok in loader:
-                fmap = backbone(images.to(device).contiguous(memory_format=torch.channels_last))
-                out = fmap if keep_map else pooled(fmap)
-                feats.append(out.float().cpu().numpy().astype(np.float16))
-                oks.append(ok.numpy())
-                bar.update(len(images))
-        with atomic_path(cache_dir / f"part-{part:05d}.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, features=np.concatenate(feats), valid=np.concatenate(oks))
+    todo_rows = [i for p in todo for i in range(p * PART_SIZE, min((p + 1) * PART_SIZE, len(items)))]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo_rows), desc=desc, unit="img", disable=not todo)
+    # One loader over every missing row (workers start once); a part is written as soon as it is full.
+    loader = DataLoader(_ItemImages([items[i] for i in todo_rows], backbone.input_size, exclusion),
+                        batch_size=batch_size, num_workers=workers, pin_memory=device != "cpu",
+                        worker_init_fn=lower_priority if device == "cpu" else None) if todo_rows else []
+    pending: dict[int, dict[int, tuple[np.ndarray, bool]]] = {}
+    position = 0
+    with torch.inference_mode():
+        for images, ok in loader:
+            fmap = backbone(images.to(device).contiguous(memory_format=torch.channels_last))
+            out = (fmap if keep_map else pooled(fmap)).float().cpu().numpy().astype(np.float16)
+            for feat, good in zip(out, ok.numpy()):
+                row = todo_rows[position]
+                position += 1
+                part = row // PART_SIZE
+                pending.setdefault(part, {})[row] = (feat, bool(good))
+                if len(pending[part]) == min(PART_SIZE, len(items) - part * PART_SIZE):
+                    _write_part(cache_dir, part, pending.pop(part))
+            bar.update(len(images))
     bar.close()
     parts = [np.load(cache_dir / f"part-{p:05d}.npz") for p in range(n_parts)]
     if not parts:
