@@ -12,8 +12,8 @@ shared machine hits both alike. Target: warm query / bare forward <= 1.15.
 (3) cold: wall time of the ``ctl-retrieve`` command in a fresh process (interpreter, imports, checkpoint
     and index load, one query), beside ``python -c "import torch, faiss"`` for scale.
 
-Runs on the embedded sample's artifacts (data/runs/sample/checkpoint.pt, data/index/sample) when they
-exist and match; otherwise it builds a synthetic catalogue in a temporary folder: an EfficientNet-Lite0
+Runs on the embedded sample's artifacts (data/runs/sample/checkpoint.pt, data/index/sample under the
+working folder, as `make demo` leaves them) when they exist and match; otherwise it builds a synthetic catalogue in a temporary folder: an EfficientNet-Lite0
 embedder (ImageNet trunk, untrained heads) and N random unit product embeddings indexed by the real
 ``build_index``; latency does not depend on what the embeddings mean.
 """
@@ -91,16 +91,16 @@ def synthetic_artifacts(root: Path, n: int, n_scenes: int, dim: int = 128,
 
 def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
     """The embedded sample's checkpoint, index and held-out scenes, if they are built and match."""
-    ckpt, index_dir = ROOT / defaults.CHECKPOINT, ROOT / defaults.INDEX_DIR
+    ckpt, index_dir = defaults.CHECKPOINT.resolve(), defaults.INDEX_DIR.resolve()  # from the working folder
     if not ckpt.is_file() or not (index_dir / "info.json").is_file():
         return None
     from pipeline.checkpoint import sha256_of
 
     if json.loads((index_dir / "info.json").read_text()).get("checkpoint_sha256") != sha256_of(ckpt):
         return None
-    scene_dir = ROOT / defaults.SAMPLE_DIR / "images" / "scenes"
+    scene_dir = defaults.SAMPLE_DIR.resolve() / "images" / "scenes"
     try:
-        test = json.loads((ROOT / defaults.RUN_DIR / "split.json").read_text())["test"]
+        test = json.loads((defaults.RUN_DIR / "split.json").read_text())["test"]
         scenes = [scene_dir / f"{sid}.jpg" for sid in sorted(test)]
     except (OSError, ValueError, KeyError):
         scenes = sorted(scene_dir.glob("*.jpg"))
@@ -113,6 +113,8 @@ def _ms(seconds: list[float]) -> float:
 
 
 def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int) -> dict:
+    from pipeline.retriever import _one_thread
+
     backbone = retriever.embedder.backbone
     size = retriever.input_size
     pil = [load_image(p) for p in scenes]
@@ -136,22 +138,24 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         t0 = time.perf_counter()
         retriever.retrieve(pil[j], k=k, candidates=candidates)
         t_pil.append(time.perf_counter() - t0)
-        # The same query, stage by stage (explains where the time above goes).
+        # The same query, stage by stage, as Retriever.retrieve runs it (explains where the time goes).
         t0 = time.perf_counter()
         x = image_to_tensor(load_image(scenes[j]), size).unsqueeze(0)
         t1 = time.perf_counter()
         with torch.inference_mode():
             fmap = backbone(x)
             t2 = time.perf_counter()
-            f_s, f_i = retriever.embedder.scene_from_features(fmap)
+            with _one_thread():
+                f_s, f_i = retriever.embedder.scene_from_features(fmap)
         t3 = time.perf_counter()
-        count = min(max(candidates, k), len(retriever))
-        rows = retriever.candidates(f_s, count)
-        t4 = time.perf_counter()
-        d = retriever.rerank(f_s, f_i, rows)
-        t5 = time.perf_counter()
-        order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-        retriever._hits(rows, d, order)
+        with _one_thread():
+            count = min(max(candidates, k), len(retriever))
+            rows = retriever.candidates(f_s, count)
+            t4 = time.perf_counter()
+            d = retriever.rerank(f_s, f_i, rows)
+            t5 = time.perf_counter()
+            order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
+            retriever._hits(rows, d, order)
         t6 = time.perf_counter()
         for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)]):
             stages[name].append(b - a)
@@ -173,10 +177,10 @@ def cold(ckpt: Path, index_dir: Path, scene: Path, *, runs: int, k: int) -> dict
     t_cli, t_imp = [], []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(imports, check=True, cwd=ROOT)
+        subprocess.run(imports, check=True)
         t_imp.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         t_cli.append(time.perf_counter() - t0)
     return {"runs": runs, "ctl_retrieve_s": statistics.median(t_cli), "ctl_retrieve_best_s": min(t_cli),
             "import_torch_faiss_s": statistics.median(t_imp), "lines": len(out.stdout.splitlines())}
@@ -190,8 +194,11 @@ def main() -> int:
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
                     help="use a synthetic catalogue of N products even when the sample's artifacts exist")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for the backbone (0: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from pipeline.retriever import Retriever
 
@@ -215,7 +222,8 @@ def main() -> int:
               f"(mmap={retriever.index.mmap}), backbone {retriever.embedder.backbone_name}, "
               f"d={retriever.embedder.dim}; loaded in {load_s:.2f} s")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+              f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+              f"load average {os.getloadavg()[0]:.2f} before")
         w = warm(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates)
         print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}):")
         print(f"  bare backbone forward, 1 scene       {w['bare_forward_ms']:8.1f} ms")
@@ -225,6 +233,7 @@ def main() -> int:
         print("  stage by stage:")
         for name, ms in w["stages_ms"].items():
             print(f"    {name:<34} {ms:8.2f} ms")
+        print(f"  (load average {os.getloadavg()[0]:.2f} after the warm run)")
         result = {"source": source, "n_products": len(retriever), "factory": info.get("factory"),
                   "load_s": load_s, "warm": w}
         if args.cold > 0:

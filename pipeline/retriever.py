@@ -13,6 +13,7 @@ higher is better, and ordering by score is ordering by hybrid distance.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,9 @@ class Retriever:
             img = img.convert("RGB")
         x = image_to_tensor(img, self.input_size).unsqueeze(0).to(self.device)
         with torch.inference_mode():
-            f_s, f_i = self.embedder.encode_scenes(x)
+            feature_map = self.embedder.backbone(x)  # the one backbone forward, on torch's thread pool
+            with _one_thread():
+                f_s, f_i = self.embedder.scene_from_features(feature_map)
         return Scene(image=img, f_s=f_s.float(), f_i=f_i.float())
 
     def candidates(self, f_s: torch.Tensor, count: int, *, category: str | None = None) -> np.ndarray:
@@ -222,11 +225,12 @@ class Retriever:
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
         available = len(self.index.rows_for_category(category)) if category is not None else self.index.n
         count = min(max(candidates, k), available)
-        rows = self.candidates(f_s, count, category=category) if count > 0 else np.zeros(0, dtype=np.int64)
-        d = self.rerank(f_s, f_i, rows)
-        # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
-        order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-        hits = self._hits(rows, d, order)
+        with _one_thread():
+            rows = self.candidates(f_s, count, category=category) if count > 0 else np.zeros(0, dtype=np.int64)
+            d = self.rerank(f_s, f_i, rows)
+            # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
+            order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
+            hits = self._hits(rows, d, order)
         return RetrievalResult(
             hits=hits, candidates=int(len(rows)), category=category, scene=scene.image,
             f_s=f_s[0], f_i=f_i[0], _category_table=self._category_table,
@@ -259,6 +263,26 @@ class Retriever:
                 metadata=info,
             ))
         return hits
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run the cheap stages (heads, stage 1, stage 2) in the calling thread alone.
+
+    They are about 2 ms of small ops: a thread pool only adds risk. On a busy 2-core machine
+    a 2-thread OpenMP region waits for a descheduled worker, and a 1 ms stage then takes a scheduler
+    slice (~45 ms, measured). torch.set_num_threads sets the calling thread's OpenMP (and MKL) thread
+    count, which FAISS's OpenMP shares, and is restored on exit.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _positive(name: str, value) -> int:
