@@ -2,8 +2,9 @@
 
     python bench/bench_query.py [--queries 30] [--cold 3] [--candidates 200] [--k 20] [--synthetic N]
 
-(1) bare: the backbone's forward on one pre-decoded, pre-resized uint8 scene tensor (inference_mode)
-    -- the floor of any query, since a scene must pass the network once;
+(1) bare: the backbone's forward on one pre-decoded, pre-resized uint8 scene tensor (inference_mode,
+    the retriever's own backbone and input layout, channels_last) -- the floor of any query, since a
+    scene must pass the network once;
 (2) warm query: ``Retriever.retrieve(path)`` on a loaded retriever, end to end: JPEG decode, resize,
     backbone, heads, FAISS top-C by global distance, exact hybrid re-rank of the C candidates, top-k
     hits with their metadata. Also timed from an already decoded PIL image.
@@ -39,7 +40,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline import defaults  # noqa: E402
-from pipeline.images import image_to_tensor, load_image  # noqa: E402
+from pipeline.images import load_image  # noqa: E402
 
 SAMPLE_CATEGORIES = ["shoes", "handbags", "pants", "tops", "sunglasses", "hats", "necklaces", "coats"]
 
@@ -116,9 +117,8 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
     from pipeline.retriever import _one_thread
 
     backbone = retriever.embedder.backbone
-    size = retriever.input_size
     pil = [load_image(p) for p in scenes]
-    tensors = [image_to_tensor(img, size).unsqueeze(0) for img in pil]
+    tensors = [retriever.scene_tensor(img) for img in pil]  # the very input the retriever feeds its backbone
     for i in range(3):  # warm-up: allocator, oneDNN primitives, FAISS, page cache
         with torch.inference_mode():
             backbone(tensors[i % len(tensors)])
@@ -140,7 +140,7 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         t_pil.append(time.perf_counter() - t0)
         # The same query, stage by stage, as Retriever.retrieve runs it (explains where the time goes).
         t0 = time.perf_counter()
-        x = image_to_tensor(load_image(scenes[j]), size).unsqueeze(0)
+        x = retriever.scene_tensor(load_image(scenes[j]))
         t1 = time.perf_counter()
         with torch.inference_mode():
             fmap = backbone(x)
@@ -165,6 +165,9 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         "bare_forward_ms": bare,
         "query_from_path_ms": _ms(t_path), "query_from_pil_ms": _ms(t_pil),
         "ratio_path": _ms(t_path) / bare, "ratio_pil": _ms(t_pil) / bare,
+        # Best of each series: other processes only ever add time, so this is the least noisy ratio.
+        "best_bare_ms": 1e3 * min(t_bare), "best_query_from_path_ms": 1e3 * min(t_path),
+        "ratio_best": min(t_path) / min(t_bare),
         "stages_ms": {name: _ms(v) for name, v in stages.items()},
     }
 
@@ -230,6 +233,8 @@ def main() -> int:
         print(f"  retrieve(path)                       {w['query_from_path_ms']:8.1f} ms   "
               f"x{w['ratio_path']:.3f} of the forward (target <= 1.15)")
         print(f"  retrieve(PIL image)                  {w['query_from_pil_ms']:8.1f} ms   x{w['ratio_pil']:.3f}")
+        print(f"  best of each: forward {w['best_bare_ms']:.1f} ms, retrieve(path) {w['best_query_from_path_ms']:.1f} ms"
+              f"   x{w['ratio_best']:.3f}")
         print("  stage by stage:")
         for name, ms in w["stages_ms"].items():
             print(f"    {name:<34} {ms:8.2f} ms")
@@ -245,7 +250,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
         ok = w["ratio_path"] <= 1.15
-        print(f"\n{'PASS' if ok else 'MISS'}: warm query / bare forward = {w['ratio_path']:.3f} (target <= 1.15)")
+        print(f"\n{'PASS' if ok else 'MISS'}: warm query / bare forward = {w['ratio_path']:.3f} median, "
+              f"{w['ratio_best']:.3f} best-of (target <= 1.15)")
         return 0
     finally:
         if tmp is not None:
