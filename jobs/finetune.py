@@ -90,6 +90,8 @@ def finetune(data_dir, out_dir, cfg: TrainConfig, *, resume: bool = False, progr
     """Train backbone and heads end to end; writes the same checkpoint format (with the backbone inside)."""
     from jobs.evaluate import build_queries
 
+    if resume:
+        raise ValueError("--resume is implemented for --mode frozen only; rerun the fine-tune from the start")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()

@@ -309,7 +309,7 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--negatives", type=int, default=TrainConfig.negatives, show_default=True)
 @click.option("--exclusion", type=click.Choice(["crop", "mask"]), default=TrainConfig.exclusion, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--workers", type=int, default=None, help="image decoding workers (default: up to 2)")
+@click.option("--workers", type=int, default=None, help="image decoding workers (default: 1 on CPU, up to 4 on a GPU)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, negatives,
                   exclusion, device, workers, resume):
