@@ -114,8 +114,12 @@ def test_json_array_input_keeps_line_numbers(tmp_path):
 
 
 def test_data_commands_are_registered():
+    import click
+
     from jobs.cli import data
-    assert {"stl", "fetch", "catalog"} <= set(data.commands)
+    ctx = click.Context(data)
+    assert {"stl", "fetch", "catalog"} <= set(data.list_commands(ctx))
+    assert data.get_command(ctx, "stl").name == "stl"
 
 
 def test_cli_reports_rejects_and_summary(stl_files, tmp_path):
