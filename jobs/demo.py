@@ -173,7 +173,7 @@ def _command(name: str) -> str:
 
 def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path, k: int, device: str):
     from pipeline.retrieve_cli import format_table, write_sheet
-    from pipeline.retriever import Retriever
+    from pipeline.retriever import RetrievalError, Retriever
 
     started = time.perf_counter()
     retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
@@ -182,7 +182,13 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
     _stage(6, "retrieve", f"top {len(result)} for held-out scene {scene.name}, sheet {sheet} ({_seconds(started)})")
     click.echo("")
     click.echo(format_table(result, scene=str(scene), n_products=len(retriever)))
-    return result, sheet
+    category = result.hits[0].category if result.hits else result.categories[0]
+    short = category.rsplit("|", 1)[-1].strip()
+    try:  # suggest the short name where it is unambiguous
+        category = short if retriever.resolve_category(short) == category else category
+    except RetrievalError:
+        pass
+    return result, sheet, category
 
 
 @click.command("demo")
@@ -213,7 +219,7 @@ def demo_command(seed: int, k: int, device: str) -> None:
         stage_embed(sample_dir / "catalog.parquet", checkpoint, emb_dir, dev)
         stage_index(emb_dir, index_dir, sha)
         scene = pick_scene(sample_dir, run_dir)
-        result, sheet = stage_retrieve(scene, checkpoint, index_dir, DEMO_DIR, k, dev)
+        result, sheet, category = stage_retrieve(scene, checkpoint, index_dir, DEMO_DIR, k, dev)
     except click.ClickException:
         raise
     except (CheckpointError, EmbedCatalogError, ImageError, RetrievalError, FileNotFoundError) as exc:
@@ -222,7 +228,6 @@ def demo_command(seed: int, k: int, device: str) -> None:
         raise click.ClickException(" ".join(str(exc).split())) from None
 
     retrieve = _command("ctl-retrieve")
-    category = result.hits[0].category if result.hits else result.categories[0]
     q = shlex.quote
     click.echo("")
     click.echo(f"demo done in {_seconds(started)}. The sheet {sheet} shows the scene's attention for the top")

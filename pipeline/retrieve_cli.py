@@ -79,7 +79,8 @@ def write_sheet(result, out_png: str | Path, *, scene: str) -> Path:
 @click.option("--k", "k", type=int, default=20, show_default=True, help="how many products to return")
 @click.option("--candidates", type=int, default=200, show_default=True,
               help="stage-1 candidates pulled by global distance before the hybrid re-rank")
-@click.option("--category", default=None, help="only products of this category")
+@click.option("--category", default=None,
+              help="only products of this category: its full name, or its last '|' part, in any case")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--index-dir", type=click.Path(path_type=Path), default=defaults.INDEX_DIR, show_default=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=defaults.CHECKPOINT, show_default=True)

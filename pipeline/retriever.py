@@ -87,6 +87,7 @@ class RetrievalResult:
 
     @property
     def categories(self) -> list[str]:
+        """The checkpoint's category vocabulary: the categories attention_map accepts."""
         return list(self._category_to_index)
 
     def attention_map(self, category: str) -> np.ndarray:
@@ -221,13 +222,15 @@ class Retriever:
     ) -> RetrievalResult:
         """Top-k products for a scene (PIL image, path, or an encoded Scene) by hybrid distance.
 
+        `category` restricts the search to one category (see resolve_category for the names accepted).
+
         Stage 1 pulls C = `candidates` products by global distance, raised to k when smaller (k results
         need k candidates) and capped at the number of products (of `category`, when given); stage 2
         re-ranks them by exact hybrid distance. k larger than the products available returns them all.
         """
         k, candidates = _positive("k", k), _positive("candidates", candidates)
         if category is not None:
-            self._check_category(category)
+            category = self.resolve_category(category)
         scene = scene if isinstance(scene, Scene) else self.encode_scene(scene)
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
         available = len(self.index.rows_for_category(category)) if category is not None else self.index.n
@@ -249,14 +252,21 @@ class Retriever:
         return str(self.index.table.column("category")[int(row)].as_py())
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _check_category(self, category: str) -> None:
+    def resolve_category(self, name: str) -> str:
+        """An index category by its full name, or by a unique case-insensitive match of the full name or its
+        last '|' part ("shoes" for "Apparel & Accessories|Shoes"); RetrievalError listing the known ones."""
         known = list(self.index.categories)
-        if category not in known:
-            raise RetrievalError(f"unknown category {category!r}; known: {', '.join(known)}")
-        if category not in self._category_to_index:
+        if name not in known:
+            wanted = name.strip().casefold()
+            matches = [c for c in known if wanted in (c.casefold(), c.rsplit("|", 1)[-1].strip().casefold())]
+            if len(matches) != 1:
+                raise RetrievalError(f"unknown category {name!r}; known: {', '.join(known)}")
+            name = matches[0]
+        if name not in self._category_to_index:
             raise RetrievalError(
-                f"category {category!r} is in the index but not in the checkpoint's vocabulary "
+                f"category {name!r} is in the index but not in the checkpoint's vocabulary "
                 f"({', '.join(self.embedder.categories)})")
+        return name
 
     def _hits(self, rows: np.ndarray, d: dict[str, np.ndarray], order: np.ndarray) -> list[Hit]:
         records = self.index.table.take(pa.array(rows[order], type=pa.int64())).to_pylist()

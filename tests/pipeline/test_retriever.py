@@ -243,6 +243,12 @@ def test_category_filter_returns_only_that_category(retriever, scenes, oracles):
             assert_matches_oracle(result, oracles[1], ranked(oracles[1], among=among)[:3])
 
 
+def test_category_names_resolve_case_insensitively(retriever, scenes):
+    assert retriever.resolve_category("Hat") == "hat"
+    result = retriever.retrieve(scenes[0], k=2, category="SHOES")
+    assert result.category == "shoes" and {h.category for h in result.hits} == {"shoes"}
+
+
 def test_k_larger_than_catalogue_returns_all(retriever, scenes):
     result = retriever.retrieve(scenes[0], k=1000)
     assert len(result) == N_PRODUCTS
