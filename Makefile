@@ -66,4 +66,4 @@ stl-fashion: $(STAMP) ## ingest STL-Fashion (STL_PAIRS=..., STL_CATS=...) into d
 	$(BIN)/ctl data fetch $(STL_DIR)
 
 clean: ## remove generated data (keeps .venv)
-	rm -rf data/sample data/runs data/embeddings data/index
+	rm -rf data/sample data/runs data/embeddings data/index data/demo

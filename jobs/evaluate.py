@@ -182,11 +182,12 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
         "seconds": round(time.time() - started, 1),
     }
     from pipeline.files import write_json_atomic
-    write_json_atomic(run_dir / "report.json", report)
     if plots:
         from jobs.report_plots import attention_figure, methods_bar_chart
         methods_bar_chart(report, run_dir / "report.png")
         attention_figure(data, queries, emb, embedder, run_dir / "attention.png", cfg.exclusion)
+    # Last, so a report.json on disk means the whole evaluation (plots included) finished.
+    write_json_atomic(run_dir / "report.json", report)
     return report
 
 
