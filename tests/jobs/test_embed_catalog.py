@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from jobs.embed_catalog import MANIFEST, embed_catalog, embed_catalog_command
+from tests.helpers import random_embedder
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.embedder import build_embedder
 from pipeline.images import image_to_tensor, load_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +34,7 @@ CATEGORIES = ["shoes", "bags"]
 # -- fixtures and helpers -----------------------------------------------------------------------
 
 def _new_checkpoint(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    save_checkpoint(path, build_embedder(categories=CATEGORIES, backbone_weights="random", dim=DIM), config={"seed": seed})
+    save_checkpoint(path, random_embedder(CATEGORIES, dim=DIM, seed=seed), config={"seed": seed})
     return path
 
 
@@ -120,6 +119,7 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     xb = embeddings_of(table)
     np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(xb, oracle(model, paths), atol=1e-5)
+    assert np.abs(xb[0] - xb[1:]).max() > 1e-2  # distinct images give distinct embeddings: order is tested
 
     info = json.loads((out / MANIFEST).read_text())
     assert info["complete"] and info["n_input"] == 23 and info["shard_size"] == 10 and info["dim"] == DIM

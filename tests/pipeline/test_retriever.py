@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from index.build import build_index
+from tests.helpers import random_embedder as shared_random_embedder
 from pipeline.checkpoint import save_checkpoint
 from pipeline.distances import global_distance, hybrid_distance, local_distance
-from pipeline.embedder import build_embedder
 from pipeline.images import image_to_tensor
 from pipeline.retriever import RetrievalError, Retriever
 from index.store import CheckpointMismatchError, IndexDirError
@@ -28,21 +28,7 @@ PRODUCT_SIZE = 64  # product embeddings are computed on small images: the test o
 
 
 def random_embedder(categories, *, seed: int = 0):
-    """A random-weight embedder whose BatchNorm statistics are calibrated on random images.
-
-    With untouched random weights the EfficientNet feature map is ~1e-8 and the same for every
-    image, so every embedding would be equal; one train-mode pass sets usable statistics.
-    """
-    torch.manual_seed(seed)
-    embedder = build_embedder(categories=categories, backbone_weights="random", dim=DIM)
-    for module in embedder.backbone.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = 1.0
-    embedder.backbone.train()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        embedder.backbone(torch.randint(0, 256, (4, 3, 96, 96), dtype=torch.uint8, generator=g))
-    return embedder.eval()
+    return shared_random_embedder(categories, dim=DIM, seed=seed)
 
 
 def pattern_image(rng: np.random.Generator, size: int) -> Image.Image:
