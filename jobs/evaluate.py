@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import click

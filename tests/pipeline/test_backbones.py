@@ -1,5 +1,4 @@
 """Backbones give the promised feature maps; EfficientNet-Lite0's real ImageNet weights load offline."""
-import numpy as np
 import pytest
 import torch
 
