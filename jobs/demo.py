@@ -94,9 +94,11 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
     _stage(3, "evaluate", done + f" ({report.get('n_queries', '?')} held-out test queries)")
     methods = report.get("methods")
     if methods:
-        from jobs.evaluate import format_table as metrics_table
+        from jobs.evaluate import format_comparisons, format_table as metrics_table
 
         for line in metrics_table(methods).splitlines():
+            click.echo(f"      {line}")
+        for line in format_comparisons(report.get("comparisons", {})).splitlines():
             click.echo(f"      {line}")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.distances import all_distances
-from pipeline.metrics import fitb_correct, hit_rates, positive_rank
+from pipeline.metrics import expected_fitb, fitb_correct, hit_rates, paired_bootstrap, positive_rank
 
 METHODS = ("hybrid", "global", "local", "backbone")
 FITB_NEGATIVES = 3
@@ -111,27 +111,64 @@ def distance_matrices(emb: QueryEmbeddings, queries: list[Query], category_embed
     return out
 
 
-def score_queries(queries: list[Query], emb: QueryEmbeddings, category_embedding, methods=METHODS) -> dict:
-    """FITB and HR@K per method. `category_embedding(name)` -> d tensor."""
+def per_query_scores(queries: list[Query], emb: QueryEmbeddings, category_embedding,
+                     methods=METHODS) -> dict[str, dict[str, np.ndarray]]:
+    """Per method, one value per query: FITB hit (sampled negatives), expected FITB and the positive's rank."""
     matrices = distance_matrices(emb, queries, category_embedding, methods)
-    results = {}
+    out = {}
     for method, dist in matrices.items():
-        fitb, ranks = [], []
+        fitb, fitb_expected, ranks = [], [], []
         for qi, query in enumerate(queries):
             pos = emb.product_index[query.product_id]
             fitb_cols = [pos, *(emb.product_index[p] for p in query.fitb_negatives)]
             rank_cols = [pos, *(emb.product_index[p] for p in query.rank_negatives)]
             fitb.append(fitb_correct(dist[qi, fitb_cols]))
+            fitb_expected.append(expected_fitb(dist[qi, rank_cols], FITB_NEGATIVES))
             ranks.append(positive_rank(dist[qi, rank_cols]))
-        results[method] = {"fitb": float(np.mean(fitb)), **hit_rates(ranks, KS)}
-    return results
+        out[method] = {"fitb": np.array(fitb, float), "fitb_expected": np.array(fitb_expected), "rank": np.array(ranks)}
+    return out
+
+
+def summarise(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    return {"fitb": float(scores["fitb"].mean()), "fitb_expected": float(scores["fitb_expected"].mean()),
+            **hit_rates(scores["rank"], KS)}
+
+
+def score_queries(queries: list[Query], emb: QueryEmbeddings, category_embedding, methods=METHODS) -> dict:
+    """FITB, expected FITB and HR@K per method. `category_embedding(name)` -> d tensor."""
+    return {m: summarise(s) for m, s in per_query_scores(queries, emb, category_embedding, methods).items()}
+
+
+COMPARISONS = (("hybrid", "backbone"), ("hybrid", "global"), ("hybrid", "local"))
+
+
+def compare_methods(scores: dict[str, dict[str, np.ndarray]], seed: int = 0) -> dict:
+    """Paired differences on the same queries (expected FITB and HR@10), with 95% bootstrap intervals."""
+    out = {}
+    for a, b in COMPARISONS:
+        if a in scores and b in scores:
+            out[f"{a} - {b}"] = {
+                "fitb_expected": paired_bootstrap(scores[a]["fitb_expected"], scores[b]["fitb_expected"], seed=seed),
+                "hr@10": paired_bootstrap(scores[a]["rank"] < 10, scores[b]["rank"] < 10, seed=seed),
+            }
+    return out
 
 
 def format_table(methods: dict) -> str:
-    cols = ["fitb", *[f"hr@{k}" for k in KS]]
-    lines = [f"{'method':<10}" + "".join(f"{c:>9}" for c in cols)]
+    cols = ["fitb", "fitb_expected", *[f"hr@{k}" for k in KS]]
+    heads = {"fitb_expected": "fitb(exp)"}
+    lines = [f"{'method':<10}" + "".join(f"{heads.get(c, c):>10}" for c in cols)]
     for name, m in methods.items():
-        lines.append(f"{name:<10}" + "".join(f"{m[c]:>9.3f}" for c in cols))
+        lines.append(f"{name:<10}" + "".join(f"{m[c]:>10.3f}" for c in cols))
+    return "\n".join(lines)
+
+
+def format_comparisons(comparisons: dict) -> str:
+    """One line per paired comparison: mean difference and its 95% interval."""
+    lines = []
+    for name, metrics in comparisons.items():
+        parts = [f"{metric} {m['diff']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]" for metric, m in metrics.items()]
+        lines.append(f"{name:<18}" + "   ".join(parts))
     return "\n".join(lines)
 
 
@@ -165,15 +202,19 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     else:
         embedder = ckpt.embedder
         emb = embeddings_from_cache(embedder, data, queries)
-    methods = score_queries(queries, emb, category_lookup(embedder))
+    scores = per_query_scores(queries, emb, category_lookup(embedder))
+    methods = {m: summarise(s) for m, s in scores.items()}
     report = {
         "methods": methods,
         "n_queries": len(queries),
+        "comparisons": compare_methods(scores, seed),
         "protocol": {
             "split": split, "seed": seed, "fitb_negatives": FITB_NEGATIVES, "rank_negatives_max": RANK_NEGATIVES,
             "rank_negatives_mean": float(np.mean([len(q.rank_negatives) for q in queries])),
             "negatives": "same category as the positive, not in the scene", "scene_exclusion": cfg.exclusion,
             "ks": list(KS),
+            "fitb_expected": "FITB averaged over every draw of 3 negatives from the HR@K candidates (no draw noise)",
+            "comparisons": "paired per-query differences, 95% percentile bootstrap over queries (2000 resamples)",
         },
         "checkpoint_sha256": ckpt.sha256,
         "data": str(data_dir),
@@ -209,4 +250,6 @@ def evaluate_command(run_dir, data_dir, split, no_plots, device):
     click.echo(f"{report['n_queries']} {split} queries, about {report['protocol']['rank_negatives_mean']:.0f} "
                f"same-category negatives each for HR@K, {FITB_NEGATIVES} for FITB (chance 0.25)")
     click.echo(format_table(report["methods"]))
+    click.echo("paired differences on the same queries, 95% bootstrap intervals:")
+    click.echo(format_comparisons(report["comparisons"]))
     click.echo(f"wrote {Path(run_dir) / 'report.json'}" + ("" if no_plots else ", report.png, attention.png"))

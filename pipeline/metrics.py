@@ -1,6 +1,8 @@
 """Ranking metrics of the paper's task: fill-in-the-blank accuracy and hit rate at K."""
 from __future__ import annotations
 
+from math import comb
+
 import numpy as np
 
 
@@ -23,3 +25,29 @@ def hit_rates(ranks, ks=(1, 10, 50)) -> dict[str, float]:
     if ranks.size == 0:
         raise ValueError("no ranks to score")
     return {f"hr@{k}": float((ranks < k).mean()) for k in ks}
+
+
+def expected_fitb(distances: np.ndarray, n_negatives: int = 3) -> float:
+    """FITB accuracy averaged over every draw of `n_negatives` from the candidates after the positive.
+
+    The chance that a random draw holds only negatives farther than the positive is C(m, k) / C(n, k),
+    with m of the n negatives farther: the sampled FITB's expectation, without its draw-to-draw noise.
+    """
+    distances = np.asarray(distances)
+    if distances.ndim != 1 or distances.size < n_negatives + 1:
+        raise ValueError(f"distances must be a vector of the positive and at least {n_negatives} negatives, "
+                         f"got shape {distances.shape}")
+    farther = int((distances[1:] > distances[0]).sum())
+    return comb(farther, n_negatives) / comb(distances.size - 1, n_negatives)
+
+
+def paired_bootstrap(a, b, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of a - b over paired per-query scores, with a 95% percentile bootstrap interval over queries."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"a and b must be non-empty vectors of the same length, got {a.shape} and {b.shape}")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(diff.mean()), "ci95": [float(lo), float(hi)]}

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from jobs.evaluate import Query, QueryEmbeddings, distance_matrices, score_queries
 from pipeline.distances import global_distance, hybrid_distance, local_distance
-from pipeline.metrics import fitb_correct, positive_rank
+from pipeline.metrics import expected_fitb, fitb_correct, positive_rank
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_distance_matrices_equal_one_candidate_at_a_time(setup):
 def test_scores_equal_an_explicit_loop_over_candidates(setup):
     emb, cats, queries = setup
     got = score_queries(queries, emb, cats.__getitem__, methods=("hybrid", "backbone"))
-    fitb, ranks = [], []
+    fitb, fitb_expected, ranks = [], [], []
     for qi, q in enumerate(queries):
         def d_h(p):
             return float(hybrid_distance(emb.scene_global[qi:qi + 1], emb.scene_regions[qi:qi + 1],
@@ -51,7 +51,9 @@ def test_scores_equal_an_explicit_loop_over_candidates(setup):
                                          cats[q.category].reshape(1, 1, -1)))
         fitb.append(fitb_correct(np.array([d_h(p) for p in (q.product_id, *q.fitb_negatives)])))
         ranks.append(positive_rank(np.array([d_h(p) for p in (q.product_id, *q.rank_negatives)])))
+        fitb_expected.append(expected_fitb(np.array([d_h(p) for p in (q.product_id, *q.rank_negatives)])))
     assert got["hybrid"]["fitb"] == pytest.approx(np.mean(fitb))
+    assert got["hybrid"]["fitb_expected"] == pytest.approx(np.mean(fitb_expected))
     assert got["hybrid"]["hr@10"] == pytest.approx(np.mean(np.array(ranks) < 10))
     assert set(got) == {"hybrid", "backbone"}
 

@@ -1,8 +1,10 @@
-"""FITB and HR@K against hand-worked rankings."""
+"""FITB and HR@K against hand-worked rankings; expected FITB and the bootstrap against brute force."""
+from itertools import combinations
+
 import numpy as np
 import pytest
 
-from pipeline.metrics import fitb_correct, hit_rates, positive_rank
+from pipeline.metrics import expected_fitb, fitb_correct, hit_rates, paired_bootstrap, positive_rank
 
 
 def test_positive_rank_counts_negatives_at_or_below_the_positive():
@@ -28,3 +30,33 @@ def test_bad_input_is_a_value_error():
         positive_rank(np.array([]))
     with pytest.raises(ValueError):
         hit_rates([])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_expected_fitb_equals_the_mean_over_every_draw_of_three(seed):
+    rng = np.random.default_rng(seed)
+    distances = rng.integers(0, 6, size=12).astype(float)  # small integers: ties included
+    draws = [fitb_correct(np.array([distances[0], *distances[list(c)]])) for c in combinations(range(1, 12), 3)]
+    assert expected_fitb(distances) == pytest.approx(np.mean(draws))
+
+
+def test_expected_fitb_bounds_and_bad_input():
+    assert expected_fitb(np.array([0.0, 1, 2, 3, 4])) == 1.0
+    assert expected_fitb(np.array([9.0, 1, 2, 3, 4])) == 0.0
+    with pytest.raises(ValueError, match="at least 3 negatives"):
+        expected_fitb(np.array([0.0, 1.0, 2.0]))
+
+
+def test_paired_bootstrap_interval_holds_the_mean_difference_and_shrinks_with_more_queries():
+    rng = np.random.default_rng(0)
+    a = rng.random(400)
+    b = a - 0.1 + rng.normal(0, 0.05, 400)
+    got = paired_bootstrap(a, b)
+    assert got["diff"] == pytest.approx(np.mean(a - b))
+    assert got["ci95"][0] < got["diff"] < got["ci95"][1]
+    assert 0.09 < got["ci95"][0] and got["ci95"][1] < 0.11
+    small = paired_bootstrap(a[:40], b[:40])
+    assert small["ci95"][1] - small["ci95"][0] > got["ci95"][1] - got["ci95"][0]
+    assert paired_bootstrap(a, a) == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b[:3])
