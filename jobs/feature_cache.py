@@ -24,7 +24,7 @@ from jobs.workers import default_workers, lower_priority
 from pipeline.backbones import Backbone, pooled
 from pipeline.files import atomic_path, write_json_atomic
 from pipeline.images import ImageError, image_to_tensor, load_image
-from pipeline.scene_crops import exclude_product
+from pipeline.scene_crops import EXCLUSION_MARGIN, exclude_product
 
 PART_SIZE = 256
 
@@ -80,7 +80,7 @@ class _ItemImages(Dataset):
 
 def _fingerprint(items: list[CacheItem], backbone: Backbone, exclusion: str, keep_map: bool) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([backbone.name, str(backbone.weights), exclusion, keep_map]).encode())
+    digest.update(json.dumps([backbone.name, str(backbone.weights), exclusion, EXCLUSION_MARGIN, keep_map]).encode())
     for it in items:
         digest.update(json.dumps([it.key, it.image_path, it.bbox, it.augment_seed]).encode())
     return digest.hexdigest()

@@ -4,6 +4,16 @@ from __future__ import annotations
 from PIL import Image
 
 EXCLUSION_MODES = ("crop", "mask")
+# The box is grown by this fraction of the image's longer side before it is left out: drop shadows,
+# reflections and annotation slack sit just outside a tight box and would outline the missing product.
+EXCLUSION_MARGIN = 0.04
+
+
+def grow_box(bbox, margin: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """Normalised [l, t, r, b] grown by `margin` x the image's longer side on every side, clamped to [0, 1]."""
+    left, top, right, bottom = bbox
+    dx, dy = margin * max(width, height) / width, margin * max(width, height) / height
+    return (max(0.0, left - dx), max(0.0, top - dy), min(1.0, right + dx), min(1.0, bottom + dy))
 
 
 def bbox_to_pixels(bbox, width: int, height: int) -> tuple[int, int, int, int]:
@@ -23,14 +33,16 @@ def largest_region_outside(bbox, width: int, height: int) -> tuple[int, int, int
     return max(bands, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
 
 
-def exclude_product(scene: Image.Image, bbox, mode: str = "crop", min_side: int = 16) -> Image.Image:
-    """The scene without the product: cropped to the largest band outside its box, or the box masked grey.
+def exclude_product(scene: Image.Image, bbox, mode: str = "crop", min_side: int = 16,
+                    margin: float = EXCLUSION_MARGIN) -> Image.Image:
+    """The scene without the product: cropped to the largest band outside its (grown) box, or that box masked grey.
 
     Falls back to masking when the largest band is thinner than `min_side` pixels (a box that fills the scene).
     """
     if mode not in EXCLUSION_MODES:
         raise ValueError(f"unknown exclusion mode {mode!r}; known: {', '.join(EXCLUSION_MODES)}")
     width, height = scene.size
+    bbox = grow_box(bbox, margin, width, height)
     if mode == "crop":
         region = largest_region_outside(bbox, width, height)
         if min(region[2] - region[0], region[3] - region[1]) >= min_side:
