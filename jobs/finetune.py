@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from jobs.evaluate import QueryEmbeddings, score_queries
 from jobs.feature_cache import CacheItem, prepare
-from jobs.train import (TrainConfig, _view_seed, category_lookup, prepare_data, resolve_device, seed_everything)
+from jobs.train import (TrainConfig, _view_seed, category_lookup, prepare_data, resolve_device, seed_everything,
+                        selection_score, set_epoch_lr)
 from pipeline.checkpoint import save_checkpoint
 from pipeline.distances import hybrid_distance, triplet_loss
 from pipeline.embedder import build_embedder
@@ -111,6 +112,7 @@ def finetune(data_dir, out_dir, cfg: TrainConfig, *, resume: bool = False, progr
     bar = tqdm(range(cfg.epochs), desc="finetune", unit="epoch", disable=not progress)
     for epoch in bar:
         embedder.train()
+        set_epoch_lr(optimizer, cfg, epoch)
         loader = DataLoader(TripletImages(data, cfg, embedder.category_to_index, epoch, embedder.backbone.input_size),
                             batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
                             pin_memory=device == "cuda", drop_last=len(data.train_pairs) > cfg.batch_size,
@@ -139,7 +141,7 @@ def finetune(data_dir, out_dir, cfg: TrainConfig, *, resume: bool = False, progr
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in val.items()}}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_hr10=f"{val.get('hr@10', float('nan')):.3f}")
-        score = (val.get("hr@10", 0.0), val.get("fitb", 0.0), -record["loss"])
+        score = selection_score(val, record["loss"], cfg.select_on)
         if best is None or score > tuple(best["score"]):
             sha = save_checkpoint(out_dir / "checkpoint.pt", embedder, config={**asdict(cfg), "data": str(data_dir)},
                                   extra={"epoch": epoch + 1, "val": val})

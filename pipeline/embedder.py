@@ -14,6 +14,8 @@ DEFAULT_HIDDEN = 512
 
 
 def _mlp(channels: int, hidden: int, dim: int, dropout: float) -> nn.Module:
+    if hidden == 0:  # a linear head: far fewer weights to overfit a small set of pairs
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, dim))
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
 
 

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from jobs.cli import main as ctl
 from jobs.evaluate import run_evaluation
 from jobs.sample_data import generate
-from jobs.train import TrainConfig, embeddings_from_cache, prepare_data, cache_features, train, usable_queries
+from jobs.train import (TrainConfig, cache_features, embeddings_from_cache, prepare_data, selection_score, set_epoch_lr,
+                        train, usable_queries)
 from pipeline.checkpoint import load_checkpoint
 
 CFG = TrainConfig(epochs=3, batch_size=16, dim=16, hidden=32, scene_views=1, product_views=0, negatives=2,
@@ -86,10 +87,15 @@ def test_evaluation_report_has_every_method_and_metric(trained):
     report = run_evaluation(out, plots=True, device="cpu")
     assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
     for metrics in report["methods"].values():
-        assert set(metrics) == {"fitb", "hr@1", "hr@10", "hr@50"}
+        assert set(metrics) == {"fitb", "fitb_expected", "hr@1", "hr@10", "hr@50"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
         assert metrics["hr@1"] <= metrics["hr@10"] <= metrics["hr@50"]
     assert report["n_queries"] > 0
+    gap = report["comparisons"]["hybrid - backbone"]
+    for metric in ("fitb_expected", "hr@10"):
+        diff = report["methods"]["hybrid"][metric] - report["methods"]["backbone"][metric]
+        assert gap[metric]["diff"] == pytest.approx(diff)
+        assert gap[metric]["ci95"][0] <= diff <= gap[metric]["ci95"][1]
     assert json.loads((out / "report.json").read_text())["methods"] == report["methods"]
     for png in ("report.png", "attention.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -102,3 +108,28 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.output
     result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "make train" in result.output and "Traceback" not in result.output
+
+
+def test_cosine_schedule_matches_torchs_scheduler_and_constant_keeps_the_rate():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    ours = torch.optim.SGD(params, lr=0.1)
+    theirs = torch.optim.SGD(params, lr=0.1)
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(theirs, T_max=7)
+    cfg = replace(CFG, epochs=7, lr_schedule="cosine")
+    for epoch in range(7):
+        set_epoch_lr(ours, cfg, epoch)
+        assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], abs=1e-12)
+        theirs.step()
+        reference.step()
+    flat = torch.optim.SGD(params, lr=0.1)
+    set_epoch_lr(flat, replace(CFG, lr_schedule="constant"), 2)
+    assert flat.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError, match="lr_schedule"):
+        set_epoch_lr(flat, replace(CFG, lr_schedule="step"), 0)
+
+
+def test_checkpoint_selection_weighs_expected_fitb_and_hr10():
+    steady = {"fitb": 0.9, "fitb_expected": 0.60, "hr@10": 0.30}
+    lucky_draw = {"fitb": 1.0, "fitb_expected": 0.50, "hr@10": 0.32}
+    assert selection_score(steady, 0.1, "fitb+hr@10") > selection_score(lucky_draw, 0.1, "fitb+hr@10")
+    assert selection_score(lucky_draw, 0.1, "hr@10") > selection_score(steady, 0.1, "hr@10")
