@@ -341,6 +341,8 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--hidden", type=int, default=TrainConfig.hidden, show_default=True,
               help="hidden units of the global and product heads (0: linear heads)")
 @click.option("--dropout", type=float, default=TrainConfig.dropout, show_default=True)
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=TrainConfig.lr_schedule,
+              show_default=True)
 @click.option("--negatives", type=int, default=TrainConfig.negatives, show_default=True)
 @click.option("--exclusion", type=click.Choice(["mask", "crop"]), default=TrainConfig.exclusion, show_default=True,
               help="leave the product out of its scene by masking its box or cropping to the largest band beside it")
@@ -348,7 +350,7 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--workers", type=int, default=None, help="image decoding workers (default: 1 on CPU, up to 4 on a GPU)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, hidden,
-                  dropout, negatives, exclusion, device, workers, resume):
+                  dropout, lr_schedule, negatives, exclusion, device, workers, resume):
     """Train the style embedding with a hybrid-distance triplet loss."""
     from pipeline.backbones import BackboneWeightsError
 
@@ -360,7 +362,7 @@ def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epo
         raise click.ClickException("--hidden must be 0 or more and --dropout in [0, 1)")
     cfg = TrainConfig(seed=seed, mode=mode, backbone=backbone, backbone_weights=backbone_weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, dim=dim, hidden=hidden,
-                      dropout=dropout, negatives=negatives, exclusion=exclusion,
+                      dropout=dropout, lr_schedule=lr_schedule, negatives=negatives, exclusion=exclusion,
                       device=device, workers=workers)
     try:
         summary = train(data_dir, out_dir, config=cfg, resume=resume)

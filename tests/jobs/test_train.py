@@ -108,6 +108,9 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.output
     result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path / "nope")])
     assert result.exit_code != 0 and "make train" in result.output and "Traceback" not in result.output
+    for bad in (["--dropout", "1.0"], ["--hidden", "-1"]):
+        result = runner.invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *bad])
+        assert result.exit_code != 0 and "--dropout in [0, 1)" in result.output and "Traceback" not in result.output
 
 
 def test_cosine_schedule_matches_torchs_scheduler_and_constant_keeps_the_rate():
