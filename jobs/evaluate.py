@@ -174,7 +174,11 @@ def format_comparisons(comparisons: dict) -> str:
 
 def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | None = None,
                    plots: bool = True, device: str = "auto") -> dict:
-    """Score every method on the run's `split` and write report.json, report.png and attention.png."""
+    """Score every method on the run's `split` and write report.json, report.png and attention.png.
+
+    Another split than test writes report-SPLIT.json and its plots beside them, so a look at the
+    validation split never replaces the test report.
+    """
     from jobs.train import (TrainConfig, cache_features, category_lookup, embeddings_from_cache, prepare_data,
                             resolve_device, usable_queries)
     from pipeline.checkpoint import load_checkpoint
@@ -222,13 +226,20 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
         "seconds": round(time.time() - started, 1),
     }
     from pipeline.files import write_json_atomic
+    names = report_files(split)
     if plots:
         from jobs.report_plots import attention_figure, methods_bar_chart
-        methods_bar_chart(report, run_dir / "report.png")
-        attention_figure(data, queries, emb, embedder, run_dir / "attention.png", cfg.exclusion)
+        methods_bar_chart(report, run_dir / names["chart"])
+        attention_figure(data, queries, emb, embedder, run_dir / names["attention"], cfg.exclusion)
     # Last, so a report.json on disk means the whole evaluation (plots included) finished.
-    write_json_atomic(run_dir / "report.json", report)
+    write_json_atomic(run_dir / names["report"], report)
     return report
+
+
+def report_files(split: str) -> dict[str, str]:
+    """File names of a split's report and plots: the test split's are the plain names, others carry the split."""
+    suffix = "" if split == "test" else f"-{split}"
+    return {"report": f"report{suffix}.json", "chart": f"report{suffix}.png", "attention": f"attention{suffix}.png"}
 
 
 @click.command("evaluate")
@@ -252,4 +263,5 @@ def evaluate_command(run_dir, data_dir, split, no_plots, device):
     click.echo(format_table(report["methods"]))
     click.echo("paired differences on the same queries, 95% bootstrap intervals:")
     click.echo(format_comparisons(report["comparisons"]))
-    click.echo(f"wrote {Path(run_dir) / 'report.json'}" + ("" if no_plots else ", report.png, attention.png"))
+    names = report_files(split)
+    click.echo(f"wrote {Path(run_dir) / names['report']}" + ("" if no_plots else f", {names['chart']}, {names['attention']}"))

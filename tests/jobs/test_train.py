@@ -101,6 +101,16 @@ def test_evaluation_report_has_every_method_and_metric(trained):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_validation_report_is_written_beside_the_test_report(trained):
+    out, _ = trained
+    run_evaluation(out, plots=False, device="cpu")
+    test_report = (out / "report.json").read_bytes()
+    val = run_evaluation(out, split="val", plots=False, device="cpu")
+    assert (out / "report.json").read_bytes() == test_report
+    saved = json.loads((out / "report-val.json").read_text())
+    assert saved["protocol"]["split"] == "val" and saved["methods"] == val["methods"]
+
+
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     runner = CliRunner()
     result = runner.invoke(ctl, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
