@@ -26,7 +26,7 @@ def methods_bar_chart(report: dict, out_png) -> None:
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(0.25, color="grey", lw=0.8, ls="--")
     ax.text(-0.45, 0.26, "FITB chance", fontsize=7, color="grey")
-    ax.set_xticks(x, [m.upper() for m in metrics])
+    ax.set_xticks(x, [{"fitb_expected": "FITB (expected)"}.get(m, m.upper()) for m in metrics])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
     proto = report["protocol"]
