@@ -146,3 +146,18 @@ def test_checkpoint_selection_weighs_expected_fitb_and_hr10():
     lucky_draw = {"fitb": 1.0, "fitb_expected": 0.50, "hr@10": 0.32}
     assert selection_score(steady, 0.1, "fitb+hr@10") > selection_score(lucky_draw, 0.1, "fitb+hr@10")
     assert selection_score(lucky_draw, 0.1, "hr@10") > selection_score(steady, 0.1, "hr@10")
+
+
+def test_finetune_trains_the_backbone_end_to_end_and_evaluates(sample, tmp_path):
+    from pipeline.backbones import build_backbone
+
+    cfg = replace(CFG, mode="finetune", epochs=1, batch_size=8, val_queries=20)
+    summary = train(sample, tmp_path, config=cfg, progress=False)
+    assert summary["best_epoch"] == 1 and summary["triplets_per_second"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["mode"] == "finetune"
+    tuned = load_checkpoint(tmp_path / "checkpoint.pt").embedder.backbone.state_dict()
+    start = build_backbone(name=cfg.backbone, weights=cfg.backbone_weights).state_dict()
+    changed = [k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k])]
+    assert changed, "fine-tuning left every backbone weight as it was"
+    report = run_evaluation(tmp_path, plots=False, device="cpu")
+    assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
