@@ -12,6 +12,7 @@ import torch  # noqa: E402
 
 from pipeline.distances import attention_weights  # noqa: E402
 from pipeline.images import load_image  # noqa: E402
+from pipeline.metrics import positive_rank  # noqa: E402
 from pipeline.scene_crops import exclude_product  # noqa: E402
 
 
@@ -48,19 +49,34 @@ def overlay_attention(ax, image, attention: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
-def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_scenes: int = 4, top: int = 5) -> None:
-    """Per scene: the view the model saw with its category's attention, the positive, the top-ranked products."""
+def spread_of_ranks(ranks, n: int) -> list[int]:
+    """Indices of `n` queries from the best-ranked to the worst, evenly spaced in rank order."""
+    order = np.argsort(np.asarray(ranks), kind="stable")
+    return [int(order[i]) for i in np.unique(np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int))]
+
+
+def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_scenes: int = 4,
+                     top: int = 5) -> list[tuple[int, int]]:
+    """Per scene: the view the model saw with its category's attention, the positive, the top-ranked products.
+
+    The scenes are picked from the best-ranked positive to the worst, so the picture shows both what
+    works and what does not. Returns the (query index, 0-based rank of the positive) of each row.
+    """
     from jobs.evaluate import distance_matrices
 
     ds = data.dataset
-    picked = list(range(0, len(queries), max(1, len(queries) // n_scenes)))[:n_scenes]
     lookup = lambda name: embedder.category_embeddings(embedder.category_indices([name]))[0]  # noqa: E731
-    hybrid = distance_matrices(emb, [queries[i] for i in picked], lookup, methods=("hybrid",))["hybrid"]
+    # Every query is scored (rows of `emb` follow `queries`), then the figure's rows are chosen by rank.
+    hybrid = distance_matrices(emb, queries, lookup, methods=("hybrid",))["hybrid"]
+    ranks = [positive_rank(hybrid[qi, [emb.product_index[p] for p in (q.product_id, *q.rank_negatives)]])
+             for qi, q in enumerate(queries)]
+    picked = spread_of_ranks(ranks, n_scenes)
+    drawn = []
     fig, axes = plt.subplots(len(picked), top + 2, figsize=(2.0 * (top + 3), 2.4 * len(picked)), squeeze=False,
                              gridspec_kw={"width_ratios": [2] + [1] * (top + 1)})
     with torch.no_grad():
-        for row, qi, dist in zip(axes, picked, hybrid):
-            query = queries[qi]
+        for row, qi in zip(axes, picked):
+            query, dist = queries[qi], hybrid[qi]
             pair = ds.pairs[query.pair_index]
             scene = exclude_product(load_image(ds.scenes[pair.scene_id]), pair.bbox, exclusion)
             e_c = lookup(query.category).reshape(1, 1, -1)
@@ -70,7 +86,8 @@ def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_sc
             candidates = [query.product_id, *query.rank_negatives]
             d = dist[[emb.product_index[p] for p in candidates]]
             order = np.argsort(d, kind="stable")
-            rank = int(np.nonzero(order == 0)[0][0])
+            rank = ranks[qi]
+            drawn.append((qi, rank))
             row[1].imshow(load_image(ds.products[query.product_id].image_path))
             row[1].set_title(f"missing item\nrank {rank + 1} of {len(candidates)}", fontsize=8)
             row[1].axis("off")
@@ -79,9 +96,10 @@ def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_sc
                 hit = idx == 0
                 ax.set_title(("✓ " if hit else "") + f"d_h={d[idx]:.2f}", fontsize=8, color="green" if hit else "black")
                 ax.axis("off")
-    fig.suptitle("Scene with the product left out, attention of its category, and the top hybrid-ranked products",
-                 fontsize=9)
+    fig.suptitle("Scene with the product left out, attention of its category, and the top hybrid-ranked products "
+                 "(scenes from the best-ranked missing item to the worst)", fontsize=9)
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+    return drawn

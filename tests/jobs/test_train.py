@@ -161,3 +161,30 @@ def test_finetune_trains_the_backbone_end_to_end_and_evaluates(sample, tmp_path)
     assert changed, "fine-tuning left every backbone weight as it was"
     report = run_evaluation(tmp_path, plots=False, device="cpu")
     assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
+
+
+def test_attention_figure_shows_true_ranks_from_best_to_worst(trained, sample, tmp_path):
+    from jobs.evaluate import per_query_scores
+    from jobs.report_plots import attention_figure
+    from jobs.train import category_lookup
+
+    out, _ = trained
+    embedder = load_checkpoint(out / "checkpoint.pt", with_backbone=False).embedder
+    data = prepare_data(sample, out, CFG)
+    cache_features(data, out, CFG, "cpu")
+    queries = usable_queries(data, data.test_pairs + data.val_pairs, CFG.seed)
+    emb = embeddings_from_cache(embedder, data, queries)
+    drawn = attention_figure(data, queries, emb, embedder, tmp_path / "a.png", CFG.exclusion, n_scenes=3)
+    ranks = per_query_scores(queries, emb, category_lookup(embedder), methods=("hybrid",))["hybrid"]["rank"]
+    assert [rank for _, rank in drawn] == [int(ranks[qi]) for qi, _ in drawn]   # each row's own scene
+    assert drawn[0][1] == ranks.min() and drawn[-1][1] == ranks.max()
+    assert [r for _, r in drawn] == sorted(r for _, r in drawn)
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spread_of_ranks_runs_from_best_to_worst():
+    from jobs.report_plots import spread_of_ranks
+
+    ranks = [40, 3, 17, 0, 99, 8, 60]
+    assert spread_of_ranks(ranks, 3) == [3, 2, 4]     # ranks 0, 17 (the median) and 99
+    assert spread_of_ranks(ranks[:2], 4) == [1, 0]    # fewer queries than rows: each once
