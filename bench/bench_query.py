@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline import defaults  # noqa: E402
+from common import defaults  # noqa: E402
 from pipeline.images import load_image  # noqa: E402
 
 SAMPLE_CATEGORIES = ["shoes", "handbags", "pants", "tops", "sunglasses", "hats", "necklaces", "coats"]
@@ -96,7 +96,7 @@ def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
     ckpt, index_dir = defaults.CHECKPOINT.resolve(), defaults.INDEX_DIR.resolve()  # from the working folder
     if not ckpt.is_file() or not (index_dir / "info.json").is_file():
         return None
-    from pipeline.checkpoint import sha256_of
+    from common.files import sha256_of
 
     if json.loads((index_dir / "info.json").read_text()).get("checkpoint_sha256") != sha256_of(ckpt):
         return None
@@ -115,7 +115,7 @@ def _ms(seconds: list[float]) -> float:
 
 
 def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int) -> dict:
-    from pipeline.retriever import _one_thread
+    from retrieval.retriever import _one_thread
 
     backbone = retriever.embedder.backbone
     pil = [load_image(p) for p in scenes]
@@ -179,7 +179,7 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
 
 def cold(ckpt: Path, index_dir: Path, scene: Path, *, runs: int, k: int) -> dict:
     exe = Path(sys.executable).parent / "ctl-retrieve"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.retrieve_cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "jobs.retrieve_cli"]
     cmd += ["--scene", str(scene), "--k", str(k), "--checkpoint", str(ckpt), "--index-dir", str(index_dir)]
     imports = [sys.executable, "-c", "import torch, faiss"]
     t_cli, t_imp = [], []
@@ -208,7 +208,7 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from pipeline.retriever import Retriever
+    from retrieval.retriever import Retriever
 
     tmp = None
     found = None if args.synthetic else sample_artifacts(10)

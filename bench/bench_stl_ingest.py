@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.stl_ingest import ingest_stl  # noqa: E402
+from jobs.data.stl_ingest import ingest_stl  # noqa: E402
 
 SHARED_STL = Path(__file__).resolve().parents[2] / "shared/data/stl"
 N_PAIRS = 72_000

@@ -63,7 +63,7 @@ print(f"made {n} JPEGs in {time.perf_counter() - t:.1f} s; checkpoint {backbone}
 PYEOF
 
 echo "== ctl embed-catalog --device $DEVICE --batch-size $BATCH --workers $WORKERS (progress bar, summary line)"
-$PY -m jobs.embed_catalog --manifest "$WORK/cat/catalog.parquet" --checkpoint "$WORK/cat/checkpoint.pt" \
+$PY -m jobs.catalog.embed_catalog --manifest "$WORK/cat/catalog.parquet" --checkpoint "$WORK/cat/checkpoint.pt" \
   --out "$WORK/out" --device "$DEVICE" --batch-size "$BATCH" --workers "$WORKERS" --shard-size 1000
 $PY - "$WORK/out" <<'PYEOF'
 import json, sys
@@ -71,7 +71,7 @@ m = json.load(open(f"{sys.argv[1]}/_manifest.json"))
 print("manifest:", {k: m[k] for k in ("complete", "embedded", "rejected", "n_shards", "dim", "backbone")})
 PYEOF
 echo "== rerun over the complete output (no-op)"
-$PY -m jobs.embed_catalog --manifest "$WORK/cat/catalog.parquet" --checkpoint "$WORK/cat/checkpoint.pt" \
+$PY -m jobs.catalog.embed_catalog --manifest "$WORK/cat/catalog.parquet" --checkpoint "$WORK/cat/checkpoint.pt" \
   --out "$WORK/out" --device "$DEVICE" --shard-size 1000 --quiet
 
 echo "== job vs bare forward on the GPU, same images, same run"

@@ -11,11 +11,22 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
+from common import defaults
+from common.errors import InputError
+from common.files import atomic_path, write_json_atomic
+from index.embedding_shards import EmbeddingsError, Manifest, iter_embeddings, read_manifest, read_metadata
 from index.search import bitmap_selector, exact_search, filtered_search, index_kind, list_counts, search
-from index.select import (IndexSpec, Tuning, candidate_params, format_bytes, recall_at_k, select_index,
-                          spec_for_factory, tune_search_params)
-from index.shards import EmbeddingsError, Manifest, iter_embeddings, read_manifest, read_metadata
-from pipeline.files import atomic_path, write_json_atomic
+from index.select import (
+    IndexSpec,
+    Tuning,
+    candidate_params,
+    format_bytes,
+    parse_bytes,
+    recall_at_k,
+    select_index,
+    spec_for_factory,
+    tune_search_params,
+)
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
@@ -23,16 +34,14 @@ EMBEDDINGS_FILE = "embeddings.f16.npy"
 INFO_FILE = "info.json"
 FILES = (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, INFO_FILE)
 FORMAT_VERSION = 1
-DEFAULT_MEMORY_BUDGET = 4 * 10**9
-RECALL_K = 20
 
 
-class BuildError(ValueError):
+class BuildError(InputError):
     """The index cannot be built as asked (budget too small, bad factory string, ...)."""
 
 
 def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
-                memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, target_recall: float = 0.98,
+                memory_budget_bytes: int | str = defaults.MEMORY_BUDGET, target_recall: float = defaults.TARGET_RECALL,
                 seed: int = 0, factory: str | None = None, intent: str = "balanced",
                 n_eval_queries: int = 1000, n_tune_queries: int = 500, query_noise: float = 0.5,
                 log: Callable[[str], None] | None = None) -> dict:
@@ -49,6 +58,10 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
     if n_eval_queries < 1 or n_tune_queries < 1 or query_noise < 0:
         raise BuildError(f"need n_eval_queries >= 1, n_tune_queries >= 1 and query_noise >= 0, got "
                          f"{n_eval_queries}, {n_tune_queries}, {query_noise}")
+    try:
+        memory_budget_bytes = parse_bytes(memory_budget_bytes)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
     manifest = read_manifest(embeddings_dir)
     n, d = manifest.n, manifest.dim
     try:
@@ -79,7 +92,7 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
         counts = dict(sorted(zip(cat_names, np.bincount(cat_codes, minlength=len(cat_names)).tolist())))
         del table, encoded
 
-        k = min(RECALL_K, n)
+        k = min(defaults.RECALL_K, n)
         xq = _perturbed_queries(emb, n_tune_queries + n_eval_queries, query_noise, rng)
         t_train = time.perf_counter()
         _train(index, spec, emb, n, rng, seed)

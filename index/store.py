@@ -10,16 +10,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.errors import ArtifactError
 from index.build import EMBEDDINGS_FILE, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE
-from index.search import (PAD_SCORE, bitmap_selector, exact_search, filtered_search, flat_view, index_kind,
-                          knn_ip, list_counts, search, supports_selector)
+from index.search import (
+    PAD_SCORE,
+    bitmap_selector,
+    exact_search,
+    filtered_search,
+    flat_view,
+    index_kind,
+    knn_ip,
+    list_counts,
+    search,
+    supports_selector,
+)
 
 
-class IndexDirError(ValueError):
+class IndexDirError(ArtifactError):
     """The directory is not a complete, consistent index (missing files, half-built, mismatched rows)."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(ArtifactError):
     """The index was built from embeddings of another checkpoint than the model in use."""
 
 

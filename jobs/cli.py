@@ -1,38 +1,47 @@
 """The `ctl` command group: one subcommand per batch job, imported only when it runs."""
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from pathlib import Path
 
 import click
 
+from jobs.cli_errors import OneLineGroup
+
 # name -> "module:attribute". Commands load lazily so `ctl data ...` and `ctl --help` start without torch.
 JOBS = {
-    "sample-data": "jobs.sample_data:sample_data_command",
-    "train": "jobs.train:train_command",
-    "evaluate": "jobs.evaluate:evaluate_command",
-    "embed-catalog": "jobs.embed_catalog:embed_catalog_command",
-    "build-index": "jobs.build_index:build_index_command",
+    "sample-data": "jobs.data.sample_data:sample_data_command",
+    "train": "jobs.training.train:train_command",
+    "evaluate": "jobs.evaluation.evaluate:evaluate_command",
+    "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
+    "build-index": "jobs.catalog.build_index:build_index_command",
     "demo": "jobs.demo:demo_command",
 }
 DATA_JOBS = {
-    "stl": "jobs.stl_ingest:stl_command",
-    "fetch": "jobs.fetch_images:fetch_command",
-    "catalog": "jobs.user_catalog:catalog_command",
-}
-SHORT_HELP = {
-    "sample-data": "Generate the embedded sample looks (scenes, products, pairs).",
-    "train": "Train the style embedding with a hybrid-distance triplet loss.",
-    "evaluate": "FITB and HR@K of hybrid, global, local and backbone methods.",
-    "embed-catalog": "Embed a catalogue manifest into parquet shards (resumable).",
-    "build-index": "Build the FAISS index directory from embedding shards.",
-    "demo": "Run the whole path on the embedded sample, then one retrieval.",
-    "stl": "Ingest Shop-the-Look pairs and categories into parquet manifests.",
-    "fetch": "Download a dataset's images into a content-addressed cache.",
-    "catalog": "Build a catalogue manifest from a folder tree or a CSV/parquet.",
+    "stl": "jobs.data.stl_ingest:stl_command",
+    "fetch": "jobs.data.fetch_images:fetch_command",
+    "catalog": "jobs.data.user_catalog:catalog_command",
 }
 
 
-class LazyGroup(click.Group):
+def command_summary(target: str) -> str:
+    """The first line of a lazy command's docstring, read from its module's source without importing it
+    (importing would pull in torch just to print `ctl --help`)."""
+    module, attr = target.split(":")
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise click.ClickException(f"command module {module} is missing")
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            doc = ast.get_docstring(node) or ""
+            return doc.strip().splitlines()[0] if doc.strip() else ""
+    raise click.ClickException(f"{module} defines no command {attr}")
+
+
+class LazyGroup(OneLineGroup):
     """A click group whose subcommands are imported on first use."""
 
     def __init__(self, *args, lazy: dict[str, str], **kwargs):
@@ -49,13 +58,17 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, SHORT_HELP.get(name) or self.get_command(ctx, name).get_short_help_str())
-                for name in self.list_commands(ctx)]
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, command_summary(self.lazy[name])))
+            else:
+                rows.append((name, self.get_command(ctx, name).get_short_help_str(limit=120)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, lazy=JOBS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(name="ctl", cls=LazyGroup, lazy=JOBS, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion)."""
 

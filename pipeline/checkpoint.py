@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
+from common.errors import ArtifactError
+from common.files import atomic_path, sha256_of, write_json_atomic
 from pipeline.embedder import StyleEmbedder, build_embedder
-from pipeline.files import atomic_path, write_json_atomic
 
 FORMAT = "complete-the-look/checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ArtifactError):
     """A checkpoint that is missing, unreadable or does not match what it is used with."""
 
 
@@ -27,14 +28,6 @@ class Checkpoint:
     path: Path
     config: dict
     extra: dict
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config: dict, extra: dict | None = None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_MARGIN = 0.2
+from common import defaults
 
 
 def _check(name: str, t: torch.Tensor, ndim: int, what: str) -> None:
@@ -69,7 +69,7 @@ def all_distances(f_s, f_i, f_p, e_c) -> dict[str, torch.Tensor]:
     return {"global": d_g, "local": d_l, "hybrid": 0.5 * (d_g + d_l)}
 
 
-def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float = DEFAULT_MARGIN) -> torch.Tensor:
+def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float = defaults.MARGIN) -> torch.Tensor:
     """mean over triplets of max(0, d(s, p+) - d(s, p-) + margin); d_pos: B, d_neg: B or B x K negatives."""
     _check("d_pos", d_pos, 1, "B")
     if d_neg.ndim not in (1, 2) or d_neg.shape[0] != d_pos.shape[0]:

@@ -7,10 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import defaults
 from pipeline.backbones import BACKBONE_CHANNELS, Backbone, build_backbone, pooled
-
-DEFAULT_DIM = 128
-DEFAULT_HIDDEN = 512
 
 
 def _mlp(channels: int, hidden: int, dim: int, dropout: float) -> nn.Module:
@@ -33,9 +31,9 @@ class StyleEmbedder(nn.Module):
         backbone_name: str,
         channels: int,
         categories: Sequence[str],
-        dim: int = DEFAULT_DIM,
-        hidden: int = DEFAULT_HIDDEN,
-        dropout: float = 0.1,
+        dim: int = defaults.DIM,
+        hidden: int = defaults.HIDDEN,
+        dropout: float = defaults.DROPOUT,
         freeze_backbone: bool = True,
     ):
         super().__init__()
@@ -111,12 +109,12 @@ class StyleEmbedder(nn.Module):
 def build_embedder(
     *,
     categories: Sequence[str],
-    backbone: str = "efficientnet-lite0",
-    backbone_weights: str = "imagenet",
+    backbone: str = defaults.BACKBONE,
+    backbone_weights: str = defaults.BACKBONE_WEIGHTS,
     with_backbone: bool = True,
-    dim: int = DEFAULT_DIM,
-    hidden: int = DEFAULT_HIDDEN,
-    dropout: float = 0.1,
+    dim: int = defaults.DIM,
+    hidden: int = defaults.HIDDEN,
+    dropout: float = defaults.DROPOUT,
     freeze_backbone: bool = True,
 ) -> StyleEmbedder:
     """Keyword-only factory; `with_backbone=False` gives heads only, for training on cached features."""

@@ -10,12 +10,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from common.errors import InputError
+
 # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse at the limit itself.
 MAX_IMAGE_PIXELS = 64_000_000
 MIN_SIDE = 8
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be used, with a short reason naming the problem."""
 
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from PIL import Image
 
+from common import defaults
+
 EXCLUSION_MODES = ("crop", "mask")
-# The box is grown by this fraction of the image's longer side before it is left out: drop shadows,
-# reflections and annotation slack sit just outside a tight box and would outline the missing product.
-EXCLUSION_MARGIN = 0.04
 
 
 def grow_box(bbox, margin: float, width: int, height: int) -> tuple[float, float, float, float]:
@@ -33,8 +32,8 @@ def largest_region_outside(bbox, width: int, height: int) -> tuple[int, int, int
     return max(bands, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
 
 
-def exclude_product(scene: Image.Image, bbox, mode: str = "crop", min_side: int = 16,
-                    margin: float = EXCLUSION_MARGIN) -> Image.Image:
+def exclude_product(scene: Image.Image, bbox, mode: str = defaults.EXCLUSION, min_side: int = 16,
+                    margin: float = defaults.EXCLUSION_MARGIN) -> Image.Image:
     """The scene without the product: cropped to the largest band outside its (grown) box, or that box masked grey.
 
     Falls back to masking when the largest band is thinner than `min_side` pixels (a box that fills the scene).

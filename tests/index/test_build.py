@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.files
+import common.files
 from index.build import FILES, BuildError, build_index
-from index.shards import EmbeddingsError
+from index.embedding_shards import EmbeddingsError
 from index.store import IndexDirError, ProductIndex
-from tests.index.conftest import clustered, write_embeddings
+from tests.catalogue_vectors import clustered, write_embeddings
 
 FAST = dict(n_eval_queries=100, n_tune_queries=50)
 
@@ -24,7 +24,7 @@ def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch)
         renamed.append(os.path.basename(dst))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(pipeline.files.os, "replace", spy)
+    monkeypatch.setattr(common.files.os, "replace", spy)
     out = tmp_path / "idx"
     info = build_index(emb_dir, out, **FAST)
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)

@@ -3,9 +3,9 @@ import faiss
 import numpy as np
 import pytest
 
-from index.search import exact_search, filtered_search, list_counts, bitmap_selector, rerank, search
+from index.search import bitmap_selector, exact_search, filtered_search, list_counts, rerank, search
 from index.select import recall_at_k
-from tests.index.conftest import clustered
+from tests.catalogue_vectors import clustered
 
 
 def brute_force(xq, xb, k):

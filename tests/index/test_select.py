@@ -2,8 +2,17 @@
 import numpy as np
 import pytest
 
-from index.select import (FLAT_MAX_N, IndexSpec, estimate_bytes, nlist_for, parse_bytes, recall_at_k,
-                          select_index, spec_for_factory, tune_search_params)
+from index.select import (
+    FLAT_MAX_N,
+    IndexSpec,
+    estimate_bytes,
+    nlist_for,
+    parse_bytes,
+    recall_at_k,
+    select_index,
+    spec_for_factory,
+    tune_search_params,
+)
 
 GB = 10**9
 

@@ -5,7 +5,7 @@ import pytest
 from index.build import build_index
 from index.select import recall_at_k
 from index.store import CheckpointMismatchError, IndexDirError, ProductIndex
-from tests.index.conftest import CATEGORIES, clustered, write_embeddings
+from tests.catalogue_vectors import CATEGORIES, clustered, write_embeddings
 
 FAST = dict(n_eval_queries=100, n_tune_queries=60)
 N, D_DIM = 3000, 32
@@ -165,6 +165,6 @@ def test_missing_and_inconsistent_dirs_are_refused(tmp_path, catalogue, built):
 def test_index_package_does_not_import_torch():
     import subprocess
     import sys
-    code = ("import sys, index.store, index.build, index.select, jobs.build_index; "
+    code = ("import sys, index.store, index.build, index.select, jobs.catalog.build_index; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -3,8 +3,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.distances import (all_distances, attention_weights, global_distance, hybrid_distance, local_distance,
-                                triplet_loss)
+from pipeline.distances import (
+    all_distances,
+    attention_weights,
+    global_distance,
+    hybrid_distance,
+    local_distance,
+    triplet_loss,
+)
 
 
 def unit(*shape, seed=0):

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
+from common.files import sha256_of
+from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.embedder import build_embedder
 
 CATS = ["A|Shoes", "A|Bags", "A|Hats"]

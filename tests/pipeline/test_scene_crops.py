@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.scene_crops import EXCLUSION_MARGIN, bbox_to_pixels, exclude_product, grow_box, largest_region_outside
+from common.defaults import EXCLUSION_MARGIN
+from pipeline.scene_crops import bbox_to_pixels, exclude_product, grow_box, largest_region_outside
 
 
 def test_largest_region_is_the_biggest_band_and_misses_the_box():

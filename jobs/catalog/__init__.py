@@ -1,0 +1,1 @@
+"""Catalogue jobs: embed the product catalogue into shards, and build the FAISS index from them."""

@@ -1,0 +1,54 @@
+"""The CLI layer's one error convention: every failure is one line on stderr and an exit code, no traceback.
+
+Library code raises the project's own errors (:mod:`common.errors`); commands declare their argument
+checks as click parameter types (ranges, choices, paths), so click reports a bad value before any
+work starts. Both end here, printed the same way by every console script:
+
+    PROG: error: MESSAGE                      a CtlError (exit 1 or 2, its exit_code)
+    PROG: error: MESSAGE (see PROG --help)    a usage error: bad flag or value (exit 2)
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from common.errors import CtlError
+
+
+def one_line(message) -> str:
+    """Collapse a message onto one line (errors quote paths and values that may hold newlines)."""
+    return " ".join(str(message).split())
+
+
+class OneLineErrors:
+    """Mixin for click.Command / click.Group: errors, usage errors included, become one line and an exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        prog = prog_name or self.name or "ctl"
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except CtlError as exc:
+            click.echo(f"{prog}: error: {one_line(exc)}", err=True)
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else prog
+            click.echo(f"{prog}: error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"{prog}: error: {one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo(f"{prog}: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class OneLineCommand(OneLineErrors, click.Command):
+    """A click command with the one-line error convention."""
+
+
+class OneLineGroup(OneLineErrors, click.Group):
+    """A click group with the one-line error convention (its subcommands' errors included)."""

@@ -1,0 +1,105 @@
+"""Pictures of an evaluation: the methods side by side, and where each missing category looks in its scene."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.distances import attention_weights  # noqa: E402
+from pipeline.images import load_image  # noqa: E402
+from pipeline.metrics import positive_rank  # noqa: E402
+from pipeline.scene_crops import exclude_product  # noqa: E402
+
+
+def methods_bar_chart(report: dict, out_png) -> None:
+    methods = report["methods"]
+    metrics = list(next(iter(methods.values())).keys())
+    x = np.arange(len(metrics))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, (name, values) in enumerate(methods.items()):
+        bars = ax.bar(x + i * width - 0.4 + width / 2, [values[m] for m in metrics], width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(0.25, color="grey", lw=0.8, ls="--")
+    ax.text(-0.45, 0.26, "FITB chance", fontsize=7, color="grey")
+    ax.set_xticks(x, [{"fitb_expected": "FITB (expected)"}.get(m, m.upper()) for m in metrics])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    proto = report["protocol"]
+    ax.set_title(f"{report['n_queries']} {proto['split']} queries, ~{proto['rank_negatives_mean']:.0f} "
+                 f"same-category negatives for HR@K")
+    ax.legend(ncol=len(methods), fontsize=8, loc="upper left")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def overlay_attention(ax, image, attention: np.ndarray, title: str) -> None:
+    """Draw `image` with the h x w attention map stretched over it as a translucent heat map."""
+    ax.imshow(image)
+    ax.imshow(attention, cmap="inferno", alpha=0.5, extent=(0, image.size[0], image.size[1], 0),
+              interpolation="bilinear")
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+
+
+def spread_of_ranks(ranks, n: int) -> list[int]:
+    """Indices of `n` queries from the best-ranked to the worst, evenly spaced in rank order."""
+    order = np.argsort(np.asarray(ranks), kind="stable")
+    return [int(order[i]) for i in np.unique(np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int))]
+
+
+def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_scenes: int = 4,
+                     top: int = 5) -> list[tuple[int, int]]:
+    """Per scene: the view the model saw with its category's attention, the positive, the top-ranked products.
+
+    The scenes are picked from the best-ranked positive to the worst, so the picture shows both what
+    works and what does not. Returns the (query index, 0-based rank of the positive) of each row.
+    """
+    from jobs.evaluation.evaluate import distance_matrices
+
+    ds = data.dataset
+    lookup = lambda name: embedder.category_embeddings(embedder.category_indices([name]))[0]  # noqa: E731
+    # Every query is scored (rows of `emb` follow `queries`), then the figure's rows are chosen by rank.
+    hybrid = distance_matrices(emb, queries, lookup, methods=("hybrid",))["hybrid"]
+    ranks = [positive_rank(hybrid[qi, [emb.product_index[p] for p in (q.product_id, *q.rank_negatives)]])
+             for qi, q in enumerate(queries)]
+    picked = spread_of_ranks(ranks, n_scenes)
+    drawn = []
+    fig, axes = plt.subplots(len(picked), top + 2, figsize=(2.0 * (top + 3), 2.4 * len(picked)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2] + [1] * (top + 1)})
+    with torch.no_grad():
+        for row, qi in zip(axes, picked):
+            query, dist = queries[qi], hybrid[qi]
+            pair = ds.pairs[query.pair_index]
+            scene = exclude_product(load_image(ds.scenes[pair.scene_id]), pair.bbox, exclusion)
+            e_c = lookup(query.category).reshape(1, 1, -1)
+            weights = attention_weights(emb.scene_regions[qi:qi + 1], e_c)[0, 0].numpy()
+            side = int(round(len(weights) ** 0.5))
+            overlay_attention(row[0], scene, weights.reshape(side, side), f"attention: {query.category.split('|')[-1]}")
+            candidates = [query.product_id, *query.rank_negatives]
+            d = dist[[emb.product_index[p] for p in candidates]]
+            order = np.argsort(d, kind="stable")
+            rank = ranks[qi]
+            drawn.append((qi, rank))
+            row[1].imshow(load_image(ds.products[query.product_id].image_path))
+            row[1].set_title(f"missing item\nrank {rank + 1} of {len(candidates)}", fontsize=8)
+            row[1].axis("off")
+            for ax, idx in zip(row[2:], order[:top]):
+                ax.imshow(load_image(ds.products[candidates[idx]].image_path))
+                hit = idx == 0
+                ax.set_title(("✓ " if hit else "") + f"d_h={d[idx]:.2f}", fontsize=8, color="green" if hit else "black")
+                ax.axis("off")
+    fig.suptitle("Scene with the product left out, attention of its category, and the top hybrid-ranked products "
+                 "(scenes from the best-ranked missing item to the worst)", fontsize=9)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return drawn

@@ -1,0 +1,17 @@
+"""Fixtures shared by every test folder."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.catalogue_vectors import CATEGORIES, clustered, write_embeddings
+
+
+@pytest.fixture
+def make_catalogue(tmp_path):
+    """make_catalogue(n, d, ...) -> (embeddings dir, xb, categories array)."""
+    def make(n=2000, d=32, *, n_clusters=50, seed=0, name="emb", **kw):
+        xb, labels = clustered(n, d, n_clusters=n_clusters, seed=seed)
+        cats = np.array([CATEGORIES[c % len(CATEGORIES)] for c in labels])
+        return write_embeddings(tmp_path / name, xb, cats, **kw), xb, cats
+    return make

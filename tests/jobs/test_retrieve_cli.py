@@ -1,0 +1,143 @@
+"""`ctl-retrieve` through click's runner: table, JSON, category filter, sheet, and every user error."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from jobs.retrieve_cli import main
+from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY, world  # noqa: F401
+
+
+def run(world, *args, checkpoint=None, index_dir=None):
+    argv = ["--checkpoint", str(checkpoint or world.checkpoint),
+            "--index-dir", str(index_dir or world.index_dir), *args]
+    return CliRunner().invoke(main, argv)
+
+
+def assert_one_line_error(result, *fragments, code=None):
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    if code is not None:
+        assert result.exit_code == code
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("ctl-retrieve: error:")
+    for fragment in fragments:
+        assert fragment in err, err
+    assert result.stdout == ""
+
+
+def test_table(world):
+    result = run(world, "--scene", str(world.scenes[0]), "--k", "5")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert "top 5 of 21 products" in lines[0]
+    assert lines[1].split() == ["rank", "product", "category", "score", "d_g", "d_l"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert all(r[1] in world.product_ids and r[2] in CATEGORIES for r in rows)
+    scores = [float(r[3]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_json(world):
+    result = run(world, "--scene", str(world.scenes[1]), "--k", "4", "--format", "json", "--candidates", "10")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == 4
+    for rank, hit in enumerate(hits, start=1):
+        assert {"rank", "product_id", "category", "score", "global_distance", "local_distance", "image"} <= set(hit)
+        assert hit["rank"] == rank
+        assert hit["score"] == pytest.approx(1 - (hit["global_distance"] + hit["local_distance"]) / 4, abs=1e-6)
+
+
+def test_category(world):
+    result = run(world, "--scene", str(world.scenes[0]), "--k", "50", "--format", "json", "--category", "hat")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert len(hits) == PER_CATEGORY and {h["category"] for h in hits} == {"hat"}
+
+
+def test_unknown_category_lists_known_ones(world):
+    result = run(world, "--scene", str(world.scenes[0]), "--category", "scarf")
+    assert_one_line_error(result, "scarf", *CATEGORIES)
+
+
+def test_sheet(world, tmp_path):
+    out = tmp_path / "sheet.png"
+    result = run(world, "--scene", str(world.scenes[0]), "--k", "6", "--sheet", str(out))
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 600 and img.height > 300
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bad_images(tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture\n")
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(good, quality=95)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return {"text": text, "good": good, "truncated": truncated, "folder": tmp_path}
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing", "no such file"),
+    ("folder", "is a folder"),
+    ("text", "not an image"),
+    ("truncated", "truncated"),
+])
+def test_bad_scene(world, bad_images, tmp_path, case, fragment):
+    scene = tmp_path / "absent.jpg" if case == "missing" else bad_images[case]
+    assert_one_line_error(run(world, "--scene", str(scene)), fragment, code=2)
+
+
+def test_decompression_bomb(world, bad_images, monkeypatch):
+    monkeypatch.setattr("pipeline.images.MAX_IMAGE_PIXELS", 10_000)
+    assert_one_line_error(run(world, "--scene", str(bad_images["good"])), "pixel limit", code=2)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--k", "0"], "'--k': 0 is not in the range x>=1"),
+    (["--k", "-3"], "'--k': -3 is not in the range x>=1"),
+    (["--k", "many"], "'many' is not a valid integer"),
+    (["--candidates", "0"], "'--candidates': 0 is not in the range x>=1"),
+    (["--format", "xml"], "'xml' is not one of"),
+    (["--device", "tpu"], "'--device': must be cpu, cuda or cuda:N"),
+    (["--bogus"], "No such option '--bogus'"),
+])
+def test_bad_arguments(world, args, fragment):
+    assert_one_line_error(run(world, "--scene", str(world.scenes[0]), *args), fragment, code=2)
+
+
+def test_scene_is_required(world):
+    assert_one_line_error(run(world), "Missing option '--scene'", code=2)
+
+
+def test_missing_index(world, tmp_path):
+    result = run(world, "--scene", str(world.scenes[0]), index_dir=tmp_path / "nowhere")
+    assert_one_line_error(result, "does not exist", "build-index", code=1)
+
+
+def test_missing_checkpoint(world, tmp_path):
+    result = run(world, "--scene", str(world.scenes[0]), checkpoint=tmp_path / "none.pt")
+    assert_one_line_error(result, "no checkpoint", code=1)
+
+
+def test_index_from_another_checkpoint(world, tmp_path):
+    other = world.other_checkpoint(tmp_path / "other.pt")
+    result = run(world, "--scene", str(world.scenes[0]), checkpoint=other)
+    assert_one_line_error(result, "checkpoint", code=1)
+
+
+def test_help_is_fast_and_clean():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "--candidates" in result.output

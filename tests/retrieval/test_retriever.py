@@ -1,0 +1,302 @@
+"""Two-stage retrieval against oracles: exhaustive hybrid ranking computed one product at a time."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from index.build import build_index
+from index.store import CheckpointMismatchError, IndexDirError
+from pipeline.checkpoint import save_checkpoint
+from pipeline.distances import global_distance, hybrid_distance, local_distance
+from pipeline.images import image_to_tensor
+from retrieval.retriever import RetrievalError, Retriever
+from tests.helpers import random_embedder as shared_random_embedder
+
+CATEGORIES = ["shoes", "handbag", "hat"]
+PER_CATEGORY = 7
+N_PRODUCTS = PER_CATEGORY * len(CATEGORIES)
+DIM = 16
+PRODUCT_SIZE = 64  # product embeddings are computed on small images: the test only needs them to differ
+
+
+def random_embedder(categories, *, seed: int = 0):
+    return shared_random_embedder(categories, dim=DIM, seed=seed)
+
+
+def pattern_image(rng: np.random.Generator, size: int) -> Image.Image:
+    base = rng.integers(0, 256, 3)
+    cells = np.clip(base + rng.normal(0, 70, (6, 6, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(cells).resize((size, size), Image.NEAREST)
+
+
+@dataclass
+class World:
+    root: Path
+    checkpoint: Path
+    sha256: str
+    index_dir: Path
+    embeddings_dir: Path
+    scenes: list[Path]
+    product_ids: list[str]
+    categories: list[str]  # per product
+    model: object  # the embedder saved in `checkpoint`
+
+    def other_checkpoint(self, path: Path, categories=None) -> Path:
+        """A checkpoint with another sha256 (and optionally another vocabulary), sharing this backbone."""
+        from pipeline.embedder import StyleEmbedder
+
+        model = self.model
+        if categories is not None:
+            model = StyleEmbedder(backbone=model.backbone, backbone_name=model.backbone_name, channels=model.channels,
+                                  categories=categories, dim=model.dim, hidden=model.hidden)
+        save_checkpoint(path, model.eval(), config={"backbone_weights": "random", "other": str(path)})
+        return path
+
+
+def write_embedding_shard(out_dir: Path, product_ids, categories, image_paths, emb: np.ndarray, sha256: str) -> None:
+    """The embed-catalog output contract: parquet shards + _manifest.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = emb.shape[1]
+    table = pa.table({
+        "product_id": pa.array(product_ids, pa.string()),
+        "category": pa.array(categories, pa.string()),
+        "image_path": pa.array([str(p) for p in image_paths], pa.string()),
+        "brand": pa.array([f"brand-{i % 3}" for i in range(len(product_ids))], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d),
+    })
+    pq.write_table(table, out_dir / "part-00000.parquet")
+    manifest = {
+        "format": "complete-the-look/embeddings-v1", "checkpoint_sha256": sha256, "backbone": "efficientnet-lite0",
+        "dim": d, "n_input": len(product_ids), "n_shards": 1, "complete": True,
+        "shards": [{"name": "part-00000.parquet", "index": 0, "rows": len(product_ids), "rejected": 0}],
+    }
+    (out_dir / "_manifest.json").write_text(json.dumps(manifest))
+
+
+def build_test_index(embeddings_dir: Path, index_dir: Path) -> None:
+    build_index(embeddings_dir, index_dir, n_eval_queries=50, n_tune_queries=50)
+
+
+def make_world(root: Path) -> World:
+    root.mkdir(parents=True, exist_ok=True)
+    embedder = random_embedder(CATEGORIES)
+    ckpt = root / "run" / "checkpoint.pt"
+    sha = save_checkpoint(ckpt, embedder, config={"backbone_weights": "random", "dim": DIM})
+    rng = np.random.default_rng(0)
+    img_dir = root / "images"
+    img_dir.mkdir()
+    product_ids, categories, paths, images = [], [], [], []
+    for i in range(N_PRODUCTS):
+        pid, cat = f"p{i:03d}", CATEGORIES[i % len(CATEGORIES)]
+        img = pattern_image(rng, PRODUCT_SIZE)
+        path = img_dir / f"{pid}.png"
+        img.save(path)
+        product_ids.append(pid), categories.append(cat), paths.append(path), images.append(img)
+    with torch.inference_mode():  # the saved model: a reload is identical (random weights travel in the file)
+        emb = embedder.encode_products(torch.stack([image_to_tensor(im, PRODUCT_SIZE) for im in images])).numpy()
+    emb_dir = root / "embeddings"
+    write_embedding_shard(emb_dir, product_ids, categories, paths, emb, sha)
+    index_dir = root / "index"
+    build_test_index(emb_dir, index_dir)
+    scenes = []
+    for j in range(2):
+        path = root / f"scene{j}.jpg"
+        pattern_image(rng, 240).save(path, quality=90)
+        scenes.append(path)
+    return World(root, ckpt, sha, index_dir, emb_dir, scenes, product_ids, categories, embedder)
+
+
+_WORLDS: dict = {}
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> World:
+    """Built once per session, also when another test module imports this fixture."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _WORLDS:
+        _WORLDS[key] = make_world(tmp_path_factory.mktemp("retrieval-world"))
+    return _WORLDS[key]
+
+
+@pytest.fixture(scope="session")
+def retriever(world) -> Retriever:
+    return Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
+
+
+@pytest.fixture(scope="session")
+def scenes(world, retriever):
+    """Each test scene encoded once (one backbone forward each)."""
+    return [retriever.encode_scene(path) for path in world.scenes]
+
+
+@pytest.fixture(scope="session")
+def oracles(world, retriever, scenes):
+    return [exhaustive(retriever, scene) for scene in scenes]
+
+
+def exhaustive(retriever: Retriever, scene) -> dict[str, dict[str, float]]:
+    """Oracle: every product's distances, one product at a time, from the index's stored embeddings."""
+    embedder = retriever.embedder
+    f_s, f_i = scene.f_s, scene.f_i
+    out = {}
+    ids = list(retriever.index.product_ids)
+    for row, pid in enumerate(ids):
+        cat = retriever.row_category(row)
+        f_p = torch.from_numpy(retriever.index.embeddings(np.array([row])).astype(np.float32)).view(1, 1, -1)
+        e_c = embedder.category_embeddings(embedder.category_indices([cat])).view(1, 1, -1)
+        with torch.inference_mode():
+            out[pid] = {
+                "category": cat,
+                "global": float(global_distance(f_s, f_p)),
+                "local": float(local_distance(f_i, f_p, e_c)),
+                "hybrid": float(hybrid_distance(f_s, f_i, f_p, e_c)),
+            }
+    return out
+
+
+def ranked(oracle: dict, key: str = "hybrid", among=None) -> list[str]:
+    ids = [pid for pid in oracle if among is None or pid in among]
+    return sorted(ids, key=lambda pid: (oracle[pid][key], oracle[pid]["global"]))
+
+
+def assert_matches_oracle(result, oracle, expected_ids):
+    assert [h.product_id for h in result.hits] == expected_ids
+    for h in result.hits:
+        o = oracle[h.product_id]
+        assert h.category == o["category"]
+        assert h.global_distance == pytest.approx(o["global"], abs=1e-5)
+        assert h.local_distance == pytest.approx(o["local"], abs=1e-5)
+        assert h.hybrid_distance == pytest.approx(o["hybrid"], abs=1e-5)
+        assert h.score == pytest.approx(1 - o["hybrid"] / 2, abs=1e-5)
+
+
+def test_world_embeddings_are_distinct(oracles):
+    for oracle in oracles:
+        hybrid = np.array(sorted(o["hybrid"] for o in oracle.values()))
+        assert np.diff(hybrid).min() > 1e-4, "the oracle needs a ranking without near-ties"
+
+
+def test_flat_stage_one_equals_brute_force(retriever, scenes):
+    f_s = scenes[0].f_s
+    xb = retriever.index.embeddings(np.arange(N_PRODUCTS))
+    d_g = ((xb - f_s.numpy()) ** 2).sum(1)
+    rows = retriever.candidates(f_s, N_PRODUCTS)
+    assert sorted(rows.tolist()) == list(range(N_PRODUCTS))
+    np.testing.assert_allclose(d_g[rows], np.sort(d_g), atol=2e-3)  # in d_g order, up to f16 rounding
+    for c in (1, 5):
+        assert set(retriever.candidates(f_s, c).tolist()) <= set(np.argsort(d_g)[: c + 1].tolist())
+
+
+@pytest.mark.parametrize("i", [0, 1])
+def test_all_candidates_equals_exhaustive_hybrid_ranking(retriever, scenes, oracles, i):
+    result = retriever.retrieve(scenes[i], k=N_PRODUCTS, candidates=N_PRODUCTS)
+    assert result.candidates == N_PRODUCTS
+    assert [h.rank for h in result.hits] == list(range(1, N_PRODUCTS + 1))
+    assert_matches_oracle(result, oracles[i], ranked(oracles[i]))
+
+
+@pytest.mark.parametrize("c, k", [(8, 5), (3, 3), (12, 12)])
+def test_fewer_candidates_rerank_the_global_top_c(retriever, scenes, oracles, c, k):
+    oracle = oracles[0]
+    top_c = set(ranked(oracle, "global")[:c])
+    result = retriever.retrieve(scenes[0], k=k, candidates=c)
+    assert result.candidates == c
+    assert {h.product_id for h in result.hits} <= top_c
+    assert_matches_oracle(result, oracle, ranked(oracle, among=top_c)[:k])
+
+
+def test_candidates_raised_to_k(retriever, scenes):
+    result = retriever.retrieve(scenes[0], k=6, candidates=2)
+    assert len(result) == 6 and result.candidates == 6
+
+
+def test_category_filter_returns_only_that_category(retriever, scenes, oracles):
+    for cat in CATEGORIES:
+        for c in (3, 200):
+            result = retriever.retrieve(scenes[1], k=3, candidates=c, category=cat)
+            assert len(result) == 3
+            assert {h.category for h in result.hits} == {cat}
+            among = {pid for pid, o in oracles[1].items() if o["category"] == cat}
+            among = set(ranked(oracles[1], "global", among=among)[:c])
+            assert_matches_oracle(result, oracles[1], ranked(oracles[1], among=among)[:3])
+
+
+def test_category_names_resolve_case_insensitively(retriever, scenes):
+    assert retriever.resolve_category("Hat") == "hat"
+    result = retriever.retrieve(scenes[0], k=2, category="SHOES")
+    assert result.category == "shoes" and {h.category for h in result.hits} == {"shoes"}
+
+
+def test_k_larger_than_catalogue_returns_all(retriever, scenes):
+    result = retriever.retrieve(scenes[0], k=1000)
+    assert len(result) == N_PRODUCTS
+    assert len({h.product_id for h in result.hits}) == N_PRODUCTS
+    result = retriever.retrieve(scenes[0], k=1000, category="hat")
+    assert len(result) == PER_CATEGORY
+
+
+def test_hits_carry_image_and_metadata(world, retriever):
+    result = retriever.retrieve(Image.open(world.scenes[0]), k=3)
+    for h in result.hits:
+        assert Path(h.image_path).is_file()
+        assert h.metadata.get("brand", "").startswith("brand-")
+        d = h.to_dict()
+        assert {"rank", "product_id", "category", "score", "global_distance", "local_distance", "image"} <= set(d)
+        json.dumps(d)
+
+
+def test_attention_map_is_a_distribution_over_the_grid(world, retriever):
+    result = retriever.retrieve(world.scenes[0], k=1)  # end to end from a path
+    maps = {c: result.attention_map(c) for c in CATEGORIES}
+    for m in maps.values():
+        assert m.shape == (7, 7)
+        assert m.min() >= 0 and m.sum() == pytest.approx(1.0, abs=1e-5)
+    assert not np.allclose(maps["shoes"], maps["hat"])
+    with pytest.raises(RetrievalError, match="known: shoes, handbag, hat"):
+        result.attention_map("scarf")
+
+
+def test_bad_arguments(retriever, scenes):
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(RetrievalError, match="k must be"):
+            retriever.retrieve(scenes[0], k=bad)
+    with pytest.raises(RetrievalError, match="candidates must be"):
+        retriever.retrieve(scenes[0], candidates=0)
+    with pytest.raises(RetrievalError, match=r"unknown category 'scarf'; known: .*shoes"):
+        retriever.retrieve(scenes[0], category="scarf")
+
+
+def test_index_from_another_checkpoint_is_refused(world, tmp_path):
+    other = world.other_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointMismatchError, match="built from checkpoint sha256"):
+        Retriever.load(checkpoint=other, index_dir=world.index_dir)
+
+
+def test_missing_index(world, tmp_path):
+    with pytest.raises(IndexDirError, match="does not exist"):
+        Retriever.load(checkpoint=world.checkpoint, index_dir=tmp_path / "nowhere")
+
+
+def test_category_outside_checkpoint_vocabulary(world, retriever, scenes, tmp_path):
+    # A checkpoint that knows only two of the index's three categories, and an index built for it.
+    ckpt = world.other_checkpoint(tmp_path / "two.pt", categories=["shoes", "handbag"])
+    from common.files import sha256_of
+
+    emb = retriever.index.embeddings(np.arange(N_PRODUCTS))
+    write_embedding_shard(tmp_path / "emb", world.product_ids, world.categories,
+                          [world.root / "images" / f"{p}.png" for p in world.product_ids], emb, sha256_of(ckpt))
+    build_test_index(tmp_path / "emb", tmp_path / "idx")
+    r = Retriever.load(checkpoint=ckpt, index_dir=tmp_path / "idx")
+    assert len(r.retrieve(scenes[0], k=3, category="shoes")) == 3
+    with pytest.raises(RetrievalError, match=r"\['hat'\] are not in the checkpoint's vocabulary"):
+        r.retrieve(scenes[0], k=3, candidates=N_PRODUCTS)
+    with pytest.raises(RetrievalError, match="not in the checkpoint's vocabulary"):
+        r.retrieve(scenes[0], k=3, category="hat")
