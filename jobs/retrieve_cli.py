@@ -11,6 +11,7 @@ from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
 from jobs.cli_errors import OneLineCommand
 from pipeline.images import ImageError, load_image
+from retrieval.contact_sheet import render_sheet
 from retrieval.retriever import Retriever
 
 
