@@ -34,7 +34,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from jobs.catalog.embed_catalog import default_workers, embed_catalog  # noqa: E402
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog  # noqa: E402
+from jobs.workers import default_workers  # noqa: E402
 from pipeline.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.embedder import build_embedder  # noqa: E402
 from pipeline.images import image_to_tensor, load_image  # noqa: E402
@@ -88,7 +89,7 @@ def job_rate(manifest: Path, ckpt: Path, out: Path, **kw) -> tuple[float, float,
     """Returns (end-to-end img/s, steady-state img/s, CPU ms per image end to end)."""
     shutil.rmtree(out, ignore_errors=True)
     c = cpu_seconds()
-    s = embed_catalog(manifest, ckpt, out, progress=False, shard_size=10_000, **kw)
+    s = embed_catalog(manifest, ckpt, out, config=EmbedCatalogConfig(shard_size=10_000, **kw), progress=False)
     cpu = cpu_seconds() - c
     assert s["embedded"] + s["rejected"] == s["n_input"] and s["processed"] == s["n_input"]
     return s["processed"] / s["seconds"], s["images_per_s"], 1e3 * cpu / s["processed"]

@@ -15,6 +15,7 @@ from common import defaults
 from common.errors import InputError
 from common.files import atomic_path, write_json_atomic
 from index.embedding_shards import EmbeddingsError, Manifest, iter_embeddings, read_manifest, read_metadata
+from index.layout import EMBEDDINGS_FILE, FILES, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE
 from index.search import bitmap_selector, exact_search, filtered_search, index_kind, list_counts, search
 from index.select import (
     IndexSpec,
@@ -27,13 +28,6 @@ from index.select import (
     spec_for_factory,
     tune_search_params,
 )
-
-INDEX_FILE = "index.faiss"
-IDS_FILE = "ids.parquet"
-EMBEDDINGS_FILE = "embeddings.f16.npy"
-INFO_FILE = "info.json"
-FILES = (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, INFO_FILE)
-FORMAT_VERSION = 1
 
 
 class BuildError(InputError):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
-from index.build import EMBEDDINGS_FILE, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE
+from index.layout import EMBEDDINGS_FILE, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE
 from index.search import (
     PAD_SCORE,
     bitmap_selector,

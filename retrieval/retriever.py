@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,10 +25,10 @@ from PIL import Image
 
 from common import defaults
 from common.devices import resolve_device
+from common.naming import match_category
 from common.errors import InputError
-from common.files import sha256_of
 from index.store import ProductIndex
-from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
 from pipeline.distances import all_distances, attention_weights
 from pipeline.images import image_to_tensor, load_image
 
@@ -152,8 +151,7 @@ class Retriever:
         """
         device = resolve_device(device)
         index = ProductIndex.load(index_dir)
-        if Path(checkpoint).is_file():  # refuse a mismatched pair before paying for the model
-            index.require_checkpoint(sha256_of(checkpoint))
+        index.require_checkpoint(check_checkpoint(checkpoint))  # refuse a wrong file or pair before the model
         return cls(load_checkpoint(checkpoint, device=device), index, device=device)
 
     # -- properties ---------------------------------------------------------------------------------
@@ -249,12 +247,10 @@ class Retriever:
         """An index category by its full name, or by a unique case-insensitive match of the full name or its
         last '|' part ("shoes" for "Apparel & Accessories|Shoes"); RetrievalError listing the known ones."""
         known = list(self.index.categories)
-        if name not in known:
-            wanted = name.strip().casefold()
-            matches = [c for c in known if wanted in (c.casefold(), c.rsplit("|", 1)[-1].strip().casefold())]
-            if len(matches) != 1:
-                raise RetrievalError(f"unknown category {name!r}; known: {', '.join(known)}")
-            name = matches[0]
+        resolved = match_category(name, known)
+        if resolved is None:
+            raise RetrievalError(f"unknown category {name!r}; known: {', '.join(known)}")
+        name = resolved
         if name not in self._category_to_index:
             raise RetrievalError(
                 f"category {name!r} is in the index but not in the checkpoint's vocabulary "

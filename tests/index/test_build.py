@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import common.files
-from index.build import FILES, BuildError, build_index
+from index.build import BuildError, build_index
 from index.embedding_shards import EmbeddingsError
+from index.layout import FILES
 from index.store import IndexDirError, ProductIndex
 from tests.catalogue_vectors import clustered, write_embeddings
 

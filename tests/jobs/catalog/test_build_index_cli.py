@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from index.store import ProductIndex
 from jobs.catalog.build_index import build_index_command
+from jobs.cli import main
 
 
 def test_cli_builds_and_prints_a_summary(make_catalogue, tmp_path):
@@ -32,7 +33,7 @@ def test_cli_incomplete_manifest_is_one_readable_line(make_catalogue, tmp_path):
     emb_dir, _, _ = make_catalogue(100, 8, complete=False)
     result = CliRunner().invoke(build_index_command, ["--embeddings", str(emb_dir), "--out", str(tmp_path / "idx")])
     assert result.exit_code == 1
-    assert "Error:" in result.output and "complete=false" in result.output
+    assert result.stderr.startswith("build-index: error:") and "complete=false" in result.stderr
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
 
@@ -45,7 +46,6 @@ def test_cli_missing_folder_and_bad_budget(tmp_path):
 
 
 def test_registered_in_ctl(make_catalogue, tmp_path):
-    from jobs.cli import main
     emb_dir, _, _ = make_catalogue(300, 8)
     result = CliRunner().invoke(main, ["build-index", "--embeddings", str(emb_dir), "--out", str(tmp_path / "idx")])
     assert result.exit_code == 0, result.output
