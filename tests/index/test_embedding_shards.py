@@ -5,9 +5,23 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from index.embedding_shards import (FORMAT, MANIFEST, REJECTS, EmbeddingsError, clear_output, finished_shards,
-                                    holds_output, iter_embeddings, load_manifest, merge_rejects, read_manifest,
-                                    read_metadata, record_shard, write_manifest, write_shard)
+from index.embedding_shards import (
+    FORMAT,
+    MANIFEST,
+    REJECTS,
+    EmbeddingsError,
+    clear_output,
+    finished_shards,
+    holds_output,
+    iter_embeddings,
+    load_manifest,
+    merge_rejects,
+    read_manifest,
+    read_metadata,
+    record_shard,
+    write_manifest,
+    write_shard,
+)
 from tests.catalogue_vectors import clustered
 
 
