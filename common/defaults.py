@@ -41,3 +41,8 @@ INDEX_INTENT = "balanced"
 SHARD_SIZE = 10_000
 BATCH_SIZE_CPU = 32
 BATCH_SIZE_GPU = 256
+
+# -- incremental index updates: when `ctl update-index` says a full rebuild is due -------------------
+REBUILD_CHURN = 0.2            # rows added, changed or removed since the last full build, over its size
+REBUILD_IMBALANCE_RATIO = 1.5  # inverted-list imbalance grown by this factor since the build
+REBUILD_SCORE_DROP = 0.05      # new rows this much further (mean inner product) from their centroids

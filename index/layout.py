@@ -6,6 +6,7 @@
         index.faiss           the FAISS index (inner product over unit vectors; search knobs inside)
         ids.parquet           row -> product_id, category, image_path and the catalogue's extra columns
         embeddings.f16.npy    row-aligned float16 embeddings, memory-mapped for the exact re-rank
+        index.ivfdata         only with --ondisk: the inverted lists (FAISS OnDiskInvertedLists), memory-mapped
         info.json             written last: checkpoint sha256, backbone, d, factory, params, counts, recall
 
 A build (full or incremental) writes a new numbered folder, finishes it with info.json, and only then
@@ -31,6 +32,7 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 EMBEDDINGS_FILE = "embeddings.f16.npy"
 INFO_FILE = "info.json"
+IVFDATA_FILE = "index.ivfdata"
 FILES = (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, INFO_FILE)
 FORMAT_VERSION = 1
 POINTER_FILE = "CURRENT"

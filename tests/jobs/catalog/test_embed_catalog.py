@@ -115,7 +115,7 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     assert [len(s) for s in shards] == [10, 10, 3]
     table = pa.concat_tables(shards)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
-    assert table.column_names == ["product_id", "category", "image_path", "price", "embedding"]
+    assert table.column_names == ["product_id", "category", "image_path", "price", "image_sha256", "embedding"]
     assert table.column("product_id").to_pylist() == [f"p{i:04d}" for i in range(23)]
     assert table.column("price").to_pylist() == [str(i) for i in range(23)]
     paths = table.column("image_path").to_pylist()
