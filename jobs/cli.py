@@ -17,7 +17,9 @@ JOBS = {
     "evaluate": "jobs.evaluation.evaluate:evaluate_command",
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
     "build-index": "jobs.catalog.build_index:build_index_command",
+    "update-index": "jobs.catalog.update_index:update_index_command",
     "demo": "jobs.demo:demo_command",
+    "update-demo": "jobs.update_demo:update_demo_command",
 }
 DATA_JOBS = {
     "stl": "jobs.data.stl_ingest:stl_command",

@@ -97,10 +97,10 @@ def embeddings_of(table: pa.Table) -> np.ndarray:
     return np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(len(table), -1)
 
 
-def run(manifest, ckpt, out, *, overwrite=False, **kw):
+def run(manifest, ckpt, out, *, overwrite=False, base=None, **kw):
     opts = dict(shard_size=10, batch_size=4, workers=0, device="cpu", image_size=SIZE)
     return embed_catalog(manifest, ckpt, out, config=EmbedCatalogConfig(**{**opts, **kw}), overwrite=overwrite,
-                         progress=False)
+                         progress=False, base=base)
 
 
 # -- the job -------------------------------------------------------------------------------------
