@@ -132,6 +132,14 @@ def child_serve(out: str, data: str) -> None:
     pq.read_table(next(Path(out).glob("v*/ids.parquet"))).slice(0, 1)     # pyarrow's own pages first
     build, _ = resolve(out)
     _evict(build)
+    # the FAISS index alone (in-memory lists, or memory-mapped on-disk lists), then the whole ProductIndex
+    ondisk = (build / "index.ivfdata").exists()
+    a0 = status("RssAnon")
+    alone = faiss.read_index(str(build / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR if ondisk else
+                             faiss.IO_FLAG_MMAP_IFC)
+    index_anon = status("RssAnon") - a0
+    del alone
+    _evict(build)
     anon0, rss0 = status("RssAnon"), status("VmRSS")
     t0 = time.perf_counter()
     index = ProductIndex.load(out)
@@ -149,7 +157,7 @@ def child_serve(out: str, data: str) -> None:
     rec = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / K for a, b in zip(I, I_ref)]))
     cold_ms, warm_ms = np.array([c[0] for c in cold]), np.array([w[0] for w in warm])
     print("RESULT " + json.dumps({
-        "load_s": load_s, "anon_load_mb": anon_load, "rss_load_mb": rss_load,
+        "load_s": load_s, "anon_load_mb": anon_load, "rss_load_mb": rss_load, "faiss_index_anon_mb": index_anon,
         "anon_after_mb": status("RssAnon") - anon0, "rss_after_mb": status("VmRSS") - rss0, "recall": rec,
         "cold_p50_ms": float(np.median(cold_ms)), "cold_p99_ms": float(np.percentile(cold_ms, 99)),
         "warm_p50_ms": float(np.median(warm_ms)), "warm_p99_ms": float(np.percentile(warm_ms, 99)),

@@ -27,7 +27,10 @@ from jobs.catalog.embed_job import Embedded, EmbedJob, forward
 from jobs.workers import lower_priority
 from pipeline.checkpoint import load_checkpoint
 
-BLOCK_ROWS = 256                 # rows per input block: enough blocks for the decode tasks to spread over CPUs
+# rows per input block: one batch on small runs (an actor's output reaches the writer a batch at a time; with
+# 256-row blocks the first rows of a 640-image run came back after 40% of it), up to 1024 on large ones
+# (fewer, larger blocks: 10M rows are ~10k blocks)
+MAX_BLOCK_ROWS = 1024
 DECODE_CPUS = 0.5                # per decode task (a logical share: see open_engine)
 
 
@@ -94,7 +97,8 @@ def open_engine(job: EmbedJob) -> Iterator[Embedded]:
         threads = max(1, (os.cpu_count() or 1) // workers) if local and not gpus else None
         paths = job.table.column("image_path").take(pa.array(job.rows)).combine_chunks()
         rows = pa.table({"row": pa.array(job.rows, pa.int64()), "image_path": paths})
-        blocks = [rows.slice(i, BLOCK_ROWS) for i in range(0, len(rows), BLOCK_ROWS)]
+        block_rows = max(batch_size, min(MAX_BLOCK_ROWS, len(rows) // 256))
+        blocks = [rows.slice(i, block_rows) for i in range(0, len(rows), block_rows)]
         ds = ray.data.from_arrow(blocks)
         # num_cpus unlike the actors' so Ray Data does not fuse decoding into them: fused, an actor decodes
         # and embeds in turn and the network waits for every decode

@@ -139,6 +139,22 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
+def kill_after_first_shard(proc, out: Path, kill, *, within: float) -> None:
+    """Call kill() once the job's manifest lists a finished shard; assert the job died of it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            finished = json.loads((out / MANIFEST).read_text())["shards"]
+        except (FileNotFoundError, ValueError):
+            finished = []
+        if finished:
+            kill()
+            break
+        time.sleep(0.005)
+    rc = proc.wait(timeout=60)
+    assert rc == -signal.SIGKILL, f"the job ended before it could be killed (rc {rc}): {proc.stderr.read()[-2000:]!r}"
+
+
 def test_killed_run_resumes_to_the_same_shards(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 200, seed=1)
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
@@ -149,19 +165,7 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path, ckpt):
            "--device", "cpu", "--image-size", str(SIZE), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    finished = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            finished = json.loads((resumed / MANIFEST).read_text())["shards"]
-        except (FileNotFoundError, ValueError):
-            finished = []
-        if finished:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    rc = proc.wait(timeout=30)
-    assert rc == -signal.SIGKILL, f"the job ended before it could be killed (rc {rc}): {proc.stderr.read()!r}"
+    kill_after_first_shard(proc, resumed, lambda: proc.send_signal(signal.SIGKILL), within=120)
     proc.stderr.close()
     before = json.loads((resumed / MANIFEST).read_text())
     assert not before["complete"] and 1 <= len(before["shards"]) < 10
