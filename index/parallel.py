@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable
+
+from tqdm import tqdm
 
 from common.errors import InputError
 from common.ray_cluster import connect, import_ray
@@ -24,6 +26,10 @@ def process_map(workers: int) -> MapFn:
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(fn, **t) for t in tasks]
+            # a bar of finished groups on a terminal (disable=None: off when stderr is not a TTY)
+            for _ in tqdm(as_completed(futures), total=len(futures), desc="add shard groups", unit="group",
+                          disable=None):
+                pass
             return [f.result() for f in futures]
     return run
 
@@ -35,7 +41,13 @@ def ray_map(address: str | None, *, cpus_per_task: int) -> MapFn:
         started = connect(address)
         try:
             remote = ray.remote(num_cpus=cpus_per_task, max_retries=2)(fn)
-            return ray.get([remote.remote(**t) for t in tasks])
+            refs = [remote.remote(**t) for t in tasks]
+            pending = list(refs)
+            with tqdm(total=len(refs), desc="add shard groups (ray)", unit="group", disable=None) as bar:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    bar.update(len(done))
+            return ray.get(refs)
         finally:
             if started:
                 ray.shutdown()
