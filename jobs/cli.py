@@ -18,6 +18,7 @@ JOBS = {
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
     "build-index": "jobs.catalog.build_index:build_index_command",
     "demo": "jobs.demo:demo_command",
+    "serve": "jobs.serve:serve_command",
 }
 DATA_JOBS = {
     "stl": "jobs.data.stl_ingest:stl_command",
@@ -70,7 +71,7 @@ class LazyGroup(OneLineGroup):
 
 @click.group(name="ctl", cls=LazyGroup, lazy=JOBS, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion)."""
+    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion) and the service."""
 
 
 @click.group(cls=LazyGroup, lazy=DATA_JOBS)
