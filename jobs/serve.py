@@ -119,8 +119,12 @@ def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, devic
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(settings.threads)
     sock = listen(host, port)          # before loading: a taken port fails in a second, not after the model
-    retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
-    app = create_app(retriever, index_dir, settings)
+    try:
+        retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+        app = create_app(retriever, index_dir, settings)
+    except BaseException:
+        sock.close()
+        raise
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     index = retriever.index

@@ -197,7 +197,7 @@ function drawHeatmap(grid) {
   values.forEach((v, i) => {
     const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
     const [r, g, b] = colour(t);
-    pixels.data.set([r, g, b, Math.round(60 + 150 * t)], 4 * i);
+    pixels.data.set([r, g, b, Math.round(20 + 170 * t)], 4 * i);
   });
   small.getContext("2d").putImageData(pixels, 0, 0);
   ctx.imageSmoothingEnabled = true;
