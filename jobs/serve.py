@@ -57,7 +57,9 @@ def resolve_examples(option: str, checkpoint: Path) -> tuple[Path, ...]:
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on host:port (port 0: a free one), so the address printed is the one in use."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP, and
+    # without it a keep-alive answer written in two parts waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from jobs.cli import main
 from jobs.data.sample_data import generate
-from jobs.serve import folder_examples, resolve_examples, run_examples
+from jobs.serve import folder_examples, listen, resolve_examples, run_examples
 from tests.retrieval.test_retriever import world  # noqa: F401
 
 
@@ -76,3 +76,13 @@ def test_folder_examples(tmp_path):
     assert [p.name for p in folder_examples(tmp_path)] == ["a.PNG", "b.jpg"]
     with pytest.raises(Exception, match="not a folder"):
         folder_examples(tmp_path / "b.jpg")
+
+
+def test_the_listening_socket_says_tcp():
+    # asyncio sets TCP_NODELAY on accepted sockets only when the listening socket's proto is TCP; without it
+    # every keep-alive answer waited ~40 ms for the client's delayed ACK (measured: /healthz 44 ms -> 1.5 ms).
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+    finally:
+        sock.close()
