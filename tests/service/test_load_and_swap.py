@@ -25,19 +25,26 @@ def files(world, i=0):
 
 
 class Gate:
-    """Make a retriever's forward wait until the test opens the gate (to hold a worker busy)."""
+    """Serve a retriever whose forward waits until the test opens the gate (to hold a worker busy)."""
 
-    def __init__(self, retriever):
+    def __init__(self, client, retriever):
         self.entered, self.opened, self.batches = threading.Event(), threading.Event(), []
-        self.retriever = retriever.with_index(retriever.index)
-        encode = self.retriever.encode_scenes
+        gated_retriever = retriever.with_index(retriever.index)
+        encode = gated_retriever.encode_scenes
 
         def gated(images, **kwargs):
             self.batches.append(len(images))
             self.entered.set()
             assert self.opened.wait(30), "the test never opened the gate"
             return encode(images, **kwargs)
-        self.retriever.encode_scenes = gated
+        gated_retriever.encode_scenes = gated
+        client.app.state.pool.swap(gated_retriever)
+
+    def hold(self, executor, client, *args, **kwargs):
+        """Send the request that occupies the worker; return its future once the worker holds it."""
+        future = executor.submit(client.post, *args, **kwargs)
+        assert self.entered.wait(30)
+        return future
 
 
 def wait_for(predicate, timeout=30.0, what="condition"):
@@ -53,11 +60,9 @@ def wait_for(predicate, timeout=30.0, what="condition"):
 
 def test_a_full_queue_answers_503_with_retry_after(serve, served_retriever, world):
     client = serve(workers=1, queue_size=1)
-    gate = Gate(served_retriever)
-    client.app.state.pool.swap(gate.retriever)
+    gate = Gate(client, served_retriever)
     with ThreadPoolExecutor(2) as ex:
-        running = ex.submit(client.post, "/v1/retrieve", files=files(world))
-        assert gate.entered.wait(30)                       # the one worker is busy
+        running = gate.hold(ex, client, "/v1/retrieve", files=files(world))     # the one worker is busy
         waiting = ex.submit(client.post, "/v1/retrieve", files=files(world))
         wait_for(lambda: client.app.state.pool.depth() == 1, what="the second query to queue")
         refused = client.post("/v1/retrieve", files=files(world))
@@ -74,11 +79,9 @@ def test_a_full_queue_answers_503_with_retry_after(serve, served_retriever, worl
 
 def test_micro_batching_answers_each_query_as_alone(serve, served_retriever, world):
     client = serve(workers=1, max_batch=8, max_wait_ms=0)
-    gate = Gate(served_retriever)
-    client.app.state.pool.swap(gate.retriever)
+    gate = Gate(client, served_retriever)
     with ThreadPoolExecutor(5) as ex:
-        first = ex.submit(client.post, "/v1/retrieve", params={"k": 5}, files=files(world, 0))
-        assert gate.entered.wait(30)
+        first = gate.hold(ex, client, "/v1/retrieve", params={"k": 5}, files=files(world, 0))
         rest = [ex.submit(client.post, "/v1/retrieve", params={"k": 5}, files=files(world, i % 2))
                 for i in range(1, 5)]
         wait_for(lambda: client.app.state.pool.depth() == 4, what="four queued queries")
@@ -98,11 +101,9 @@ def test_micro_batching_answers_each_query_as_alone(serve, served_retriever, wor
 
 def test_a_bad_image_in_a_batch_fails_alone(serve, served_retriever, world):
     client = serve(workers=1, max_batch=4, max_wait_ms=0)
-    gate = Gate(served_retriever)
-    client.app.state.pool.swap(gate.retriever)
+    gate = Gate(client, served_retriever)
     with ThreadPoolExecutor(3) as ex:
-        first = ex.submit(client.post, "/v1/retrieve", files=files(world))
-        assert gate.entered.wait(30)
+        first = gate.hold(ex, client, "/v1/retrieve", files=files(world))
         good = ex.submit(client.post, "/v1/retrieve", files=files(world, 1))
         bad = ex.submit(client.post, "/v1/retrieve", files={"image": ("x.txt", b"text", "text/plain")})
         wait_for(lambda: client.app.state.pool.depth() == 2, what="two queued queries")
