@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from common.errors import ArtifactError
 from common.files import atomic_path
 from jobs.data.layouts import SAMPLE_CATEGORIES, SAMPLE_PAIRS, sample_product_image, sample_scene_image
 from jobs.data.sample.shapes import CATEGORIES
@@ -27,7 +28,7 @@ def render_contact_sheet(sample_dir: str | os.PathLike, out_png: str | os.PathLi
             by_scene.setdefault(pair["scene"], []).append(pair)
     chosen = list(by_scene)[:n]
     if not chosen:
-        raise ValueError(f"no pairs in {sample_dir / SAMPLE_PAIRS}")
+        raise ArtifactError(f"no pairs in {sample_dir / SAMPLE_PAIRS}")
     pad, label_h, header = 8, 13, 22
     cell_w, cell_h = thumb + pad, thumb + label_h + pad
     grid_rows = max(math.ceil(len(by_scene[s]) / per_row) for s in chosen)

@@ -2,6 +2,7 @@
 import pytest
 from PIL import Image
 
+from common.errors import ArtifactError
 from jobs.data.layouts import SAMPLE_PAIRS
 from jobs.data.sample.contact_sheet import render_contact_sheet
 
@@ -21,5 +22,5 @@ def test_contact_sheet_without_pairs(small, tmp_path):
     empty.mkdir()
     (empty / SAMPLE_PAIRS).write_text("\n")
     (empty / "categories.json").write_text("{}")
-    with pytest.raises(ValueError, match="no pairs in"):
+    with pytest.raises(ArtifactError, match="no pairs in"):
         render_contact_sheet(empty, tmp_path / "x.png")
