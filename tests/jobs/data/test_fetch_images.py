@@ -65,7 +65,7 @@ def test_ctl_data_fetch_stl_dir_end_to_end(server, tmp_path):
     server.reset()
     res = CliRunner().invoke(main, ["data", "fetch", *args, "--strict"])
     assert res.exit_code == 1 and "1 failed (1 known from an earlier run, not asked again" in res.output
-    assert res.stderr.strip().splitlines()[-1] == "ctl: error: 1 of 9 images could not be fetched"
+    assert res.stderr.strip().splitlines()[-1] == "ctl data fetch: error: 1 of 9 images could not be fetched"
     assert server.total() == 0  # the dead URL is remembered: no request at all
     report = json.loads((out / "fetch_report.json").read_text())
     assert report["remembered"] == 1 and report["failures"][0]["remembered"] is True
@@ -102,7 +102,7 @@ def test_nothing_fetched_is_one_line_and_exit_1_with_a_readable_report(server, t
                    tmp_path / "products.parquet")
     res = CliRunner().invoke(main, ["data", "fetch", str(tmp_path), "--retries", "0", "--rate", "0"])
     assert res.exit_code == 1
-    assert one_line_error(res) == (f"ctl: error: none of the 2 images could be fetched (1 not_an_image, 1 http_404); "
+    assert one_line_error(res) == (f"ctl data fetch: error: none of the 2 images could be fetched (1 not_an_image, 1 http_404); "
                                    f"details in {tmp_path / 'fetch_report.json'}")
     report = json.loads((tmp_path / "fetch_report.json").read_text())
     details = {f["reason"]: f["detail"] for f in report["failures"]}
@@ -127,5 +127,5 @@ def test_bad_arguments_are_one_line_usage_errors(tmp_path, args, message):
 def test_a_dir_without_manifests_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["data", "fetch", str(tmp_path)])
     assert res.exit_code == 1
-    assert one_line_error(res) == (f"ctl: error: {tmp_path}: no scenes.parquet or products.parquet with a "
+    assert one_line_error(res) == (f"ctl data fetch: error: {tmp_path}: no scenes.parquet or products.parquet with a "
                                    "'image_url' column (write them with `ctl data stl` or `ctl data catalog`)")

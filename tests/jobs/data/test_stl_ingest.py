@@ -90,7 +90,7 @@ def test_cli_bad_category_file_is_one_readable_line(stl_files, tmp_path, cats, m
     stl_files[1].write_text(cats)
     res = CliRunner().invoke(main, ["data", "stl", "--pairs", str(stl_files[0]), "--categories", str(stl_files[1]),
                                     "--out", str(tmp_path / "out")])
-    assert res.exit_code == 2 and one_line_error(res).startswith(f"ctl: error: {stl_files[1]}: ")
+    assert res.exit_code == 2 and one_line_error(res).startswith(f"ctl data stl: error: {stl_files[1]}: ")
     assert message in res.stderr
     assert not (tmp_path / "out").exists()
 
@@ -111,7 +111,7 @@ def test_cli_binary_pair_file_names_the_file_and_line(stl_files, tmp_path):
     res = CliRunner().invoke(main, ["data", "stl", "--pairs", str(binary), "--categories", str(stl_files[1]),
                                     "--out", str(tmp_path / "out")])
     assert res.exit_code == 2
-    assert one_line_error(res) == (f"ctl: error: {binary}: line 1, column 2: not UTF-8 text (byte 0x8b); "
+    assert one_line_error(res) == (f"ctl data stl: error: {binary}: line 1, column 2: not UTF-8 text (byte 0x8b); "
                                    "expected a JSON text file")
     assert not (tmp_path / "out").exists()
 

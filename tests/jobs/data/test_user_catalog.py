@@ -99,7 +99,7 @@ def test_csv_problems_are_clear(tmp_path, csv, message):
     (tmp_path / "cat.csv").write_text(csv)
     res = CliRunner().invoke(main, ["data", "catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2
-    assert re.search("^ctl: error: " + re.escape(str(tmp_path / "cat.csv")) + ": " + message, one_line_error(res))
+    assert re.search("^ctl data catalog: error: " + re.escape(str(tmp_path / "cat.csv")) + ": " + message, one_line_error(res))
     assert not (tmp_path / "out" / "catalog.parquet").exists()
 
 

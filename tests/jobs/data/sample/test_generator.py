@@ -150,7 +150,7 @@ def test_cli_sample_data(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--scenes", "9", "--products", "5"], "ctl: error: products (5) is smaller than the"),
+    (["--scenes", "9", "--products", "5"], "ctl sample-data: error: products (5) is smaller than the"),
     (["--categories", "20"], "ctl: error: Invalid value for '--categories'"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
