@@ -41,12 +41,23 @@ from common.config import JobConfig
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import ArtifactError, InputError, NothingProducedError
 from common.files import sha256_of
-from index.embedding_shards import (EMBEDDING, FORMAT, MANIFEST, REJECTS, clear_output, clear_temp_files,
-                                    finished_shards, holds_output, load_manifest, merge_rejects, write_manifest)
+from index.embedding_shards import (
+    EMBEDDING,
+    FORMAT,
+    MANIFEST,
+    REJECTS,
+    clear_output,
+    clear_temp_files,
+    finished_shards,
+    holds_output,
+    load_manifest,
+    merge_rejects,
+    write_manifest,
+)
 from jobs.catalog.catalog_images import CatalogImages, collate, load_catalog_table
 from jobs.catalog.shard_writer import ShardWriter
 from jobs.cli_errors import OneLineCommand
-from jobs.data.datasets import CATALOG
+from jobs.data.layouts import CATALOG
 from jobs.workers import default_workers, lower_priority
 from pipeline.checkpoint import Checkpoint, load_checkpoint
 
