@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from jobs.cli import main
-from jobs.data.sample_data import generate
+from jobs.data.sample import generate
 from jobs.serve import folder_examples, listen, resolve_examples, run_examples
 from tests.retrieval.test_retriever import world  # noqa: F401
 
