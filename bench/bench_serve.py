@@ -5,8 +5,9 @@
                                 [--workers N --threads N --max-batch N --max-wait-ms MS --queue-size N]
 
 (1) bare: the backbone's forward alone on pre-decoded, pre-resized uint8 224 px scenes (inference_mode,
-    channels_last, the served checkpoint's own backbone), at batch 1, 4 and 16, both as one thread per
-    core in parallel and as one process-wide forward on every core; the best images/s is the baseline.
+    channels_last, the served checkpoint's own backbone), eager and as the traced graph the service runs,
+    at batch 1, 4 and 16, both as one thread per core in parallel and as one forward on every core; the
+    best images/s is the baseline, measured again (that layout) right before each concurrency level.
 (2) served: `ctl serve --port 0` in a process of its own on the same artefacts; an asyncio + httpx client
     posts held-out scene JPEGs to /v1/look (or /v1/retrieve) with `concurrency` requests in flight, for a
     fixed request count or duration, whichever ends first, at each concurrency. A 503 (full queue) is
@@ -94,27 +95,33 @@ class Bare:
     """The served checkpoint's backbone in this process, on held-out scenes decoded and resized once."""
 
     def __init__(self, checkpoint: Path, index_dir: Path, scenes: list[Path], device: str):
-        retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
-        self.backbone, self.device = retriever.embedder.backbone, device
-        self.one = torch.stack([image_to_tensor(load_image(p), retriever.input_size) for p in scenes])
+        eager = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+        traced = eager.with_index(eager.index)
+        traced.trace_backbone()                     # the graph the service runs by default (--trace)
+        self.forwards = {"eager": eager.embedder.backbone, "traced": traced.scene_backbone}
+        self.device = device
+        self.one = torch.stack([image_to_tensor(load_image(p), eager.input_size) for p in scenes])
         cores = usable_cores()
         self.layouts = [(cores, 1), (1, cores)] if device == "cpu" else [(1, 1)]
         self.batches = (1, 4, 16) if device == "cpu" else (1, 16, 64, 256)
 
-    def rate(self, batch: int, parallel: int, threads: int, seconds: float) -> tuple[float, float]:
+    def rate(self, kind: str, batch: int, parallel: int, threads: int, seconds: float) -> tuple[float, float]:
         x = self.one[torch.arange(batch) % len(self.one)].to(self.device).contiguous(memory_format=torch.channels_last)
-        return bare_rate(self.backbone, x, parallel=parallel, threads=threads, seconds=seconds)
+        return bare_rate(self.forwards[kind], x, parallel=parallel, threads=threads, seconds=seconds)
 
     def sweep(self, seconds: float) -> dict:
+        """Every forward (eager, traced) x batch x layout; the best images/s is the baseline."""
         rates = {}
-        for batch in self.batches:
-            for parallel, threads in self.layouts:
-                rate, cpu = self.rate(batch, parallel, threads, seconds)
-                rates[(batch, parallel, threads)] = (rate, cpu)
-                print(f"  bare forward batch {batch:>3}, {parallel} in parallel x {threads} thread(s): "
-                      f"{rate:7.1f} img/s, {1e3 * cpu:6.1f} ms CPU/img   (load {os.getloadavg()[0]:.1f})", flush=True)
+        for kind in self.forwards:
+            for batch in self.batches:
+                for parallel, threads in self.layouts:
+                    rate, cpu = self.rate(kind, batch, parallel, threads, seconds)
+                    rates[(kind, batch, parallel, threads)] = (rate, cpu)
+                    print(f"  bare {kind:6} forward batch {batch:>3}, {parallel} in parallel x {threads} thread(s): "
+                          f"{rate:7.1f} img/s, {1e3 * cpu:6.1f} ms CPU/img   (load {os.getloadavg()[0]:.1f})",
+                          flush=True)
         best = max(rates, key=lambda key: rates[key][0])
-        return {"rates": {f"batch {b}, {p} x {t} thread(s)": r for (b, p, t), r in rates.items()},
+        return {"rates": {f"{k} batch {b}, {p} x {t} thread(s)": r for (k, b, p, t), r in rates.items()},
                 "best": rates[best][0], "best_cpu_per_image": min(c for _, c in rates.values()), "best_layout": best}
 
 
@@ -199,7 +206,7 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--endpoint", choices=["look", "retrieve"], default="look")
     ap.add_argument("--rss-requests", type=int, default=1000)
-    ap.add_argument("--bare-seconds", type=float, default=6.0, help="seconds per bare-forward layout")
+    ap.add_argument("--bare-seconds", type=float, default=4.0, help="seconds per bare-forward layout")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="a synthetic catalogue of N products")
     for flag in ("--workers", "--threads", "--max-batch", "--max-wait-ms", "--queue-size"):
@@ -222,8 +229,9 @@ def main() -> int:
         bare = Bare(checkpoint, index_dir, scenes, args.device)
         result["bare"] = bare.sweep(args.bare_seconds)
         best_layout = result["bare"]["best_layout"]
-        print(f"  best: {result['bare']['best']:.1f} img/s (batch {best_layout[0]}, {best_layout[1]} x "
-              f"{best_layout[2]} thread(s)); measured again beside each concurrency level", flush=True)
+        print(f"  best: {result['bare']['best']:.1f} img/s ({best_layout[0]}, batch {best_layout[1]}, "
+              f"{best_layout[2]} x {best_layout[3]} thread(s)); measured again beside each concurrency level",
+              flush=True)
 
         print(f"(2) ctl serve {' '.join(extra) or '(default settings)'}", flush=True)
         proc, url = start_server(checkpoint, index_dir, args.device, extra)

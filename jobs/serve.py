@@ -105,19 +105,22 @@ def device_name(ctx, param, value: str) -> str:
 @click.option("--examples", default="auto", show_default=True,
               help="example scenes for the page: a folder of images, 'auto' (the checkpoint run's held-out "
                    "test scenes, when its data is here) or 'none'")
+@click.option("--trace/--no-trace", default=True, show_default=True,
+              help="run the backbone as a traced, frozen TorchScript graph: worker threads forward in parallel "
+                   "instead of in turns on the GIL (--no-trace: eager PyTorch)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="one log line per request")
 def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, workers: int | None,
                   threads: int | None, max_batch: int | None, max_wait_ms: float | None, queue_size: int,
                   max_upload_mb: float, watch_interval: float, reload_token: str | None, examples: str,
-                  log_level: str, access_log: bool) -> None:
+                  trace: bool, log_level: str, access_log: bool) -> None:
     """Serve the HTTP API (/v1/look, /v1/retrieve, ...) and the page at / until interrupted."""
     device = str(resolve_device(device))
     settings = ServeSettings.for_device(
         device, workers=workers, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
         queue_size=queue_size, max_upload_bytes=int(max_upload_mb * 2**20), watch_interval_s=watch_interval,
-        reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint))
+        reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint), trace=trace)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(settings.threads)
     sock = listen(host, port)          # before loading: a taken port fails in a second, not after the model
@@ -132,7 +135,8 @@ def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, devic
     index = retriever.index
     click.echo(f"serving http://{url_host}:{bound_port} ({index.version or 'flat index'}, {index.n:,} products, "
                f"{len(retriever.categories)} categories; {device}: {settings.workers} worker(s) x "
-               f"{settings.threads} thread(s), batch {settings.max_batch} / {settings.max_wait_ms:g} ms, "
+               f"{settings.threads} thread(s){', traced' if retriever.traced else ''}, batch {settings.max_batch} / "
+               f"{settings.max_wait_ms:g} ms, "
                f"queue {settings.queue_size}; {len(settings.examples)} examples; admin reload "
                f"{'on' if settings.reload_token else 'off'})", err=True)
     if host not in LOOPBACK:

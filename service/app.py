@@ -166,8 +166,13 @@ class ProductImages:
 # -- the app -----------------------------------------------------------------------------------------------
 
 def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSettings | None = None) -> FastAPI:
-    """The service over a loaded retriever; its model workers and index watcher run while the app does."""
+    """The service over a loaded retriever; its model workers and index watcher run while the app does.
+
+    With settings.trace (the default) the retriever's backbone is traced in place (Retriever.trace_backbone).
+    """
     settings = settings or ServeSettings.for_device(retriever.device)
+    if settings.trace:
+        retriever.trace_backbone()    # worker threads then forward in parallel, not in turns on the GIL
     metrics = ServiceMetrics()
     pool = ModelPool(retriever, workers=settings.workers, threads=settings.threads, max_batch=settings.max_batch,
                      max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size, metrics=metrics)
@@ -342,7 +347,7 @@ def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSetti
         state = {
             "index_version": r.index.version, "products": r.index.n, "categories": len(r.categories),
             "checkpoint_sha256": r.checkpoint.sha256, "device": str(r.device),
-            "workers": pool.workers, "threads": pool.threads, "max_batch": pool.max_batch,
+            "workers": pool.workers, "threads": pool.threads, "max_batch": pool.max_batch, "traced": r.traced,
             "max_wait_ms": settings.max_wait_ms, "queue": {"depth": pool.depth(), "capacity": pool.queue_size},
             "last_reload_error": swapper.last_error,
         }

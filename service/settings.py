@@ -33,6 +33,7 @@ class ServeSettings:
     watch_interval_s: float = defaults.SERVE_WATCH_SECONDS   # 0: do not watch the pointer
     reload_token: str | None = field(default=None, repr=False)   # None: POST /v1/admin/reload is disabled
     examples: tuple[Path, ...] = ()   # scene images the page offers as examples
+    trace: bool = True                # run the backbone as a traced TorchScript graph (Retriever.trace_backbone)
 
     @classmethod
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:

@@ -7,7 +7,7 @@ import torch
 
 from index.store import CheckpointMismatchError, ProductIndex
 from pipeline.images import load_image
-from retrieval.retriever import RetrievalError
+from retrieval.retriever import RetrievalError, Retriever
 from tests.retrieval.test_retriever import N_PRODUCTS, build_test_index, retriever, scenes, world, write_embedding_shard  # noqa: F401
 
 
@@ -75,3 +75,20 @@ def test_with_index_refuses_another_dimension(world, retriever, tmp_path):
     build_test_index(tmp_path / "emb", tmp_path / "idx")
     with pytest.raises(RetrievalError, match="d=8"):
         retriever.with_index(ProductIndex.load(tmp_path / "idx"))
+
+
+def test_a_traced_backbone_gives_the_eager_answers(world, tmp_path):
+    eager = Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
+    traced = Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
+    assert not traced.traced
+    traced.trace_backbone()
+    traced.trace_backbone()                                   # idempotent
+    assert traced.traced and not eager.traced
+    images = [load_image(p) for p in world.scenes] + [load_image(world.scenes[0]).resize((99, 301))]
+    for one, other in zip(eager.encode_scenes(images), traced.encode_scenes(images)):   # batch 3 on a batch-1 trace
+        torch.testing.assert_close(one.f_s, other.f_s, atol=5e-5, rtol=0)   # batch norms folded: float rounding
+        torch.testing.assert_close(one.f_i, other.f_i, atol=5e-5, rtol=0)
+    for image in images:
+        a, b = eager.retrieve(image, k=8), traced.retrieve(image, k=8)
+        assert [h.product_id for h in a] == [h.product_id for h in b]
+    assert traced.with_index(traced.index).traced             # a swapped-in index keeps the graph

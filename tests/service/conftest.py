@@ -10,11 +10,13 @@ from fastapi.testclient import TestClient
 from retrieval.retriever import Retriever
 from service.app import create_app
 from service.settings import ServeSettings
-from tests.retrieval.test_retriever import world  # noqa: F401  (the session fixture)
+from tests.retrieval.test_retriever import retriever, world  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture(scope="session")
 def served_retriever(world) -> Retriever:  # noqa: F811
+    """The retriever the test apps serve: its backbone is traced by the first app (the default settings).
+    Oracles compare against the retrieval tests' eager `retriever`."""
     return Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
 
 

@@ -32,7 +32,7 @@ def assert_error(response, status, *fragments):
 
 
 def assert_same_hits(api_hits, hits):
-    """The API's hits are Hit.to_dict() of the library's, distances to float rounding (other thread counts)."""
+    """The API's hits are Hit.to_dict() of the library's, distances to float rounding (a traced backbone, other thread counts)."""
     assert [h["product_id"] for h in api_hits] == [h.product_id for h in hits]
     for got, hit in zip(api_hits, hits):
         want = hit.to_dict()
@@ -40,7 +40,7 @@ def assert_same_hits(api_hits, hits):
         assert {k: got[k] for k in ("rank", "product_id", "category", "image", "metadata")} == \
                {k: want[k] for k in ("rank", "product_id", "category", "image", "metadata")}
         for key in ("score", "hybrid_distance", "global_distance", "local_distance"):
-            assert got[key] == pytest.approx(want[key], abs=1e-5)
+            assert got[key] == pytest.approx(want[key], abs=5e-5)   # traced backbone: rounding
 
 
 # -- operations ----------------------------------------------------------------------------------------
@@ -99,13 +99,13 @@ def test_the_page_and_its_files(client):
 
 @pytest.mark.parametrize("params", [{}, {"k": 5, "candidates": 8}, {"k": 3, "category": "HAT"},
                                     {"k": 50, "candidates": 2}])
-def test_retrieve_equals_retriever_retrieve(client, served_retriever, world, params):
+def test_retrieve_equals_retriever_retrieve(client, world, params, retriever):
     r = client.post("/v1/retrieve", params=params, files=upload(world.scenes[1], "s1.jpg"))
     assert r.status_code == 200, r.text
     body = r.json()
     kwargs = {"k": params.get("k", 20), "candidates": params.get("candidates", 200),
               "category": params.get("category")}
-    want = served_retriever.retrieve(load_image(world.scenes[1]), **kwargs)
+    want = retriever.retrieve(load_image(world.scenes[1]), **kwargs)
     assert body["scene"] == "s1.jpg" and body["category"] == want.category
     assert body["candidates"] == want.candidates
     assert_same_hits(body["hits"], want.hits)
@@ -115,7 +115,7 @@ def test_retrieve_equals_retriever_retrieve(client, served_retriever, world, par
 
 
 @pytest.mark.parametrize("k, candidates", [(4, 200), (2, 3), (7, 7)])
-def test_look_per_category_equals_retrieve_with_that_category(client, served_retriever, world, k, candidates):
+def test_look_per_category_equals_retrieve_with_that_category(client, world, k, candidates, retriever):
     scene = world.scenes[0]
     r = client.post("/v1/look", params={"k": k, "candidates": candidates}, files=upload(scene, "s0.jpg"))
     assert r.status_code == 200, r.text
@@ -123,12 +123,12 @@ def test_look_per_category_equals_retrieve_with_that_category(client, served_ret
     assert body["scene"] == "s0.jpg"
     assert [c["category"] for c in body["categories"]] == sorted(CATEGORIES)
     image = load_image(scene)
-    want = served_retriever.look(image, k=k, candidates=candidates)
+    want = retriever.look(image, k=k, candidates=candidates)
     for got, look in zip(body["categories"], want):
         assert set(got) == {"category", "present", "presence_probability", "attention", "hits"}
         assert got["present"] == look.present and got["presence_probability"] == look.presence_probability
-        np.testing.assert_allclose(got["attention"], look.attention, atol=1e-5)
-        assert_same_hits(got["hits"], served_retriever.retrieve(
+        np.testing.assert_allclose(got["attention"], look.attention, atol=5e-5)
+        assert_same_hits(got["hits"], retriever.retrieve(
             image, k=k, candidates=candidates, category=got["category"]).hits)
         flat = client.post("/v1/retrieve", params={"k": k, "candidates": candidates, "category": got["category"]},
                            files=upload(scene)).json()
@@ -256,9 +256,9 @@ def test_an_unexpected_failure_is_a_json_500_without_a_trace(serve, served_retri
     assert client.post("/v1/retrieve", files=upload(jpeg_bytes(world))).status_code == 200
 
 
-def test_rgb_and_grey_uploads_agree_with_the_library(client, served_retriever, world):
+def test_rgb_and_grey_uploads_agree_with_the_library(client, world, retriever):
     grey = load_image(world.scenes[1]).convert("L")
     buf = io.BytesIO()
     grey.save(buf, "PNG")
     r = client.post("/v1/retrieve", params={"k": 4}, files=upload(buf.getvalue(), "grey.png", "image/png"))
-    assert_same_hits(r.json()["hits"], served_retriever.retrieve(Image.open(io.BytesIO(buf.getvalue())), k=4).hits)
+    assert_same_hits(r.json()["hits"], retriever.retrieve(Image.open(io.BytesIO(buf.getvalue())), k=4).hits)
