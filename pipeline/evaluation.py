@@ -64,7 +64,10 @@ def build_queries(dataset, pair_indices, *, seed: int, fitb_negatives: int = FIT
 
 @dataclass
 class QueryEmbeddings:
-    """What the methods need per query and per product, however it was computed (cache or images)."""
+    """What the methods need per query and per product, however it was computed (cache or images).
+
+    Scene rows follow the list of queries they were computed for; products are found by product_index.
+    """
 
     scene_global: torch.Tensor   # Q x d
     scene_regions: torch.Tensor  # Q x R x d
@@ -86,11 +89,14 @@ def distance_matrices(emb: QueryEmbeddings, queries: list[Query], category_embed
                       methods=METHODS, chunk: int = 32) -> dict[str, np.ndarray]:
     """Distances of each query to its candidates under each method -> {method: Q x P}, lower = closer.
 
-    Entries for products that are not among a query's candidates are NaN. Learned methods go through
-    `pipeline.distances.all_distances`, queries grouped by category so each group is scored only
-    against the union of its candidates.
+    Learned methods go through `pipeline.distances.all_distances`, queries grouped by category so each
+    group is scored only against the union of its candidates; their entries for any other product are
+    NaN. The backbone method scores every product.
     """
     n_queries, n_products = len(queries), emb.product_emb.shape[0]
+    if emb.scene_global.shape[0] != n_queries:
+        raise ValueError(f"emb holds {emb.scene_global.shape[0]} scenes for {n_queries} queries: "
+                         "its rows must follow the queries")
     out = {m: np.full((n_queries, n_products), np.nan, np.float32) for m in methods}
     groups: dict[str, list[int]] = {}
     for qi, q in enumerate(queries):

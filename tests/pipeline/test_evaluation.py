@@ -82,11 +82,19 @@ def test_the_backbone_method_is_cosine_distance_of_pooled_features(setup):
             assert got[qi, row] == pytest.approx(1.0 - float(cos), abs=1e-5)
 
 
-def test_non_candidates_are_left_unscored(setup):
+def test_embeddings_of_other_queries_are_refused(setup):
     emb, cats, queries = setup
-    got = distance_matrices(emb, queries[:1], cats.__getitem__, methods=("hybrid",))["hybrid"]
-    scored = {emb.product_index[p] for p in (queries[0].product_id, *queries[0].rank_negatives)}
-    assert all(np.isnan(got[0, c]) != (c in scored) for c in range(got.shape[1]))
+    with pytest.raises(ValueError, match="7 scenes for 2 queries"):
+        distance_matrices(emb, queries[:2], cats.__getitem__)
+
+
+def test_products_outside_the_candidates_of_a_category_are_left_unscored(setup):
+    emb, cats, queries = setup
+    got = distance_matrices(emb, queries, cats.__getitem__, methods=("hybrid",))["hybrid"]
+    for qi, query in enumerate(queries):
+        scored = {emb.product_index[p] for q in queries if q.category == query.category
+                  for p in (q.product_id, *q.rank_negatives)}
+        assert all(np.isnan(got[qi, c]) != (c in scored) for c in range(got.shape[1]))
 
 
 def test_paired_comparisons_are_mean_differences_of_the_per_query_scores(setup):
