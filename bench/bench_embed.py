@@ -34,7 +34,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from jobs.catalog.embed_catalog import default_workers, embed_catalog  # noqa: E402
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog  # noqa: E402
+from jobs.workers import default_workers  # noqa: E402
 from pipeline.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.embedder import build_embedder  # noqa: E402
 from pipeline.images import image_to_tensor, load_image  # noqa: E402
@@ -88,7 +89,7 @@ def job_rate(manifest: Path, ckpt: Path, out: Path, **kw) -> tuple[float, float,
     """Returns (end-to-end img/s, steady-state img/s, CPU ms per image end to end)."""
     shutil.rmtree(out, ignore_errors=True)
     c = cpu_seconds()
-    s = embed_catalog(manifest, ckpt, out, progress=False, shard_size=10_000, **kw)
+    s = embed_catalog(manifest, ckpt, out, config=EmbedCatalogConfig(shard_size=10_000, **kw), progress=False)
     cpu = cpu_seconds() - c
     assert s["embedded"] + s["rejected"] == s["n_input"] and s["processed"] == s["n_input"]
     return s["processed"] / s["seconds"], s["images_per_s"], 1e3 * cpu / s["processed"]
@@ -121,7 +122,7 @@ def main() -> None:
         if args.manifest is not None:
             manifest, source = args.manifest, f"{args.manifest}"
         elif SAMPLE_CATALOG.exists() and len(pq.read_table(SAMPLE_CATALOG)) >= args.n:
-            from jobs.data.datasets import read_catalog
+            from jobs.data.catalog_manifest import read_catalog
             sample = read_catalog(SAMPLE_CATALOG).slice(0, args.n)
             pq.write_table(sample.select(["product_id", "image_path", "category"]), tmp / "catalog.parquet")
             manifest, source = tmp / "catalog.parquet", f"first {args.n} of {SAMPLE_CATALOG}"
@@ -132,7 +133,7 @@ def main() -> None:
         save_checkpoint(ckpt, build_embedder(categories=["shoes"], backbone=args.backbone,
                                              backbone_weights=args.weights), config={})
         model = load_checkpoint(ckpt, device=device).embedder.eval().to(memory_format=torch.channels_last)
-        from jobs.data.datasets import read_catalog
+        from jobs.data.catalog_manifest import read_catalog
         catalog = read_catalog(manifest)
         n = len(catalog) if args.manifest is not None else args.n
         paths = catalog.column("image_path").to_pylist()[:min(n, args.bare_images)]

@@ -94,11 +94,15 @@ def synthetic_artifacts(root: Path, n: int, n_scenes: int, dim: int = 128,
 def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
     """The embedded sample's checkpoint, index and held-out scenes, if they are built and match."""
     ckpt, index_dir = defaults.CHECKPOINT.resolve(), defaults.INDEX_DIR.resolve()  # from the working folder
-    if not ckpt.is_file() or not (index_dir / "info.json").is_file():
+    if not ckpt.is_file():
         return None
     from common.files import sha256_of
+    from index.layout import IndexDirError, read_info
 
-    if json.loads((index_dir / "info.json").read_text()).get("checkpoint_sha256") != sha256_of(ckpt):
+    try:
+        if read_info(index_dir).get("checkpoint_sha256") != sha256_of(ckpt):
+            return None
+    except IndexDirError:
         return None
     scene_dir = defaults.SAMPLE_DIR.resolve() / "images" / "scenes"
     try:

@@ -15,6 +15,19 @@ from common import defaults
 from common.errors import InputError
 from common.files import atomic_path, write_json_atomic
 from index.embedding_shards import EmbeddingsError, Manifest, iter_embeddings, read_manifest, read_metadata
+from index.layout import (
+    EMBEDDINGS_FILE,
+    FILES,
+    FORMAT_VERSION,
+    IDS_FILE,
+    INDEX_FILE,
+    INFO_FILE,
+    KEEP_VERSIONS,
+    build_lock,
+    new_version_dir,
+    prune,
+    publish,
+)
 from index.search import bitmap_selector, exact_search, filtered_search, index_kind, list_counts, search
 from index.select import (
     IndexSpec,
@@ -28,13 +41,6 @@ from index.select import (
     tune_search_params,
 )
 
-INDEX_FILE = "index.faiss"
-IDS_FILE = "ids.parquet"
-EMBEDDINGS_FILE = "embeddings.f16.npy"
-INFO_FILE = "info.json"
-FILES = (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, INFO_FILE)
-FORMAT_VERSION = 1
-
 
 class BuildError(InputError):
     """The index cannot be built as asked (budget too small, bad factory string, ...)."""
@@ -44,8 +50,12 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
                 memory_budget_bytes: int | str = defaults.MEMORY_BUDGET, target_recall: float = defaults.TARGET_RECALL,
                 seed: int = 0, factory: str | None = None, intent: str = "balanced",
                 n_eval_queries: int = 1000, n_tune_queries: int = 500, query_noise: float = 0.5,
-                log: Callable[[str], None] | None = None) -> dict:
-    """Build `out_dir` (index.faiss, ids.parquet, embeddings.f16.npy, then info.json) and return the info.
+                keep_versions: int = KEEP_VERSIONS, log: Callable[[str], None] | None = None) -> dict:
+    """Build a new version of the index directory `out_dir` and point readers at it; return its info.
+
+    The build goes into the next numbered folder (index.faiss, ids.parquet, embeddings.f16.npy, then
+    info.json); the pointer moves only once it is complete, and builds older than the newest
+    `keep_versions` are pruned (see index.layout).
 
     Shards are streamed batch by batch. Recall@20 is measured on `n_eval_queries` perturbed database rows
     (noise of norm ~`query_noise`, renormalised) against exact inner-product search; the search
@@ -75,8 +85,25 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
         raise BuildError(f"FAISS cannot make an index from factory string {spec.factory!r} (d={d})") from None
     say(f"{n} vectors, d={d}: {spec.factory} ({spec.reason})")
 
-    out = Path(out_dir)
-    _prepare_out_dir(out, Path(embeddings_dir))
+    root = Path(out_dir)
+    _check_out_dir(root, Path(embeddings_dir))
+    with build_lock(root):
+        out = new_version_dir(root)
+        info = _build(out, manifest, spec, index, embeddings_dir=embeddings_dir, memory_budget_bytes=memory_budget_bytes,
+                      target_recall=target_recall, seed=seed, factory=factory, intent=intent,
+                      n_eval_queries=n_eval_queries, n_tune_queries=n_tune_queries, query_noise=query_noise,
+                      say=say, t_start=t_start)
+        publish(root, out)
+        pruned = prune(root, keep_versions)
+    say(f"wrote {out} in {info['build_seconds']:.1f}s (index {format_bytes(info['memory']['index_file_bytes'])})"
+        + (f"; pruned {', '.join(pruned)}" if pruned else ""))
+    return info
+
+
+def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *, embeddings_dir, memory_budget_bytes,
+           target_recall, seed, factory, intent, n_eval_queries, n_tune_queries, query_noise, say, t_start) -> dict:
+    """Fill the build folder `out` and finish it with info.json."""
+    n, d = manifest.n, manifest.dim
     rng = np.random.default_rng(seed)
     with contextlib.ExitStack() as stack:
         emb_tmp = stack.enter_context(atomic_path(out / EMBEDDINGS_FILE))
@@ -162,22 +189,17 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
         "faiss_version": faiss.__version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "files": list(FILES),
+        "version": out.name,
     }
-    write_json_atomic(out / INFO_FILE, info)   # last: its presence marks the directory complete
-    say(f"wrote {out} in {info['build_seconds']:.1f}s (index {format_bytes(index_bytes)})")
+    write_json_atomic(out / INFO_FILE, info)   # last: its presence marks the build complete
     return info
 
 
-def _prepare_out_dir(out: Path, embeddings_dir: Path) -> None:
+def _check_out_dir(out: Path, embeddings_dir: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BuildError(f"output {out} exists and is not a directory")
     if out.resolve() == embeddings_dir.resolve():
         raise BuildError(f"output {out} is the embeddings folder; choose another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INFO_FILE).unlink(missing_ok=True)     # from here on the directory reads as incomplete
-    for name in FILES:                            # leftovers of a crashed build
-        for stale in out.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
 
 
 def _write_f16(manifest: Manifest, path: Path) -> np.memmap:

@@ -1,30 +1,156 @@
-"""Read and validate an embed-catalog folder: `_manifest.json` and the parquet shards it lists."""
+"""The embeddings folder contract, written by embed-catalog and read by build-index: shards, manifest, rejects.
+
+Layout::
+
+    part-00000.parquet ...     product_id, category, image_path, the catalogue's other columns as
+                               strings, embedding: fixed_size_list<float32>[d] (unit rows). Shard k
+                               holds catalogue rows [k*S, (k+1)*S) minus rejects, in order.
+    _manifest.json             format, checkpoint_sha256, backbone, dim, shard_size, n_shards,
+                               shards [{name, index, rows, rejected}], embedded, rejected, complete, ...
+    _rejects/part-00000.jsonl  the rejects of one finished shard (only where it has any)
+    rejects.jsonl              {"product_id", "image_path", "reason"} per line, every shard's rejects in
+                               order, written when the job completes (empty if none)
+
+A shard counts as finished only once the manifest lists it, and the manifest is rewritten after the
+shard's files are in place (each write atomic), so a reader never sees half a shard and a resumed
+writer redoes at most the shards it was working on. This module is the one owner of these names:
+the writer's helpers and the validating reader live side by side.
+"""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
+from common.files import atomic_path, write_text_atomic
 
+FORMAT = "complete-the-look/embeddings-v1"
 MANIFEST = "_manifest.json"
+REJECTS = "rejects.jsonl"
+REJECTS_DIR = "_rejects"
+SHARD_GLOB = "part-*.parquet"
 BASE_COLUMNS = ("product_id", "category", "image_path")
 EMBEDDING = "embedding"
 NORM_TOLERANCE = 1e-2
 
 
 class EmbeddingsError(ArtifactError):
-    """The embeddings folder cannot be indexed (missing, incomplete, inconsistent); the message says why."""
+    """The embeddings folder cannot be used (missing, incomplete, inconsistent); the message says why."""
 
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def reject_part_name(index: int) -> str:
+    return f"part-{index:05d}.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+def write_shard(out_dir: Path, index: int, rows: pa.Table, embeddings: np.ndarray, *, checkpoint_sha256: str,
+                rejects: list[tuple[str, str, str]] = ()) -> dict:
+    """Write shard `index` (catalogue rows + their unit embeddings) and its rejects, each atomically.
+
+    `rejects` holds (product_id, image_path, reason) in catalogue order. Returns the manifest entry;
+    the caller records it with :func:`write_manifest` once the files are in place.
+    """
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != rows.num_rows:
+        raise ValueError(f"shard {index}: {rows.num_rows} rows but embeddings of shape {embeddings.shape}")
+    dim = embeddings.shape[1]
+    column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), dim)
+    table = rows.append_column(pa.field(EMBEDDING, column.type), column)
+    table = table.replace_schema_metadata({"checkpoint_sha256": checkpoint_sha256, "format": FORMAT,
+                                           "shard": str(index)})
+    name = shard_name(index)
+    with atomic_path(out_dir / name) as tmp:
+        pq.write_table(table, tmp)
+    reject_file = out_dir / REJECTS_DIR / reject_part_name(index)
+    if rejects:
+        write_text_atomic(reject_file, "".join(
+            json.dumps({"product_id": pid, "image_path": path, "reason": reason}) + "\n"
+            for pid, path, reason in rejects))
+    else:
+        reject_file.unlink(missing_ok=True)   # left by an earlier, killed attempt at this shard
+    return {"name": name, "index": index, "rows": int(rows.num_rows), "rejected": len(rejects)}
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """Rewrite the manifest atomically, with its totals recomputed from the shard entries."""
+    manifest["shards"] = sorted(manifest["shards"], key=lambda s: s["index"])
+    manifest["embedded"] = sum(s["rows"] for s in manifest["shards"])
+    manifest["rejected"] = sum(s["rejected"] for s in manifest["shards"])
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def record_shard(out_dir: Path, manifest: dict, entry: dict) -> None:
+    """Add (or replace) one finished shard's entry and rewrite the manifest."""
+    manifest["shards"] = [s for s in manifest["shards"] if s["index"] != entry["index"]] + [entry]
+    write_manifest(out_dir, manifest)
+
+
+def load_manifest(out_dir: str | Path) -> dict | None:
+    """The raw manifest of a (possibly unfinished) folder, for a writer that resumes; None if there is none."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise EmbeddingsError(f"{path} is not valid JSON ({exc}); use --overwrite to start over") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EmbeddingsError(f"{path} is not an embed-catalog manifest; use --overwrite to start over")
+    return manifest
+
+
+def finished_shards(out_dir: Path, manifest: dict | None) -> dict[int, dict]:
+    """index -> entry of the shards the manifest lists whose file is in place."""
+    return {s["index"]: s for s in (manifest or {}).get("shards", []) if (out_dir / s["name"]).exists()}
+
+
+def merge_rejects(out_dir: Path, manifest: dict) -> None:
+    """Concatenate the finished shards' reject parts into rejects.jsonl, in shard order."""
+    with atomic_path(out_dir / REJECTS) as tmp, open(tmp, "wb") as dst:
+        for s in manifest["shards"]:
+            if s["rejected"]:
+                dst.write((out_dir / REJECTS_DIR / reject_part_name(s["index"])).read_bytes())
+
+
+def holds_output(out_dir: Path) -> bool:
+    """Whether the folder holds shards or reject parts (with or without a manifest)."""
+    return any(out_dir.glob(SHARD_GLOB)) or (out_dir / REJECTS_DIR).exists()
+
+
+def clear_output(out_dir: Path) -> None:
+    """Remove everything of this contract in out_dir (and nothing else)."""
+    for path in [*out_dir.glob(SHARD_GLOB), out_dir / MANIFEST, out_dir / REJECTS]:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / REJECTS_DIR, ignore_errors=True)
+
+
+def clear_temp_files(out_dir: Path) -> None:
+    """Temp files of atomic writes cut short by a kill (the caller holds the folder's lock)."""
+    for folder in (out_dir, out_dir / REJECTS_DIR):
+        for tmp in folder.glob(".*.tmp"):
+            if tmp.name.startswith((".part-", f".{MANIFEST}.", f".{REJECTS}.")):
+                tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading (build-index)
 
 @dataclass(frozen=True)
 class Manifest:
-    """The embed-catalog job's manifest, with the shard files resolved and checked."""
+    """A finished folder's manifest, with the shard files resolved and checked."""
 
     root: Path
     checkpoint_sha256: str
@@ -53,6 +179,10 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
         raw = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise EmbeddingsError(f"{mpath} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise EmbeddingsError(f"{mpath} is not an embed-catalog manifest")
+    if "format" in raw and raw["format"] != FORMAT:
+        raise EmbeddingsError(f"{mpath}: format {raw['format']!r} is not {FORMAT!r}")
     missing = [key for key in ("checkpoint_sha256", "backbone", "dim", "complete", "shards") if key not in raw]
     if missing:
         raise EmbeddingsError(f"{mpath} lacks the field(s) {', '.join(missing)}")
@@ -134,9 +264,9 @@ def _check_block(xb: np.ndarray, name: str, row0: int) -> None:
                               "L2-normalised for inner-product search")
 
 
-def read_metadata(manifest: Manifest) -> pa.Table:
-    """All non-embedding columns of all shards, row-aligned with `iter_embeddings`."""
-    columns = [*BASE_COLUMNS, *manifest.extra_columns]
+def read_metadata(manifest: Manifest, columns: Iterable[str] | None = None) -> pa.Table:
+    """The non-embedding columns of all shards (or `columns` of them), row-aligned with `iter_embeddings`."""
+    columns = list(columns) if columns is not None else [*BASE_COLUMNS, *manifest.extra_columns]
     tables = []
     for name, _ in manifest.shards:
         have = pq.ParquetFile(manifest.path(name)).schema_arrow.names
@@ -145,6 +275,6 @@ def read_metadata(manifest: Manifest) -> pa.Table:
                                 for f in t.schema])) for t in tables]
     table = pa.concat_tables(tables, promote_options="default")
     for c in BASE_COLUMNS:
-        if table.column(c).null_count:
+        if c in table.column_names and table.column(c).null_count:
             raise EmbeddingsError(f"column {c} has {table.column(c).null_count} null value(s)")
-    return table.select(columns)
+    return table.select([c for c in columns if c in table.column_names])

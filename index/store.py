@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
-from index.build import EMBEDDINGS_FILE, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE
+from index.layout import EMBEDDINGS_FILE, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE, IndexDirError, resolve
 from index.search import (
     PAD_SCORE,
     bitmap_selector,
@@ -24,10 +24,6 @@ from index.search import (
     search,
     supports_selector,
 )
-
-
-class IndexDirError(ArtifactError):
-    """The directory is not a complete, consistent index (missing files, half-built, mismatched rows)."""
 
 
 class CheckpointMismatchError(ArtifactError):
@@ -44,8 +40,9 @@ class ProductIndex:
     exact_cache_bytes = 256 * 2**20
 
     def __init__(self, index_dir: Path, index: faiss.Index, table: pa.Table, embeddings: np.ndarray,
-                 info: dict, *, mmap: bool):
-        self.index_dir = Path(index_dir)
+                 info: dict, *, mmap: bool, version: str | None = None):
+        self.index_dir = Path(index_dir)     # the folder of this build's files
+        self.version = version               # its name under the index directory, None for a flat directory
         self.faiss_index = index
         self.mmap = mmap
         self._table = table
@@ -73,19 +70,16 @@ class ProductIndex:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, index_dir: str | Path, *, mmap: bool = True) -> "ProductIndex":
-        """Open an index directory; index.faiss is memory-mapped where FAISS allows (IO_FLAG_MMAP_IFC).
+        """Open the current build of an index directory (see index.layout); index.faiss is memory-mapped where
+        FAISS allows (IO_FLAG_MMAP_IFC).
 
         FAISS 1.15 maps the vectors/codes of Flat, IVF (inverted lists) and HNSW (storage; the graph
         links are read into RAM) indexes; where mapping fails the file is read normally (`mmap` False).
         """
-        root = Path(index_dir)
-        info_path = root / INFO_FILE
-        if not root.is_dir():
-            raise IndexDirError(f"index directory {root} does not exist (run `ctl build-index` first)")
-        if not info_path.is_file():
-            raise IndexDirError(f"{root} has no {INFO_FILE}: the index is missing or only half built; "
-                                "rerun `ctl build-index`")
+        build, version = resolve(index_dir)
+        info_path = build / INFO_FILE
         info = json.loads(info_path.read_text())
+        root = build
         if info.get("format_version") != FORMAT_VERSION:
             raise IndexDirError(f"{root}: index format {info.get('format_version')!r} is not "
                                 f"{FORMAT_VERSION}; rebuild it")
@@ -100,7 +94,7 @@ class ProductIndex:
         if any(v != n for v in sizes.values()) or index.d != d or emb.shape[1] != d:
             raise IndexDirError(f"{root} is inconsistent: info.json says n={n}, d={d} but found rows {sizes}, "
                                 f"index d={index.d}, embeddings d={emb.shape[1]}; rebuild the index")
-        return cls(root, index, table, emb, info, mmap=mapped)
+        return cls(root, index, table, emb, info, mmap=mapped, version=version)
 
     # ------------------------------------------------------------------ metadata
     @property

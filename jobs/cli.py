@@ -12,7 +12,7 @@ from jobs.cli_errors import OneLineGroup
 
 # name -> "module:attribute". Commands load lazily so `ctl data ...` and `ctl --help` start without torch.
 JOBS = {
-    "sample-data": "jobs.data.sample_data:sample_data_command",
+    "sample-data": "jobs.data.sample.generator:sample_data_command",
     "train": "jobs.training.train:train_command",
     "evaluate": "jobs.evaluation.evaluate:evaluate_command",
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",

@@ -4,7 +4,7 @@ Library code raises the project's own errors (:mod:`common.errors`); commands de
 checks as click parameter types (ranges, choices, paths), so click reports a bad value before any
 work starts. Both end here, printed the same way by every console script:
 
-    PROG: error: MESSAGE                      a CtlError (exit 1 or 2, its exit_code)
+    PROG [SUBCOMMAND]: error: MESSAGE         a CtlError (exit 1 or 2, its exit_code)
     PROG: error: MESSAGE (see PROG --help)    a usage error: bad flag or value (exit 2)
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class OneLineErrors:
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except CtlError as exc:
-            click.echo(f"{prog}: error: {one_line(exc)}", err=True)
+            click.echo(f"{getattr(exc, 'command_path', None) or prog}: error: {one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else prog
@@ -52,3 +52,12 @@ class OneLineCommand(OneLineErrors, click.Command):
 
 class OneLineGroup(OneLineErrors, click.Group):
     """A click group with the one-line error convention (its subcommands' errors included)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CtlError as exc:
+            # The innermost group names the subcommand that failed: "ctl data fetch: error: ...".
+            if not getattr(exc, "command_path", None) and ctx.invoked_subcommand:
+                exc.command_path = f"{ctx.command_path} {ctx.invoked_subcommand}"
+            raise

@@ -104,15 +104,15 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
 
 
 def stage_embed(catalog: Path, checkpoint: Path, emb_dir: Path, device: str) -> None:
-    from jobs.catalog.embed_catalog import EmbedCatalogError, embed_catalog
+    from jobs.catalog.embed_catalog import EmbedCatalogConfig, EmbedCatalogError, embed_catalog
 
     started = time.perf_counter()
     try:
-        summary = embed_catalog(catalog, checkpoint, emb_dir, device=device)
+        summary = embed_catalog(catalog, checkpoint, emb_dir, config=EmbedCatalogConfig(device=device))
     except EmbedCatalogError as exc:
         # The demo owns the sample's embeddings: output made with an older checkpoint or sample is replaced.
         _stage(4, "embed catalog", f"re-embedding ({exc})")
-        summary = embed_catalog(catalog, checkpoint, emb_dir, device=device, overwrite=True)
+        summary = embed_catalog(catalog, checkpoint, emb_dir, config=EmbedCatalogConfig(device=device), overwrite=True)
     if summary.get("noop"):
         _stage(4, "embed catalog", f"up to date ({summary['embedded']} products in {emb_dir})")
     else:
@@ -124,7 +124,7 @@ def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
     info = _read_json(index_dir / "info.json")
     if info is None or info.get("checkpoint_sha256") != sha:
         return False
-    from jobs.catalog.embed_catalog import MANIFEST
+    from index.embedding_shards import MANIFEST
 
     needed = ["index.faiss", "ids.parquet", "embeddings.f16.npy"]
     if not all((index_dir / name).is_file() for name in needed):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
 
 from common import defaults
 from common.errors import ArtifactError
@@ -91,8 +92,6 @@ class _EfficientNetTrunk(nn.Module):
 
 
 def _resnet50(weights: str) -> Backbone:
-    from torchvision.models import ResNet50_Weights, resnet50
-
     if weights == "imagenet":
         try:
             model = resnet50(weights=ResNet50_Weights.IMAGENET1K_V2)

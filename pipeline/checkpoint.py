@@ -54,18 +54,38 @@ def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config:
     return sha256_of(path)
 
 
+def _read_payload(source, path: Path, *, mmap: bool = False) -> dict:
+    """torch.load a checkpoint (a path, or bytes in a BytesIO) and check its format; CheckpointError otherwise."""
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}); "
+                              "pass the checkpoint.pt that `ctl train` wrote") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint; pass the checkpoint.pt that `ctl train` wrote")
+    return payload
+
+
+def check_checkpoint(path: str | os.PathLike) -> str:
+    """Check that `path` is a readable checkpoint without building its model; return its sha256.
+
+    Cheap (the tensors are memory-mapped, not read), so a caller can refuse a wrong file or a mismatched
+    index before paying for the backbone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+    _read_payload(path, path, mmap=True)
+    return sha256_of(path)
+
+
 def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint; the backbone comes from its recorded weights (or the saved fine-tuned state)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
     raw = path.read_bytes()
-    try:
-        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    payload = _read_payload(io.BytesIO(raw), path)
     stored_backbone = "backbone_state" in payload
     embedder = build_embedder(
         categories=payload["categories"],

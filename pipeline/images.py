@@ -14,7 +14,6 @@ from common.errors import InputError
 
 # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse at the limit itself.
 MAX_IMAGE_PIXELS = 64_000_000
-MIN_SIDE = 8
 
 
 class ImageError(InputError):
@@ -70,8 +69,8 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageError(f"{name}: {w}x{h} pixels exceeds the {MAX_IMAGE_PIXELS:,} pixel limit")
-                if min(w, h) < MIN_SIDE:
-                    raise ImageError(f"{name}: {w}x{h} is too small (under {MIN_SIDE} px a side)")
+                if min(w, h) < 1:
+                    raise ImageError(f"{name}: {w}x{h} has no pixels")
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img)

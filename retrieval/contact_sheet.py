@@ -6,10 +6,16 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from common.files import atomic_path
+from common.naming import short_category
+from pipeline.images import ImageError, load_image
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
 
 THUMB = 160  # product thumbnail side, pixels at DPI
 DPI = 100
@@ -19,8 +25,6 @@ CMAP = "turbo"
 
 def attention_overlay(scene: Image.Image, attention: np.ndarray, *, alpha: float = 0.45) -> Image.Image:
     """The scene blended with a heatmap of a side x side attention map, upsampled smoothly (red = high)."""
-    import matplotlib
-
     attention = np.asarray(attention, dtype=np.float64)
     if attention.ndim != 2:
         raise ValueError(f"attention must be a 2-D grid, got shape {attention.shape}")
@@ -38,10 +42,6 @@ def _thumbnail(path: str | None, side: int) -> Image.Image | None:
     """The product image scaled (up or down) to fit a white side x side square; None if unreadable."""
     if not path:
         return None
-    from PIL import ImageOps
-
-    from pipeline.images import ImageError, load_image
-
     try:
         img = load_image(path)
     except ImageError:
@@ -50,11 +50,6 @@ def _thumbnail(path: str | None, side: int) -> Image.Image | None:
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
     canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
     return canvas
-
-
-def short_category(name: str) -> str:
-    """The last part of an STL-style category path ("Apparel & Accessories|Shoes" -> "Shoes")."""
-    return str(name).rsplit("|", 1)[-1].strip() or str(name)
 
 
 def _clip(text: str, n: int) -> str:
@@ -74,11 +69,6 @@ def render_sheet(
 
     `hits` are objects with rank, product_id, category, score and image_path (retriever.Hit).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     # Layout in pixels, turned into figure fractions below.
     n = len(hits)
     cols = max(1, min(MAX_COLUMNS, n))

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,89 +23,12 @@ from PIL import Image
 
 from common import defaults
 from common.devices import resolve_device
-from common.errors import InputError
-from common.files import sha256_of
+from common.naming import match_category
 from index.store import ProductIndex
-from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
 from pipeline.distances import all_distances, attention_weights
 from pipeline.images import image_to_tensor, load_image
-
-
-class RetrievalError(InputError):
-    """A retrieval request that cannot be answered (bad arguments, index/checkpoint mismatch)."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One recommended product; distances are those of the one definition in pipeline.distances."""
-
-    rank: int
-    product_id: str
-    category: str
-    image_path: str | None
-    score: float
-    hybrid_distance: float
-    global_distance: float
-    local_distance: float
-    row: int
-    metadata: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """The JSON form printed by ``ctl-retrieve --format json``."""
-        return {
-            "rank": self.rank, "product_id": self.product_id, "category": self.category,
-            "score": self.score, "hybrid_distance": self.hybrid_distance,
-            "global_distance": self.global_distance, "local_distance": self.local_distance,
-            "image": self.image_path, "metadata": self.metadata,
-        }
-
-
-@dataclass
-class RetrievalResult:
-    """The top-k hits for one scene, with what is needed to draw its attention maps."""
-
-    hits: list[Hit]
-    candidates: int  # how many candidates stage 2 re-ranked
-    category: str | None  # the category filter, if any
-    scene: Image.Image
-    f_s: torch.Tensor  # d
-    f_i: torch.Tensor  # R x d
-    _category_table: torch.Tensor = field(repr=False)  # K x d unit category embeddings
-    _category_to_index: dict = field(repr=False)
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    def __iter__(self) -> Iterator[Hit]:
-        return iter(self.hits)
-
-    def __getitem__(self, i: int) -> Hit:
-        return self.hits[i]
-
-    @property
-    def categories(self) -> list[str]:
-        """The checkpoint's category vocabulary: the categories attention_map accepts."""
-        return list(self._category_to_index)
-
-    def attention_map(self, category: str) -> np.ndarray:
-        """The scene's attention over its regions for `category`, as a side x side grid summing to 1."""
-        if category not in self._category_to_index:
-            raise RetrievalError(f"unknown category {category!r}; known: {', '.join(self.categories)}")
-        e_c = self._category_table[self._category_to_index[category]].view(1, 1, -1)
-        weights = attention_weights(self.f_i.unsqueeze(0), e_c.to(self.f_i.device))[0, 0]
-        side = int(round(weights.numel() ** 0.5))
-        if side * side != weights.numel():
-            raise RetrievalError(f"scene has {weights.numel()} regions, not a square grid")
-        return weights.view(side, side).cpu().numpy().astype(np.float64)
-
-
-@dataclass(frozen=True)
-class Scene:
-    """An encoded scene: the RGB image, f_s (1 x d) and f_i (1 x R x d); encode once, search many times."""
-
-    image: Image.Image
-    f_s: torch.Tensor
-    f_i: torch.Tensor
+from retrieval.results import CategoryLook, Hit, LookResult, RetrievalError, RetrievalResult, Scene, attention_grid
 
 
 class Retriever:
@@ -152,8 +72,7 @@ class Retriever:
         """
         device = resolve_device(device)
         index = ProductIndex.load(index_dir)
-        if Path(checkpoint).is_file():  # refuse a mismatched pair before paying for the model
-            index.require_checkpoint(sha256_of(checkpoint))
+        index.require_checkpoint(check_checkpoint(checkpoint))  # refuse a wrong file or pair before the model
         return cls(load_checkpoint(checkpoint, device=device), index, device=device)
 
     # -- properties ---------------------------------------------------------------------------------
@@ -240,6 +159,49 @@ class Retriever:
             _category_to_index=self._category_to_index,
         )
 
+    def look(
+        self,
+        scene: "Image.Image | str | os.PathLike | Scene",
+        *,
+        k: int = defaults.LOOK_K,
+        categories: "list[str] | None" = None,
+        candidates: int = defaults.CANDIDATES,
+    ) -> LookResult:
+        """The whole look: for every category of the index (or those asked for), its top-k products.
+
+        One backbone forward; per category, stage 1 restricted to that category pulls C candidates
+        exactly as ``retrieve(category=c)`` does; stage 2 re-ranks every category's candidates in one
+        batched call of the distances, so a look over all categories costs little more than one flat
+        retrieval. Each category comes back with its hits and its attention grid over the scene.
+        """
+        k, candidates = _positive("k", k), _positive("candidates", candidates)
+        if categories is None:
+            names = [c for c in self.categories if c in self._category_to_index]
+        else:
+            names = list(dict.fromkeys(self.resolve_category(c) for c in categories))
+        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene)
+        f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
+        with _one_thread():
+            per_category = []
+            for name in names:
+                count = min(max(candidates, k), len(self.index.rows_for_category(name)))
+                per_category.append(self.candidates(f_s, count, category=name) if count > 0
+                                    else np.zeros(0, dtype=np.int64))
+            rows = np.concatenate(per_category) if per_category else np.zeros(0, dtype=np.int64)
+            d = self.rerank(f_s, f_i, rows)                 # every category's candidates in one call
+            e_c = self._category_table[[self._category_to_index[n] for n in names]].unsqueeze(0)
+            with torch.inference_mode():
+                grids = attention_weights(f_i.reshape(1, f_i.shape[-2], -1), e_c)[0] if names else None
+            looks, start = [], 0
+            for j, (name, rows_c) in enumerate(zip(names, per_category)):
+                part = slice(start, start + len(rows_c))
+                start += len(rows_c)
+                d_c = {key: value[part] for key, value in d.items()}
+                order = np.lexsort((rows_c, d_c["global"], d_c["hybrid"]))[:k]
+                looks.append(CategoryLook(category=name, hits=self._hits(rows_c, d_c, order),
+                                          attention=attention_grid(grids[j]), candidates=int(len(rows_c))))
+        return LookResult(categories=looks, scene=scene.image)
+
     def row_category(self, row: int) -> str:
         """The category of one index row."""
         return str(self.index.table.column("category")[int(row)].as_py())
@@ -249,12 +211,10 @@ class Retriever:
         """An index category by its full name, or by a unique case-insensitive match of the full name or its
         last '|' part ("shoes" for "Apparel & Accessories|Shoes"); RetrievalError listing the known ones."""
         known = list(self.index.categories)
-        if name not in known:
-            wanted = name.strip().casefold()
-            matches = [c for c in known if wanted in (c.casefold(), c.rsplit("|", 1)[-1].strip().casefold())]
-            if len(matches) != 1:
-                raise RetrievalError(f"unknown category {name!r}; known: {', '.join(known)}")
-            name = matches[0]
+        resolved = match_category(name, known)
+        if resolved is None:
+            raise RetrievalError(f"unknown category {name!r}; known: {', '.join(known)}")
+        name = resolved
         if name not in self._category_to_index:
             raise RetrievalError(
                 f"category {name!r} is in the index but not in the checkpoint's vocabulary "

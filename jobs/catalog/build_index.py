@@ -4,37 +4,29 @@ from __future__ import annotations
 import click
 
 from common import defaults
+from index.build import build_index
+from index.select import INTENTS, format_bytes
+from jobs.cli_errors import OneLineCommand
 
 
-@click.command(name="build-index")
+@click.command(name="build-index", cls=OneLineCommand)
 @click.option("--embeddings", "embeddings_dir", type=click.Path(file_okay=False), default=str(defaults.EMBEDDINGS_DIR),
               show_default=True, help="Folder written by `ctl embed-catalog` (part-*.parquet + _manifest.json).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(defaults.INDEX_DIR),
               show_default=True, help="Index directory to (re)build.")
-@click.option("--memory-budget", default="4GB", show_default=True,
+@click.option("--memory-budget", default=defaults.MEMORY_BUDGET, show_default=True,
               help="RAM the index may use, e.g. 4GB, 512MB, 2GiB; over it, vectors are PQ-compressed.")
-@click.option("--target-recall", type=click.FloatRange(0.0, 1.0), default=0.98, show_default=True,
-              help="Recall@20 against exact search that the search parameters are tuned to reach.")
+@click.option("--target-recall", type=click.FloatRange(0.0, 1.0, min_open=True), default=defaults.TARGET_RECALL,
+              show_default=True, help="Recall@20 against exact search that the search parameters are tuned to reach.")
 @click.option("--factory", default=None, help="Force a FAISS factory string (e.g. 'IVF1024,Flat', 'HNSW32,Flat').")
-@click.option("--intent", type=click.Choice(["balanced", "low_latency", "exact"]), default="balanced",
-              show_default=True, help="Automatic choice: IVF (balanced), HNSW (low_latency) or Flat (exact).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for training samples and queries.")
+@click.option("--intent", type=click.Choice(INTENTS), default=defaults.INDEX_INTENT, show_default=True,
+              help="Automatic choice: IVF (balanced), HNSW (low_latency) or Flat (exact).")
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed for training samples and queries.")
 def build_index_command(embeddings_dir: str, out_dir: str, memory_budget: str, target_recall: float,
                         factory: str | None, intent: str, seed: int) -> None:
     """Build the FAISS index directory from the embedding shards."""
-    from index.build import BuildError, build_index
-    from index.embedding_shards import EmbeddingsError
-    from index.select import format_bytes, parse_bytes
-
-    try:
-        budget = parse_bytes(memory_budget)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--memory-budget") from None
-    try:
-        info = build_index(embeddings_dir, out_dir, memory_budget_bytes=budget, target_recall=target_recall,
-                           seed=seed, factory=factory, intent=intent, log=lambda m: click.echo(f"  {m}", err=True))
-    except (EmbeddingsError, BuildError) as e:
-        raise click.ClickException(str(e)) from None
+    info = build_index(embeddings_dir, out_dir, memory_budget_bytes=memory_budget, target_recall=target_recall,
+                       seed=seed, factory=factory, intent=intent, log=lambda m: click.echo(f"  {m}", err=True))
     rec = info["recall"]
     click.echo(f"index: {out_dir}")
     click.echo(f"  n={info['n']}  d={info['dim']}  factory={info['factory']}  params={info['search_params']}")

@@ -1,4 +1,4 @@
-"""build_index writes the four files atomically, info.json last, and refuses unusable embedding folders."""
+"""build_index writes a new build folder (four files, info.json last), then moves the pointer; bad inputs are refused."""
 import json
 import os
 
@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import common.files
-from index.build import FILES, BuildError, build_index
+from index.build import BuildError, build_index
 from index.embedding_shards import EmbeddingsError
-from index.store import IndexDirError, ProductIndex
+from index.layout import FILES, POINTER_FILE, current_version, list_versions
+from index.store import ProductIndex
 from tests.catalogue_vectors import clustered, write_embeddings
 
 FAST = dict(n_eval_queries=100, n_tune_queries=50)
@@ -27,10 +28,13 @@ def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch)
     monkeypatch.setattr(common.files.os, "replace", spy)
     out = tmp_path / "idx"
     info = build_index(emb_dir, out, **FAST)
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
-    assert renamed[-1] == "info.json" and set(renamed) == set(FILES)
+    assert info["version"] == "v000001" and current_version(out) == "v000001"
+    build = out / "v000001"
+    assert sorted(p.name for p in out.iterdir()) == sorted([".lock", POINTER_FILE, "v000001"])
+    assert sorted(p.name for p in build.iterdir()) == sorted(FILES)
+    assert renamed[-2:] == ["info.json", POINTER_FILE] and set(renamed) == {*FILES, POINTER_FILE}
 
-    on_disk = json.loads((out / "info.json").read_text())
+    on_disk = json.loads((build / "info.json").read_text())
     assert on_disk == json.loads(json.dumps(info))
     assert info["n"] == 1500 and info["dim"] == 16 and info["metric"] == "inner_product"
     assert info["factory"] == "Flat" and info["checkpoint_sha256"] == "a" * 64
@@ -39,28 +43,33 @@ def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch)
     assert info["recall"]["k"] == 20 and info["recall"]["value"] == 1.0
     assert info["memory"]["budget_bytes"] > 0 and info["build_seconds"] > 0
 
-    ids = pq.read_table(out / "ids.parquet")
+    ids = pq.read_table(build / "ids.parquet")
     assert ids.column_names == ["product_id", "category", "image_path", "brand"]
     assert ids.column("product_id").to_pylist()[:2] == ["p000000", "p000001"]
-    emb = np.load(out / "embeddings.f16.npy", mmap_mode="r")
+    emb = np.load(build / "embeddings.f16.npy", mmap_mode="r")
     assert emb.dtype == np.float16 and emb.shape == (1500, 16)
     np.testing.assert_allclose(emb[:100].astype(np.float32), xb[:100], atol=1e-3)
 
 
-def test_rebuild_replaces_cleanly(make_catalogue, tmp_path):
+def test_a_rebuild_is_a_new_version_and_an_open_index_keeps_working(make_catalogue, tmp_path):
     out = tmp_path / "idx"
-    first, _, _ = make_catalogue(1200, 16, name="first")
+    first, xb1, _ = make_catalogue(1200, 16, name="first")
     build_index(first, out, **FAST)
-    (out / ".index.faiss.crashed.tmp").write_bytes(b"left by a killed build")
+    serving = ProductIndex.load(out)
     second, xb2, _ = make_catalogue(800, 16, seed=3, name="second", sha="b" * 64)
-    build_index(second, out, **FAST)
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    for _ in range(3):                                     # v2, v3, v4: v1 is pruned (3 kept)
+        build_index(second, out, **FAST)
+    assert [b.name for b in list_versions(out)] == ["v000002", "v000003", "v000004"]
     index = ProductIndex.load(out)
-    assert index.n == 800 and index.info["checkpoint_sha256"] == "b" * 64
+    assert (index.version, index.n, index.info["checkpoint_sha256"]) == ("v000004", 800, "b" * 64)
     np.testing.assert_allclose(index.embeddings([0, 799]), xb2[[0, 799]], atol=1e-3)
+    # The reader that loaded v1 before it was pruned still answers from v1 (its files stay mapped).
+    assert serving.version == "v000001" and serving.n == 1200
+    np.testing.assert_allclose(serving.embeddings([5]), xb1[[5]], atol=1e-3)
+    assert serving.search(xb1[:1], 1)[1][0, 0] == 0
 
 
-def test_failed_rebuild_leaves_the_dir_marked_incomplete(make_catalogue, tmp_path):
+def test_a_failed_rebuild_leaves_the_previous_version_serving(make_catalogue, tmp_path):
     out = tmp_path / "idx"
     good, xb, cats = make_catalogue(1000, 16, name="good")
     build_index(good, out, **FAST)
@@ -69,10 +78,12 @@ def test_failed_rebuild_leaves_the_dir_marked_incomplete(make_catalogue, tmp_pat
     bad = write_embeddings(tmp_path / "bad", bad_xb, cats)
     with pytest.raises(EmbeddingsError, match="row 500 has norm"):
         build_index(bad, out, **FAST)
-    assert not (out / "info.json").exists()
-    assert not list(out.glob(".*.tmp"))
-    with pytest.raises(IndexDirError, match="half built"):
-        ProductIndex.load(out)
+    assert current_version(out) == "v000001"
+    assert not (out / "v000002" / "info.json").exists() and not list((out / "v000002").glob(".*.tmp"))
+    assert ProductIndex.load(out).n == 1000
+    build_index(good, out, **FAST)                          # the crashed build's folder is cleared first
+    assert [b.name for b in list_versions(out)] == ["v000001", "v000002"]
+    assert ProductIndex.load(out).version == "v000002"
 
 
 def test_refuses_incomplete_manifest(make_catalogue, tmp_path):

@@ -1,8 +1,13 @@
 """ProductIndex: exact Flat search, category filtering on every index type, mmap loading, checkpoint guard."""
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from index.build import build_index
+from index.layout import current_version
 from index.select import recall_at_k
 from index.store import CheckpointMismatchError, IndexDirError, ProductIndex
 from tests.catalogue_vectors import CATEGORIES, clustered, write_embeddings
@@ -151,20 +156,26 @@ def test_require_checkpoint_names_both_hashes(built):
 def test_missing_and_inconsistent_dirs_are_refused(tmp_path, catalogue, built):
     with pytest.raises(IndexDirError, match="does not exist"):
         ProductIndex.load(tmp_path / "nope")
-    import shutil
     copy = tmp_path / "copy"
     shutil.copytree(built("Flat"), copy)
-    np.save(copy / "embeddings.f16.npy", np.zeros((5, D_DIM), np.float16))
+    build = copy / current_version(copy)
+    np.save(build / "embeddings.f16.npy", np.zeros((5, D_DIM), np.float16))
     with pytest.raises(IndexDirError, match="inconsistent"):
         ProductIndex.load(copy)
-    (copy / "ids.parquet").unlink()
+    (build / "ids.parquet").unlink()
     with pytest.raises(IndexDirError, match="lacks ids.parquet"):
         ProductIndex.load(copy)
 
 
-def test_index_package_does_not_import_torch():
-    import subprocess
-    import sys
+def test_a_flat_directory_of_the_older_layout_still_loads(tmp_path, catalogue, built):
+    flat = tmp_path / "flat"
+    shutil.copytree(built("Flat") / current_version(built("Flat")), flat)
+    index = ProductIndex.load(flat)
+    assert index.version is None and index.n == ProductIndex.load(built("Flat")).n
+
+
+def test_the_index_package_does_not_import_torch():
+
     code = ("import sys, index.store, index.build, index.select, jobs.catalog.build_index; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -135,7 +135,24 @@ def test_missing_checkpoint(world, tmp_path):
 def test_index_from_another_checkpoint(world, tmp_path):
     other = world.other_checkpoint(tmp_path / "other.pt")
     result = run(world, "--scene", str(world.scenes[0]), checkpoint=other)
-    assert_one_line_error(result, "checkpoint", code=1)
+    assert_one_line_error(result, "was built from checkpoint sha256", "re-embed", code=1)
+
+
+@pytest.mark.parametrize("content", [b'{"not": "a checkpoint"}', b"", b"PK\x03\x04 broken zip"])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(world, tmp_path, content):
+    bogus = tmp_path / "some.json"
+    bogus.write_bytes(content)
+    result = run(world, "--scene", str(world.scenes[0]), checkpoint=bogus)
+    assert_one_line_error(result, "is not a readable checkpoint", "checkpoint.pt", code=1)
+    assert "re-embed" not in result.stderr and "different checkpoint" not in result.stderr
+
+
+def test_a_one_pixel_scene_is_a_scene(world, tmp_path):
+    scene = tmp_path / "pixel.png"
+    Image.new("RGB", (1, 1), (200, 30, 40)).save(scene)
+    result = run(world, "--scene", str(scene), "--k", "3", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [h["rank"] for h in json.loads(result.stdout)] == [1, 2, 3]
 
 
 def test_help_is_fast_and_clean():

@@ -1,9 +1,7 @@
-"""The style embedder: shapes, unit norms, heads-only mode, and the checkpoint round trip."""
+"""The style embedder: shapes, unit norms, heads-only mode, frozen backbone, category names."""
 import pytest
 import torch
 
-from common.files import sha256_of
-from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.embedder import build_embedder
 
 CATS = ["A|Shoes", "A|Bags", "A|Hats"]
@@ -45,26 +43,3 @@ def test_heads_only_embedder_refuses_images_but_takes_features():
 def test_unknown_category_names_the_known_ones(embedder):
     with pytest.raises(ValueError, match="A\\|Shoes"):
         embedder.category_indices(["A|Socks"])
-
-
-def test_checkpoint_round_trip_gives_identical_embeddings_and_records_sha256(embedder, tmp_path):
-    path = tmp_path / "run" / "checkpoint.pt"
-    sha = save_checkpoint(path, embedder, config={"dim": 16})
-    assert sha == sha256_of(path)
-    assert (tmp_path / "run" / "config.json").is_file()
-    loaded = load_checkpoint(path)
-    assert loaded.sha256 == sha and loaded.embedder.categories == CATS
-    x = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
-    with torch.inference_mode():
-        assert torch.allclose(loaded.embedder.encode_products(x), embedder.encode_products(x), atol=1e-6)
-        assert torch.allclose(loaded.embedder.encode_scenes(x)[1], embedder.encode_scenes(x)[1], atol=1e-6)
-    assert not list(path.parent.glob(".*tmp"))
-
-
-def test_bad_checkpoints_are_clear_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="make train"):
-        load_checkpoint(tmp_path / "missing.pt")
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_checkpoint(junk)

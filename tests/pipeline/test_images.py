@@ -72,8 +72,14 @@ def test_pixel_limit_is_the_module_constant(monkeypatch):
     assert "48x40 pixels exceeds the 1,000 pixel limit" in reason(data)
 
 
-def test_too_small():
-    assert "4x4 is too small" in reason(encode(Image.fromarray(RGB[:4, :4]), "PNG"))
+@pytest.mark.parametrize("width, height", [(1, 1), (1, 7), (5, 1), (4, 4)])
+def test_tiny_images_decode_and_resize_like_any_other(width, height):
+    img = load_image(encode(Image.fromarray(RGB[:height, :width]), "PNG"))
+    assert img.size == (width, height) and np.array_equal(np.asarray(img), RGB[:height, :width])
+    x = image_to_tensor(img, 16)
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8
+    if width == height == 1:   # one pixel stretched over the whole input
+        assert (x == torch.from_numpy(RGB[0, 0].copy()).view(3, 1, 1)).all()
 
 
 # -- converted ------------------------------------------------------------------------------------

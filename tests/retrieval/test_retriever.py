@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 from index.build import build_index
+from index.embedding_shards import FORMAT, record_shard, write_shard
 from index.store import CheckpointMismatchError, IndexDirError
 from pipeline.checkpoint import save_checkpoint
 from pipeline.distances import global_distance, hybrid_distance, local_distance
@@ -62,23 +62,17 @@ class World:
 
 
 def write_embedding_shard(out_dir: Path, product_ids, categories, image_paths, emb: np.ndarray, sha256: str) -> None:
-    """The embed-catalog output contract: parquet shards + _manifest.json."""
+    """One shard through the embeddings folder contract's own writer."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    d = emb.shape[1]
-    table = pa.table({
+    rows = pa.table({
         "product_id": pa.array(product_ids, pa.string()),
         "category": pa.array(categories, pa.string()),
         "image_path": pa.array([str(p) for p in image_paths], pa.string()),
         "brand": pa.array([f"brand-{i % 3}" for i in range(len(product_ids))], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d),
     })
-    pq.write_table(table, out_dir / "part-00000.parquet")
-    manifest = {
-        "format": "complete-the-look/embeddings-v1", "checkpoint_sha256": sha256, "backbone": "efficientnet-lite0",
-        "dim": d, "n_input": len(product_ids), "n_shards": 1, "complete": True,
-        "shards": [{"name": "part-00000.parquet", "index": 0, "rows": len(product_ids), "rejected": 0}],
-    }
-    (out_dir / "_manifest.json").write_text(json.dumps(manifest))
+    manifest = {"format": FORMAT, "checkpoint_sha256": sha256, "backbone": "efficientnet-lite0", "dim": emb.shape[1],
+                "n_input": len(product_ids), "n_shards": 1, "complete": True, "shards": []}
+    record_shard(out_dir, manifest, write_shard(out_dir, 0, rows, emb, checkpoint_sha256=sha256))
 
 
 def build_test_index(embeddings_dir: Path, index_dir: Path) -> None:
@@ -300,3 +294,53 @@ def test_category_outside_checkpoint_vocabulary(world, retriever, scenes, tmp_pa
         r.retrieve(scenes[0], k=3, candidates=N_PRODUCTS)
     with pytest.raises(RetrievalError, match="not in the checkpoint's vocabulary"):
         r.retrieve(scenes[0], k=3, category="hat")
+
+
+# -- the whole look ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, c", [(3, 200), (2, 4), (7, 7), (10, 2)])
+def test_look_per_category_equals_retrieve_with_that_category(retriever, scenes, k, c):
+    for scene in scenes:
+        look = retriever.look(scene, k=k, candidates=c)
+        assert [cl.category for cl in look] == sorted(CATEGORIES)
+        for cl in look:
+            flat = retriever.retrieve(scene, k=k, candidates=c, category=cl.category)
+            assert [h.product_id for h in cl.hits] == [h.product_id for h in flat.hits]
+            assert [h.rank for h in cl.hits] == list(range(1, len(flat.hits) + 1))
+            for a, b in zip(cl.hits, flat.hits):
+                assert a.hybrid_distance == pytest.approx(b.hybrid_distance, abs=1e-6)
+                assert a.global_distance == pytest.approx(b.global_distance, abs=1e-6)
+            assert cl.candidates == flat.candidates
+
+
+def test_look_with_every_candidate_equals_the_exhaustive_ranking_per_category(retriever, scenes, oracles):
+    for scene, oracle in zip(scenes, oracles):
+        look = retriever.look(scene, k=PER_CATEGORY, candidates=N_PRODUCTS)
+        for cl in look:
+            among = {pid for pid, o in oracle.items() if o["category"] == cl.category}
+            assert_matches_oracle(cl, oracle, ranked(oracle, among=among))
+
+
+def test_look_attention_grids_are_the_categories_attention_maps(retriever, scenes):
+    look = retriever.look(scenes[0], k=2)
+    flat = retriever.retrieve(scenes[0], k=2)
+    grids = [cl.attention for cl in look]
+    for cl in look:
+        assert cl.attention.shape == (7, 7) and cl.attention.sum() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(cl.attention, flat.attention_map(cl.category), atol=1e-6)
+    assert not np.allclose(grids[0], grids[1])          # each category looks somewhere else
+
+
+def test_look_over_chosen_categories_and_its_json(retriever, scenes):
+    look = retriever.look(scenes[1], k=2, categories=["HAT", "shoes", "hat"])
+    assert [cl.category for cl in look] == ["hat", "shoes"]        # resolved, de-duplicated, in the order asked
+    data = look.to_dict(scene="scene1.jpg")
+    assert data["scene"] == "scene1.jpg" and [c["category"] for c in data["categories"]] == ["hat", "shoes"]
+    first = data["categories"][0]
+    assert set(first) == {"category", "present", "presence_probability", "attention", "hits"}
+    assert len(first["attention"]) == 7 and all(len(row) == 7 for row in first["attention"])
+    assert first["hits"][0] == look.category("hat").hits[0].to_dict()
+    with pytest.raises(RetrievalError, match="unknown category 'scarf'"):
+        retriever.look(scenes[1], categories=["scarf"])
+    with pytest.raises(RetrievalError, match="k must be an integer"):
+        retriever.look(scenes[1], k=0)

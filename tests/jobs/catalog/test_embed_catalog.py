@@ -20,7 +20,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from jobs.catalog.embed_catalog import MANIFEST, embed_catalog, embed_catalog_command
+from common.errors import NothingProducedError
+from index.embedding_shards import MANIFEST
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog, embed_catalog_command
+from jobs.cli import main as ctl
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.images import image_to_tensor, load_image
 from tests.helpers import random_embedder
@@ -94,9 +97,10 @@ def embeddings_of(table: pa.Table) -> np.ndarray:
     return np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(len(table), -1)
 
 
-def run(manifest, ckpt, out, **kw):
-    opts = dict(shard_size=10, batch_size=4, workers=0, device="cpu", progress=False, image_size=SIZE)
-    return embed_catalog(manifest, ckpt, out, **{**opts, **kw})
+def run(manifest, ckpt, out, *, overwrite=False, **kw):
+    opts = dict(shard_size=10, batch_size=4, workers=0, device="cpu", image_size=SIZE)
+    return embed_catalog(manifest, ckpt, out, config=EmbedCatalogConfig(**{**opts, **kw}), overwrite=overwrite,
+                         progress=False)
 
 
 # -- the job -------------------------------------------------------------------------------------
@@ -198,7 +202,7 @@ def make_bad_catalog(root: Path) -> tuple[Path, dict[str, str]]:
     (img / "text.jpg").write_text("this is not a picture\n")
     (img / "bomb.png").write_bytes(_png_header(100_000, 100_000))
     (img / "huge.png").write_bytes(_png_header(9_000, 9_000))
-    Image.fromarray(rgb[:4, :4]).save(img / "tiny.png")
+    Image.fromarray(rgb[:1, :1]).save(img / "tiny.png")            # one pixel: a valid image, embedded
     Image.fromarray(rgb).convert("CMYK").save(img / "cmyk.jpg", quality=95)
     Image.fromarray(np.tile(np.linspace(0, 65535, 48).astype(np.uint16), (40, 1))).save(img / "grey16.png")
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(img / "palette.png")
@@ -215,7 +219,7 @@ def make_bad_catalog(root: Path) -> tuple[Path, dict[str, str]]:
              "folder": "folder.jpg"}
     manifest = _write_manifest(root, [(k, f"img/{f}", "shoes") for k, f in kinds.items()])
     reasons = {"missing": "no such file", "truncated": "truncated image", "text": "not an image",
-               "bomb": "decompression bomb", "huge": "pixel limit", "tiny": "too small", "folder": "is a folder"}
+               "bomb": "decompression bomb", "huge": "pixel limit", "folder": "is a folder"}
     return manifest, reasons
 
 
@@ -223,7 +227,7 @@ def test_bad_images_are_embedded_or_rejected_with_their_reason(tmp_path, ckpt, m
     manifest, reasons = make_bad_catalog(tmp_path / "cat")
     out = tmp_path / "emb"
     summary = run(manifest, ckpt, out, shard_size=5, workers=1)
-    assert (summary["embedded"], summary["rejected"], summary["complete"]) == (6, 7, True)
+    assert (summary["embedded"], summary["rejected"], summary["complete"]) == (7, 6, True)
 
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [r["product_id"] for r in rejects] == list(reasons)            # manifest order
@@ -231,11 +235,11 @@ def test_bad_images_are_embedded_or_rejected_with_their_reason(tmp_path, ckpt, m
         assert reasons[r["product_id"]] in r["reason"], r
         assert r["image_path"].endswith(("jpg", "png")) and not r["reason"].startswith(r["image_path"])
     info = json.loads((out / MANIFEST).read_text())
-    assert [(s["rows"], s["rejected"]) for s in info["shards"]] == [(1, 4), (3, 2), (2, 1)]
+    assert [(s["rows"], s["rejected"]) for s in info["shards"]] == [(1, 4), (4, 1), (2, 1)]
 
     table = read_shards(out)
     ids = table.column("product_id").to_pylist()
-    assert ids == ["good", "cmyk", "grey16", "palette", "rgba", "exif"]
+    assert ids == ["good", "tiny", "cmyk", "grey16", "palette", "rgba", "exif"]
     xb = embeddings_of(table)
     np.testing.assert_allclose(xb, oracle(model, table.column("image_path").to_pylist()), atol=1e-5)
     # EXIF: the job's embedding is that of the decoded pixels turned upright by hand.
@@ -246,7 +250,22 @@ def test_bad_images_are_embedded_or_rejected_with_their_reason(tmp_path, ckpt, m
     np.testing.assert_allclose(xb[ids.index("exif")], expected, atol=1e-5)
     # Rerunning does not duplicate rejects.
     run(manifest, ckpt, out, shard_size=5)
-    assert len((out / "rejects.jsonl").read_text().splitlines()) == 7
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_run_that_embeds_nothing_fails_after_writing_its_rejects(tmp_path, ckpt):
+    root = tmp_path / "cat"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "a.jpg").write_text("not a picture")
+    manifest = _write_manifest(root, [("a", "img/a.jpg", "shoes"), ("b", "img/missing.jpg", "bags")])
+    out = tmp_path / "emb"
+    with pytest.raises(NothingProducedError, match="all 2 images were rejected"):
+        run(manifest, ckpt, out)
+    rejects = [json.loads(line)["product_id"] for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert rejects == ["a", "b"]
+    result = CliRunner().invoke(ctl, ["embed-catalog", *_cli_args(manifest, ckpt, tmp_path / "emb2")])
+    _assert_one_line_error(result, "nothing embedded", "rejects.jsonl", prefix="ctl embed-catalog")
+    assert result.exit_code == 1
 
 
 def test_limit_and_overwrite(tmp_path, ckpt):
@@ -254,7 +273,7 @@ def test_limit_and_overwrite(tmp_path, ckpt):
     out = tmp_path / "emb"
     assert run(manifest, ckpt, out, limit=7)["embedded"] == 7
     result = CliRunner().invoke(embed_catalog_command, _cli_args(manifest, ckpt, out))
-    assert result.exit_code != 0 and "--limit" in result.output
+    _assert_one_line_error(result, "--limit")
     summary = run(manifest, ckpt, out, overwrite=True)
     assert (summary["embedded"], summary["shards"]) == (12, 2)
     assert read_shards(out).column("product_id").to_pylist() == [f"p{i:04d}" for i in range(12)]
@@ -267,12 +286,13 @@ def _cli_args(manifest, ckpt, out, *more):
             "--batch-size", "4", "--workers", "0", "--device", "cpu", "--image-size", str(SIZE), "--quiet", *more]
 
 
-def _assert_one_line_error(result, *words):
+def _assert_one_line_error(result, *words, prefix="embed-catalog"):
     assert result.exit_code != 0, result.output
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit), result.exception   # a ClickException, not a crash
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: "), result.output
+    assert result.stdout == ""
     for word in words:
         assert word in lines[0], lines[0]
 

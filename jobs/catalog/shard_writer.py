@@ -1,0 +1,111 @@
+"""The embed-catalog writer: a background thread that assembles each shard once all its rows are in and writes it.
+
+Writing overlaps compute: the main loop hands finished batches to a bounded queue; the thread files
+each row under its shard (row // shard size), and when a shard's last row (embedded or rejected)
+arrives it writes the shard and its rejects, then records it in the manifest (index.embedding_shards).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from index.embedding_shards import record_shard, write_shard
+
+
+class ShardWriter(threading.Thread):
+    """Collects embedded batches, writes each shard once complete, then records it in the manifest."""
+
+    def __init__(self, out_dir: Path, table: pa.Table, manifest: dict, shard_rows: dict[int, int], dim: int):
+        super().__init__(name="embed-catalog-writer", daemon=True)
+        self.out_dir = out_dir
+        self.table = table            # the catalogue: product_id, category, image_path, extras (strings)
+        self.manifest = manifest
+        self.shard_size = manifest["shard_size"]
+        self.remaining = dict(shard_rows)   # shard -> rows still to come
+        self.dim = dim
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.written = 0
+        self._parts: dict[int, list] = {k: [] for k in shard_rows}      # (rows, embeddings) pieces
+        self._rejects: dict[int, list] = {k: [] for k in shard_rows}
+
+    # main thread side
+    def put(self, rows, embeddings, ready, rejects) -> None:
+        """Queue one batch: its rows, their embeddings (CPU tensor; `ready` a CUDA event or None), its rejects."""
+        while True:
+            self.check()
+            try:
+                self.queue.put((rows, embeddings, ready, rejects), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        self.queue.put(None)
+        self.join()
+        self.check()
+        if any(self.remaining.values()):
+            raise RuntimeError(f"embed-catalog: rows missing from shards {[k for k, n in self.remaining.items() if n]}")
+
+    def abandon(self) -> None:
+        """Stop the thread without finishing shards (the main loop failed)."""
+        if self.is_alive():
+            try:
+                self.queue.put(None, timeout=10)
+            except queue.Full:
+                pass
+            self.join(timeout=10)
+
+    # writer thread side
+    def run(self) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                self._take(*item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.error = exc
+            while self.queue.get() is not None:   # keep draining so the main thread never blocks
+                pass
+
+    def _take(self, rows, embeddings, ready, rejects) -> None:
+        if ready is not None:
+            ready.synchronize()       # the device -> host copy of `embeddings` has landed
+        rows = np.asarray(rows, dtype=np.int64)
+        embeddings = embeddings.numpy() if embeddings is not None else np.zeros((0, self.dim), np.float32)
+        counts: dict[int, int] = {}
+        for row, reason in rejects:
+            k = row // self.shard_size
+            self._rejects[k].append((row, reason))
+            counts[k] = counts.get(k, 0) + 1
+        shards = rows // self.shard_size
+        for k in np.unique(shards).tolist():
+            sel = shards == k
+            self._parts[k].append((rows[sel], embeddings[sel]))
+            counts[k] = counts.get(k, 0) + int(sel.sum())
+        for k in sorted(counts):
+            self.remaining[k] -= counts[k]
+            if self.remaining[k] < 0:
+                raise RuntimeError(f"shard {k} received more rows than it holds")
+            if self.remaining[k] == 0:
+                self._write_shard(k)
+
+    def _write_shard(self, k: int) -> None:
+        parts = self._parts.pop(k)
+        rejects = sorted(self._rejects.pop(k))
+        rows = np.concatenate([r for r, _ in parts]) if parts else np.zeros(0, np.int64)
+        emb = np.concatenate([e for _, e in parts]) if parts else np.zeros((0, self.dim), np.float32)
+        order = np.argsort(rows, kind="stable")
+        rows, emb = rows[order], emb[order]
+        pid, path = self.table.column("product_id"), self.table.column("image_path")
+        entry = write_shard(self.out_dir, k, self.table.take(pa.array(rows, pa.int64())), emb,
+                            checkpoint_sha256=self.manifest["checkpoint_sha256"],
+                            rejects=[(pid[r].as_py(), path[r].as_py(), reason) for r, reason in rejects])
+        record_shard(self.out_dir, self.manifest, entry)
+        self.written += 1

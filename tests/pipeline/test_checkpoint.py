@@ -1,0 +1,75 @@
+"""The checkpoint format: a round trip gives the same model, the sha256 names the file, bad files are named as such."""
+import json
+
+import pytest
+import torch
+
+from common.files import sha256_of
+from pipeline.checkpoint import FORMAT, CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.embedder import build_embedder
+
+CATS = ["A|Shoes", "A|Bags", "A|Hats"]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    torch.manual_seed(0)
+    return build_embedder(categories=CATS, backbone_weights="random", dim=16, hidden=32).eval()
+
+
+def test_round_trip_gives_identical_embeddings_and_records_sha256(embedder, tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    sha = save_checkpoint(path, embedder, config={"dim": 16, "note": "x"}, extra={"epoch": 3})
+    assert sha == sha256_of(path) == check_checkpoint(path)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"dim": 16, "note": "x"}
+    loaded = load_checkpoint(path)
+    assert loaded.sha256 == sha and loaded.embedder.categories == CATS and loaded.extra == {"epoch": 3}
+    x = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.embedder.encode_products(x), embedder.encode_products(x), atol=1e-6)
+        assert torch.allclose(loaded.embedder.encode_scenes(x)[1], embedder.encode_scenes(x)[1], atol=1e-6)
+    assert not list(path.parent.glob(".*tmp"))
+
+
+def test_heads_only_load_skips_the_backbone(embedder, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, embedder, config={})
+    heads = load_checkpoint(path, with_backbone=False).embedder
+    assert heads.backbone is None
+    features = torch.randn(2, 1280)
+    with torch.no_grad():
+        assert torch.allclose(heads.product_from_features(features), embedder.product_from_features(features))
+
+
+def test_a_fine_tuned_backbone_travels_inside_the_file(tmp_path):
+    torch.manual_seed(1)
+    tuned = build_embedder(categories=CATS, backbone_weights="random", dim=8, hidden=0, freeze_backbone=False)
+    with torch.no_grad():
+        next(tuned.backbone.parameters()).add_(0.5)
+    path = tmp_path / "tuned.pt"
+    save_checkpoint(path, tuned.eval(), config={})
+    loaded = load_checkpoint(path).embedder
+    for (name, a), b in zip(tuned.backbone.state_dict().items(), loaded.backbone.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a checkpoint", "not a readable checkpoint"),
+    (b'{"format": "something else"}', "not a readable checkpoint"),
+    (None, f"is not a {FORMAT} checkpoint"),
+])
+def test_bad_files_are_named_as_such_by_both_loaders(tmp_path, content, message):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"format": "other/v9", "heads": {}}, path)   # a readable torch file of another kind
+    else:
+        path.write_bytes(content)
+    for load in (load_checkpoint, check_checkpoint):
+        with pytest.raises(CheckpointError, match=message):
+            load(path)
+
+
+def test_a_missing_checkpoint_says_how_to_make_one(tmp_path):
+    for load in (load_checkpoint, check_checkpoint):
+        with pytest.raises(CheckpointError, match="make train"):
+            load(tmp_path / "missing.pt")
