@@ -33,10 +33,7 @@ def prepare_data(data_dir, out_dir, cfg: TrainConfig) -> TrainingData:
     """Load the dataset, split its scenes (split.json in `out_dir`) and pool each training pair's negatives."""
     if not Path(data_dir).is_dir():
         raise InputError(f"{data_dir}: no such dataset folder (make sample-data writes data/sample)")
-    try:
-        dataset = load_dataset(data_dir)
-    except ValueError as exc:   # a folder in neither dataset layout
-        raise InputError(str(exc)) from None
+    dataset = load_dataset(data_dir)
     if not dataset.pairs:
         raise InputError(f"{data_dir}: the dataset has no usable scene-product pairs")
     split = load_or_make_split(Path(out_dir) / "split.json", [p.scene_id for p in dataset.pairs], seed=cfg.seed)

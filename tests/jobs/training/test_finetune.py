@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from jobs.data.sample_data import generate
+from jobs.data.sample import generate
 from jobs.evaluation.evaluate import run_evaluation
 from jobs.training.finetune import TripletImages
 from jobs.training.resume import STATE_FILE

@@ -92,7 +92,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert result.exit_code == 2 and "does not exist" in result.output and "nope" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "is not a dataset dir" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "is not a dataset dir" in result.output and "Traceback" not in result.output
     for bad, expected in ((["--dropout", "1.0"], "0<=x<1"), (["--hidden", "-1"], "x>=0"), (["--epochs", "0"], "x>=1")):
         result = runner.invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *bad])
         assert result.exit_code == 2 and bad[0] in result.output and expected in result.output, result.output

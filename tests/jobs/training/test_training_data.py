@@ -6,6 +6,7 @@ import pytest
 from torch import nn
 
 from common.errors import InputError
+from jobs.data.datasets import DatasetError
 from jobs.training import training_data
 from jobs.training.training_data import (
     Readable,
@@ -32,10 +33,10 @@ def test_training_negatives_are_training_positives_of_the_category_outside_the_s
         assert {ds.products[p].category for p in pool} == {ds.products[pair.product_id].category}
 
 
-def test_a_missing_or_foreign_folder_is_an_input_error(tmp_path):
+def test_a_missing_or_foreign_folder_is_one_of_the_projects_errors(tmp_path):
     with pytest.raises(InputError, match="no such dataset folder"):
         prepare_data(tmp_path / "nope", tmp_path / "run", CFG)
-    with pytest.raises(InputError, match="not a dataset dir"):
+    with pytest.raises(DatasetError, match="not a dataset dir"):
         prepare_data(tmp_path, tmp_path / "run", CFG)
 
 

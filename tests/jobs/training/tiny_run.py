@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.data.sample_data import generate
+from jobs.data.sample import generate
 from jobs.training.config import TrainConfig
 from jobs.training.train import train
 
