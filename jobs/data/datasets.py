@@ -15,9 +15,6 @@ import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
 
-# Transitional: jobs/catalog/embed_catalog.py and bench/bench_embed.py still import read_catalog from here;
-# delete this line once they import it from jobs.data.catalog_manifest.
-from jobs.data.catalog_manifest import read_catalog  # noqa: F401
 from jobs.data.image_map import read_image_map, resolve_images
 from jobs.data.layouts import (
     PAIRS,
