@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -40,7 +39,7 @@ from common import defaults
 from common.config import JobConfig
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import ArtifactError, InputError, NothingProducedError
-from common.files import sha256_of
+from common.files import exclusive_lock, sha256_of
 from index.embedding_shards import (
     EMBEDDING,
     FORMAT,
@@ -110,20 +109,6 @@ def _refusal(old: dict, new: dict) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, compute_seconds: float,
              resumed: int, noop: bool, device: str) -> dict:
     return {
@@ -171,7 +156,7 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
         "n_input": n_input,
         "shard_size": config.shard_size,
     }
-    with _locked(out_dir):
+    with exclusive_lock(out_dir / LOCK, EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}")):
         old = None if overwrite else load_manifest(out_dir)
         if old is None and not overwrite and holds_output(out_dir):
             raise EmbedCatalogError(f"{out_dir} holds shards without a {MANIFEST}; use --overwrite to replace them")
