@@ -122,7 +122,7 @@ def main() -> None:
         if args.manifest is not None:
             manifest, source = args.manifest, f"{args.manifest}"
         elif SAMPLE_CATALOG.exists() and len(pq.read_table(SAMPLE_CATALOG)) >= args.n:
-            from jobs.data.datasets import read_catalog
+            from jobs.data.catalog_manifest import read_catalog
             sample = read_catalog(SAMPLE_CATALOG).slice(0, args.n)
             pq.write_table(sample.select(["product_id", "image_path", "category"]), tmp / "catalog.parquet")
             manifest, source = tmp / "catalog.parquet", f"first {args.n} of {SAMPLE_CATALOG}"
@@ -133,7 +133,7 @@ def main() -> None:
         save_checkpoint(ckpt, build_embedder(categories=["shoes"], backbone=args.backbone,
                                              backbone_weights=args.weights), config={})
         model = load_checkpoint(ckpt, device=device).embedder.eval().to(memory_format=torch.channels_last)
-        from jobs.data.datasets import read_catalog
+        from jobs.data.catalog_manifest import read_catalog
         catalog = read_catalog(manifest)
         n = len(catalog) if args.manifest is not None else args.n
         paths = catalog.column("image_path").to_pylist()[:min(n, args.bare_images)]

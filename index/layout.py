@@ -17,16 +17,13 @@ four files directly (the layout before versions) still loads, as version None.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import fcntl
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 from common.errors import ArtifactError
-from common.files import write_text_atomic
+from common.files import exclusive_lock, write_text_atomic
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
@@ -100,19 +97,9 @@ def resolve(index_dir: str | Path) -> tuple[Path, str | None]:
                         "run `ctl build-index`")
 
 
-@contextlib.contextmanager
-def build_lock(index_dir: Path) -> Iterator[None]:
+def build_lock(index_dir: Path):
     """One writer at a time per index directory (builds and updates); readers never take it."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexDirError(f"another build or update is writing to {index_dir}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(Path(index_dir) / LOCK_FILE, IndexDirError(f"another build or update is writing to {index_dir}"))
 
 
 def new_version_dir(index_dir: Path) -> Path:

@@ -12,7 +12,7 @@ from jobs.cli_errors import OneLineGroup
 
 # name -> "module:attribute". Commands load lazily so `ctl data ...` and `ctl --help` start without torch.
 JOBS = {
-    "sample-data": "jobs.data.sample_data:sample_data_command",
+    "sample-data": "jobs.data.sample.generator:sample_data_command",
     "train": "jobs.training.train:train_command",
     "evaluate": "jobs.evaluation.evaluate:evaluate_command",
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
@@ -20,6 +20,7 @@ JOBS = {
     "update-index": "jobs.catalog.update_index:update_index_command",
     "demo": "jobs.demo:demo_command",
     "update-demo": "jobs.update_demo:update_demo_command",
+    "serve": "jobs.serve:serve_command",
 }
 DATA_JOBS = {
     "stl": "jobs.data.stl_ingest:stl_command",
@@ -72,7 +73,7 @@ class LazyGroup(OneLineGroup):
 
 @click.group(name="ctl", cls=LazyGroup, lazy=JOBS, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion)."""
+    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion) and the service."""
 
 
 @click.group(cls=LazyGroup, lazy=DATA_JOBS)

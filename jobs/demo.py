@@ -11,8 +11,23 @@ from pathlib import Path
 import click
 
 from common import defaults
+from common.devices import DEVICE_CHOICES, resolve_device
+from common.files import sha256_of
+from common.naming import match_category, short_category
+from index.build import build_index
+from index.embedding_shards import MANIFEST
+from index.layout import IndexDirError, read_info, resolve
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, EmbedCatalogError, embed_catalog
+from jobs.cli_errors import OneLineCommand
+from jobs.data.layouts import CATALOG, DONE_FILE, SCENE_DIR
+from jobs.data.sample import generate
+from jobs.evaluation.evaluate import format_comparisons, run_evaluation
+from jobs.evaluation.evaluate import format_table as metrics_table
+from jobs.retrieve_cli import format_table, write_sheet
+from jobs.training.config import TrainConfig
+from jobs.training.train import train
+from retrieval.retriever import Retriever
 
-DEMO_DIR = defaults.DATA_DIR / "demo"
 STAGES = 6
 
 
@@ -42,8 +57,6 @@ def _read_json(path: Path) -> dict | None:
 # -- stages ---------------------------------------------------------------------------------------
 
 def stage_sample(sample_dir: Path, seed: int) -> None:
-    from jobs.data.sample_data import generate
-
     started = time.perf_counter()
     result = generate(sample_dir, seed=seed)
     counts = result.get("counts", {})
@@ -53,8 +66,6 @@ def stage_sample(sample_dir: Path, seed: int) -> None:
 
 def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int) -> bool:
     """A finished run (train_summary.json naming this checkpoint's sha) newer than the sample, same seed."""
-    from common.files import sha256_of
-
     summary = _read_json(run_dir / "train_summary.json")
     if summary is None or not checkpoint.is_file():
         return False
@@ -63,8 +74,6 @@ def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed
     config = _read_json(run_dir / "config.json") or {}
     if config.get("seed", seed) != seed:
         return False
-    from jobs.data.sample_data import DONE_FILE
-
     return _mtime(run_dir / "train_summary.json") >= _mtime(sample_dir / DONE_FILE)
 
 
@@ -72,8 +81,6 @@ def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, de
     if _training_is_current(sample_dir, run_dir, checkpoint, seed):
         _stage(2, "train", f"up to date ({checkpoint})")
         return
-    from jobs.training.train import TrainConfig, train
-
     _stage(2, "train", f"training on {sample_dir} (frozen backbone, cached features) ...")
     started = time.perf_counter()
     summary = train(sample_dir, run_dir, config=TrainConfig(seed=seed, device=device))
@@ -84,8 +91,6 @@ def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, de
 def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
     report = _read_json(run_dir / "report.json")
     if report is None or report.get("checkpoint_sha256") != sha:
-        from jobs.evaluation.evaluate import run_evaluation
-
         started = time.perf_counter()
         report = run_evaluation(run_dir, device=device)
         done = f"wrote {run_dir / 'report.json'} ({_seconds(started)})"
@@ -94,9 +99,6 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
     _stage(3, "evaluate", done + f" ({report.get('n_queries', '?')} held-out test queries)")
     methods = report.get("methods")
     if methods:
-        from jobs.evaluation.evaluate import format_comparisons
-        from jobs.evaluation.evaluate import format_table as metrics_table
-
         for line in metrics_table(methods).splitlines():
             click.echo(f"      {line}")
         for line in format_comparisons(report.get("comparisons", {})).splitlines():
@@ -104,8 +106,6 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
 
 
 def stage_embed(catalog: Path, checkpoint: Path, emb_dir: Path, device: str) -> None:
-    from jobs.catalog.embed_catalog import EmbedCatalogConfig, EmbedCatalogError, embed_catalog
-
     started = time.perf_counter()
     try:
         summary = embed_catalog(catalog, checkpoint, emb_dir, config=EmbedCatalogConfig(device=device))
@@ -121,35 +121,27 @@ def stage_embed(catalog: Path, checkpoint: Path, emb_dir: Path, device: str) -> 
 
 
 def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
-    info = _read_json(index_dir / "info.json")
-    if info is None or info.get("checkpoint_sha256") != sha:
+    """The current build was made from this checkpoint, after the embeddings were last written."""
+    try:
+        build, _ = resolve(index_dir)
+        info = read_info(index_dir)
+    except IndexDirError:
         return False
-    from index.embedding_shards import MANIFEST
-
-    needed = ["index.faiss", "ids.parquet", "embeddings.f16.npy"]
-    if not all((index_dir / name).is_file() for name in needed):
-        return False
-    return _mtime(index_dir / "info.json") >= _mtime(emb_dir / MANIFEST)
+    return info.get("checkpoint_sha256") == sha and _mtime(build / "info.json") >= _mtime(emb_dir / MANIFEST)
 
 
 def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
     if _index_is_current(emb_dir, index_dir, sha):
         _stage(5, "build index", f"up to date ({index_dir})")
         return
-    from index.build import build_index
-
     started = time.perf_counter()
-    build_index(emb_dir, index_dir)
-    info = _read_json(index_dir / "info.json") or {}
-    kind = info.get("factory") or info.get("index_type") or "index"
-    _stage(5, "build index", f"{kind} over {info.get('n', info.get('count', '?'))} products -> {index_dir} "
+    info = build_index(emb_dir, index_dir)
+    _stage(5, "build index", f"{info['factory']} over {info['n']} products -> {index_dir}/{info['version']} "
                              f"({_seconds(started)})")
 
 
 def pick_scene(sample_dir: Path, run_dir: Path) -> Path:
     """A held-out test scene of the run's split (never seen in training), else any scene of the sample."""
-    from jobs.data.sample_data import SCENE_DIR
-
     scene_dir = sample_dir / SCENE_DIR
     split = _read_json(run_dir / "split.json") or {}
     for sid in sorted(split.get("test", [])):
@@ -158,7 +150,7 @@ def pick_scene(sample_dir: Path, run_dir: Path) -> Path:
             return path
     scenes = sorted(scene_dir.glob("*.jpg"))
     if not scenes:
-        raise click.ClickException(f"no scene images in {scene_dir}")
+        raise IndexDirError(f"no scene images in {scene_dir}; rerun `ctl sample-data`")
     return scenes[0]
 
 
@@ -175,9 +167,6 @@ def _command(name: str) -> str:
 
 
 def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path, k: int, device: str):
-    from jobs.retrieve_cli import format_table, write_sheet
-    from retrieval.retriever import RetrievalError, Retriever
-
     started = time.perf_counter()
     retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
     result = retriever.retrieve(scene, k=k)
@@ -186,50 +175,32 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
     click.echo("")
     click.echo(format_table(result, scene=str(scene), n_products=len(retriever)))
     category = result.hits[0].category if result.hits else result.categories[0]
-    short = category.rsplit("|", 1)[-1].strip()
-    try:  # suggest the short name where it is unambiguous
-        category = short if retriever.resolve_category(short) == category else category
-    except RetrievalError:
-        pass
+    short = short_category(category)   # suggest the short name where it is unambiguous
+    if match_category(short, retriever.categories) == category:
+        category = short
     return result, sheet, category
 
 
-@click.command("demo")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="sample data and training seed")
+@click.command("demo", cls=OneLineCommand)
+@click.option("--seed", type=click.IntRange(min=0), default=defaults.SEED, show_default=True,
+              help="sample data and training seed")
 @click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="products in the demo retrieval")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 def demo_command(seed: int, k: int, device: str) -> None:
     """Run the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval."""
-    import torch
-
-    from common.files import sha256_of
-    from jobs.catalog.embed_catalog import EmbedCatalogError
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.images import ImageError
-    from retrieval.retriever import RetrievalError
-
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda asked for, but no CUDA device is available")
+    dev = resolve_device(device).type
     sample_dir, run_dir, checkpoint = defaults.SAMPLE_DIR, defaults.RUN_DIR, defaults.CHECKPOINT
     emb_dir, index_dir = defaults.EMBEDDINGS_DIR, defaults.INDEX_DIR
     started = time.perf_counter()
-    try:
-        stage_sample(sample_dir, seed)
-        stage_train(sample_dir, run_dir, checkpoint, seed, dev)
-        sha = sha256_of(checkpoint)
-        stage_evaluate(run_dir, sha, dev)
-        stage_embed(sample_dir / "catalog.parquet", checkpoint, emb_dir, dev)
-        stage_index(emb_dir, index_dir, sha)
-        scene = pick_scene(sample_dir, run_dir)
-        result, sheet, category = stage_retrieve(scene, checkpoint, index_dir, DEMO_DIR, k, dev)
-    except click.ClickException:
-        raise
-    except (CheckpointError, EmbedCatalogError, ImageError, RetrievalError, FileNotFoundError) as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
-    except ValueError as exc:  # the index store and other stages report bad inputs as ValueError
-        raise click.ClickException(" ".join(str(exc).split())) from None
+    stage_sample(sample_dir, seed)
+    stage_train(sample_dir, run_dir, checkpoint, seed, dev)
+    sha = sha256_of(checkpoint)
+    stage_evaluate(run_dir, sha, dev)
+    stage_embed(sample_dir / CATALOG, checkpoint, emb_dir, dev)
+    stage_index(emb_dir, index_dir, sha)
+    scene = pick_scene(sample_dir, run_dir)
+    result, sheet, category = stage_retrieve(scene, checkpoint, index_dir, defaults.DEMO_DIR, k, dev)
 
     retrieve = _command("ctl-retrieve")
     q = shlex.quote

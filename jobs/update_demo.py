@@ -17,7 +17,7 @@ from index.embedding_shards import read_manifest
 from index.layout import read_info
 from index.update import update_index
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
-from jobs.data.datasets import read_catalog
+from jobs.data.catalog_manifest import read_catalog
 from jobs.demo import pick_scene
 from jobs.retrieve_cli import format_table
 from retrieval.retriever import Retriever

@@ -14,7 +14,7 @@ import torch
 
 from common.errors import InputError
 from index.embedding_shards import BASE_COLUMNS, EMBEDDING
-from jobs.data.datasets import read_catalog
+from jobs.data.catalog_manifest import read_catalog
 from pipeline.images import ImageError, image_to_tensor, load_image
 
 # A product image file larger than this is refused before it is read into memory (the pixel limit
@@ -121,10 +121,7 @@ def _string_column(col):
 
 def load_catalog_table(manifest: Path, limit: int | None) -> pa.Table:
     """The catalogue rows to embed: base columns first, every other column as strings (carried to results)."""
-    try:
-        table = read_catalog(manifest)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    table = read_catalog(manifest)
     if limit is not None:
         if limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}")

@@ -22,8 +22,6 @@ or whose image bytes changed since DIR, copies the other embeddings, and records
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -39,7 +37,7 @@ from tqdm import tqdm
 from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import ArtifactError, InputError, NothingProducedError
-from common.files import sha256_of
+from common.files import exclusive_lock, sha256_of
 from index.embedding_shards import (
     BASE_COLUMNS,
     EMBEDDING,
@@ -65,7 +63,7 @@ from jobs.catalog.embed_job import ENGINES, EmbedCatalogConfig, EmbedJob, Engine
 from jobs.catalog.incremental import BaseFolder, delta, hash_images, reusable_rows, reuse_loader
 from jobs.catalog.shard_writer import ShardWriter
 from jobs.cli_errors import OneLineCommand
-from jobs.data.datasets import CATALOG
+from jobs.data.layouts import CATALOG
 from pipeline.checkpoint import load_checkpoint
 
 __all__ = ["EmbedCatalogConfig", "EmbedCatalogError", "embed_catalog", "embed_catalog_command"]
@@ -103,20 +101,6 @@ def _refusal(old: dict, new: dict) -> str | None:
         if old.get(key) != new[key]:
             return f"written with {flag} {old.get(key)}, this run uses {new[key]}"
     return None
-
-
-@contextlib.contextmanager
-def _locked(out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, compute_seconds: float,
@@ -177,7 +161,7 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
         "shard_size": config.shard_size,
         "base_fingerprint": None if base_manifest is None else _folder_fingerprint(base_manifest),
     }
-    with _locked(out_dir):
+    with exclusive_lock(out_dir / LOCK, EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}")):
         old = None if overwrite else load_manifest(out_dir)
         if old is None and not overwrite and holds_output(out_dir):
             raise EmbedCatalogError(f"{out_dir} holds shards without a {MANIFEST}; use --overwrite to replace them")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -14,23 +13,20 @@ import click
 import pyarrow as pa
 
 from common.files import sha256_of, write_json_atomic, write_text_atomic
-from jobs.data.datasets import (
-    CATALOG,
-    PAIRS,
-    PRODUCTS,
-    SCENES,
-    STL_URL_TEMPLATE,
-    Reject,
-    no_gc,
-    parse_pairs,
-    read_categories,
-    write_catalog,
-    write_parquet_atomic,
-)
+from common.parquet import write_parquet_atomic
+from jobs.data.catalog_manifest import write_catalog
+from jobs.data.layouts import CATALOG, PAIRS, PRODUCTS, REJECTS, SCENES, SUMMARY
+from jobs.data.pair_files import PairFileError, Reject, no_gc, parse_pairs, read_categories
 
 # STL signatures are lowercase hex (md5); the URL template slices the first six characters.
 STL_SIGNATURE_RE = re.compile(r"[0-9a-f]{6,}")
+STL_URL_TEMPLATE = "http://i.pinimg.com/400x/{s[0]}{s[1]}/{s[2]}{s[3]}/{s[4]}{s[5]}/{s}.jpg"
 SHOWN_REJECTS = 10
+
+
+def stl_image_url(signature: str) -> str:
+    """The CDN URL of an STL image signature (`http://i.pinimg.com/400x/ab/cd/ef/abcdef....jpg`)."""
+    return STL_URL_TEMPLATE.format(s=signature)
 
 
 @dataclass
@@ -55,7 +51,7 @@ def ingest_stl(pairs_path: str | os.PathLike, categories_path: str | os.PathLike
 
     Writes scenes/products/pairs/catalog parquet, rejects.jsonl (one rejected line each, with its
     line number and reason) and, last, summary.json. Every file is written atomically. Raises
-    ValueError when an input cannot be read or no valid pair is left.
+    PairFileError when an input cannot be read or no valid pair is left.
     """
     with no_gc():
         return _ingest(Path(pairs_path), Path(categories_path), Path(out), url_template)
@@ -69,7 +65,7 @@ def _ingest(pairs_path: Path, categories_path: Path, out: Path, url_template: st
     records, rejects = parse_pairs(pairs_path, categories, id_re=STL_SIGNATURE_RE)
     if not records:
         first = f"; first problem: line {rejects[0].line}: {rejects[0].detail}" if rejects else ""
-        raise ValueError(f"{pairs_path}: no valid pair ({len(rejects)} line(s) rejected){first}")
+        raise PairFileError(f"{pairs_path}: no valid pair ({len(rejects)} line(s) rejected){first}")
 
     url = url_template.format
     lines, pair_scenes, pair_products, pair_categories, boxes = zip(*records)
@@ -112,11 +108,11 @@ def _ingest(pairs_path: Path, categories_path: Path, out: Path, url_template: st
     write_parquet_atomic(out / SCENES, scenes)
     write_parquet_atomic(out / PRODUCTS, products)
     write_parquet_atomic(out / PAIRS, pairs)
-    write_text_atomic(out / "rejects.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rejects))
+    write_text_atomic(out / REJECTS, "".join(json.dumps(r.as_dict()) + "\n" for r in rejects))
     write_catalog(out)  # products with a local image: none until `ctl data fetch`, unless fetched before
     result = IngestResult(out, len(records) + len(rejects), len(records), len(scene_ids), len(product_ids),
                           rejects, per_category, time.perf_counter() - t0)
-    write_json_atomic(out / "summary.json", {
+    write_json_atomic(out / SUMMARY, {
         "source": {"pairs": str(pairs_path.resolve()), "pairs_sha256": sha256_of(pairs_path),
                    "categories": str(categories_path.resolve()), "categories_sha256": sha256_of(categories_path),
                    "url_template": url_template},
@@ -152,18 +148,11 @@ def format_summary(result: IngestResult) -> str:
               help="Image URL of a signature, a str.format template over `s`.")
 def stl_command(pairs_path: Path, categories_path: Path, out: Path, url_template: str) -> None:
     """Ingest Shop-the-Look pairs + categories into DIR (scenes/products/pairs/catalog parquet)."""
-    try:
-        result = ingest_stl(pairs_path, categories_path, out, url_template=url_template)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = ingest_stl(pairs_path, categories_path, out, url_template=url_template)
     for r in result.rejects[:SHOWN_REJECTS]:
         click.echo(f"{pairs_path}:{r.line}: {r.reason}: {r.detail}", err=True)
     if len(result.rejects) > SHOWN_REJECTS:
-        click.echo(f"... and {len(result.rejects) - SHOWN_REJECTS} more in {out / 'rejects.jsonl'}", err=True)
+        click.echo(f"... and {len(result.rejects) - SHOWN_REJECTS} more in {out / REJECTS}", err=True)
     click.echo(format_summary(result))
-    click.echo(f"wrote {out}/{{{SCENES},{PRODUCTS},{PAIRS},{CATALOG},summary.json}}; "
+    click.echo(f"wrote {out}/{{{SCENES},{PRODUCTS},{PAIRS},{CATALOG},{SUMMARY}}}; "
                f"next: ctl data fetch {out}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(stl_command())

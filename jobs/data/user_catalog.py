@@ -9,7 +9,8 @@ Sources:
   Every other column is kept as metadata and carried to retrieval results.
 
 Writes ``DIR/products.parquet`` (all products), ``DIR/catalog.parquet`` (the ones with a local
-image; see ``jobs.data.datasets``) and ``DIR/summary.json``.
+image; see ``jobs.data.catalog_manifest``) and ``DIR/summary.json``. A folder's images are the files
+Pillow decodes (``jobs.data.image_formats``: JPEG, PNG, WebP, GIF, BMP, TIFF), whatever their case.
 """
 from __future__ import annotations
 
@@ -25,15 +26,19 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from common.errors import InputError
 from common.files import write_json_atomic
-from jobs.data.datasets import CATALOG, PRODUCTS, write_catalog, write_parquet_atomic
+from common.parquet import write_parquet_atomic
+from jobs.data.catalog_manifest import write_catalog
+from jobs.data.image_formats import IMAGE_SUFFIXES
+from jobs.data.image_map import stored_path
+from jobs.data.layouts import CATALOG, PRODUCTS, SUMMARY
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 KNOWN_COLUMNS = ("product_id", "category", "image_path", "image_url")
 SHOWN = 5
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A problem with the user's catalogue source, phrased for the user."""
 
 
@@ -174,16 +179,6 @@ def _from_table(src: Path, notes: list[str]) -> tuple[pa.Table, list[str], list[
 # ---------------------------------------------------------------------------------------------
 # Build
 
-def _stored(path: str | None, out: Path) -> str | None:
-    """A local image path as the manifests store it: relative to DIR when inside it, else absolute."""
-    if path is None:
-        return None
-    try:
-        return Path(path).relative_to(out.resolve()).as_posix()
-    except ValueError:
-        return path
-
-
 def build_catalog(source: str | os.PathLike, out: str | os.PathLike, *, skip_missing: bool = False) -> CatalogResult:
     """Validate a folder tree or table and write DIR/products.parquet, catalog.parquet, summary.json."""
     source, out = Path(source), Path(out)
@@ -224,13 +219,13 @@ def build_catalog(source: str | os.PathLike, out: str | os.PathLike, *, skip_mis
             raise CatalogError(f"{source}: no product left once the missing images are left out")
 
     out.mkdir(parents=True, exist_ok=True)
-    table = table.set_column(table.column_names.index("image_path"), "image_path",
-                             pa.array([_stored(p, out) for p in table.column("image_path").to_pylist()], pa.string()))
+    stored = [None if p is None else stored_path(p, out) for p in table.column("image_path").to_pylist()]
+    table = table.set_column(table.column_names.index("image_path"), "image_path", pa.array(stored, pa.string()))
     write_parquet_atomic(out / PRODUCTS, table)
     local, remote = write_catalog(out)
     per_category = dict(sorted(Counter(table.column("category").to_pylist()).items()))
     result = CatalogResult(out, len(table), local, remote, per_category, extras, dropped, notes)
-    write_json_atomic(out / "summary.json", {
+    write_json_atomic(out / SUMMARY, {
         "source": str(source.resolve()), "products": result.products, "local_images": local,
         "images_to_fetch": remote, "left_out_missing_files": dropped, "metadata_columns": extras,
         "categories": per_category})
@@ -243,10 +238,7 @@ def build_catalog(source: str | os.PathLike, out: str | os.PathLike, *, skip_mis
 @click.option("--skip-missing", is_flag=True, help="Leave out products whose image file does not exist.")
 def catalog_command(source: Path, out: Path, skip_missing: bool) -> None:
     """Build a catalogue manifest from a folder tree (category = sub-folder) or a CSV/parquet table."""
-    try:
-        result = build_catalog(source, out, skip_missing=skip_missing)
-    except CatalogError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = build_catalog(source, out, skip_missing=skip_missing)
     for note in result.notes:
         click.echo(note, err=True)
     width = max([len(c) for c in result.per_category] + [8])

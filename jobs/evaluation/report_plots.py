@@ -10,13 +10,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common.naming import short_category  # noqa: E402
 from pipeline.distances import attention_weights  # noqa: E402
+from pipeline.evaluation import CategoryEmbedding, QueryEmbeddings, candidate_columns, distance_matrices  # noqa: E402
 from pipeline.images import load_image  # noqa: E402
 from pipeline.metrics import positive_rank  # noqa: E402
 from pipeline.scene_crops import exclude_product  # noqa: E402
+from retrieval.contact_sheet import attention_overlay  # noqa: E402
 
 
 def methods_bar_chart(report: dict, out_png) -> None:
+    """Each method's figures as grouped bars, FITB's chance level marked."""
     methods = report["methods"]
     metrics = list(next(iter(methods.values())).keys())
     x = np.arange(len(metrics))
@@ -40,36 +44,22 @@ def methods_bar_chart(report: dict, out_png) -> None:
     plt.close(fig)
 
 
-def overlay_attention(ax, image, attention: np.ndarray, title: str) -> None:
-    """Draw `image` with the h x w attention map stretched over it as a translucent heat map."""
-    ax.imshow(image)
-    ax.imshow(attention, cmap="inferno", alpha=0.5, extent=(0, image.size[0], image.size[1], 0),
-              interpolation="bilinear")
-    ax.set_title(title, fontsize=8)
-    ax.axis("off")
-
-
 def spread_of_ranks(ranks, n: int) -> list[int]:
     """Indices of `n` queries from the best-ranked to the worst, evenly spaced in rank order."""
     order = np.argsort(np.asarray(ranks), kind="stable")
     return [int(order[i]) for i in np.unique(np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int))]
 
 
-def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_scenes: int = 4,
-                     top: int = 5) -> list[tuple[int, int]]:
+def attention_figure(dataset, queries, emb: QueryEmbeddings, category_embedding: CategoryEmbedding, out_png,
+                     exclusion: str, n_scenes: int = 4, top: int = 5) -> list[tuple[int, int]]:
     """Per scene: the view the model saw with its category's attention, the positive, the top-ranked products.
 
     The scenes are picked from the best-ranked positive to the worst, so the picture shows both what
     works and what does not. Returns the (query index, 0-based rank of the positive) of each row.
     """
-    from jobs.evaluation.evaluate import distance_matrices
-
-    ds = data.dataset
-    lookup = lambda name: embedder.category_embeddings(embedder.category_indices([name]))[0]  # noqa: E731
     # Every query is scored (rows of `emb` follow `queries`), then the figure's rows are chosen by rank.
-    hybrid = distance_matrices(emb, queries, lookup, methods=("hybrid",))["hybrid"]
-    ranks = [positive_rank(hybrid[qi, [emb.product_index[p] for p in (q.product_id, *q.rank_negatives)]])
-             for qi, q in enumerate(queries)]
+    hybrid = distance_matrices(emb, queries, category_embedding, methods=("hybrid",))["hybrid"]
+    ranks = [positive_rank(hybrid[qi, candidate_columns(emb, q)]) for qi, q in enumerate(queries)]
     picked = spread_of_ranks(ranks, n_scenes)
     drawn = []
     fig, axes = plt.subplots(len(picked), top + 2, figsize=(2.0 * (top + 3), 2.4 * len(picked)), squeeze=False,
@@ -77,22 +67,24 @@ def attention_figure(data, queries, emb, embedder, out_png, exclusion: str, n_sc
     with torch.no_grad():
         for row, qi in zip(axes, picked):
             query, dist = queries[qi], hybrid[qi]
-            pair = ds.pairs[query.pair_index]
-            scene = exclude_product(load_image(ds.scenes[pair.scene_id]), pair.bbox, exclusion)
-            e_c = lookup(query.category).reshape(1, 1, -1)
+            pair = dataset.pairs[query.pair_index]
+            scene = exclude_product(load_image(dataset.scenes[pair.scene_id]), pair.bbox, exclusion)
+            e_c = category_embedding(query.category).reshape(1, 1, -1)
             weights = attention_weights(emb.scene_regions[qi:qi + 1], e_c)[0, 0].numpy()
             side = int(round(len(weights) ** 0.5))
-            overlay_attention(row[0], scene, weights.reshape(side, side), f"attention: {query.category.split('|')[-1]}")
+            row[0].imshow(attention_overlay(scene, weights.reshape(side, side)))
+            row[0].set_title(f"attention: {short_category(query.category)}", fontsize=8)
+            row[0].axis("off")
             candidates = [query.product_id, *query.rank_negatives]
-            d = dist[[emb.product_index[p] for p in candidates]]
+            d = dist[candidate_columns(emb, query)]
             order = np.argsort(d, kind="stable")
             rank = ranks[qi]
             drawn.append((qi, rank))
-            row[1].imshow(load_image(ds.products[query.product_id].image_path))
+            row[1].imshow(load_image(dataset.products[query.product_id].image_path))
             row[1].set_title(f"missing item\nrank {rank + 1} of {len(candidates)}", fontsize=8)
             row[1].axis("off")
             for ax, idx in zip(row[2:], order[:top]):
-                ax.imshow(load_image(ds.products[candidates[idx]].image_path))
+                ax.imshow(load_image(dataset.products[candidates[idx]].image_path))
                 hit = idx == 0
                 ax.set_title(("✓ " if hit else "") + f"d_h={d[idx]:.2f}", fontsize=8, color="green" if hit else "black")
                 ax.axis("off")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from common import defaults
+from common.errors import InputError
 from common.files import atomic_path, write_json_atomic
 from jobs.workers import default_workers, lower_priority
 from pipeline.backbones import Backbone, pooled
@@ -77,6 +78,30 @@ class _ItemImages(Dataset):
             return prepare(self.items[i], self.size, self.exclusion), True
         except ImageError:
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), False
+
+
+class _Decodes(Dataset):
+    def __init__(self, items: list[CacheItem], size: int, exclusion: str):
+        self.items, self.size, self.exclusion = items, size, exclusion
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> bool:
+        try:
+            prepare(self.items[i], self.size, self.exclusion)
+        except ImageError:
+            return False
+        return True
+
+
+def decodable(items: list[CacheItem], size: int, exclusion: str, *, workers: int = 0,
+              batch_size: int = 64) -> np.ndarray:
+    """For each item, whether its input can be prepared: the same test that marks a cached row invalid,
+    without running the backbone (what fine-tuning needs before it reads images itself)."""
+    loader = DataLoader(_Decodes(items, size, exclusion), batch_size=batch_size, num_workers=workers)
+    flags = [batch.numpy() for batch in loader]
+    return np.concatenate(flags).astype(bool) if flags else np.zeros(0, bool)
 
 
 def _fingerprint(items: list[CacheItem], backbone: Backbone, exclusion: str, keep_map: bool) -> str:
@@ -157,5 +182,5 @@ def compute_features(
     bar.close()
     parts = [np.load(cache_dir / f"part-{p:05d}.npz") for p in range(n_parts)]
     if not parts:
-        raise ValueError("no items to compute features for")
+        raise InputError("no items to compute features for")
     return FeatureTable(items, np.concatenate([p["features"] for p in parts]), np.concatenate([p["valid"] for p in parts]))

@@ -1,28 +1,19 @@
-"""load_dataset over both layouts, and the catalogue manifest contract of read_catalog."""
+"""load_dataset over both layouts: what it finds, what it leaves out, and what it refuses."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from jobs.data.datasets import Pair, Product, load_dataset, read_catalog, write_catalog
+from jobs.data.catalog_manifest import read_catalog, write_catalog
+from jobs.data.datasets import DatasetError, Pair, Product, load_dataset
+from jobs.data.sample import generate
 from jobs.data.stl_ingest import ingest_stl
-
-
-def sig(x) -> str:
-    return hashlib.md5(str(x).encode()).hexdigest()
-
-
-def image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (90, 20, 30)).save(path)
-    return path
+from tests.jobs.data.files import image
+from tests.jobs.data.stl_lines import sig
 
 
 def make_sample(root: Path) -> None:
@@ -59,7 +50,10 @@ def test_sample_layout(tmp_path):
 
 
 def test_not_a_dataset(tmp_path):
-    with pytest.raises(ValueError, match="not a dataset dir"):
+    with pytest.raises(DatasetError, match="not a dataset dir: expected pairs.parquet .* or pairs.jsonl"):
+        load_dataset(tmp_path)
+    (tmp_path / "pairs.parquet").write_bytes(b"")
+    with pytest.raises(DatasetError, match="scenes.parquet is missing; rerun `ctl data stl`"):
         load_dataset(tmp_path)
 
 
@@ -72,7 +66,7 @@ def test_stl_layout_through_the_image_map(tmp_path):
     (tmp_path / "cat.json").write_text(json.dumps(products))
     out = tmp_path / "stl"
     ingest_stl(tmp_path / "pairs.json", tmp_path / "cat.json", out)
-    with pytest.raises(ValueError, match=f"run `ctl data fetch {out}` first"):
+    with pytest.raises(DatasetError, match=f"run `ctl data fetch {out}` first"):
         load_dataset(out)
 
     # what `ctl data fetch` leaves: an url -> path map, relative to DIR inside it, absolute outside
@@ -100,54 +94,9 @@ def test_stl_layout_through_the_image_map(tmp_path):
     assert len(load_dataset(out).products) == 2
 
 
-def write_manifest(path: Path, **cols) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols), path)
-    return path
-
-
-def test_read_catalog_resolves_against_the_manifest_folder(tmp_path, monkeypatch):
-    image(tmp_path / "m" / "images" / "a.jpg")
-    manifest = write_manifest(tmp_path / "m" / "catalog.parquet", brand=["Acme"], category=["Shoes"],
-                              product_id=["a"], image_path=["images/a.jpg"])
-    monkeypatch.chdir(tmp_path)
-    table = read_catalog(os.path.relpath(manifest), check_files=True)
-    assert table.column_names == ["product_id", "image_path", "category", "brand"]
-    assert table.column("image_path").to_pylist() == [str((tmp_path / "m/images/a.jpg").resolve())]
-    assert read_catalog(tmp_path / "m").equals(table)
-
-
-@pytest.mark.parametrize("cols, message", [
-    ({"product_id": ["a"], "category": ["x"]}, "missing column\\(s\\) image_path"),
-    ({"product_id": ["a", "a"], "image_path": ["x.jpg", "y.jpg"], "category": ["x", "x"]},
-     "duplicate product_id 'a' \\(rows 0 and 1\\)"),
-    ({"product_id": ["a", None], "image_path": ["x.jpg", "y.jpg"], "category": ["x", "x"]},
-     "1 row\\(s\\) have an empty product_id, first at row 1"),
-    ({"product_id": ["a"], "image_path": [" "], "category": ["x"]}, "empty image_path"),
-    ({"product_id": ["a"], "image_path": [1], "category": ["x"]}, "image_path must hold strings"),
-    ({"product_id": ["a"], "image_path": ["nope.jpg"], "category": ["x"]}, "1 image file\\(s\\) do not exist"),
-])
-def test_read_catalog_problems(tmp_path, cols, message):
-    manifest = write_manifest(tmp_path / "catalog.parquet", **cols)
-    with pytest.raises(ValueError, match=message):
-        read_catalog(manifest, check_files=True)
-
-
-def test_read_catalog_integer_ids_and_bad_files(tmp_path):
-    m = write_manifest(tmp_path / "a" / "catalog.parquet", product_id=[5], image_path=["/x.jpg"], category=["c"])
-    assert read_catalog(m).column("product_id").to_pylist() == ["5"]
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "catalog.parquet").write_text("not parquet")
-    with pytest.raises(ValueError, match="not a readable parquet file"):
-        read_catalog(tmp_path / "b")
-    with pytest.raises(ValueError, match="does not exist"):
-        read_catalog(tmp_path / "c" / "catalog.parquet")
-
-
 def test_the_generated_sample_loads(tmp_path):
     """Contract with `ctl sample-data`: its output is read by load_dataset and read_catalog."""
-    sample_data = pytest.importorskip("jobs.data.sample_data")
-    sample_data.generate(tmp_path, seed=0, scenes=3, products=20, categories=3, image_size=32, workers=1,
+    generate(tmp_path, seed=0, scenes=3, products=20, categories=3, image_size=32, workers=1,
                          progress=False)
     ds = load_dataset(tmp_path)
     assert ds.layout == "sample" and ds.skipped == {} and len(ds.pairs) >= 9 and len(ds.products) == 20

@@ -1,58 +1,22 @@
 """STL ingestion: rejects with line numbers, the manifests' layout, and the real category files."""
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
 from pathlib import Path
 
+import click
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from jobs.cli import main
-from jobs.data.datasets import parse_pairs, stl_image_url
-from jobs.data.stl_ingest import ingest_stl
+from jobs.cli import data, main
+from jobs.data.stl_ingest import ingest_stl, stl_image_url
+from tests.jobs.data.cli_output import one_line_error
+from tests.jobs.data.stl_lines import CATS, EXPECTED_REJECTS, LINES, P1, P3, P_NOCAT, S1, S2, pair, sig
 
 SHARED_STL = Path(__file__).resolve().parents[4] / "shared/data/stl"
-
-
-def sig(x) -> str:
-    return hashlib.md5(str(x).encode()).hexdigest()
-
-
-P1, P2, P3, P_NOCAT = sig("p1"), sig("p2"), sig("p3"), sig("nocat")
-S1, S2 = sig("s1"), sig("s2")
-CATS = {P1: "Apparel & Accessories|Shoes", P2: "Apparel & Accessories|Shoes",
-        P3: "Apparel & Accessories|Clothing|Pants", sig("unused"): "Apparel & Accessories|Jewelry|Earrings"}
-
-
-def pair(scene, product, bbox):
-    return json.dumps({"product": product, "scene": scene, "bbox": bbox})
-
-
-LINES = [
-    pair(S1, P1, [0.1, 0.2, 0.5, 0.9]),                 # 1 ok
-    "",                                                 # 2 blank: skipped silently
-    '{"product": "%s", "scene": ' % P2,                 # 3 invalid JSON
-    "[1, 2, 3]",                                        # 4 not an object
-    json.dumps({"product": P2, "scene": S1}),           # 5 no bbox
-    pair(S1, P2, [0.1, 0.2, 1.2, 0.9]),                 # 6 out of range
-    pair(S1, P2, [-0.1, 0.2, 0.5, 0.9]),                # 7 out of range
-    pair(S1, P2, [0.6, 0.2, 0.5, 0.9]),                 # 8 inverted (left > right)
-    pair(S1, P2, [0.1, 0.5, 0.5, 0.5]),                 # 9 empty (top == bottom)
-    pair(S1, P2, [0.1, 0.2, 0.5]),                      # 10 three numbers
-    pair(S1, P2, [True, 0.2, 0.5, 0.9]),                # 11 a bool is not a coordinate
-    pair(S1, P_NOCAT, [0.1, 0.2, 0.5, 0.9]),            # 12 uncategorised
-    pair(S1, "NOT-HEX!", [0.1, 0.2, 0.5, 0.9]),         # 13 bad signature
-    pair(S1, P1, [0.0, 0.0, 1.0, 1.0]),                 # 14 duplicate of line 1
-    pair(S2, P1, [0.0, 0.0, 1.0000001, 1.0]),           # 15 ok: float noise at the edge is clamped
-    pair(S2, P3, [0.25, 0.25, 0.75, 0.75]),             # 16 ok
-]
-EXPECTED_REJECTS = [(3, "malformed"), (4, "malformed"), (5, "malformed"), (6, "bbox_out_of_range"),
-                    (7, "bbox_out_of_range"), (8, "bbox_inverted"), (9, "bbox_inverted"), (10, "malformed"),
-                    (11, "malformed"), (12, "uncategorised"), (13, "malformed"), (14, "duplicate")]
 
 
 @pytest.fixture
@@ -101,22 +65,7 @@ def test_manifest_layout(stl_files, tmp_path):
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
-def test_json_array_input_keeps_line_numbers(tmp_path):
-    items = [json.loads(LINES[0]), {"product": P1, "scene": S2, "bbox": [0.5, 0.5, 0.1, 0.9]},
-             json.loads(LINES[15])]
-    text = "[\n" + ",\n".join(json.dumps(i, indent=1) for i in items) + "\n]\n"
-    (tmp_path / "pairs.json").write_text(text)
-    records, rejects = parse_pairs(tmp_path / "pairs.json", CATS)
-    assert [r.line for r in records] == [2, 22] and [(r.line, r.reason) for r in rejects] == [(12, "bbox_inverted")]
-    (tmp_path / "broken.json").write_text("[\n" + LINES[0] + ",\n{oops}\n]")
-    with pytest.raises(ValueError, match="line 3"):
-        parse_pairs(tmp_path / "broken.json", CATS)
-
-
 def test_data_commands_are_registered():
-    import click
-
-    from jobs.cli import data
     ctx = click.Context(data)
     assert {"stl", "fetch", "catalog"} <= set(data.list_commands(ctx))
     assert data.get_command(ctx, "stl").name == "stl"
@@ -141,7 +90,8 @@ def test_cli_bad_category_file_is_one_readable_line(stl_files, tmp_path, cats, m
     stl_files[1].write_text(cats)
     res = CliRunner().invoke(main, ["data", "stl", "--pairs", str(stl_files[0]), "--categories", str(stl_files[1]),
                                     "--out", str(tmp_path / "out")])
-    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and one_line_error(res).startswith(f"ctl data stl: error: {stl_files[1]}: ")
+    assert message in res.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -150,9 +100,20 @@ def test_cli_no_valid_pair_and_missing_file(tmp_path):
     (tmp_path / "cat.json").write_text(json.dumps(CATS))
     args = ["data", "stl", "--categories", str(tmp_path / "cat.json"), "--out", str(tmp_path / "out")]
     res = CliRunner().invoke(main, args + ["--pairs", str(tmp_path / "pairs.json")])
-    assert res.exit_code == 1 and "no valid pair" in res.output and "line 1" in res.output
+    assert res.exit_code == 2 and "no valid pair" in one_line_error(res) and "line 1" in res.stderr
     res = CliRunner().invoke(main, args + ["--pairs", str(tmp_path / "absent.json")])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in one_line_error(res)
+
+
+def test_cli_binary_pair_file_names_the_file_and_line(stl_files, tmp_path):
+    binary = tmp_path / "pairs.bin"
+    binary.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + bytes(range(256)))
+    res = CliRunner().invoke(main, ["data", "stl", "--pairs", str(binary), "--categories", str(stl_files[1]),
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert one_line_error(res) == (f"ctl data stl: error: {binary}: line 1, column 2: not UTF-8 text (byte 0x8b); "
+                                   "expected a JSON text file")
+    assert not (tmp_path / "out").exists()
 
 
 def generated_pairs(categories: dict[str, str], n: int, seed: int = 0) -> list[str]:

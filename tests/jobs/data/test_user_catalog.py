@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
-from jobs.data.datasets import read_catalog
+from common.errors import InputError
+from jobs.cli import main
+from jobs.data.catalog_manifest import read_catalog
 from jobs.data.user_catalog import CatalogError, build_catalog, catalog_command
-
-
-def image(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
-    return path
+from tests.jobs.data.cli_output import one_line_error
+from tests.jobs.data.files import image
 
 
 @pytest.fixture
@@ -95,16 +91,15 @@ def test_parquet_source_with_integer_ids(tmp_path):
     ("product_id,image_path,category\n1,a.jpg,x\n2,a.jpg,x\n1,a.jpg,y\n", "1 duplicate product_id\\(s\\): '1' at line 2 and line 4"),
     ("product_id,image_path,category\n1,a.jpg,\n", "empty category at line 2"),
     ("product_id,image_path,category\n1,,x\n", "neither image_path nor image_url at line 2"),
-    ("product_id,image_url,category\n1,ftp://x/a.jpg,x\n", "must start with http"),
+    ("product_id,image_url,category\n1,ftp://x/a.jpg,x\n", "image_url must start with http"),
     ("product_id,image_path,category\n1,a.jpg,x\n2,gone.jpg,x\n", "1 image file\\(s\\) do not exist: line 3: .*gone.jpg"),
 ])
 def test_csv_problems_are_clear(tmp_path, csv, message):
     image(tmp_path / "a.jpg")
     (tmp_path / "cat.csv").write_text(csv)
-    res = CliRunner().invoke(catalog_command, [str(tmp_path / "cat.csv"), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 1 and "Traceback" not in res.output
-    assert len(res.output.strip().splitlines()) == 1
-    assert re.search(message, res.output), res.output
+    res = CliRunner().invoke(main, ["data", "catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert re.search("^ctl data catalog: error: " + re.escape(str(tmp_path / "cat.csv")) + ": " + message, one_line_error(res))
     assert not (tmp_path / "out" / "catalog.parquet").exists()
 
 
@@ -116,3 +111,23 @@ def test_skip_missing_and_cli_summary(tmp_path):
     assert res.exit_code == 0, res.output
     assert "left out 1 product(s)" in res.output and "1 products in 1 categories" in res.output
     assert read_catalog(tmp_path / "out").column("product_id").to_pylist() == ["1"]
+
+
+def test_tiff_and_every_other_decodable_suffix_is_a_product(tmp_path):
+    """`ctl data catalog FOLDER` takes the images every later stage decodes, TIFF included, in any case."""
+    root = tmp_path / "shop"
+    for rel in ["hats/a.tif", "hats/b.TIFF", "hats/c.jfif", "hats/d.jpe", "bags/e.bmp", "bags/f.gif"]:
+        image(root / rel)
+    (root / "bags" / "scan.pdf").write_bytes(b"%PDF-1.4")
+    res = CliRunner().invoke(main, ["data", "catalog", str(root), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "ignored 1 non-image file(s): bags/scan.pdf" in res.stderr
+    catalog = read_catalog(tmp_path / "out", check_files=True)
+    assert sorted(catalog.column("product_id").to_pylist()) == ["bags/e", "bags/f", "hats/a", "hats/b", "hats/c",
+                                                                "hats/d"]
+
+
+def test_catalog_errors_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file or folder"):
+        build_catalog(tmp_path / "absent", tmp_path / "out")
+    assert issubclass(CatalogError, InputError) and CatalogError("x").exit_code == 2

@@ -1,65 +1,87 @@
-"""Evaluation scoring: the vectorised distance matrices against an explicit loop over queries and candidates."""
-import numpy as np
+"""The evaluation job on the tiny run: the report, split files, old checkpoints' configs, one-line CLI errors."""
+import json
+
 import pytest
 import torch
-import torch.nn.functional as F
+from click.testing import CliRunner
 
-from jobs.evaluation.evaluate import Query, QueryEmbeddings, distance_matrices, score_queries
-from pipeline.distances import global_distance, hybrid_distance, local_distance
-from pipeline.metrics import expected_fitb, fitb_correct, positive_rank
+from common.config import ConfigWarning
+from jobs.cli import main as ctl
+from jobs.evaluation.evaluate import format_comparisons, format_table, run_evaluation
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from tests.jobs.training.tiny_run import copy_run
 
 
 @pytest.fixture
-def setup():
-    g = torch.Generator().manual_seed(0)
-    Q, R, P, d, C = 7, 49, 40, 8, 12
-    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
-    pids = [f"p{i}" for i in range(P)]
-    emb = QueryEmbeddings(unit(Q, d), unit(Q, R, d), torch.randn(Q, C, generator=g), {p: i for i, p in enumerate(pids)},
-                          unit(P, d), torch.randn(P, C, generator=g))
-    cats = {"shoes": unit(d), "bags": unit(d)}
-    rng = np.random.default_rng(0)
-    queries = []
-    for q in range(Q):
-        chosen = [pids[i] for i in rng.permutation(P)[:20]]
-        queries.append(Query(q, f"s{q}", chosen[0], "shoes" if q % 2 else "bags", tuple(chosen[1:4]), tuple(chosen[1:])))
-    return emb, cats, queries
+def run(trained, tmp_path):
+    return copy_run(trained[0], tmp_path / "run")
 
 
-def test_distance_matrices_equal_one_candidate_at_a_time(setup):
-    emb, cats, queries = setup
-    got = distance_matrices(emb, queries, cats.__getitem__, methods=("hybrid", "global", "local"))
-    for qi, q in enumerate(queries):
-        e_c = cats[q.category].reshape(1, 1, -1)
-        for p in (q.product_id, *q.rank_negatives):
-            row = emb.product_index[p]
-            f_p = emb.product_emb[row].reshape(1, 1, -1)
-            f_s, f_i = emb.scene_global[qi:qi + 1], emb.scene_regions[qi:qi + 1]
-            assert got["global"][qi, row] == pytest.approx(float(global_distance(f_s, f_p)), abs=1e-5)
-            assert got["local"][qi, row] == pytest.approx(float(local_distance(f_i, f_p, e_c)), abs=1e-5)
-            assert got["hybrid"][qi, row] == pytest.approx(float(hybrid_distance(f_s, f_i, f_p, e_c)), abs=1e-5)
+def test_evaluation_report_has_every_method_and_metric(run):
+    report = run_evaluation(run, plots=True, device="cpu")
+    assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
+    for metrics in report["methods"].values():
+        assert set(metrics) == {"fitb", "fitb_expected", "hr@1", "hr@10", "hr@50"}
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+        assert metrics["hr@1"] <= metrics["hr@10"] <= metrics["hr@50"]
+    assert report["n_queries"] > 0 and report["protocol"]["split"] == "test"
+    gap = report["comparisons"]["hybrid - backbone"]
+    for metric in ("fitb_expected", "hr@10"):
+        diff = report["methods"]["hybrid"][metric] - report["methods"]["backbone"][metric]
+        assert gap[metric]["diff"] == pytest.approx(diff)
+        assert gap[metric]["ci95"][0] <= diff <= gap[metric]["ci95"][1]
+    assert json.loads((run / "report.json").read_text())["methods"] == report["methods"]
+    for png in ("report.png", "attention.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_scores_equal_an_explicit_loop_over_candidates(setup):
-    emb, cats, queries = setup
-    got = score_queries(queries, emb, cats.__getitem__, methods=("hybrid", "backbone"))
-    fitb, fitb_expected, ranks = [], [], []
-    for qi, q in enumerate(queries):
-        def d_h(p):
-            return float(hybrid_distance(emb.scene_global[qi:qi + 1], emb.scene_regions[qi:qi + 1],
-                                         emb.product_emb[emb.product_index[p]].reshape(1, 1, -1),
-                                         cats[q.category].reshape(1, 1, -1)))
-        fitb.append(fitb_correct(np.array([d_h(p) for p in (q.product_id, *q.fitb_negatives)])))
-        ranks.append(positive_rank(np.array([d_h(p) for p in (q.product_id, *q.rank_negatives)])))
-        fitb_expected.append(expected_fitb(np.array([d_h(p) for p in (q.product_id, *q.rank_negatives)])))
-    assert got["hybrid"]["fitb"] == pytest.approx(np.mean(fitb))
-    assert got["hybrid"]["fitb_expected"] == pytest.approx(np.mean(fitb_expected))
-    assert got["hybrid"]["hr@10"] == pytest.approx(np.mean(np.array(ranks) < 10))
-    assert set(got) == {"hybrid", "backbone"}
+def test_validation_report_is_written_beside_the_test_report(run):
+    run_evaluation(run, plots=False, device="cpu")
+    test_report = (run / "report.json").read_bytes()
+    val = run_evaluation(run, split="val", plots=False, device="cpu")
+    assert (run / "report.json").read_bytes() == test_report
+    saved = json.loads((run / "report-val.json").read_text())
+    assert saved["protocol"]["split"] == "val" and saved["methods"] == val["methods"]
 
 
-def test_non_candidates_are_left_unscored(setup):
-    emb, cats, queries = setup
-    got = distance_matrices(emb, queries[:1], cats.__getitem__, methods=("hybrid",))["hybrid"]
-    scored = {emb.product_index[p] for p in (queries[0].product_id, *queries[0].rank_negatives)}
-    assert all(np.isnan(got[0, c]) != (c in scored) for c in range(got.shape[1]))
+def test_a_checkpoint_with_an_unknown_and_a_missing_config_field_still_evaluates(run):
+    expected = run_evaluation(run, plots=False, device="cpu")
+    ckpt = load_checkpoint(run / "checkpoint.pt", with_backbone=False)
+    older = {k: v for k, v in ckpt.config.items() if k != "exclusion"}       # written before `exclusion` existed
+    newer = {**older, "temperature": 0.07}                                    # ... or by a newer version
+    save_checkpoint(run / "checkpoint.pt", ckpt.embedder, config=newer, extra=ckpt.extra)
+    with pytest.warns(ConfigWarning, match="temperature") as caught:
+        report = run_evaluation(run, plots=False, device="cpu")
+    assert all("data" not in str(w.message) for w in caught if w.category is ConfigWarning)
+    assert report["protocol"]["scene_exclusion"] == "mask"                    # the missing field's default
+    assert report["methods"] == expected["methods"] and report["checkpoint_sha256"] != expected["checkpoint_sha256"]
+
+
+def test_report_text_formats_every_method_and_comparison(run):
+    report = run_evaluation(run, plots=False, device="cpu")
+    table = format_table(report["methods"]).splitlines()
+    assert table[0].split() == ["method", "fitb", "fitb(exp)", "hr@1", "hr@10", "hr@50"]
+    assert [line.split()[0] for line in table[1:]] == list(report["methods"])
+    assert f"{report['methods']['hybrid']['hr@10']:.3f}" in table[1]
+    lines = format_comparisons(report["comparisons"]).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("hybrid - backbone")
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "make train" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path), "--split", "train"])
+    assert result.exit_code == 2 and "--split" in result.output and "Traceback" not in result.output
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path)])
+    assert result.exit_code == 1 and "not a readable checkpoint" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_evaluate_cli_prints_the_table(run):
+    result = CliRunner().invoke(ctl, ["evaluate", "--run", str(run), "--no-plots", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "hybrid" in result.output and "wrote" in result.output and not (run / "report.png").exists()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["format"]   # the run is left as it was

@@ -1,0 +1,58 @@
+"""The training job's settings: one frozen config, saved beside every checkpoint and read back tolerantly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common import defaults
+from common.config import JobConfig
+from common.errors import InputError
+from pipeline.backbones import BACKBONES
+from pipeline.scene_crops import EXCLUSION_MODES
+
+MODES = ("frozen", "finetune")
+LR_SCHEDULES = ("cosine", "constant")
+SELECT_ON = ("fitb+hr@10", "hr@10")
+
+
+@dataclass(frozen=True)
+class TrainConfig(JobConfig):
+    """Every setting of a run; saved as config.json beside the checkpoint."""
+
+    seed: int = defaults.SEED
+    backbone: str = defaults.BACKBONE
+    backbone_weights: str = defaults.BACKBONE_WEIGHTS
+    mode: str = "frozen"            # frozen: heads on cached features; finetune: end to end
+    dim: int = defaults.DIM
+    hidden: int = defaults.HIDDEN   # 0: linear heads (an MLP with this many hidden units otherwise)
+    dropout: float = defaults.DROPOUT
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    backbone_lr: float = 1e-4       # finetune only
+    weight_decay: float = 1e-4
+    margin: float = defaults.MARGIN
+    negatives: int = 4              # same-category negatives per (scene, positive)
+    scene_views: int = 1            # augmented views per training scene, besides the clean one
+    product_views: int = 1          # augmented views per training positive, besides the clean one
+    exclusion: str = defaults.EXCLUSION   # how the positive is left out of its scene: mask | crop
+    lr_schedule: str = "cosine"     # cosine (decays to 0 over `epochs`) | constant
+    select_on: str = "fitb+hr@10"   # validation score that picks the checkpoint: fitb+hr@10 | hr@10
+    val_queries: int = 200
+    device: str = "auto"
+    workers: int | None = None
+
+    def check(self) -> TrainConfig:
+        """This config, or an InputError naming the first setting a run cannot use."""
+        choices = {"mode": MODES, "backbone": BACKBONES, "exclusion": EXCLUSION_MODES,
+                   "lr_schedule": LR_SCHEDULES, "select_on": SELECT_ON}
+        for name, known in choices.items():
+            if getattr(self, name) not in known:
+                raise InputError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
+        at_least = {"epochs": 1, "batch_size": 1, "negatives": 1, "dim": 1, "hidden": 0, "scene_views": 0,
+                    "product_views": 0, "val_queries": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise InputError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        return self

@@ -1,0 +1,113 @@
+"""Frozen-backbone mode: the heads train on cached backbone features (minutes on a CPU for the sample)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from jobs.training.strategy import StepStrategy, hybrid_triplet_loss
+from jobs.training.training_data import Readable, TrainingData, cache_features, clean_rows
+from pipeline.backbones import pooled
+from pipeline.embedder import StyleEmbedder, build_embedder
+from pipeline.evaluation import Query, QueryEmbeddings
+from pipeline.negatives import draw_negatives
+
+
+class TripletBatches:
+    """Seeded batches of (scene view, positive view, K same-category negatives) as cached-feature rows."""
+
+    def __init__(self, data: TrainingData, pools: dict[int, list[str]], batch_size: int, negatives: int,
+                 category_index: dict[str, int]):
+        self.data, self.pools = data, pools
+        self.batch_size, self.negatives, self.category_index = batch_size, negatives, category_index
+        self.pairs = list(pools)
+        self.scene_rows = data.scenes.rows_by_key()
+        self.product_rows = data.products.rows_by_key()
+
+    def epoch(self, rng: np.random.Generator):
+        ds = self.data.dataset
+        order = rng.permutation(len(self.pairs))
+        for start in range(0, len(order), self.batch_size):
+            batch = [self.pairs[i] for i in order[start:start + self.batch_size]]
+            scene_rows, pos_rows, neg_rows, cats = [], [], [], []
+            for j in batch:
+                pid = ds.pairs[j].product_id
+                scene_rows.append(rng.choice(self.scene_rows[str(j)]))
+                pos_rows.append(rng.choice(self.product_rows[pid]))
+                # Negatives are drawn from the same views (clean or augmented) as positives: were
+                # positives the only augmented products, "looks augmented" would separate them.
+                neg_rows.append([rng.choice(self.product_rows[p])
+                                 for p in draw_negatives(rng, self.pools[j], self.negatives)])
+                cats.append(self.category_index[ds.products[pid].category])
+            yield (torch.from_numpy(self.data.scenes.features[scene_rows]),
+                   torch.from_numpy(self.data.products.features[pos_rows]),
+                   torch.from_numpy(self.data.products.features[np.array(neg_rows)]),
+                   torch.tensor(cats))
+
+
+def triplet_step(embedder: StyleEmbedder, scene_maps, pos_feats, neg_feats, cats, margin: float) -> torch.Tensor:
+    """Hybrid-distance triplet loss of one batch (features in, scalar loss out)."""
+    b, k = neg_feats.shape[:2]
+    f_s, f_i = embedder.scene_from_features(scene_maps)
+    # Positives, then negatives: two calls, so each draws its own dropout mask in this order.
+    f_pos = embedder.product_from_features(pos_feats)
+    f_neg = embedder.product_from_features(neg_feats.reshape(b * k, *neg_feats.shape[2:])).reshape(b, k, -1)
+    f_p = torch.cat([f_pos.unsqueeze(1), f_neg], dim=1)
+    return hybrid_triplet_loss(f_s, f_i, f_p, embedder.category_embeddings(cats), margin)
+
+
+def cached_query_embeddings(embedder: StyleEmbedder, data: TrainingData, queries: list[Query]) -> QueryEmbeddings:
+    """Query and product embeddings for evaluation, from the clean cached views."""
+    scene_rows = clean_rows(data.scenes)
+    product_rows = clean_rows(data.products)
+    maps = torch.from_numpy(data.scenes.features[[scene_rows[str(q.pair_index)] for q in queries]])
+    pids = sorted(product_rows)
+    prod = torch.from_numpy(data.products.features[[product_rows[p] for p in pids]])
+    was_training = embedder.training
+    embedder.eval()
+    with torch.no_grad():
+        f_s, f_i = embedder.scene_from_features(maps)
+        f_p = embedder.product_from_features(prod)
+    embedder.train(was_training)
+    return QueryEmbeddings(f_s, f_i, pooled(maps.float()), {p: i for i, p in enumerate(pids)}, f_p, prod.float())
+
+
+class FrozenHeads(StepStrategy):
+    """Heads only, on the CPU, over features the frozen backbone computed once (the feature cache)."""
+
+    name = "train"
+    trains_backbone = False
+
+    def __init__(self, cfg, data, device):
+        super().__init__(cfg, data, device)
+        self.rng = np.random.default_rng(cfg.seed)
+        self._batches: TripletBatches | None = None
+
+    def prepare(self, out_dir) -> Readable:
+        cache_features(self.data, out_dir, self.cfg, self.device)
+        return Readable.from_features(self.data.scenes, self.data.products)
+
+    def build(self):
+        cfg = self.cfg
+        embedder = build_embedder(categories=self.data.dataset.categories(), backbone=cfg.backbone,
+                                  backbone_weights=cfg.backbone_weights, with_backbone=False, dim=cfg.dim,
+                                  hidden=cfg.hidden, dropout=cfg.dropout)
+        return embedder, torch.optim.AdamW(embedder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def epoch_batches(self, embedder, pools, epoch):
+        if self._batches is None or self._batches.pools is not pools:
+            self._batches = TripletBatches(self.data, pools, self.cfg.batch_size, self.cfg.negatives,
+                                           embedder.category_to_index)
+        return self._batches.epoch(self.rng)
+
+    def batch_loss(self, embedder, batch):
+        scene_maps, pos, neg, cats = batch
+        return triplet_step(embedder, scene_maps.float(), pos.float(), neg.float(), cats, self.cfg.margin), len(cats)
+
+    def query_embeddings(self, embedder, queries):
+        return cached_query_embeddings(embedder, self.data, queries)
+
+    def rng_state(self):
+        return self.rng.bit_generator.state
+
+    def load_rng_state(self, state) -> None:
+        self.rng.bit_generator.state = state

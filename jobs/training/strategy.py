@@ -1,0 +1,64 @@
+"""What the frozen and fine-tune modes do differently, behind one interface the training loop drives.
+
+The loop (jobs.training.train) owns everything the modes share: seeding, resume, the learning-rate
+schedule, validation, checkpoint choice and the summary. A strategy owns only what differs: which
+model and optimizer groups, how an epoch's batches are made, how a batch becomes a loss, and how
+query embeddings are computed for validation and evaluation.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+from jobs.training.config import TrainConfig
+from jobs.training.training_data import Readable, TrainingData
+from pipeline.distances import hybrid_distance, triplet_loss
+from pipeline.embedder import StyleEmbedder
+from pipeline.evaluation import Query, QueryEmbeddings
+
+
+class StepStrategy:
+    """One training mode. Built cheaply from (config, data, device); nothing heavy runs before `prepare`."""
+
+    name = "train"            # the progress bar's label
+    trains_backbone = False   # True: the checkpoint carries the backbone, evaluation loads it
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+
+    def prepare(self, out_dir) -> Readable:
+        """Whatever must exist before training (e.g. a feature cache); returns which images decode."""
+        raise NotImplementedError
+
+    def build(self) -> tuple[StyleEmbedder, torch.optim.Optimizer]:
+        """The model to train and its optimizer (with this mode's parameter groups)."""
+        raise NotImplementedError
+
+    def epoch_batches(self, embedder: StyleEmbedder, pools: dict[int, list[str]], epoch: int) -> Iterable[Any]:
+        """The batches of epoch `epoch` (0-based) over the training pairs `pools` (pair -> negatives pool)."""
+        raise NotImplementedError
+
+    def batch_loss(self, embedder: StyleEmbedder, batch) -> tuple[torch.Tensor, int]:
+        """The batch's triplet loss and how many (scene, positive) pairs it holds."""
+        raise NotImplementedError
+
+    def query_embeddings(self, embedder: StyleEmbedder, queries: list[Query]) -> QueryEmbeddings:
+        """Clean-view embeddings of the queries' scenes and candidates, computed the way this mode trains."""
+        raise NotImplementedError
+
+    def rng_state(self) -> Any:
+        """The strategy's own random state, saved for --resume (None: it has none across epochs)."""
+        return None
+
+    def load_rng_state(self, state: Any) -> None:
+        """Restore what `rng_state` returned."""
+
+
+def hybrid_triplet_loss(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor,
+                        margin: float) -> torch.Tensor:
+    """Triplet loss on hybrid distances: f_p is B x (1 + K) x d with the positive first, e_c is B x d
+    (the positive's category). Computed in float32 whatever precision the embeddings came in."""
+    e_c = e_c.unsqueeze(1).expand(-1, f_p.shape[1], -1)
+    d = hybrid_distance(f_s.float(), f_i.float(), f_p.float(), e_c.float())
+    return triplet_loss(d[:, 0], d[:, 1:], margin)

@@ -1,0 +1,63 @@
+"""Frozen mode: triplet batches drawn from the pools, and cached features against images through the model."""
+import numpy as np
+import pytest
+import torch
+
+from jobs.training.finetune import image_query_embeddings
+from jobs.training.frozen import TripletBatches, cached_query_embeddings
+from jobs.training.training_data import Readable, cache_features, prepare_data, trainable_pairs, usable_queries
+from pipeline.checkpoint import load_checkpoint
+from tests.jobs.training.tiny_run import CFG, copy_run
+
+
+@pytest.fixture(scope="module")
+def cached(trained, sample, tmp_path_factory):
+    run = copy_run(trained[0], tmp_path_factory.mktemp("frozen"))
+    data = prepare_data(sample, run, CFG)
+    cache_features(data, run, CFG, "cpu")
+    return run, data
+
+
+def test_an_epoch_yields_each_trainable_pair_once_with_negatives_from_its_pool(cached):
+    _, data = cached
+    ds = data.dataset
+    pools = trainable_pairs(data, Readable.from_features(data.scenes, data.products))
+    categories = ds.categories()
+    batches = TripletBatches(data, pools, batch_size=5, negatives=3,
+                             category_index={c: i for i, c in enumerate(categories)})
+    key_of_row = {data.products.features[i].tobytes(): it.key for i, it in enumerate(data.products.items)}
+    sizes, positives, rows = [], [], []
+    for scene_maps, pos, neg, cats in batches.epoch(np.random.default_rng(0)):
+        b = len(cats)
+        sizes.append(b)
+        assert scene_maps.shape[0] == pos.shape[0] == neg.shape[0] == b and neg.shape[1] == 3
+        for i in range(b):
+            positive = key_of_row[pos[i].numpy().tobytes()]
+            negatives = [key_of_row[n.numpy().tobytes()] for n in neg[i]]
+            positives.append(positive)
+            assert categories[int(cats[i])] == ds.products[positive].category
+            rows.append((positive, negatives))
+    assert sum(sizes) == len(pools) and max(sizes) == 5
+    assert sorted(positives) == sorted(ds.pairs[j].product_id for j in pools)
+    allowed = {}
+    for j, pool in pools.items():
+        allowed.setdefault(ds.pairs[j].product_id, set()).update(pool)
+    assert all(set(negatives) <= allowed[positive] for positive, negatives in rows)
+    first = [t[1].numpy() for t in batches.epoch(np.random.default_rng(0))]
+    again = [t[1].numpy() for t in batches.epoch(np.random.default_rng(0))]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_cached_features_give_the_same_embeddings_as_images_through_the_model(cached):
+    run, data = cached
+    full = load_checkpoint(run / "checkpoint.pt").embedder
+    readable = Readable.from_features(data.scenes, data.products)
+    queries = usable_queries(data, data.test_pairs + data.val_pairs, CFG.seed, readable)[:4]
+    from_cache = cached_query_embeddings(full, data, queries)
+    from_images = image_query_embeddings(full, data, queries, exclusion=CFG.exclusion, device=torch.device("cpu"))
+    assert torch.allclose(from_cache.scene_global, from_images.scene_global, atol=2e-2)
+    assert torch.allclose(from_cache.scene_regions, from_images.scene_regions, atol=2e-2)
+    for pid, row in from_images.product_index.items():
+        assert torch.allclose(from_cache.product_emb[from_cache.product_index[pid]], from_images.product_emb[row], atol=2e-2)
+        assert torch.equal(from_cache.product_pooled[from_cache.product_index[pid]], from_images.product_pooled[row])
+    assert torch.equal(from_cache.scene_pooled, from_images.scene_pooled)

@@ -1,0 +1,28 @@
+"""The loss every mode trains with: hybrid-distance triplets, against an explicit loop over triplets."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jobs.training.strategy import hybrid_triplet_loss
+from pipeline.distances import hybrid_distance
+
+
+def test_hybrid_triplet_loss_equals_a_loop_over_triplets():
+    g = torch.Generator().manual_seed(0)
+    B, K, R, d, margin = 3, 4, 49, 8, 0.2
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    f_s, f_i, f_p, e_c = unit(B, d), unit(B, R, d), unit(B, 1 + K, d), unit(B, d)
+    terms = []
+    for b in range(B):
+        def d_h(m, b=b):
+            return hybrid_distance(f_s[b:b + 1], f_i[b:b + 1], f_p[b:b + 1, m:m + 1], e_c[b:b + 1].unsqueeze(1))[0, 0]
+        terms += [max(0.0, float(d_h(0) - d_h(k) + margin)) for k in range(1, K + 1)]
+    assert float(hybrid_triplet_loss(f_s, f_i, f_p, e_c, margin)) == pytest.approx(sum(terms) / len(terms), abs=1e-6)
+
+
+def test_the_loss_is_float32_whatever_the_embeddings_precision():
+    f_s, f_i = F.normalize(torch.randn(2, 4), dim=-1), F.normalize(torch.randn(2, 9, 4), dim=-1)
+    f_p, e_c = F.normalize(torch.randn(2, 3, 4), dim=-1), F.normalize(torch.randn(2, 4), dim=-1)
+    half = hybrid_triplet_loss(*(t.bfloat16() for t in (f_s, f_i, f_p, e_c)), margin=0.2)
+    assert half.dtype == torch.float32
+    assert float(half) == pytest.approx(float(hybrid_triplet_loss(f_s, f_i, f_p, e_c, 0.2)), abs=2e-2)
