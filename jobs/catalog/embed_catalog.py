@@ -57,9 +57,9 @@ from index.embedding_shards import (
     write_delta,
     write_manifest,
 )
-from jobs.catalog import local_engine, ray_engine
+from jobs.catalog import device_engine, local_engine, ray_engine
 from jobs.catalog.catalog_images import load_catalog_table
-from jobs.catalog.embed_job import ENGINES, EmbedCatalogConfig, EmbedJob, Engine
+from jobs.catalog.embed_job import DECODES, ENGINES, EmbedCatalogConfig, EmbedJob, Engine, compile_backbone
 from jobs.catalog.incremental import BaseFolder, delta, hash_images, reusable_rows, reuse_loader
 from jobs.catalog.shard_writer import ShardWriter
 from jobs.cli_errors import OneLineCommand
@@ -104,7 +104,7 @@ def _refusal(old: dict, new: dict) -> str | None:
 
 
 def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, compute_seconds: float,
-             resumed: int, noop: bool, device: str, engine: str) -> dict:
+             resumed: int, noop: bool, device: str, engine: str, compile_seconds: float | None = None) -> dict:
     return {
         "out_dir": str(out_dir),
         "embedded": manifest["embedded"],
@@ -120,6 +120,8 @@ def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, c
         "noop": noop,
         "device": device,
         "engine": engine,
+        "decode": manifest.get("decode", "cpu"),
+        "compile_seconds": compile_seconds,  # torch.compile and its warm-up batch, outside images_per_s
         "incremental": manifest.get("incremental"),
         "checkpoint_sha256": manifest["checkpoint_sha256"],
     }
@@ -176,6 +178,10 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
 
         ckpt = load_checkpoint(checkpoint, device=device)
         size = config.image_size or ckpt.embedder.backbone.input_size
+        compile_seconds = None
+        if config.compile:
+            batch = config.batch_size or (defaults.BATCH_SIZE_GPU if device.type == "cuda" else defaults.BATCH_SIZE_CPU)
+            compile_seconds = compile_backbone(ckpt.embedder, device, size, batch)
         new = {
             "format": FORMAT,
             **identity,
@@ -189,6 +195,7 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
             "columns": [*table.column_names, IMAGE_HASH, EMBEDDING],
             "rejects": REJECTS,
             "engine": config.engine,
+            "decode": config.decode_on(device),
             "complete": False,
             "shards": [],
         }
@@ -233,7 +240,7 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
                                    f"see {out_dir / REJECTS}")
     return _summary(out_dir, new, seconds=time.perf_counter() - start, processed=processed,
                     compute_seconds=compute_seconds, resumed=len(done), noop=False, device=str(device),
-                    engine=config.engine)
+                    engine=config.engine, compile_seconds=compile_seconds)
 
 
 def _folder_fingerprint(manifest) -> str:
@@ -263,7 +270,8 @@ def _run(job: EmbedJob, out_dir: Path, manifest: dict, shard_rows: dict[int, int
     if not shard_rows:
         return 0
     writer = ShardWriter(out_dir, job.table, manifest, shard_rows, job.checkpoint.embedder.dim, reuse=reuse)
-    batches = RUNNERS[job.config.engine](job) if len(job.rows) else iter(())
+    engine = device_engine.open_engine if job.config.decode_on(job.device) == "gpu" else RUNNERS[job.config.engine]
+    batches = engine(job) if len(job.rows) else iter(())
     writer.start()                     # after the engine's set-up: DataLoader workers fork before any thread
     bar = tqdm(total=manifest["n_input"], initial=manifest["n_input"] - len(job.rows), unit="img",
                desc=f"embed-catalog ({job.config.engine})", disable=not progress, dynamic_ncols=True, smoothing=0.1)
@@ -302,6 +310,11 @@ def _run(job: EmbedJob, out_dir: Path, manifest: dict, shard_rows: dict[int, int
               help="ray: the cluster to join (e.g. ray://head:10001 or auto) [RAY_ADDRESS, else a local instance].")
 @click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="ray: GPUs each embedding actor holds (fractions share a GPU).")
+@click.option("--decode", type=click.Choice(DECODES), default="auto", show_default=True,
+              help="local: cpu (Pillow in worker processes) or gpu (JPEG batches decoded on the device, the rest "
+                   "on CPU threads); auto is gpu on CUDA, else cpu.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the backbone (compile time reported apart from the steady-state rate).")
 @click.option("--incremental", is_flag=True,
               help="Embed only products that are new or whose image changed since --base; copy the rest.")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
@@ -312,14 +325,15 @@ def _run(job: EmbedJob, out_dir: Path, manifest: dict, shard_rows: dict[int, int
               help="Resize to this size instead of the backbone's input size (tests only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def embed_catalog_command(manifest, checkpoint, out_dir, shard_size, batch_size, workers, device, engine, ray_address,
-                          num_gpus_per_worker, incremental, base, overwrite, limit, image_size, quiet) -> None:
+                          num_gpus_per_worker, decode, compile_, incremental, base, overwrite, limit, image_size,
+                          quiet) -> None:
     """Embed the catalogue's product images into parquet shards (resumable; bad images go to rejects.jsonl)."""
     if incremental != (base is not None):
         raise click.UsageError("--incremental needs --base DIR (the previous run's folder), and --base needs "
                                "--incremental")
     config = EmbedCatalogConfig(shard_size=shard_size, batch_size=batch_size, workers=workers, device=device,
                                 limit=limit, image_size=image_size, engine=engine, ray_address=ray_address,
-                                num_gpus_per_worker=num_gpus_per_worker)
+                                num_gpus_per_worker=num_gpus_per_worker, decode=decode, compile=compile_)
     s = embed_catalog(manifest, checkpoint, out_dir, config=config, overwrite=overwrite, progress=not quiet,
                       base=base)
     plural = "s" if s["shards"] != 1 else ""
@@ -330,7 +344,8 @@ def embed_catalog_command(manifest, checkpoint, out_dir, shard_size, batch_size,
     resumed = f", {s['resumed_shards']} resumed" if s["resumed_shards"] else ""
     click.echo(f"embedded {s['embedded']}, rejected {s['rejected']} (see {s['rejects']}), "
                f"{s['shards']} shard{plural}{resumed} in {s['out_dir']}; {s['seconds']:.1f} s, "
-               f"{s['images_per_s']:.1f} img/s on {s['device']} ({s['engine']} engine)")
+               f"{s['images_per_s']:.1f} img/s on {s['device']} ({s['engine']} engine, {s['decode']} decoding)"
+               + (f"; compile and warm-up {s['compile_seconds']:.1f} s" if s["compile_seconds"] else ""))
     if s["incremental"]:
         inc = s["incremental"]
         click.echo(f"incremental against {inc['base']}: {inc['reembedded']} images embedded, added {inc['added']}, "

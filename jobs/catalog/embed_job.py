@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -15,6 +16,7 @@ from common.errors import InputError
 from pipeline.checkpoint import Checkpoint
 
 ENGINES = ("local", "ray")
+DECODES = ("auto", "cpu", "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,9 @@ class EmbedCatalogConfig(JobConfig):
     engine: str = "local"               # "local" (one process, DataLoader) or "ray" (Ray Data)
     ray_address: str | None = None      # ray: a cluster to join; None: RAY_ADDRESS, else a local instance
     num_gpus_per_worker: float = 0.0    # ray: GPUs each embedding actor holds (0: CPU actors)
+    decode: str = "auto"                # local: "cpu" (Pillow in workers), "gpu" (JPEG batches on the device),
+                                        # "auto" (gpu on CUDA, else cpu)
+    compile: bool = False               # torch.compile the backbone (its compile time is reported apart)
 
     def __post_init__(self):
         for name, low in (("shard_size", 1), ("batch_size", 1), ("workers", 0), ("limit", 1), ("image_size", 8)):
@@ -45,6 +50,16 @@ class EmbedCatalogConfig(JobConfig):
             raise InputError(f"num-gpus-per-worker must be >= 0, got {self.num_gpus_per_worker!r}")
         if self.engine == "local" and (self.ray_address or self.num_gpus_per_worker):
             raise InputError("--address and --num-gpus-per-worker need --engine ray")
+        if self.decode not in DECODES:
+            raise InputError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
+        if self.engine == "ray" and (self.decode == "gpu" or self.compile):
+            raise InputError("--decode gpu and --compile run with --engine local (Ray actors decode on their CPUs)")
+
+    def decode_on(self, device: torch.device) -> str:
+        """The decode path for this device: "gpu" (device decoding) or "cpu" (Pillow in worker processes)."""
+        if self.decode == "auto":
+            return "gpu" if device.type == "cuda" and self.engine == "local" else "cpu"
+        return self.decode
 
 
 @dataclasses.dataclass
@@ -84,6 +99,22 @@ def forward(embedder, images: torch.Tensor, device: torch.device) -> torch.Tenso
     else:
         fmap = embedder.backbone(x)
     return embedder.product_from_features(fmap)
+
+
+def compile_backbone(embedder, device: torch.device, size: int, batch_size: int) -> float:
+    """torch.compile the backbone's trunk in place and run one warm-up batch; return the seconds it took.
+
+    The trunk, not the Backbone wrapper, so its name, input size and normalisation stay readable; the
+    warm-up makes the compile happen here, reported apart from the steady-state rate.
+    """
+    embedder.backbone.trunk = torch.compile(embedder.backbone.trunk)
+    warm = torch.zeros((batch_size, 3, size, size), dtype=torch.uint8)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        forward(embedder.eval().to(memory_format=torch.channels_last), warm, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 # An engine: open(job) does its set-up (worker processes, a cluster connection) and returns the batches.
