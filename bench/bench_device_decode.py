@@ -27,10 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from bench.bench_embed import bare_rate, make_jpegs  # noqa: E402
+from index.embedding_shards import iter_embeddings, read_manifest, read_metadata  # noqa: E402
 from jobs.catalog.catalog_images import decode_row  # noqa: E402
 from jobs.catalog.device_decode import read_raw  # noqa: E402
 from jobs.catalog.device_engine import prepare, reader_threads  # noqa: E402
@@ -75,6 +77,21 @@ def job_rate(manifest: Path, ckpt: Path, out: Path, **settings) -> dict:
                          progress=False)
 
 
+def min_cosine(cpu_dir: Path, device_dir: Path) -> dict:
+    """Per-product cosine between the two decode paths' embeddings, matched by product id."""
+    def by_id(folder: Path) -> dict[str, np.ndarray]:
+        manifest = read_manifest(folder)
+        ids = read_metadata(manifest, ["product_id"]).column("product_id").to_pylist()
+        vectors = np.concatenate([block for _, block in iter_embeddings(manifest)])
+        return dict(zip(ids, vectors))
+    cpu, dev = by_id(cpu_dir), by_id(device_dir)
+    common = sorted(cpu.keys() & dev.keys())
+    a = np.stack([cpu[i] for i in common]).astype(np.float64)
+    b = np.stack([dev[i] for i in common]).astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"n": len(common), "min": float(cos.min()), "mean": float(cos.mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4000)
@@ -112,8 +129,10 @@ def main() -> None:
             x = torch.randint(0, 256, (batch, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
             bare, _ = bare_rate(model.backbone, x, batch, device, total=max(batch * 8, args.n))
             common = dict(batch_size=batch, device=args.device)
-            on_cpu = job_rate(manifest, ckpt, tmp / "out", decode="cpu", workers=workers if cuda else None, **common)
-            on_dev = job_rate(manifest, ckpt, tmp / "out", decode="gpu", workers=threads, **common)
+            on_cpu = job_rate(manifest, ckpt, tmp / "out-cpu", decode="cpu", workers=workers if cuda else None,
+                              **common)
+            on_dev = job_rate(manifest, ckpt, tmp / "out-gpu", decode="gpu", workers=threads, **common)
+            agreement = min_cosine(tmp / "out-cpu", tmp / "out-gpu")
             rows = [("job --decode cpu", on_cpu), ("job --decode gpu", on_dev)]
             if args.compile:
                 rows.append(("job --decode gpu --compile",
@@ -121,6 +140,8 @@ def main() -> None:
                                       **common)))
             print(f"\n{name}: bare network {bare:.0f} img/s (batch {batch}, channels_last"
                   + (", bf16)" if cuda else ")"))
+            print(f"  agreement --decode gpu vs cpu: min cosine {agreement['min']:.5f}, mean {agreement['mean']:.6f} "
+                  f"over {agreement['n']} products (target >= 0.999 each)")
             for label, s in rows:
                 compiled = f"; compile + warm-up {s['compile_seconds']:.1f} s apart" if s["compile_seconds"] else ""
                 print(f"  {label:<28} {s['images_per_s']:8.0f} img/s steady   job/bare {s['images_per_s'] / bare:.2f}"

@@ -53,18 +53,22 @@ def add_group(trained_path: str, manifest: Manifest, first_row: int, out_path: s
     """Worker: fill a copy of the trained index with one group's rows (ids = global rows) and write it to
     out_path; return the exact top-k (D, I) of xq over the group and the seconds it took."""
     t0, cpu0 = time.perf_counter(), time.process_time()
-    faiss.omp_set_num_threads(max(1, threads))
-    index = faiss.read_index(trained_path)
-    heap = faiss.ResultHeap(len(xq), k, keep_max=True)
-    for start, xb in iter_embeddings(manifest):
-        ids = np.arange(first_row + start, first_row + start + len(xb), dtype=np.int64)
-        index.add_with_ids(xb, ids)
-        D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
-        if I.shape[1] < k:
-            D = np.hstack([D, np.full((len(xq), k - I.shape[1]), -np.inf, np.float32)])
-            I = np.hstack([I, np.full((len(xq), k - I.shape[1]), -1, np.int64)])
-        heap.add_result(D, np.where(I >= 0, I + ids[0], -1))
-    heap.finalize()
+    threads_before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, threads))   # run in-process by the serial map: restored below
+    try:
+        index = faiss.read_index(trained_path)
+        heap = faiss.ResultHeap(len(xq), k, keep_max=True)
+        for start, xb in iter_embeddings(manifest):
+            ids = np.arange(first_row + start, first_row + start + len(xb), dtype=np.int64)
+            index.add_with_ids(xb, ids)
+            D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+            if I.shape[1] < k:
+                D = np.hstack([D, np.full((len(xq), k - I.shape[1]), -np.inf, np.float32)])
+                I = np.hstack([I, np.full((len(xq), k - I.shape[1]), -1, np.int64)])
+            heap.add_result(D, np.where(I >= 0, I + ids[0], -1))
+        heap.finalize()
+    finally:
+        faiss.omp_set_num_threads(threads_before)
     faiss.write_index(index, out_path)
     return {"D": heap.D, "I": heap.I, "n": int(index.ntotal), "seconds": time.perf_counter() - t0,
             "cpu_seconds": time.process_time() - cpu0, "peak_rss_mb": _peak_rss_mb()}

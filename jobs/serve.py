@@ -122,7 +122,16 @@ def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, devic
         queue_size=queue_size, max_upload_bytes=int(max_upload_mb * 2**20), watch_interval_s=watch_interval,
         reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint), trace=trace)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
+    try:
+        _serve(index_dir, checkpoint, host, port, device, settings, log_level, access_log)
+    finally:
+        torch.set_num_threads(threads_before)     # in-process callers (tests, embedding apps) keep their setting
+
+
+def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, settings: ServeSettings,
+           log_level: str, access_log: bool) -> None:
     sock = listen(host, port)          # before loading: a taken port fails in a second, not after the model
     try:
         retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
