@@ -52,4 +52,3 @@ def sample(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> tuple[Path, dict]:
     return tiny_run(tmp_path_factory)
-
