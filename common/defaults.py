@@ -42,3 +42,23 @@ INDEX_INTENT = "balanced"
 SHARD_SIZE = 10_000
 BATCH_SIZE_CPU = 32
 BATCH_SIZE_GPU = 256
+
+# -- incremental index updates: when `ctl update-index` says a full rebuild is due -------------------
+REBUILD_CHURN = 0.2            # rows added, changed or removed since the last full build, over its size
+REBUILD_IMBALANCE_RATIO = 1.5  # inverted-list imbalance grown by this factor since the build
+REBUILD_SCORE_DROP = 0.05      # new rows this much further (mean inner product) from their centroids
+
+# -- the service (`ctl serve`; the measurements behind them: docs/benchmarks-serve.md) -----------------
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8080
+SERVE_MAX_UPLOAD_BYTES = 16 * 2**20   # a scene upload larger than this is refused (413)
+SERVE_QUEUE_SIZE = 64                 # requests waiting for a model worker; one more is refused (503)
+SERVE_MAX_K = 100                     # k above this is refused (422): each hit costs metadata and JSON
+SERVE_MAX_CANDIDATES = 10_000         # stage-1 candidates above this are refused (422)
+SERVE_WATCH_SECONDS = 2.0             # how often the index directory's pointer is read
+# Model workers per device. CPU: one worker per usable core, one torch thread each, no batching (on 2
+# cores a batch of 16 is no faster per image than a batch of 1, and 2 threads per forward collapse
+# under load). GPU: batches lift throughput; two workers overlap one batch's decoding with another's
+# forward.
+SERVE_CPU = {"threads": 1, "max_batch": 1, "max_wait_ms": 0.0}
+SERVE_GPU = {"workers": 2, "threads": 1, "max_batch": 32, "max_wait_ms": 5.0}

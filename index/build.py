@@ -1,8 +1,9 @@
-"""Build an index directory from embedding shards: select, train, add, tune, measure recall, write."""
+"""Build an index directory from embedding shards: select, train, add (one process or sharded), tune, measure recall, write."""
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,13 +23,24 @@ from index.layout import (
     IDS_FILE,
     INDEX_FILE,
     INFO_FILE,
+    IVFDATA_FILE,
     KEEP_VERSIONS,
     build_lock,
     new_version_dir,
     prune,
     publish,
 )
-from index.search import bitmap_selector, exact_search, filtered_search, index_kind, list_counts, search
+from index.parallel import INDEX_ENGINES, make_map
+from index.search import (
+    apply_pretransform,
+    bitmap_selector,
+    exact_search,
+    filtered_search,
+    index_kind,
+    ivf_of,
+    list_counts,
+    search,
+)
 from index.select import (
     IndexSpec,
     Tuning,
@@ -40,6 +52,7 @@ from index.select import (
     spec_for_factory,
     tune_search_params,
 )
+from index.sharded import sharded_add, supports_sharded_add
 
 
 class BuildError(InputError):
@@ -50,12 +63,18 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
                 memory_budget_bytes: int | str = defaults.MEMORY_BUDGET, target_recall: float = defaults.TARGET_RECALL,
                 seed: int = 0, factory: str | None = None, intent: str = "balanced",
                 n_eval_queries: int = 1000, n_tune_queries: int = 500, query_noise: float = 0.5,
-                keep_versions: int = KEEP_VERSIONS, log: Callable[[str], None] | None = None) -> dict:
+                keep_versions: int = KEEP_VERSIONS, workers: int = 1, engine: str = "local",
+                ray_address: str | None = None, ondisk: bool = False,
+                log: Callable[[str], None] | None = None) -> dict:
     """Build a new version of the index directory `out_dir` and point readers at it; return its info.
 
     The build goes into the next numbered folder (index.faiss, ids.parquet, embeddings.f16.npy, then
     info.json); the pointer moves only once it is complete, and builds older than the newest
     `keep_versions` are pruned (see index.layout).
+
+    With `workers` > 1, `engine` "ray" or `ondisk`, an IVF index is trained once here and filled by
+    parallel workers (local processes, or Ray tasks on `ray_address`), then merged (index.sharded);
+    `ondisk` keeps the inverted lists in index.ivfdata beside index.faiss, memory-mapped when loaded.
 
     Shards are streamed batch by batch. Recall@20 is measured on `n_eval_queries` perturbed database rows
     (noise of norm ~`query_noise`, renormalised) against exact inner-product search; the search
@@ -68,6 +87,10 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
     if n_eval_queries < 1 or n_tune_queries < 1 or query_noise < 0:
         raise BuildError(f"need n_eval_queries >= 1, n_tune_queries >= 1 and query_noise >= 0, got "
                          f"{n_eval_queries}, {n_tune_queries}, {query_noise}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise BuildError(f"workers must be a positive integer, got {workers!r}")
+    if engine not in INDEX_ENGINES:
+        raise BuildError(f"engine must be one of {', '.join(INDEX_ENGINES)}, got {engine!r}")
     try:
         memory_budget_bytes = parse_bytes(memory_budget_bytes)
     except ValueError as e:
@@ -84,6 +107,14 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
     except RuntimeError:
         raise BuildError(f"FAISS cannot make an index from factory string {spec.factory!r} (d={d})") from None
     say(f"{n} vectors, d={d}: {spec.factory} ({spec.reason})")
+    sharded = workers > 1 or engine == "ray" or ondisk
+    if sharded and not supports_sharded_add(index):
+        if ondisk:
+            raise BuildError(f"--ondisk needs an IVF index (inverted lists); {spec.factory} has none: choose "
+                             "an IVF factory or a smaller --memory-budget")
+        say(f"{spec.factory} is not an IVF index: adding in one process")
+        sharded = False
+    parallel = {"workers": workers, "engine": engine, "ray_address": ray_address, "ondisk": ondisk} if sharded else None
 
     root = Path(out_dir)
     _check_out_dir(root, Path(embeddings_dir))
@@ -92,7 +123,7 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
         info = _build(out, manifest, spec, index, embeddings_dir=embeddings_dir, memory_budget_bytes=memory_budget_bytes,
                       target_recall=target_recall, seed=seed, factory=factory, intent=intent,
                       n_eval_queries=n_eval_queries, n_tune_queries=n_tune_queries, query_noise=query_noise,
-                      say=say, t_start=t_start)
+                      say=say, t_start=t_start, parallel=parallel)
         publish(root, out)
         pruned = prune(root, keep_versions)
     say(f"wrote {out} in {info['build_seconds']:.1f}s (index {format_bytes(info['memory']['index_file_bytes'])})"
@@ -101,15 +132,18 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
 
 
 def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *, embeddings_dir, memory_budget_bytes,
-           target_recall, seed, factory, intent, n_eval_queries, n_tune_queries, query_noise, say, t_start) -> dict:
+           target_recall, seed, factory, intent, n_eval_queries, n_tune_queries, query_noise, say, t_start,
+           parallel=None) -> dict:
     """Fill the build folder `out` and finish it with info.json."""
     n, d = manifest.n, manifest.dim
     rng = np.random.default_rng(seed)
+    phases = {}
     with contextlib.ExitStack() as stack:
         emb_tmp = stack.enter_context(atomic_path(out / EMBEDDINGS_FILE))
         ids_tmp = stack.enter_context(atomic_path(out / IDS_FILE))
         index_tmp = stack.enter_context(atomic_path(out / INDEX_FILE))
 
+        t0 = time.perf_counter()
         emb = _write_f16(manifest, emb_tmp)
         table = read_metadata(manifest)
         pq.write_table(table, ids_tmp)
@@ -121,10 +155,21 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
 
         k = min(defaults.RECALL_K, n)
         xq = _perturbed_queries(emb, n_tune_queries + n_eval_queries, query_noise, rng)
+        phases["write_f16_ids_seconds"] = round(time.perf_counter() - t0, 3)
         t_train = time.perf_counter()
         _train(index, spec, emb, n, rng, seed)
-        say(f"trained in {time.perf_counter() - t_train:.1f}s; adding vectors")
-        I_ref = _add_and_ground_truth(index, manifest, xq, k)
+        phases["train_seconds"] = round(time.perf_counter() - t_train, 3)
+        say(f"trained in {phases['train_seconds']:.1f}s; adding vectors")
+        t0 = time.perf_counter()
+        if parallel is None:
+            I_ref = _add_and_ground_truth(index, manifest, xq, k)
+            phases.update(add_seconds=round(time.perf_counter() - t0, 3), merge_seconds=0.0, groups=1)
+        else:
+            I_ref, timings = _sharded_add(index, manifest, xq, k, out, parallel)
+            phases.update(timings)
+            say(f"added in {timings['groups']} groups by {parallel['engine']} workers in {timings['add_seconds']:.1f}s, "
+                f"merged in {timings['merge_seconds']:.1f}s" + (" (inverted lists on disk)" if parallel["ondisk"] else ""))
+        t_tune = time.perf_counter()
 
         xq_tune, xq_eval = xq[:n_tune_queries], xq[n_tune_queries:]
         I_tune, I_eval = I_ref[:n_tune_queries], I_ref[n_tune_queries:]
@@ -149,10 +194,13 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
         if cat_report:
             say(f"category search {cat_params}: recall@{k}={cat_report['value']:.4f} "
                 f"on {', '.join(cat_report['categories'])}")
+        phases["tune_seconds"] = round(time.perf_counter() - t_tune, 3)
+        ivf_stats = _ivf_stats(index, emb, rng)
         _set_index_params(index, params)
         faiss.write_index(index, str(index_tmp))
         del emb
     index_bytes = (out / INDEX_FILE).stat().st_size
+    ivfdata = out / IVFDATA_FILE
     info = {
         "format_version": FORMAT_VERSION,
         "checkpoint_sha256": manifest.checkpoint_sha256,
@@ -181,14 +229,20 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
                        "threads": faiss.omp_get_max_threads()},
         "memory": {"budget_bytes": int(memory_budget_bytes), "estimated_index_bytes": int(spec.estimated_bytes),
                    "index_file_bytes": index_bytes,
+                   "ivfdata_bytes": ivfdata.stat().st_size if ivfdata.exists() else 0,
                    "embeddings_f16_bytes": (out / EMBEDDINGS_FILE).stat().st_size},
+        "ondisk": ivfdata.exists(),
+        "phases": phases,
+        "parallel": None if parallel is None else {k: v for k, v in parallel.items() if k != "ray_address"},
+        "ivf": ivf_stats,
+        "source": {"embeddings_dir": str(embeddings_dir), "catalog_fingerprint": manifest.catalog_fingerprint},
         "selection_reason": spec.reason,
         "intent": intent if not factory else "forced",
         "seed": seed,
         "embeddings_dir": str(embeddings_dir),
         "faiss_version": faiss.__version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": list(FILES),
+        "files": list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []),
         "version": out.name,
     }
     write_json_atomic(out / INFO_FILE, info)   # last: its presence marks the build complete
@@ -304,6 +358,39 @@ def _tune_category_params(index, spec: IndexSpec, emb, cat_names, cat_codes, par
               "categories": [cat_names[j] for j in chosen], "queries_per_category": len(xq_eval),
               "tuning_trials": tuning.trials}
     return tuning.search_params, report
+
+
+def _sharded_add(index, manifest: Manifest, xq: np.ndarray, k: int, out: Path, parallel: dict):
+    workers = parallel["workers"]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    map_fn = make_map(parallel["engine"], workers, address=parallel["ray_address"], threads=threads)
+    return sharded_add(index, manifest, xq, k, work_dir=out, groups=workers, map_fn=map_fn, threads=threads,
+                       ondisk_path=out / IVFDATA_FILE if parallel["ondisk"] else None)
+
+
+def _ivf_stats(index, emb, rng, sample: int = 10_000) -> dict | None:
+    """What an update compares against to see drift: list-size imbalance and how well the centroids fit the rows."""
+    ivf = ivf_of(index)
+    if ivf is None:
+        return None
+    rows = np.sort(rng.choice(len(emb), size=min(sample, len(emb)), replace=False))
+    return {"nlist": int(ivf.nlist), "imbalance": round(list_imbalance(ivf), 4),
+            "centroid_score": round(centroid_score(index, np.asarray(emb[rows], dtype=np.float32)), 5)}
+
+
+def list_imbalance(ivf) -> float:
+    """nlist * sum(size^2) / ntotal^2: 1.0 for equal lists; the search cost grows with it."""
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)], dtype=np.float64)
+    return float(ivf.nlist * (sizes ** 2).sum() / max(1.0, sizes.sum()) ** 2)
+
+
+def centroid_score(index, x: np.ndarray) -> float:
+    """Mean inner product of (unit) rows with their nearest coarse centroid: it falls as the data drifts away."""
+    if not len(x):
+        return float("nan")
+    ivf = ivf_of(index)
+    D, _ = ivf.quantizer.search(apply_pretransform(index, x / np.linalg.norm(x, axis=1, keepdims=True)), 1)
+    return float(np.mean(D[:, 0]))
 
 
 def _single_query_ms(run, xq: np.ndarray, k: int, params: dict) -> float:

@@ -3,13 +3,17 @@
 Layout::
 
     part-00000.parquet ...     product_id, category, image_path, the catalogue's other columns as
-                               strings, embedding: fixed_size_list<float32>[d] (unit rows). Shard k
-                               holds catalogue rows [k*S, (k+1)*S) minus rejects, in order.
+                               strings, image_sha256 (of the image file's bytes; optional: folders
+                               written before it lack it), embedding: fixed_size_list<float32>[d]
+                               (unit rows). Shard k holds catalogue rows [k*S, (k+1)*S) minus
+                               rejects, in order.
     _manifest.json             format, checkpoint_sha256, backbone, dim, shard_size, n_shards,
                                shards [{name, index, rows, rejected}], embedded, rejected, complete, ...
     _rejects/part-00000.jsonl  the rejects of one finished shard (only where it has any)
     rejects.jsonl              {"product_id", "image_path", "reason"} per line, every shard's rejects in
                                order, written when the job completes (empty if none)
+    _delta.parquet             only in the output of `embed-catalog --incremental`: product_id, change
+                               ("added" | "changed" | "removed") against the base folder it was made from
 
 A shard counts as finished only once the manifest lists it, and the manifest is rewritten after the
 shard's files are in place (each write atomic), so a reader never sees half a shard and a resumed
@@ -22,7 +26,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +42,9 @@ REJECTS_DIR = "_rejects"
 SHARD_GLOB = "part-*.parquet"
 BASE_COLUMNS = ("product_id", "category", "image_path")
 EMBEDDING = "embedding"
+IMAGE_HASH = "image_sha256"
+DELTA = "_delta.parquet"
+CHANGES = ("added", "changed", "removed")
 NORM_TOLERANCE = 1e-2
 
 
@@ -57,16 +64,22 @@ def reject_part_name(index: int) -> str:
 # Writing
 
 def write_shard(out_dir: Path, index: int, rows: pa.Table, embeddings: np.ndarray, *, checkpoint_sha256: str,
-                rejects: list[tuple[str, str, str]] = ()) -> dict:
+                rejects: list[tuple[str, str, str]] = (), image_sha256: Sequence[str] | None = None) -> dict:
     """Write shard `index` (catalogue rows + their unit embeddings) and its rejects, each atomically.
 
-    `rejects` holds (product_id, image_path, reason) in catalogue order. Returns the manifest entry;
+    `rejects` holds (product_id, image_path, reason) in catalogue order; `image_sha256` the hex digest
+    of each row's image bytes (what `embed-catalog --incremental` compares). Returns the manifest entry;
     the caller records it with :func:`write_manifest` once the files are in place.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or len(embeddings) != rows.num_rows:
         raise ValueError(f"shard {index}: {rows.num_rows} rows but embeddings of shape {embeddings.shape}")
     dim = embeddings.shape[1]
+    if image_sha256 is not None:
+        if len(image_sha256) != rows.num_rows:
+            raise ValueError(f"shard {index}: {rows.num_rows} rows but {len(image_sha256)} image hashes")
+        rows = rows.drop_columns([c for c in (IMAGE_HASH,) if c in rows.column_names])
+        rows = rows.append_column(IMAGE_HASH, pa.array(list(image_sha256), pa.string()))
     column = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), pa.float32()), dim)
     table = rows.append_column(pa.field(EMBEDDING, column.type), column)
     table = table.replace_schema_metadata({"checkpoint_sha256": checkpoint_sha256, "format": FORMAT,
@@ -132,7 +145,7 @@ def holds_output(out_dir: Path) -> bool:
 
 def clear_output(out_dir: Path) -> None:
     """Remove everything of this contract in out_dir (and nothing else)."""
-    for path in [*out_dir.glob(SHARD_GLOB), out_dir / MANIFEST, out_dir / REJECTS]:
+    for path in [*out_dir.glob(SHARD_GLOB), out_dir / MANIFEST, out_dir / REJECTS, out_dir / DELTA]:
         path.unlink(missing_ok=True)
     shutil.rmtree(out_dir / REJECTS_DIR, ignore_errors=True)
 
@@ -141,7 +154,7 @@ def clear_temp_files(out_dir: Path) -> None:
     """Temp files of atomic writes cut short by a kill (the caller holds the folder's lock)."""
     for folder in (out_dir, out_dir / REJECTS_DIR):
         for tmp in folder.glob(".*.tmp"):
-            if tmp.name.startswith((".part-", f".{MANIFEST}.", f".{REJECTS}.")):
+            if tmp.name.startswith((".part-", f".{MANIFEST}.", f".{REJECTS}.", f".{DELTA}.")):
                 tmp.unlink(missing_ok=True)
 
 
@@ -158,6 +171,8 @@ class Manifest:
     dim: int
     shards: tuple[tuple[str, int], ...]     # (file name, rows) in manifest order
     extra_columns: tuple[str, ...] = ()
+    catalog_fingerprint: str | None = None  # of the catalogue rows embedded (None for hand-made folders)
+    incremental: dict | None = None         # {"base", "base_fingerprint", "added", "changed", "removed"}
 
     @property
     def n(self) -> int:
@@ -205,7 +220,8 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
         for col in _check_shard(root / name, dim, rows):
             if col not in extras:
                 extras.append(col)
-    return Manifest(root, str(raw["checkpoint_sha256"]), str(raw["backbone"]), dim, tuple(shards), tuple(extras))
+    return Manifest(root, str(raw["checkpoint_sha256"]), str(raw["backbone"]), dim, tuple(shards), tuple(extras),
+                    raw.get("catalog_fingerprint"), raw.get("incremental"))
 
 
 def _check_shard(path: Path, dim: int, rows: int) -> list[str]:
@@ -230,7 +246,7 @@ def _check_shard(path: Path, dim: int, rows: int) -> list[str]:
     if meta.metadata.num_rows != rows:
         raise EmbeddingsError(f"shard {path.name} holds {meta.metadata.num_rows} rows but the manifest "
                               f"says {rows}")
-    return [c for c in schema.names if c not in (*BASE_COLUMNS, EMBEDDING)]
+    return [c for c in schema.names if c not in (*BASE_COLUMNS, IMAGE_HASH, EMBEDDING)]
 
 
 def iter_embeddings(manifest: Manifest, *, batch_rows: int = 65_536) -> Iterator[tuple[int, np.ndarray]]:
@@ -278,3 +294,36 @@ def read_metadata(manifest: Manifest, columns: Iterable[str] | None = None) -> p
         if c in table.column_names and table.column(c).null_count:
             raise EmbeddingsError(f"column {c} has {table.column(c).null_count} null value(s)")
     return table.select([c for c in columns if c in table.column_names])
+
+
+# ---------------------------------------------------------------------------------------------
+# The delta of an incremental run
+
+def write_delta(out_dir: Path, product_ids: Sequence[str], changes: Sequence[str]) -> None:
+    """Record which products an incremental run added, changed or removed against its base (atomically)."""
+    bad = sorted(set(changes) - set(CHANGES))
+    if bad:
+        raise ValueError(f"unknown change kind(s) {bad}; expected {CHANGES}")
+    table = pa.table({"product_id": pa.array(list(product_ids), pa.string()),
+                      "change": pa.array(list(changes), pa.string())})
+    with atomic_path(out_dir / DELTA) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_delta(manifest: Manifest) -> pa.Table | None:
+    """The delta (product_id, change) of an incremental folder, or None for a folder made by a full run."""
+    path = manifest.root / DELTA
+    if manifest.incremental is None and not path.exists():
+        return None
+    if not path.is_file():
+        raise EmbeddingsError(f"{manifest.root} was made by an incremental run but {DELTA} is missing")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise EmbeddingsError(f"{path} is not a readable parquet file: {e}") from None
+    if table.column_names[:2] != ["product_id", "change"]:
+        raise EmbeddingsError(f"{path} must hold the columns product_id, change")
+    bad = set(table.column("change").to_pylist()) - set(CHANGES)
+    if bad:
+        raise EmbeddingsError(f"{path} holds unknown change kind(s) {sorted(bad)}")
+    return table

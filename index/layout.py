@@ -6,6 +6,7 @@
         index.faiss           the FAISS index (inner product over unit vectors; search knobs inside)
         ids.parquet           row -> product_id, category, image_path and the catalogue's extra columns
         embeddings.f16.npy    row-aligned float16 embeddings, memory-mapped for the exact re-rank
+        index.ivfdata         only with --ondisk: the inverted lists (FAISS OnDiskInvertedLists), memory-mapped
         info.json             written last: checkpoint sha256, backbone, d, factory, params, counts, recall
 
 A build (full or incremental) writes a new numbered folder, finishes it with info.json, and only then
@@ -16,21 +17,19 @@ four files directly (the layout before versions) still loads, as version None.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import fcntl
 import re
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 from common.errors import ArtifactError
-from common.files import write_text_atomic
+from common.files import exclusive_lock, write_text_atomic
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 EMBEDDINGS_FILE = "embeddings.f16.npy"
 INFO_FILE = "info.json"
+IVFDATA_FILE = "index.ivfdata"
 FILES = (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, INFO_FILE)
 FORMAT_VERSION = 1
 POINTER_FILE = "CURRENT"
@@ -98,19 +97,9 @@ def resolve(index_dir: str | Path) -> tuple[Path, str | None]:
                         "run `ctl build-index`")
 
 
-@contextlib.contextmanager
-def build_lock(index_dir: Path) -> Iterator[None]:
+def build_lock(index_dir: Path):
     """One writer at a time per index directory (builds and updates); readers never take it."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / LOCK_FILE, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexDirError(f"another build or update is writing to {index_dir}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return exclusive_lock(Path(index_dir) / LOCK_FILE, IndexDirError(f"another build or update is writing to {index_dir}"))
 
 
 def new_version_dir(index_dir: Path) -> Path:

@@ -11,7 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
-from index.layout import EMBEDDINGS_FILE, FORMAT_VERSION, IDS_FILE, INDEX_FILE, INFO_FILE, IndexDirError, resolve
+from index.layout import (
+    EMBEDDINGS_FILE,
+    FORMAT_VERSION,
+    IDS_FILE,
+    INDEX_FILE,
+    INFO_FILE,
+    IVFDATA_FILE,
+    IndexDirError,
+    resolve,
+)
 from index.search import (
     PAD_SCORE,
     bitmap_selector,
@@ -75,6 +84,7 @@ class ProductIndex:
 
         FAISS 1.15 maps the vectors/codes of Flat, IVF (inverted lists) and HNSW (storage; the graph
         links are read into RAM) indexes; where mapping fails the file is read normally (`mmap` False).
+        An index built with --ondisk keeps its lists in index.ivfdata beside index.faiss, always mapped.
         """
         build, version = resolve(index_dir)
         info_path = build / INFO_FILE
@@ -83,10 +93,11 @@ class ProductIndex:
         if info.get("format_version") != FORMAT_VERSION:
             raise IndexDirError(f"{root}: index format {info.get('format_version')!r} is not "
                                 f"{FORMAT_VERSION}; rebuild it")
-        for name in (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE):
+        ondisk = bool(info.get("ondisk"))
+        for name in (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, *([IVFDATA_FILE] if ondisk else [])):
             if not (root / name).is_file():
                 raise IndexDirError(f"{root} lacks {name}; rebuild the index")
-        index, mapped = _read_index(root / INDEX_FILE, mmap)
+        index, mapped = _read_index(root / INDEX_FILE, mmap, ondisk=ondisk)
         table = pq.read_table(root / IDS_FILE)
         emb = np.load(root / EMBEDDINGS_FILE, mmap_mode="r")
         n, d = int(info["n"]), int(info["dim"])
@@ -225,8 +236,17 @@ class ProductIndex:
                 f"factory={self._info.get('factory')!r}, mmap={self.mmap})")
 
 
-def _read_index(path: Path, mmap: bool) -> tuple[faiss.Index, bool]:
-    """Memory-map the index file where the index type allows it, else read it into RAM."""
+def _read_index(path: Path, mmap: bool, *, ondisk: bool = False) -> tuple[faiss.Index, bool]:
+    """Memory-map the index file where the index type allows it, else read it into RAM.
+
+    On-disk inverted lists are opened from the index file's own folder (IO_FLAG_ONDISK_SAME_DIR), so a
+    build folder still loads after it is copied or moved."""
+    if ondisk:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR), True
+        except RuntimeError as exc:
+            raise IndexDirError(f"{path.parent}: cannot open the on-disk inverted lists "
+                                f"({str(exc).splitlines()[0][:200]}); rebuild the index") from None
     if mmap:
         try:
             return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), True

@@ -17,7 +17,10 @@ JOBS = {
     "evaluate": "jobs.evaluation.evaluate:evaluate_command",
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
     "build-index": "jobs.catalog.build_index:build_index_command",
+    "update-index": "jobs.catalog.update_index:update_index_command",
     "demo": "jobs.demo:demo_command",
+    "update-demo": "jobs.update_demo:update_demo_command",
+    "serve": "jobs.serve:serve_command",
 }
 DATA_JOBS = {
     "stl": "jobs.data.stl_ingest:stl_command",
@@ -70,7 +73,7 @@ class LazyGroup(OneLineGroup):
 
 @click.group(name="ctl", cls=LazyGroup, lazy=JOBS, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion)."""
+    """Complete the Look: batch jobs (sample data, training, embedding, indexing, ingestion) and the service."""
 
 
 @click.group(cls=LazyGroup, lazy=DATA_JOBS)

@@ -1,1 +1,1 @@
-"""Model, distances and retrieval logic of Complete the Look."""
+"""The model layer: backbones, heads, the one definition of the distances, checkpoints, images, evaluation maths."""

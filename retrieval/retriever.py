@@ -14,7 +14,10 @@ higher is better, and ordering by score is ordering by hybrid distance.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
+import time
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -53,27 +56,44 @@ class Retriever:
         if embedder.backbone is None:
             raise RetrievalError("the checkpoint was loaded without a backbone; scenes cannot be encoded")
         index.require_checkpoint(checkpoint.sha256)
-        if index.dim != embedder.dim:
-            raise RetrievalError(f"index embeddings have d={index.dim} but the checkpoint's space has d={embedder.dim}")
         self.checkpoint = checkpoint
-        self.index = index
         self.device = torch.device(device)
         self.embedder = embedder.to(self.device).eval()
         self.input_size = int(getattr(embedder.backbone, "input_size", 224))
         # channels_last: measured 25-35% faster for one 224 px scene on 2 CPU cores (depthwise convolutions).
         self.embedder.backbone.to(memory_format=torch.channels_last)
+        self._backbone = self.embedder.backbone   # what encode_scenes runs; trace_backbone swaps in a graph
         with torch.inference_mode():
             all_idx = torch.arange(len(embedder.categories), device=self.device)
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
         self._category_to_index = dict(embedder.category_to_index)
-        # Row -> index into the checkpoint's category vocabulary, -1 where the checkpoint does not know it.
-        self._row_category = np.full(index.n, -1, dtype=np.int64)
-        for name in index.categories:
-            self._row_category[index.rows_for_category(name)] = self._category_to_index.get(name, -1)
+        self._bind(index)
         self.presence_threshold = float(checkpoint.extra.get("presence", {}).get("threshold",
                                                                                defaults.PRESENCE_THRESHOLD))
-        self.calibration, self.notes = _hybrid_calibration(checkpoint)
-        self.notes = [*checkpoint.notes, *self.notes]
+        self.calibration, notes = _hybrid_calibration(checkpoint)
+        self.notes = [*checkpoint.notes, *notes]   # what this checkpoint's run lacks, in words
+
+    def _bind(self, index: ProductIndex) -> None:
+        """Make `index` the one searched; refuse one built by another checkpoint or in another space."""
+        index.require_checkpoint(self.checkpoint.sha256)
+        if index.dim != self.embedder.dim:
+            raise RetrievalError(f"index embeddings have d={index.dim} but the checkpoint's space has d={self.embedder.dim}")
+        # Row -> index into the checkpoint's category vocabulary, -1 where the checkpoint does not know it.
+        row_category = np.full(index.n, -1, dtype=np.int64)
+        for name in index.categories:
+            row_category[index.rows_for_category(name)] = self._category_to_index.get(name, -1)
+        self.index = index
+        self._row_category = row_category
+
+    def with_index(self, index: ProductIndex) -> "Retriever":
+        """A retriever over another index that shares this one's checkpoint and model (nothing is reloaded).
+
+        For swapping in a new build while this retriever keeps answering: this one is left untouched.
+        Raises CheckpointMismatchError (built from another checkpoint) or RetrievalError (another d).
+        """
+        other = copy.copy(self)
+        other._bind(index)
+        return other
 
     @classmethod
     def load(
@@ -103,19 +123,70 @@ class Retriever:
         return self.index.n
 
     # -- the two stages -----------------------------------------------------------------------------
-    def encode_scene(self, image: Image.Image | str | os.PathLike) -> "Scene":
-        """One backbone forward of a scene (a PIL image or a path): its global and regional embeddings."""
+    def encode_scene(self, image: Image.Image | str | os.PathLike, *, timings: dict | None = None) -> "Scene":
+        """One backbone forward of a scene (a PIL image or a path): its global and regional embeddings.
+
+        `timings`, when given, receives the seconds of the "forward" stage (backbone and heads).
+        """
+        return self.encode_scenes([image], timings=timings)[0]
+
+    def encode_scenes(self, images: Sequence[Image.Image | str | os.PathLike], *,
+                      timings: dict | None = None) -> list["Scene"]:
+        """Several scenes in one batched backbone forward (micro-batching); one Scene per image, in order.
+
+        The same maths as encode_scene one image at a time; the values agree to float rounding (a batch
+        may take other convolution kernels than a single image).
+        """
+        imgs = [self._rgb(image) for image in images]
+        if not imgs:
+            return []
+        with _timed(timings, "forward"):
+            x = torch.cat([self.scene_tensor(img) for img in imgs]).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                feature_map = self._backbone(x)  # the one backbone forward, on torch's thread pool
+                with _one_thread():
+                    f_s, f_i = self.embedder.scene_from_features(feature_map)
+                    presence = self.embedder.presence_probabilities(feature_map)
+        return [Scene(image=img, f_s=f_s[j:j + 1].float(), f_i=f_i[j:j + 1].float(),
+                      presence=None if presence is None else presence[j].float()) for j, img in enumerate(imgs)]
+
+    @property
+    def scene_backbone(self) -> torch.nn.Module:
+        """What encode_scenes runs on the input tensor: the backbone, or its traced graph."""
+        return self._backbone
+
+    @property
+    def traced(self) -> bool:
+        """Whether scenes go through a traced TorchScript graph of the backbone (see trace_backbone)."""
+        return self._backbone is not self.embedder.backbone
+
+    def trace_backbone(self) -> None:
+        """Run the backbone's forward as a TorchScript graph, traced at this input size and frozen (idempotent).
+
+        For a long-running service: the graph runs in C++ without taking the GIL between operators, so
+        several worker threads forward in parallel instead of queueing on the GIL at every layer, and
+        freezing folds the batch norms into the convolutions. Measured on 2 busy cores (load 10), batch 1,
+        one torch thread each: two threads 12.6 img/s traced against 5.1 eager, CPU per image 37 against
+        49-61 ms (docs/benchmarks-serve.md). The feature maps agree with eager to float rounding (~1e-5);
+        any batch size works (the graph is traced at batch 1). Tracing takes a few seconds, once; retrievers
+        made by with_index share the graph.
+        """
+        if self.traced:
+            return
+        x = torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8, device=self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)   # shape checks traced as constants
+            # torch 2.14 marks jit.trace/freeze deprecated for torch.compile; they work in the pinned torch, and
+            # compile neither runs without the GIL nor starts in seconds on a CPU. Revisit when torch is bumped.
+            warnings.simplefilter("ignore", FutureWarning)
+            graph = torch.jit.freeze(torch.jit.trace(self.embedder.backbone.eval(), x, check_trace=False))
+        self._backbone = graph
+
+    @staticmethod
+    def _rgb(image: Image.Image | str | os.PathLike) -> Image.Image:
         img = image if isinstance(image, Image.Image) else load_image(image)
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        x = self.scene_tensor(img)
-        with torch.inference_mode():
-            feature_map = self.embedder.backbone(x)  # the one backbone forward, on torch's thread pool
-            with _one_thread():
-                f_s, f_i = self.embedder.scene_from_features(feature_map)
-                presence = self.embedder.presence_probabilities(feature_map)
-        return Scene(image=img, f_s=f_s.float(), f_i=f_i.float(),
-                     presence=None if presence is None else presence[0].float())
+        return img if img.mode == "RGB" else img.convert("RGB")
 
     def scene_tensor(self, img: Image.Image) -> torch.Tensor:
         """The backbone's input for one RGB scene: 1 x 3 x S x S uint8, channels_last, on the device."""
@@ -151,6 +222,7 @@ class Retriever:
         k: int = defaults.K,
         candidates: int = defaults.CANDIDATES,
         category: str | None = None,
+        timings: dict | None = None,
     ) -> RetrievalResult:
         """Top-k products for a scene (PIL image, path, or an encoded Scene) by hybrid distance.
 
@@ -159,20 +231,25 @@ class Retriever:
         Stage 1 pulls C = `candidates` products by global distance, raised to k when smaller (k results
         need k candidates) and capped at the number of products (of `category`, when given); stage 2
         re-ranks them by exact hybrid distance. k larger than the products available returns them all.
+
+        `timings`, when given, receives the seconds of each stage run: "forward" (when the scene is not
+        encoded yet), "stage1" (FAISS) and "stage2" (exact re-rank and the hits).
         """
         k, candidates = _positive("k", k), _positive("candidates", candidates)
         if category is not None:
             category = self.resolve_category(category)
-        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene)
+        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
         available = len(self.index.rows_for_category(category)) if category is not None else self.index.n
         count = min(max(candidates, k), available)
         with _one_thread():
-            rows = self.candidates(f_s, count, category=category) if count > 0 else np.zeros(0, dtype=np.int64)
-            d = self.rerank(f_s, f_i, rows)
-            # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
-            order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-            hits = self._hits(rows, d, order)
+            with _timed(timings, "stage1"):
+                rows = self.candidates(f_s, count, category=category) if count > 0 else np.zeros(0, dtype=np.int64)
+            with _timed(timings, "stage2"):
+                d = self.rerank(f_s, f_i, rows)
+                # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
+                order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
+                hits = self._hits(rows, d, order)
         return RetrievalResult(
             hits=hits, candidates=int(len(rows)), category=category, scene=scene.image,
             f_s=f_s[0], f_i=f_i[0], _category_table=self._category_table,
@@ -187,6 +264,7 @@ class Retriever:
         categories: "list[str] | None" = None,
         candidates: int = defaults.CANDIDATES,
         include_present: bool = False,
+        timings: dict | None = None,
     ) -> LookResult:
         """The whole look: for every category of the index (or those asked for), its top-k products.
 
@@ -194,6 +272,7 @@ class Retriever:
         exactly as ``retrieve(category=c)`` does; stage 2 re-ranks every category's candidates in one
         batched call of the distances, so a look over all categories costs little more than one flat
         retrieval. Each category comes back with its hits and its attention grid over the scene.
+        `timings` as in retrieve (stage 2 includes the attention grids).
 
         With a presence head in the checkpoint, each category also carries the probability that the
         scene already shows it (``present`` when it reaches the checkpoint's threshold). The whole look
@@ -206,7 +285,7 @@ class Retriever:
             names = [c for c in self.categories if c in self._category_to_index]
         else:
             names = list(dict.fromkeys(self.resolve_category(c) for c in categories))
-        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene)
+        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
         presence = {} if scene.presence is None else \
             {n: float(scene.presence[self._category_to_index[n]]) for n in names}
         left_out = {}
@@ -218,10 +297,12 @@ class Retriever:
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
         with _one_thread():
             per_category = []
-            for name in names:
-                count = min(max(candidates, k), len(self.index.rows_for_category(name)))
-                per_category.append(self.candidates(f_s, count, category=name) if count > 0
-                                    else np.zeros(0, dtype=np.int64))
+            with _timed(timings, "stage1"):
+                for name in names:
+                    count = min(max(candidates, k), len(self.index.rows_for_category(name)))
+                    per_category.append(self.candidates(f_s, count, category=name) if count > 0
+                                        else np.zeros(0, dtype=np.int64))
+            stage2_start = time.perf_counter()
             rows = np.concatenate(per_category) if per_category else np.zeros(0, dtype=np.int64)
             d = self.rerank(f_s, f_i, rows)                 # every category's candidates in one call
             e_c = self._category_table[[self._category_to_index[n] for n in names]].unsqueeze(0)
@@ -238,21 +319,24 @@ class Retriever:
                                           attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
                                           present=None if p is None else p >= self.presence_threshold,
                                           presence_probability=p))
+            if timings is not None:
+                timings["stage2"] = time.perf_counter() - stage2_start
         return LookResult(categories=looks, scene=scene.image, left_out=left_out)
 
-    def compatibility(self, scene: "Image.Image | str | os.PathLike | Scene",
-                      product_ids: Sequence[str]) -> CompatibilityResult:
+    def compatibility(self, scene: "Image.Image | str | os.PathLike | Scene", product_ids: Sequence[str], *,
+                      timings: dict | None = None) -> CompatibilityResult:
         """Does each product complete the scene? Its exact d_g, d_l, d_h (as stage 2 computes them), the
         probability of the run's calibration of d_h (calibration.json beside the checkpoint) and the
         decision probability >= its threshold; both None when the run has no calibration for this
         checkpoint (see `notes`). Products in the order given; an id not in the index is a RetrievalError.
+        `timings` as in retrieve ("stage2": the exact distances of the products).
         """
         if isinstance(product_ids, str) or not len(product_ids):
             raise RetrievalError("give a list of one or more product ids")
         ids = [str(p) for p in product_ids]
         rows = self.rows_for_products(ids)
-        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene)
-        with _one_thread():
+        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
+        with _one_thread(), _timed(timings, "stage2"):
             d = self.rerank(scene.f_s.to(self.device), scene.f_i.to(self.device), rows)
         records = self.index.table.take(pa.array(rows, type=pa.int64())).to_pylist()
         probability = None if self.calibration is None else self.calibration.probability(d["hybrid"])
@@ -328,6 +412,19 @@ def _hybrid_calibration(checkpoint: Checkpoint) -> tuple[Platt | None, list[str]
     if "hybrid" not in calibrations.methods:
         return None, [f"no probability for 'completes the look': {path} has no hybrid calibration"]
     return calibrations.methods["hybrid"], []
+
+
+@contextlib.contextmanager
+def _timed(timings: dict | None, stage: str):
+    """Record the seconds spent in the block as timings[stage] (nothing when timings is None)."""
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - start
 
 
 @contextlib.contextmanager

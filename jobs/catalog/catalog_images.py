@@ -1,6 +1,7 @@
 """The embed-catalog reader: catalogue rows -> decoded, resized image batches, a bad image a reject with its reason."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import torch
 
 from common.errors import InputError
@@ -15,17 +17,64 @@ from index.embedding_shards import BASE_COLUMNS, EMBEDDING
 from jobs.data.catalog_manifest import read_catalog
 from pipeline.images import ImageError, image_to_tensor, load_image
 
+# A product image file larger than this is refused before it is read into memory (the pixel limit
+# of pipeline.images is checked only once the bytes are in).
+MAX_IMAGE_BYTES = 256 * 2**20
+
 
 def short_reason(path: str, message: str) -> str:
-    """ImageError messages start with the path, which the reject line carries already."""
-    for prefix in (f"{path}: ", f"{Path(path)}: "):
+    """ImageError messages start with the path (or <bytes>), which the reject line carries already."""
+    for prefix in (f"{path}: ", f"{Path(path)}: ", "<bytes>: "):
         if message.startswith(prefix):
             return message[len(prefix):]
     return message
 
 
+def read_image_bytes(path: str) -> bytes:
+    """The bytes of an image file: a local path, or a URI that pyarrow's filesystems read (s3://, gs://, hdfs://)."""
+    if "://" in path:
+        try:
+            fs, inner = pafs.FileSystem.from_uri(path)
+            info = fs.get_file_info(inner)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ImageError(f"{path}: cannot open ({exc})") from None
+        if info.type == pafs.FileType.NotFound:
+            raise ImageError(f"{path}: no such file")
+        if info.type == pafs.FileType.Directory:
+            raise ImageError(f"{path}: is a folder, not an image")
+        size = info.size
+        opener = lambda: fs.open_input_stream(inner)  # noqa: E731
+    else:
+        local = Path(path)
+        if not local.exists():
+            raise ImageError(f"{path}: no such file")
+        if local.is_dir():
+            raise ImageError(f"{path}: is a folder, not an image")
+        size = local.stat().st_size
+        opener = lambda: open(local, "rb")  # noqa: E731
+    if size is not None and size > MAX_IMAGE_BYTES:
+        raise ImageError(f"{path}: {size:,} bytes exceeds the {MAX_IMAGE_BYTES:,} byte limit")
+    with opener() as fh:
+        return fh.read()
+
+
+def decode_row(path: str, size: int) -> tuple[torch.Tensor | None, str | None, str | None]:
+    """(uint8 3 x size x size tensor, None, sha256 of the file) or (None, reason, None): never raises.
+
+    The file is read once: its bytes are hashed (what `--incremental` compares) and decoded.
+    """
+    try:
+        data = read_image_bytes(path)
+        return image_to_tensor(load_image(data), size), None, hashlib.sha256(data).hexdigest()
+    except ImageError as exc:
+        return None, short_reason(path, str(exc)), None
+    except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
+        return None, f"cannot decode ({type(exc).__name__}: {exc})", None
+
+
 class CatalogImages:
-    """Map-style dataset over catalogue rows: index -> (row, uint8 3 x size x size tensor | None, reason | None)."""
+    """Map-style dataset over catalogue rows: index -> (row, uint8 3 x size x size tensor | None, reason | None,
+    image sha256 | None)."""
 
     def __init__(self, paths: Sequence[str], rows: Sequence[int], size: int):
         self.paths = paths
@@ -37,13 +86,7 @@ class CatalogImages:
 
     def __getitem__(self, i: int):
         row = int(self.rows[i])
-        path = self.paths[row]
-        try:
-            return row, image_to_tensor(load_image(path), self.size), None
-        except ImageError as exc:
-            return row, None, short_reason(path, str(exc))
-        except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
-            return row, None, f"cannot decode ({type(exc).__name__}: {exc})"
+        return (row, *decode_row(self.paths[row], self.size))
 
 
 @dataclass
@@ -51,6 +94,7 @@ class Batch:
     rows: list[int]                  # catalogue rows of `images`, in order
     images: torch.Tensor | None      # uint8 N x 3 x H x W, or None when every image was rejected
     rejects: list[tuple[int, str]]   # (catalogue row, reason)
+    hashes: list[str]                # sha256 of each image file in `rows`
 
     def pin_memory(self):            # called by the DataLoader's pinning thread when pin_memory=True
         if self.images is not None:
@@ -59,10 +103,10 @@ class Batch:
 
 
 def collate(items) -> Batch:
-    good = [(row, img) for row, img, _ in items if img is not None]
-    rejects = [(row, reason) for row, img, reason in items if img is None]
-    images = torch.stack([img for _, img in good]) if good else None
-    return Batch([row for row, _ in good], images, rejects)
+    good = [(row, img, sha) for row, img, _, sha in items if img is not None]
+    rejects = [(row, reason) for row, img, reason, _ in items if img is None]
+    images = torch.stack([img for _, img, _ in good]) if good else None
+    return Batch([row for row, _, _ in good], images, rejects, [sha for _, _, sha in good])
 
 
 def _string_column(col):

@@ -1,27 +1,27 @@
 """`ctl embed-catalog`: catalogue images -> product embeddings in resumable parquet shards.
 
-The job is reader -> embedder -> writer:
+The job is reader -> embedder -> writer, run by one of two engines (the seam is
+:mod:`jobs.catalog.embed_job`):
 
-- reader (:mod:`jobs.catalog.catalog_images`): DataLoader workers decode and resize each pending row;
-  a bad image never raises, it comes back as a reject with its reason.
-- embedder: the checkpoint's ``StyleEmbedder`` in eval mode under ``torch.inference_mode``,
-  channels_last; on CUDA the backbone runs under bf16 autocast (the heads stay fp32), with pinned
-  memory and non-blocking copies.
-- writer (:mod:`jobs.catalog.shard_writer`): a background thread that writes each shard once all its
-  rows are in, so writing overlaps compute.
+- ``--engine local`` (:mod:`jobs.catalog.local_engine`, the default): DataLoader workers decode and
+  resize each pending row (:mod:`jobs.catalog.catalog_images`; a bad image never raises, it comes back
+  as a reject with its reason); this process embeds with the checkpoint's ``StyleEmbedder``.
+- ``--engine ray`` (:mod:`jobs.catalog.ray_engine`): the same reader and model on Ray Data, an actor
+  pool of ``--workers`` embedders, on a local Ray instance or a cluster (``--address``).
 
-The output folder is the contract of :mod:`index.embedding_shards` (read by ``ctl build-index``).
-Resume: a shard counts as finished only once the manifest lists it, so a run killed at any point
-and started again redoes at most the shards it was working on. A rerun over a complete output is a
-no-op. Output made with another checkpoint, catalogue, --limit, shard size or image size is refused
-unless --overwrite. A run that embeds nothing at all (every image rejected) fails after writing its
-rejects.
+Either way a writer thread (:mod:`jobs.catalog.shard_writer`) in this process writes each shard once
+all its rows are in, so the output folder is the contract of :mod:`index.embedding_shards` (read by
+``ctl build-index``) whatever the engine. Resume: a shard counts as finished only once the manifest
+lists it, so a run killed at any point and started again redoes at most the shards it was working on.
+A rerun over a complete output is a no-op. Output made with another checkpoint, catalogue, --limit,
+shard size, image size or --base is refused unless --overwrite. A run that embeds nothing at all
+(every image rejected) fails after writing its rejects.
+
+``--incremental --base DIR`` (:mod:`jobs.catalog.incremental`) embeds only the products that are new
+or whose image bytes changed since DIR, copies the other embeddings, and records the delta.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -32,58 +32,47 @@ from pathlib import Path
 import click
 import numpy as np
 import pyarrow as pa
-import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import defaults
-from common.config import JobConfig
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import ArtifactError, InputError, NothingProducedError
-from common.files import sha256_of
+from common.files import exclusive_lock, sha256_of
 from index.embedding_shards import (
+    BASE_COLUMNS,
     EMBEDDING,
     FORMAT,
+    IMAGE_HASH,
     MANIFEST,
     REJECTS,
+    Manifest,
     clear_output,
     clear_temp_files,
     finished_shards,
     holds_output,
     load_manifest,
     merge_rejects,
+    read_manifest,
+    read_metadata,
+    write_delta,
     write_manifest,
 )
-from jobs.catalog.catalog_images import CatalogImages, collate, load_catalog_table
+from jobs.catalog import device_engine, local_engine, ray_engine
+from jobs.catalog.catalog_images import load_catalog_table
+from jobs.catalog.embed_job import DECODES, ENGINES, EmbedCatalogConfig, EmbedJob, Engine, compile_backbone
+from jobs.catalog.incremental import BaseFolder, delta, hash_images, reusable_rows, reuse_loader
 from jobs.catalog.shard_writer import ShardWriter
 from jobs.cli_errors import OneLineCommand
 from jobs.data.layouts import CATALOG
-from jobs.workers import default_workers, lower_priority
-from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.checkpoint import load_checkpoint
 
+__all__ = ["EmbedCatalogConfig", "EmbedCatalogError", "embed_catalog", "embed_catalog_command"]
 LOCK = ".lock"
+RUNNERS: dict[str, Engine] = {"local": local_engine.open_engine, "ray": ray_engine.open_engine}
 
 
 class EmbedCatalogError(ArtifactError):
     """The output folder or checkpoint cannot be used as asked; the message is one readable line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EmbedCatalogConfig(JobConfig):
-    """Settings of one embed-catalog run (paths and flags that only steer the run are arguments)."""
-
-    shard_size: int = defaults.SHARD_SIZE
-    batch_size: int | None = None       # None: defaults.BATCH_SIZE_CPU, or BATCH_SIZE_GPU on CUDA
-    workers: int | None = None          # DataLoader decode workers; None: jobs.workers.default_workers
-    device: str = "auto"
-    limit: int | None = None            # embed only the first N catalogue rows
-    image_size: int | None = None       # None: the backbone's input size (smaller sizes are for tests)
-
-    def __post_init__(self):
-        for name, low in (("shard_size", 1), ("batch_size", 1), ("workers", 0), ("limit", 1), ("image_size", 8)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise InputError(f"{name.replace('_', '-')} must be an integer of at least {low}, got {value!r}")
 
 
 def catalog_fingerprint(table: pa.Table) -> str:
@@ -104,28 +93,18 @@ def _refusal(old: dict, new: dict) -> str | None:
             return (f"made from {old.get('n_input')} rows of this catalogue, this run would embed "
                     f"{new['n_input']} (--limit)")
         return f"made from a different catalogue ({old.get('catalog')}, {old.get('n_input')} rows)"
+    if old.get("base_fingerprint") != new.get("base_fingerprint"):
+        if new.get("base_fingerprint") is None:
+            return "made by an incremental run (--base), this run is a full one"
+        return "made without --base or from another --base than this incremental run's"
     for key, flag in (("shard_size", "--shard-size"), ("image_size", "image size")):
         if old.get(key) != new[key]:
             return f"written with {flag} {old.get(key)}, this run uses {new[key]}"
     return None
 
 
-@contextlib.contextmanager
-def _locked(out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, compute_seconds: float,
-             resumed: int, noop: bool, device: str) -> dict:
+             resumed: int, noop: bool, device: str, engine: str, compile_seconds: float | None = None) -> dict:
     return {
         "out_dir": str(out_dir),
         "embedded": manifest["embedded"],
@@ -140,6 +119,10 @@ def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, c
         "complete": manifest["complete"],
         "noop": noop,
         "device": device,
+        "engine": engine,
+        "decode": manifest.get("decode", "cpu"),
+        "compile_seconds": compile_seconds,  # torch.compile and its warm-up batch, outside images_per_s
+        "incremental": manifest.get("incremental"),
         "checkpoint_sha256": manifest["checkpoint_sha256"],
     }
 
@@ -147,12 +130,14 @@ def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, c
 def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: str | os.PathLike = defaults.CHECKPOINT,
                   out_dir: str | os.PathLike = defaults.EMBEDDINGS_DIR, *,
                   config: EmbedCatalogConfig = EmbedCatalogConfig(), overwrite: bool = False,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, base: str | os.PathLike | None = None) -> dict:
     """Embed a catalogue's product images into parquet shards in out_dir (see the module docstring).
 
-    Returns a summary dict (embedded, rejected, shards, seconds, images_per_s, ...). Raises InputError
-    for bad input, EmbedCatalogError for an output folder or checkpoint that cannot be used, and
-    NothingProducedError when every image was rejected.
+    With `base` (a complete embeddings folder made with the same checkpoint), only products that are
+    new or whose image changed are embedded; the others' embeddings are copied and `_delta.parquet`
+    records what changed. Returns a summary dict (embedded, rejected, shards, seconds, images_per_s, ...).
+    Raises InputError for bad input, EmbedCatalogError for an output folder or checkpoint that cannot be
+    used, and NothingProducedError when every image was rejected.
     """
     start = time.perf_counter()
     manifest, checkpoint, out_dir = Path(manifest), Path(checkpoint), Path(out_dir)
@@ -160,6 +145,12 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
         raise EmbedCatalogError(f"no checkpoint at {checkpoint}; run `make train` first (or pass --checkpoint)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
+    base_manifest = None
+    if base is not None:
+        base = Path(base)
+        if out_dir.resolve() == base.resolve():
+            raise InputError(f"--base and --out are the same folder ({out_dir}); write the new folder elsewhere")
+        base_manifest = read_manifest(base)
     table = load_catalog_table(manifest, config.limit)
     n_input = len(table)
     catalog_file = manifest / CATALOG if manifest.is_dir() else manifest
@@ -170,8 +161,9 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
         "catalog_fingerprint": catalog_fingerprint(table),
         "n_input": n_input,
         "shard_size": config.shard_size,
+        "base_fingerprint": None if base_manifest is None else _folder_fingerprint(base_manifest),
     }
-    with _locked(out_dir):
+    with exclusive_lock(out_dir / LOCK, EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}")):
         old = None if overwrite else load_manifest(out_dir)
         if old is None and not overwrite and holds_output(out_dir):
             raise EmbedCatalogError(f"{out_dir} holds shards without a {MANIFEST}; use --overwrite to replace them")
@@ -182,10 +174,14 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
             if (old.get("complete") and config.image_size in (None, old.get("image_size"))
                     and all((out_dir / s["name"]).exists() for s in old["shards"])):
                 return _summary(out_dir, old, seconds=time.perf_counter() - start, processed=0, compute_seconds=0,
-                                resumed=len(old["shards"]), noop=True, device=str(device))
+                                resumed=len(old["shards"]), noop=True, device=str(device), engine=config.engine)
 
         ckpt = load_checkpoint(checkpoint, device=device)
         size = config.image_size or ckpt.embedder.backbone.input_size
+        compile_seconds = None
+        if config.compile:
+            batch = config.batch_size or (defaults.BATCH_SIZE_GPU if device.type == "cuda" else defaults.BATCH_SIZE_CPU)
+            compile_seconds = compile_backbone(ckpt.embedder, device, size, batch)
         new = {
             "format": FORMAT,
             **identity,
@@ -196,8 +192,10 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
             "image_size": size,
             "limit": config.limit,
             "n_shards": math.ceil(n_input / config.shard_size),
-            "columns": [*table.column_names, EMBEDDING],
+            "columns": [*table.column_names, IMAGE_HASH, EMBEDDING],
             "rejects": REJECTS,
+            "engine": config.engine,
+            "decode": config.decode_on(device),
             "complete": False,
             "shards": [],
         }
@@ -210,72 +208,85 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
         new["shards"] = [done[k] for k in sorted(done)]
         write_manifest(out_dir, new)
 
-        pending = [k for k in range(new["n_shards"]) if k not in done]
         S = config.shard_size
-        shard_rows = {k: min((k + 1) * S, n_input) - k * S for k in pending}
+        pending = [k for k in range(new["n_shards"]) if k not in done]
+        rows = np.concatenate([np.arange(k * S, min((k + 1) * S, n_input)) for k in pending] or [np.zeros(0)])
+        rows = rows.astype(np.int64)
+        reuse = base_folder = None
+        if base is not None:
+            base_folder = BaseFolder(base, checkpoint_sha256=identity["checkpoint_sha256"], dim=ckpt.embedder.dim)
+            if not base_folder.has_hashes:
+                click.echo(f"embed-catalog: {base} records no image hashes (written before they were kept): "
+                           "every product is embedded again", err=True)
+            hashes = hash_images(table.column("image_path").to_pylist(), progress=progress)
+            reuse_from = reusable_rows(table, hashes, base_folder)
+            reuse = reuse_loader(base_folder, reuse_from, hashes, S)
+            rows = rows[reuse_from[rows] < 0]
+        shard_rows = {k: 0 for k in pending} if base is not None else {}
+        for k, count in zip(*np.unique(rows // S, return_counts=True)):
+            shard_rows[int(k)] = int(count)
+        job = EmbedJob(table, rows, ckpt, checkpoint, size, device, config)
         t0 = time.perf_counter()
-        processed = _run(table, ckpt, out_dir, new, shard_rows, size=size, device=device, config=config,
-                         progress=progress)
+        processed = _run(job, out_dir, new, shard_rows, reuse=reuse, progress=progress)
         compute_seconds = time.perf_counter() - t0
 
         merge_rejects(out_dir, new)
+        if base_folder is not None:
+            _record_delta(out_dir, new, base_folder, base, reembedded=processed)
         new["complete"] = True
         write_manifest(out_dir, new)
     if new["embedded"] == 0:
         raise NothingProducedError(f"all {new['rejected']} images were rejected, nothing embedded; "
                                    f"see {out_dir / REJECTS}")
     return _summary(out_dir, new, seconds=time.perf_counter() - start, processed=processed,
-                    compute_seconds=compute_seconds, resumed=len(done), noop=False, device=str(device))
+                    compute_seconds=compute_seconds, resumed=len(done), noop=False, device=str(device),
+                    engine=config.engine, compile_seconds=compile_seconds)
 
 
-def _run(table: pa.Table, ckpt: Checkpoint, out_dir: Path, manifest: dict, shard_rows: dict[int, int], *,
-         size: int, device: torch.device, config: EmbedCatalogConfig, progress: bool) -> int:
-    """Embed the rows of the pending shards; returns how many images were processed."""
+def _folder_fingerprint(manifest) -> str:
+    """What identifies a finished embeddings folder: its catalogue fingerprint, else its shard list."""
+    return manifest.catalog_fingerprint or hashlib.sha256(json.dumps(
+        [manifest.checkpoint_sha256, manifest.shards]).encode()).hexdigest()
+
+
+def _record_delta(out_dir: Path, manifest: dict, base_folder: BaseFolder, base: Path, *, reembedded: int) -> None:
+    """Compare the finished shards with the base folder; write _delta.parquet and the counts into the manifest."""
+    extras = tuple(c for c in manifest["columns"] if c not in (*BASE_COLUMNS, IMAGE_HASH, EMBEDDING))
+    shards = tuple((s["name"], s["rows"]) for s in manifest["shards"])
+    finished = Manifest(out_dir, manifest["checkpoint_sha256"], manifest["backbone"], manifest["dim"], shards, extras)
+    new_rows = read_metadata(finished, [*BASE_COLUMNS, *extras, IMAGE_HASH]) if finished.n else None
+    if new_rows is None:
+        ids, kinds = base_folder.table.column("product_id").to_pylist(), ["removed"] * len(base_folder.table)
+    else:
+        ids, kinds = delta(base_folder.table, new_rows)
+    write_delta(out_dir, ids, kinds)
+    manifest["incremental"] = {"base": str(base.resolve()), "base_fingerprint": manifest["base_fingerprint"],
+                               "reembedded": reembedded,
+                               **{kind: kinds.count(kind) for kind in ("added", "changed", "removed")}}
+
+
+def _run(job: EmbedJob, out_dir: Path, manifest: dict, shard_rows: dict[int, int], *, reuse, progress: bool) -> int:
+    """Run the engine over the job's rows into the shard writer; returns how many images were processed."""
     if not shard_rows:
         return 0
-    cuda = device.type == "cuda"
-    batch_size = config.batch_size or (defaults.BATCH_SIZE_GPU if cuda else defaults.BATCH_SIZE_CPU)
-    workers = default_workers(device.type) if config.workers is None else config.workers
-    S = manifest["shard_size"]
-    rows = np.concatenate([np.arange(k * S, k * S + n) for k, n in sorted(shard_rows.items())])
-    loader = DataLoader(
-        CatalogImages(table.column("image_path").to_pylist(), rows, size), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate, pin_memory=cuda, prefetch_factor=4 if workers else None,
-        persistent_workers=False, worker_init_fn=None if cuda else lower_priority,
-    )
-    embedder = ckpt.embedder.eval().to(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = cuda or cudnn_benchmark     # fixed input shapes: let cuDNN pick
-    writer = ShardWriter(out_dir, table, manifest, shard_rows, embedder.dim)
-    batches = iter(loader)             # workers fork here, before the writer thread starts
-    writer.start()
-    bar = tqdm(total=manifest["n_input"], initial=manifest["n_input"] - len(rows), unit="img",
-               desc="embed-catalog", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    writer = ShardWriter(out_dir, job.table, manifest, shard_rows, job.checkpoint.embedder.dim, reuse=reuse)
+    engine = device_engine.open_engine if job.config.decode_on(job.device) == "gpu" else RUNNERS[job.config.engine]
+    batches = engine(job) if len(job.rows) else iter(())
+    writer.start()                     # after the engine's set-up: DataLoader workers fork before any thread
+    bar = tqdm(total=manifest["n_input"], initial=manifest["n_input"] - len(job.rows), unit="img",
+               desc=f"embed-catalog ({job.config.engine})", disable=not progress, dynamic_ncols=True, smoothing=0.1)
     try:
-        with torch.inference_mode():
-            for batch in batches:
-                embeddings, ready = None, None
-                if batch.images is not None:
-                    x = batch.images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    with autocast:
-                        fmap = embedder.backbone(x)
-                    f_p = embedder.product_from_features(fmap)   # heads in fp32, unit rows
-                    if cuda:
-                        embeddings = f_p.to("cpu", non_blocking=True)
-                        ready = torch.cuda.Event()
-                        ready.record()
-                    else:
-                        embeddings = f_p
-                writer.put(batch.rows, embeddings, ready, batch.rejects)
-                bar.update(len(batch.rows) + len(batch.rejects))
+        for batch in batches:
+            writer.put(*batch)
+            bar.update(len(batch.rows) + len(batch.rejects))
         writer.finish()
     finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
         bar.close()
         writer.abandon()               # a no-op after finish(); after a failure, stops without finishing shards
-        del batches
-    return len(rows)
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()                    # the engine's clean-up: worker processes, the Ray instance it started
+    return len(job.rows)
 
 
 @click.command("embed-catalog", cls=OneLineCommand)
@@ -290,19 +301,41 @@ def _run(table: pa.Table, ckpt: Checkpoint, out_dir: Path, manifest: dict, shard
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help=f"Images per batch [{defaults.BATCH_SIZE_CPU} on CPU, {defaults.BATCH_SIZE_GPU} on GPU].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader decode workers [CPU: 1 per 8 cores, at least 1; GPU: min(4, cores)].")
+              help="local: DataLoader decode workers [CPU: 1 per 8 cores, at least 1; GPU: min(4, cores)]. "
+                   "ray: embedding actors [one per GPU with --num-gpus-per-worker, else one].")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="local: this process and DataLoader workers; ray: Ray Data (pip install '.[ray]').")
+@click.option("--address", "ray_address", default=None,
+              help="ray: the cluster to join (e.g. ray://head:10001 or auto) [RAY_ADDRESS, else a local instance].")
+@click.option("--num-gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="ray: GPUs each embedding actor holds (fractions share a GPU).")
+@click.option("--decode", type=click.Choice(DECODES), default="auto", show_default=True,
+              help="local: cpu (Pillow in worker processes) or gpu (JPEG batches decoded on the device, the rest "
+                   "on CPU threads); auto is gpu on CUDA, else cpu.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the backbone (compile time reported apart from the steady-state rate).")
+@click.option("--incremental", is_flag=True,
+              help="Embed only products that are new or whose image changed since --base; copy the rest.")
+@click.option("--base", type=click.Path(path_type=Path), default=None,
+              help="With --incremental: the complete embeddings folder of the previous run.")
 @click.option("--overwrite", is_flag=True, help="Replace output made with another checkpoint or catalogue.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Embed only the first N rows (quick runs).")
 @click.option("--image-size", type=click.IntRange(min=8), default=None, hidden=True,
               help="Resize to this size instead of the backbone's input size (tests only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed_catalog_command(manifest, checkpoint, out_dir, shard_size, batch_size, workers, device, overwrite, limit,
-                          image_size, quiet) -> None:
+def embed_catalog_command(manifest, checkpoint, out_dir, shard_size, batch_size, workers, device, engine, ray_address,
+                          num_gpus_per_worker, decode, compile_, incremental, base, overwrite, limit, image_size,
+                          quiet) -> None:
     """Embed the catalogue's product images into parquet shards (resumable; bad images go to rejects.jsonl)."""
+    if incremental != (base is not None):
+        raise click.UsageError("--incremental needs --base DIR (the previous run's folder), and --base needs "
+                               "--incremental")
     config = EmbedCatalogConfig(shard_size=shard_size, batch_size=batch_size, workers=workers, device=device,
-                                limit=limit, image_size=image_size)
-    s = embed_catalog(manifest, checkpoint, out_dir, config=config, overwrite=overwrite, progress=not quiet)
+                                limit=limit, image_size=image_size, engine=engine, ray_address=ray_address,
+                                num_gpus_per_worker=num_gpus_per_worker, decode=decode, compile=compile_)
+    s = embed_catalog(manifest, checkpoint, out_dir, config=config, overwrite=overwrite, progress=not quiet,
+                      base=base)
     plural = "s" if s["shards"] != 1 else ""
     if s["noop"]:
         click.echo(f"{s['out_dir']} is already complete: embedded {s['embedded']}, rejected {s['rejected']}, "
@@ -311,7 +344,13 @@ def embed_catalog_command(manifest, checkpoint, out_dir, shard_size, batch_size,
     resumed = f", {s['resumed_shards']} resumed" if s["resumed_shards"] else ""
     click.echo(f"embedded {s['embedded']}, rejected {s['rejected']} (see {s['rejects']}), "
                f"{s['shards']} shard{plural}{resumed} in {s['out_dir']}; {s['seconds']:.1f} s, "
-               f"{s['images_per_s']:.1f} img/s on {s['device']}")
+               f"{s['images_per_s']:.1f} img/s on {s['device']} ({s['engine']} engine, {s['decode']} decoding)"
+               + (f"; compile and warm-up {s['compile_seconds']:.1f} s" if s["compile_seconds"] else ""))
+    if s["incremental"]:
+        inc = s["incremental"]
+        click.echo(f"incremental against {inc['base']}: {inc['reembedded']} images embedded, added {inc['added']}, "
+                   f"changed {inc['changed']}, removed {inc['removed']} (see _delta.parquet; apply with "
+                   "`ctl update-index`)")
 
 
 if __name__ == "__main__":  # python -m jobs.catalog.embed_catalog ...

@@ -3,12 +3,15 @@
 Writing overlaps compute: the main loop hands finished batches to a bounded queue; the thread files
 each row under its shard (row // shard size), and when a shard's last row (embedded or rejected)
 arrives it writes the shard and its rejects, then records it in the manifest (index.embedding_shards).
+An incremental run also hands it rows whose embeddings are reused from the base folder: `reuse(k)`
+loads them when shard k is written, and shards made only of reused rows are written first.
 """
 from __future__ import annotations
 
 import queue
 import threading
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -16,17 +19,27 @@ import pyarrow as pa
 from index.embedding_shards import record_shard, write_shard
 
 
+class Rows(NamedTuple):
+    """Embedded catalogue rows: row numbers, float32 (n, d) unit embeddings, sha256 of each image."""
+
+    rows: np.ndarray
+    embeddings: np.ndarray
+    hashes: np.ndarray
+
+
 class ShardWriter(threading.Thread):
     """Collects embedded batches, writes each shard once complete, then records it in the manifest."""
 
-    def __init__(self, out_dir: Path, table: pa.Table, manifest: dict, shard_rows: dict[int, int], dim: int):
+    def __init__(self, out_dir: Path, table: pa.Table, manifest: dict, shard_rows: dict[int, int], dim: int, *,
+                 reuse: Callable[[int], Rows] | None = None):
         super().__init__(name="embed-catalog-writer", daemon=True)
         self.out_dir = out_dir
         self.table = table            # the catalogue: product_id, category, image_path, extras (strings)
         self.manifest = manifest
         self.shard_size = manifest["shard_size"]
-        self.remaining = dict(shard_rows)   # shard -> rows still to come
+        self.remaining = dict(shard_rows)   # shard -> rows still to come from the engine (0: all reused)
         self.dim = dim
+        self.reuse = reuse
         self.queue: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.written = 0
@@ -34,12 +47,13 @@ class ShardWriter(threading.Thread):
         self._rejects: dict[int, list] = {k: [] for k in shard_rows}
 
     # main thread side
-    def put(self, rows, embeddings, ready, rejects) -> None:
-        """Queue one batch: its rows, their embeddings (CPU tensor; `ready` a CUDA event or None), its rejects."""
+    def put(self, rows, embeddings, ready, rejects, hashes) -> None:
+        """Queue one batch: its rows, their embeddings (CPU tensor or array; `ready` a CUDA event or None),
+        its rejects [(row, reason)] and the sha256 of each embedded row's image."""
         while True:
             self.check()
             try:
-                self.queue.put((rows, embeddings, ready, rejects), timeout=0.5)
+                self.queue.put((rows, embeddings, ready, rejects, hashes), timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -67,6 +81,8 @@ class ShardWriter(threading.Thread):
     # writer thread side
     def run(self) -> None:
         try:
+            for k in sorted(k for k, n in self.remaining.items() if n == 0):
+                self._write_shard(k)          # nothing to embed in it: every row is reused
             while (item := self.queue.get()) is not None:
                 self._take(*item)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -74,11 +90,12 @@ class ShardWriter(threading.Thread):
             while self.queue.get() is not None:   # keep draining so the main thread never blocks
                 pass
 
-    def _take(self, rows, embeddings, ready, rejects) -> None:
+    def _take(self, rows, embeddings, ready, rejects, hashes) -> None:
         if ready is not None:
             ready.synchronize()       # the device -> host copy of `embeddings` has landed
         rows = np.asarray(rows, dtype=np.int64)
-        embeddings = embeddings.numpy() if embeddings is not None else np.zeros((0, self.dim), np.float32)
+        embeddings = np.asarray(embeddings, np.float32) if embeddings is not None else np.zeros((0, self.dim), np.float32)
+        hashes = np.asarray(hashes, dtype=object)
         counts: dict[int, int] = {}
         for row, reason in rejects:
             k = row // self.shard_size
@@ -87,7 +104,7 @@ class ShardWriter(threading.Thread):
         shards = rows // self.shard_size
         for k in np.unique(shards).tolist():
             sel = shards == k
-            self._parts[k].append((rows[sel], embeddings[sel]))
+            self._parts[k].append(Rows(rows[sel], embeddings[sel], hashes[sel]))
             counts[k] = counts.get(k, 0) + int(sel.sum())
         for k in sorted(counts):
             self.remaining[k] -= counts[k]
@@ -98,14 +115,18 @@ class ShardWriter(threading.Thread):
 
     def _write_shard(self, k: int) -> None:
         parts = self._parts.pop(k)
+        if self.reuse is not None:
+            parts.append(self.reuse(k))
         rejects = sorted(self._rejects.pop(k))
-        rows = np.concatenate([r for r, _ in parts]) if parts else np.zeros(0, np.int64)
-        emb = np.concatenate([e for _, e in parts]) if parts else np.zeros((0, self.dim), np.float32)
+        rows = np.concatenate([p.rows for p in parts]) if parts else np.zeros(0, np.int64)
+        emb = np.concatenate([p.embeddings for p in parts]) if parts else np.zeros((0, self.dim), np.float32)
+        hashes = np.concatenate([p.hashes for p in parts]) if parts else np.zeros(0, object)
         order = np.argsort(rows, kind="stable")
-        rows, emb = rows[order], emb[order]
+        rows, emb, hashes = rows[order], emb[order], hashes[order]
         pid, path = self.table.column("product_id"), self.table.column("image_path")
         entry = write_shard(self.out_dir, k, self.table.take(pa.array(rows, pa.int64())), emb,
                             checkpoint_sha256=self.manifest["checkpoint_sha256"],
-                            rejects=[(pid[r].as_py(), path[r].as_py(), reason) for r, reason in rejects])
+                            rejects=[(pid[r].as_py(), path[r].as_py(), reason) for r, reason in rejects],
+                            image_sha256=hashes.tolist())
         record_shard(self.out_dir, self.manifest, entry)
         self.written += 1

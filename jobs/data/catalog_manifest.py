@@ -93,7 +93,8 @@ def read_catalog(path: str | os.PathLike, *, check_files: bool = False) -> pa.Ta
                 raise ManifestError(f"{path}: duplicate product_id {pid!r} (rows {seen[pid]} and {i})")
             seen[pid] = i
     base = path.parent.resolve()
-    resolved = [p if os.path.isabs(p) else os.path.join(base, p) for p in cols["image_path"]]
+    # a URI (s3://, gs://, hdfs://: read through pyarrow filesystems by embed-catalog) is already absolute
+    resolved = [p if os.path.isabs(p) or "://" in p else os.path.join(base, p) for p in cols["image_path"]]
     if check_files:
         absent = [p for p in resolved if not os.path.isfile(p)]
         if absent:

@@ -97,10 +97,10 @@ def embeddings_of(table: pa.Table) -> np.ndarray:
     return np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32).reshape(len(table), -1)
 
 
-def run(manifest, ckpt, out, *, overwrite=False, **kw):
+def run(manifest, ckpt, out, *, overwrite=False, base=None, **kw):
     opts = dict(shard_size=10, batch_size=4, workers=0, device="cpu", image_size=SIZE)
     return embed_catalog(manifest, ckpt, out, config=EmbedCatalogConfig(**{**opts, **kw}), overwrite=overwrite,
-                         progress=False)
+                         progress=False, base=base)
 
 
 # -- the job -------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     assert [len(s) for s in shards] == [10, 10, 3]
     table = pa.concat_tables(shards)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
-    assert table.column_names == ["product_id", "category", "image_path", "price", "embedding"]
+    assert table.column_names == ["product_id", "category", "image_path", "price", "image_sha256", "embedding"]
     assert table.column("product_id").to_pylist() == [f"p{i:04d}" for i in range(23)]
     assert table.column("price").to_pylist() == [str(i) for i in range(23)]
     paths = table.column("image_path").to_pylist()
@@ -139,6 +139,22 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
+def kill_after_first_shard(proc, out: Path, kill, *, within: float) -> None:
+    """Call kill() once the job's manifest lists a finished shard; assert the job died of it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            finished = json.loads((out / MANIFEST).read_text())["shards"]
+        except (FileNotFoundError, ValueError):
+            finished = []
+        if finished:
+            kill()
+            break
+        time.sleep(0.005)
+    rc = proc.wait(timeout=60)
+    assert rc == -signal.SIGKILL, f"the job ended before it could be killed (rc {rc}): {proc.stderr.read()[-2000:]!r}"
+
+
 def test_killed_run_resumes_to_the_same_shards(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 200, seed=1)
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
@@ -149,19 +165,7 @@ def test_killed_run_resumes_to_the_same_shards(tmp_path, ckpt):
            "--device", "cpu", "--image-size", str(SIZE), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    finished = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            finished = json.loads((resumed / MANIFEST).read_text())["shards"]
-        except (FileNotFoundError, ValueError):
-            finished = []
-        if finished:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    rc = proc.wait(timeout=30)
-    assert rc == -signal.SIGKILL, f"the job ended before it could be killed (rc {rc}): {proc.stderr.read()!r}"
+    kill_after_first_shard(proc, resumed, lambda: proc.send_signal(signal.SIGKILL), within=120)
     proc.stderr.close()
     before = json.loads((resumed / MANIFEST).read_text())
     assert not before["complete"] and 1 <= len(before["shards"]) < 10

@@ -1,0 +1,121 @@
+"""The seam between `embed-catalog` and its engines: the run's settings, what an engine is handed, what it yields."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from common import defaults
+from common.config import JobConfig
+from common.errors import InputError
+from pipeline.checkpoint import Checkpoint
+
+ENGINES = ("local", "ray")
+DECODES = ("auto", "cpu", "gpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedCatalogConfig(JobConfig):
+    """Settings of one embed-catalog run (paths and flags that only steer the run are arguments)."""
+
+    shard_size: int = defaults.SHARD_SIZE
+    batch_size: int | None = None       # None: defaults.BATCH_SIZE_CPU, or BATCH_SIZE_GPU on CUDA
+    workers: int | None = None          # local: DataLoader decode workers (None: jobs.workers.default_workers);
+                                        # ray: embedding actors (None: one per GPU, or one on CPU)
+    device: str = "auto"
+    limit: int | None = None            # embed only the first N catalogue rows
+    image_size: int | None = None       # None: the backbone's input size (smaller sizes are for tests)
+    engine: str = "local"               # "local" (one process, DataLoader) or "ray" (Ray Data)
+    ray_address: str | None = None      # ray: a cluster to join; None: RAY_ADDRESS, else a local instance
+    num_gpus_per_worker: float = 0.0    # ray: GPUs each embedding actor holds (0: CPU actors)
+    decode: str = "auto"                # local: "cpu" (Pillow in workers), "gpu" (JPEG batches on the device),
+                                        # "auto" (gpu on CUDA, else cpu)
+    compile: bool = False               # torch.compile the backbone (its compile time is reported apart)
+
+    def __post_init__(self):
+        for name, low in (("shard_size", 1), ("batch_size", 1), ("workers", 0), ("limit", 1), ("image_size", 8)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InputError(f"{name.replace('_', '-')} must be an integer of at least {low}, got {value!r}")
+        if self.engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "ray" and self.workers == 0:
+            raise InputError("--workers must be at least 1 with --engine ray (it is the number of embedding actors)")
+        if not isinstance(self.num_gpus_per_worker, (int, float)) or self.num_gpus_per_worker < 0:
+            raise InputError(f"num-gpus-per-worker must be >= 0, got {self.num_gpus_per_worker!r}")
+        if self.engine == "local" and (self.ray_address or self.num_gpus_per_worker):
+            raise InputError("--address and --num-gpus-per-worker need --engine ray")
+        if self.decode not in DECODES:
+            raise InputError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
+        if self.engine == "ray" and (self.decode == "gpu" or self.compile):
+            raise InputError("--decode gpu and --compile run with --engine local (Ray actors decode on their CPUs)")
+
+    def decode_on(self, device: torch.device) -> str:
+        """The decode path for this device: "gpu" (device decoding) or "cpu" (Pillow in worker processes)."""
+        if self.decode == "auto":
+            return "gpu" if device.type == "cuda" and self.engine == "local" else "cpu"
+        return self.decode
+
+
+@dataclasses.dataclass
+class EmbedJob:
+    """What an engine is handed: the catalogue, the model, and the rows still to embed."""
+
+    table: pa.Table                 # the catalogue rows (product_id, category, image_path, extras as strings)
+    rows: np.ndarray                # catalogue rows to decode and embed, ascending (int64)
+    checkpoint: Checkpoint          # loaded in this process (its model: the local engine; its facts: every engine)
+    checkpoint_path: Path
+    size: int                       # network input size
+    device: torch.device
+    config: EmbedCatalogConfig
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table.column("image_path").to_pylist()
+
+
+class Embedded(NamedTuple):
+    """One batch out of an engine: rows embedded (with their images' sha256) and rows rejected."""
+
+    rows: list[int]
+    embeddings: object | None       # (len(rows), d) float32: CPU tensor or array; None when every row was rejected
+    ready: object | None            # a CUDA event to wait on before reading `embeddings`, or None
+    rejects: list[tuple[int, str]]  # (row, reason)
+    hashes: list[str]
+
+
+def forward(embedder, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Unit product embeddings of a uint8 image batch: channels_last; bf16 autocast for the backbone on CUDA,
+    the heads in fp32. Call under torch.inference_mode()."""
+    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fmap = embedder.backbone(x)
+    else:
+        fmap = embedder.backbone(x)
+    return embedder.product_from_features(fmap)
+
+
+def compile_backbone(embedder, device: torch.device, size: int, batch_size: int) -> float:
+    """torch.compile the backbone's trunk in place and run one warm-up batch; return the seconds it took.
+
+    The trunk, not the Backbone wrapper, so its name, input size and normalisation stay readable; the
+    warm-up makes the compile happen here, reported apart from the steady-state rate.
+    """
+    embedder.backbone.trunk = torch.compile(embedder.backbone.trunk)
+    warm = torch.zeros((batch_size, 3, size, size), dtype=torch.uint8)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        forward(embedder.eval().to(memory_format=torch.channels_last), warm, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+# An engine: open(job) does its set-up (worker processes, a cluster connection) and returns the batches.
+Engine = Callable[[EmbedJob], Iterator[Embedded]]

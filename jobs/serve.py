@@ -1,0 +1,148 @@
+"""`ctl serve`: the HTTP API and the page over one index and checkpoint, loaded once, answering many."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import click
+import torch
+import uvicorn
+
+from common import defaults
+from common.devices import DEVICE_PATTERN, resolve_device
+from common.errors import ArtifactError, InputError
+from jobs.cli_errors import OneLineCommand
+from jobs.data.datasets import load_dataset
+from retrieval.retriever import Retriever
+from service.app import create_app
+from service.settings import ServeSettings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+MAX_EXAMPLES = 12
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def run_examples(checkpoint: Path, limit: int = MAX_EXAMPLES) -> tuple[Path, ...]:
+    """The held-out test scenes of the run that trained `checkpoint` (its folder's split.json and config.json),
+    or none when that run's data is not here. Never training scenes: the page should show what the model
+    makes of scenes it has not seen."""
+    run = checkpoint.parent
+    try:
+        test = sorted(json.loads((run / "split.json").read_text())["test"])
+        data = Path(json.loads((run / "config.json").read_text())["data"])
+        scenes = load_dataset(data).scenes
+    except (OSError, ValueError, KeyError, TypeError, ArtifactError):
+        return ()
+    return tuple(scenes[sid] for sid in test if sid in scenes and Path(scenes[sid]).is_file())[:limit]
+
+
+def folder_examples(folder: Path, limit: int = MAX_EXAMPLES) -> tuple[Path, ...]:
+    if not folder.is_dir():
+        raise InputError(f"--examples {folder}: not a folder (give a folder of scene images, 'auto' or 'none')")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return tuple(found[:limit])
+
+
+def resolve_examples(option: str, checkpoint: Path) -> tuple[Path, ...]:
+    if option == "none":
+        return ()
+    if option == "auto":
+        return run_examples(checkpoint)
+    return folder_examples(Path(option))
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one), so the address printed is the one in use."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP, and
+    # without it a keep-alive answer written in two parts waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def device_name(ctx, param, value: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise click.BadParameter(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+@click.command("serve", cls=OneLineCommand)
+@click.option("--index-dir", type=click.Path(path_type=Path), default=defaults.INDEX_DIR, show_default=True,
+              help="index directory (its CURRENT build is served, and watched for new ones)")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=defaults.CHECKPOINT, show_default=True)
+@click.option("--host", default=defaults.SERVE_HOST, show_default=True,
+              help="address to listen on; anything but loopback makes the API reachable from other machines")
+@click.option("--port", type=click.IntRange(0, 65535), default=defaults.SERVE_PORT, show_default=True,
+              help="0 picks a free port (printed at start)")
+@click.option("--device", default="auto", show_default=True, callback=device_name, help="auto, cpu, cuda or cuda:N")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="model worker threads [default: CPU one per usable core, GPU 2]")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per worker [default: 1]")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="scenes per backbone forward (micro-batching) [default: CPU 1, GPU 32]")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=None,
+              help="how long a worker waits to fill a batch [default: CPU 0, GPU 5]")
+@click.option("--queue-size", type=click.IntRange(min=1), default=defaults.SERVE_QUEUE_SIZE, show_default=True,
+              help="scene queries that may wait for a worker; more are answered 503 with Retry-After")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True),
+              default=defaults.SERVE_MAX_UPLOAD_BYTES / 2**20, show_default=True,
+              help="largest scene upload in MiB (413 above)")
+@click.option("--watch-interval", type=click.FloatRange(min=0), default=defaults.SERVE_WATCH_SECONDS,
+              show_default=True, help="seconds between reads of the index directory's pointer (0: do not watch)")
+@click.option("--reload-token", envvar="CTL_RELOAD_TOKEN", default=None, show_envvar=True,
+              help="enables POST /v1/admin/reload for clients sending 'Authorization: Bearer TOKEN'")
+@click.option("--examples", default="auto", show_default=True,
+              help="example scenes for the page: a folder of images, 'auto' (the checkpoint run's held-out "
+                   "test scenes, when its data is here) or 'none'")
+@click.option("--trace/--no-trace", default=True, show_default=True,
+              help="run the backbone as a traced, frozen TorchScript graph: worker threads forward in parallel "
+                   "instead of in turns on the GIL (--no-trace: eager PyTorch)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="one log line per request")
+def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, workers: int | None,
+                  threads: int | None, max_batch: int | None, max_wait_ms: float | None, queue_size: int,
+                  max_upload_mb: float, watch_interval: float, reload_token: str | None, examples: str,
+                  trace: bool, log_level: str, access_log: bool) -> None:
+    """Serve the HTTP API (/v1/look, /v1/retrieve, ...) and the page at / until interrupted."""
+    device = str(resolve_device(device))
+    settings = ServeSettings.for_device(
+        device, workers=workers, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        queue_size=queue_size, max_upload_bytes=int(max_upload_mb * 2**20), watch_interval_s=watch_interval,
+        reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint), trace=trace)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(settings.threads)
+    sock = listen(host, port)          # before loading: a taken port fails in a second, not after the model
+    try:
+        retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+        app = create_app(retriever, index_dir, settings)
+    except BaseException:
+        sock.close()
+        raise
+    bound_host, bound_port = sock.getsockname()[:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    index = retriever.index
+    click.echo(f"serving http://{url_host}:{bound_port} ({index.version or 'flat index'}, {index.n:,} products, "
+               f"{len(retriever.categories)} categories; {device}: {settings.workers} worker(s) x "
+               f"{settings.threads} thread(s){', traced' if retriever.traced else ''}, batch {settings.max_batch} / "
+               f"{settings.max_wait_ms:g} ms, "
+               f"queue {settings.queue_size}; {len(settings.examples)} examples; admin reload "
+               f"{'on' if settings.reload_token else 'off'})", err=True)
+    if host not in LOOPBACK:
+        click.echo(f"warning: listening on {host}: reachable from other machines, and the API has no "
+                   "authentication (except the admin reload token)", err=True)
+    sys.stderr.flush()
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=15,
+                            lifespan="on", server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
