@@ -10,6 +10,9 @@
     hits with their metadata. Also timed from an already decoded PIL image.
 Bare and query runs are interleaved scene by scene and medians are compared, so a slow patch of a
 shared machine hits both alike. Target: warm query / bare forward <= 1.15.
+(2b) whole look: ``Retriever.look(path)`` (every category of the index: one forward, stage 1 per category,
+    one batched re-rank, attention grids, presence), interleaved with the same scene's ``retrieve``. Target:
+    look / retrieve <= 1.5 (issue 13).
 (3) cold: wall time of the ``ctl-retrieve`` command in a fresh process (interpreter, imports, checkpoint
     and index load, one query), beside ``python -c "import torch, faiss"`` for scale.
 
@@ -131,7 +134,7 @@ def _ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
 
-def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int) -> dict:
+def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
     from retrieval.retriever import _one_thread
 
     backbone = retriever.embedder.backbone
@@ -141,8 +144,10 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         with torch.inference_mode():
             backbone(tensors[i % len(tensors)])
         retriever.retrieve(scenes[i % len(scenes)], k=k, candidates=candidates)
-    t_bare, t_path, t_pil = [], [], []
-    c_bare, c_path = [], []  # process CPU seconds: less sensitive to the share of the cores we were given
+        retriever.look(scenes[i % len(scenes)], k=look_k, candidates=candidates)
+    t_bare, t_path, t_pil, t_look, t_look_all = [], [], [], [], []
+    t_after = {"retrieve": [], "look": []}
+    c_bare, c_path, c_look = [], [], []  # process CPU seconds: less sensitive to the share of the cores we got
     stages = {"decode+resize": [], "backbone": [], "heads": [], "stage 1 (FAISS top-C)": [],
               "stage 2 (hybrid re-rank)": [], "top-k hits": []}
     for q in range(queries):
@@ -159,6 +164,21 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         t0 = time.perf_counter()
         retriever.retrieve(pil[j], k=k, candidates=candidates)
         t_pil.append(time.perf_counter() - t0)
+        c0, t0 = time.process_time(), time.perf_counter()
+        retriever.look(scenes[j], k=look_k, candidates=candidates)     # missing categories only (the default)
+        t_look.append(time.perf_counter() - t0)
+        c_look.append(time.process_time() - c0)
+        t0 = time.perf_counter()
+        retriever.look(scenes[j], k=look_k, candidates=candidates, include_present=True)   # every category
+        t_look_all.append(time.perf_counter() - t0)
+        # After the forward: an encoded scene's flat retrieval against its whole look (every category).
+        encoded = retriever.encode_scene(pil[j])
+        t0 = time.perf_counter()
+        retriever.retrieve(encoded, k=k, candidates=candidates)
+        t_after["retrieve"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        retriever.look(encoded, k=look_k, candidates=candidates, include_present=True)
+        t_after["look"].append(time.perf_counter() - t0)
         # The same query, stage by stage, as Retriever.retrieve runs it (explains where the time goes).
         t0 = time.perf_counter()
         x = retriever.scene_tensor(load_image(scenes[j]))
@@ -191,6 +211,12 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         "ratio_best": min(t_path) / min(t_bare),
         "cpu_bare_ms": _ms(c_bare), "cpu_query_from_path_ms": _ms(c_path), "ratio_cpu": _ms(c_path) / _ms(c_bare),
         "stages_ms": {name: _ms(v) for name, v in stages.items()},
+        "look_k": look_k, "look_from_path_ms": _ms(t_look), "look_all_categories_ms": _ms(t_look_all),
+        "ratio_look": _ms(t_look) / _ms(t_path), "ratio_look_all": _ms(t_look_all) / _ms(t_path),
+        "ratio_look_best": min(t_look_all) / min(t_path),
+        "cpu_look_ms": _ms(c_look), "ratio_look_cpu": _ms(c_look) / _ms(c_path),
+        "categories": len(retriever.categories),
+        "after_forward_ms": {name: _ms(v) for name, v in t_after.items()},
     }
 
 
@@ -216,7 +242,8 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--cold", type=int, default=3, help="ctl-retrieve processes to time (0: skip)")
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--candidates", type=int, default=defaults.CANDIDATES)
+    ap.add_argument("--look-k", type=int, default=defaults.LOOK_K, help="products per category in the look")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
                     help="use a synthetic catalogue of N products even when the sample's artifacts exist")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the backbone (0: torch's default)")
@@ -239,7 +266,7 @@ def main() -> int:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
               f"load average {os.getloadavg()[0]:.2f} before")
-        w = warm(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates)
+        w = warm(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates, look_k=args.look_k)
         print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}):")
         print(f"  bare backbone forward, 1 scene       {w['bare_forward_ms']:8.1f} ms")
         print(f"  retrieve(path)                       {w['query_from_path_ms']:8.1f} ms   "
@@ -249,6 +276,14 @@ def main() -> int:
               f"retrieve(path) {w['best_query_from_path_ms']:.1f} ms   x{w['ratio_best']:.3f}")
         print(f"  CPU time (median): forward {w['cpu_bare_ms']:.1f} ms, "
               f"retrieve(path) {w['cpu_query_from_path_ms']:.1f} ms   x{w['ratio_cpu']:.3f}")
+        print(f"  look(path), k={w['look_k']} per category, missing ones {w['look_from_path_ms']:8.1f} ms   "
+              f"x{w['ratio_look']:.3f} of retrieve(path)")
+        print(f"  look(path), all {w['categories']} categories        {w['look_all_categories_ms']:8.1f} ms   "
+              f"x{w['ratio_look_all']:.3f} of retrieve(path) (target <= 1.5), best-of x{w['ratio_look_best']:.3f}, "
+              f"CPU time (missing ones) x{w['ratio_look_cpu']:.3f}")
+        after = w["after_forward_ms"]
+        print(f"  after the forward (encoded scene): retrieve {after['retrieve']:.2f} ms, "
+              f"look over all categories {after['look']:.2f} ms")
         print("  stage by stage:")
         for name, ms in w["stages_ms"].items():
             print(f"    {name:<34} {ms:8.2f} ms")
@@ -266,6 +301,9 @@ def main() -> int:
         ok = w["ratio_path"] <= 1.15
         print(f"\n{'PASS' if ok else 'MISS'}: warm query / bare forward = {w['ratio_path']:.3f} median, "
               f"{w['ratio_best']:.3f} best-of (target <= 1.15)")
+        ok = w["ratio_look_all"] <= 1.5
+        print(f"{'PASS' if ok else 'MISS'}: whole look (all categories) / retrieve = {w['ratio_look_all']:.3f} "
+              f"median (target <= 1.5)")
         return 0
     finally:
         if tmp is not None:

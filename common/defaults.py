@@ -30,6 +30,7 @@ EXCLUSION_MARGIN = 0.04
 K = 20
 LOOK_K = 4            # products per category in a whole look
 CANDIDATES = 200
+PRESENCE_THRESHOLD = 0.5   # a category with presence probability >= this is judged already in the scene
 
 # -- the index ---------------------------------------------------------------------------------------
 MEMORY_BUDGET = "4GB"

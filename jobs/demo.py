@@ -21,11 +21,12 @@ from jobs.catalog.embed_catalog import EmbedCatalogConfig, EmbedCatalogError, em
 from jobs.cli_errors import OneLineCommand
 from jobs.data.layouts import CATALOG, DONE_FILE, SCENE_DIR
 from jobs.data.sample import generate
-from jobs.evaluation.evaluate import format_comparisons, run_evaluation
+from jobs.evaluation.evaluate import format_comparisons, format_extras, run_evaluation
 from jobs.evaluation.evaluate import format_table as metrics_table
-from jobs.retrieve_cli import format_table, write_sheet
+from jobs.retrieve_cli import format_look, format_table, write_look_sheet, write_sheet
 from jobs.training.config import TrainConfig
 from jobs.training.train import train
+from pipeline.checkpoint import CheckpointError, has_presence_head
 from retrieval.retriever import Retriever
 
 STAGES = 6
@@ -74,6 +75,11 @@ def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed
     config = _read_json(run_dir / "config.json") or {}
     if config.get("seed", seed) != seed:
         return False
+    try:
+        if not has_presence_head(checkpoint):   # a run from before the presence head: train it again
+            return False
+    except CheckpointError:
+        return False
     return _mtime(run_dir / "train_summary.json") >= _mtime(sample_dir / DONE_FILE)
 
 
@@ -102,6 +108,8 @@ def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
         for line in metrics_table(methods).splitlines():
             click.echo(f"      {line}")
         for line in format_comparisons(report.get("comparisons", {})).splitlines():
+            click.echo(f"      {line}")
+        for line in format_extras(report).splitlines():
             click.echo(f"      {line}")
 
 
@@ -169,16 +177,24 @@ def _command(name: str) -> str:
 def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path, k: int, device: str):
     started = time.perf_counter()
     retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+    look = retriever.look(scene, k=defaults.LOOK_K)
+    look_sheet = write_look_sheet(look, out_dir / "look.png", scene=str(scene))
     result = retriever.retrieve(scene, k=k)
     sheet = write_sheet(result, out_dir / "sheet.png", scene=str(scene))
-    _stage(6, "retrieve", f"top {len(result)} for held-out scene {scene.name}, sheet {sheet} ({_seconds(started)})")
+    _stage(6, "retrieve", f"the whole look ({len(look)} categories) and the top {len(result)} for held-out scene "
+                          f"{scene.name}, sheets {look_sheet} and {sheet} ({_seconds(started)})")
     click.echo("")
+    click.echo(format_look(look, scene=str(scene), k=defaults.LOOK_K, candidates=defaults.CANDIDATES,
+                           has_presence=retriever.checkpoint.has_presence))
+    click.echo("")
+    click.echo("The nearest products of any category (flat mode):")
     click.echo(format_table(result, scene=str(scene), n_products=len(retriever)))
     category = result.hits[0].category if result.hits else result.categories[0]
     short = short_category(category)   # suggest the short name where it is unambiguous
     if match_category(short, retriever.categories) == category:
         category = short
-    return result, sheet, category
+    product = result.hits[0].product_id if result.hits else None
+    return look_sheet, category, product
 
 
 @click.command("demo", cls=OneLineCommand)
@@ -188,7 +204,7 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
               help="products in the demo retrieval")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 def demo_command(seed: int, k: int, device: str) -> None:
-    """Run the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval."""
+    """Run the whole path on the embedded sample: data, train, evaluate, embed, index, the whole look."""
     dev = resolve_device(device).type
     sample_dir, run_dir, checkpoint = defaults.SAMPLE_DIR, defaults.RUN_DIR, defaults.CHECKPOINT
     emb_dir, index_dir = defaults.EMBEDDINGS_DIR, defaults.INDEX_DIR
@@ -200,15 +216,18 @@ def demo_command(seed: int, k: int, device: str) -> None:
     stage_embed(sample_dir / CATALOG, checkpoint, emb_dir, dev)
     stage_index(emb_dir, index_dir, sha)
     scene = pick_scene(sample_dir, run_dir)
-    result, sheet, category = stage_retrieve(scene, checkpoint, index_dir, defaults.DEMO_DIR, k, dev)
+    look_sheet, category, product = stage_retrieve(scene, checkpoint, index_dir, defaults.DEMO_DIR, k, dev)
 
     retrieve = _command("ctl-retrieve")
     q = shlex.quote
     click.echo("")
-    click.echo(f"demo done in {_seconds(started)}. The sheet {sheet} shows the scene's attention for the top")
-    click.echo("result's category and the recommended products. What to run next:")
-    click.echo(f"  {retrieve} --scene {q(str(scene))} --k 20")
+    click.echo(f"demo done in {_seconds(started)}. The sheet {look_sheet} shows, for each category missing from")
+    click.echo("the scene, where the model looked and the products it recommends. What to run next:")
+    click.echo(f"  {retrieve} --scene {q(str(scene))} --look --include-present --sheet look.png")
+    click.echo(f"  {retrieve} --scene {q(str(scene))} --k 20          # nearest products of any category")
     click.echo(f"  {retrieve} --scene {q(str(scene))} --category {q(category)} --sheet one-category.png")
+    if product is not None:
+        click.echo(f"  {retrieve} --scene {q(str(scene))} --product {q(product)}   # does it complete the look?")
     click.echo(f"  {retrieve} --scene YOUR_PHOTO.jpg --format json")
     click.echo("  make evaluate   # FITB and HR@K of hybrid vs global vs local distances on the test split")
     click.echo("  make bench      # query latency against one backbone forward, and job throughput")

@@ -12,7 +12,7 @@ import torch
 
 from common.errors import ArtifactError
 from common.files import atomic_path, sha256_of, write_json_atomic
-from pipeline.embedder import StyleEmbedder, build_embedder
+from pipeline.embedder import PresenceHead, StyleEmbedder, build_embedder
 
 FORMAT = "complete-the-look/checkpoint-v1"
 
@@ -28,6 +28,12 @@ class Checkpoint:
     path: Path
     config: dict
     extra: dict
+    notes: tuple[str, ...] = ()   # what this (older) checkpoint lacks, in words a command can print
+
+    @property
+    def has_presence(self) -> bool:
+        """Whether the checkpoint carries a category-presence head."""
+        return self.embedder.presence is not None
 
 
 def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config: dict, extra: dict | None = None) -> str:
@@ -79,6 +85,14 @@ def check_checkpoint(path: str | os.PathLike) -> str:
     return sha256_of(path)
 
 
+def has_presence_head(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint carries a category-presence head, without building its model (cheap)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+    return any(k.startswith("presence.") for k in _read_payload(path, path, mmap=True)["heads"])
+
+
 def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint; the backbone comes from its recorded weights (or the saved fine-tuned state)."""
     path = Path(path)
@@ -97,6 +111,12 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
         hidden=payload["hidden"],
         freeze_backbone=not payload["backbone_trained"],
     )
+    notes = []
+    if any(k.startswith("presence.") for k in payload["heads"]):
+        embedder.attach_presence(PresenceHead(embedder.channels, len(embedder.categories)))
+    else:
+        notes.append(f"{path} has no category-presence head (trained before it existed): every category "
+                     "counts as missing from the scene; retrain with `ctl train` to add it")
     missing, unexpected = embedder.load_state_dict(payload["heads"], strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
@@ -104,4 +124,5 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
     if with_backbone and stored_backbone:
         embedder.backbone.load_state_dict(payload["backbone_state"])
     embedder.to(device).eval()
-    return Checkpoint(embedder, hashlib.sha256(raw).hexdigest(), path, payload["config"], payload.get("extra", {}))
+    return Checkpoint(embedder, hashlib.sha256(raw).hexdigest(), path, payload["config"], payload.get("extra", {}),
+                      tuple(notes))

@@ -11,6 +11,26 @@ from common import defaults
 from pipeline.backbones import BACKBONE_CHANNELS, Backbone, build_backbone, pooled
 
 
+class PresenceHead(nn.Module):
+    """Which categories a scene already shows: a multi-label linear classifier on the pooled backbone map.
+
+    Its own parameters, apart from the style heads: trained after them (``ctl train``), it cannot change
+    them. The features are standardised with the training scenes' mean and spread (buffers), then one
+    logit per category of the vocabulary. Weights start at zero: no draw from any random stream.
+    """
+
+    def __init__(self, channels: int, n_categories: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_categories, channels))
+        self.bias = nn.Parameter(torch.zeros(n_categories))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """N x C pooled features -> N x K logits."""
+        return F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+
+
 def _mlp(channels: int, hidden: int, dim: int, dropout: float) -> nn.Module:
     if hidden == 0:  # a linear head: far fewer weights to overfit a small set of pairs
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, dim))
@@ -52,6 +72,9 @@ class StyleEmbedder(nn.Module):
         self.scene_local = nn.Linear(channels, dim)
         self.product = _mlp(channels, hidden, dim, dropout)
         self.category = nn.Embedding(len(self.categories), dim)
+        # Optional, and attached only after the style heads are trained (attach_presence): checkpoints
+        # written before it existed load without it.
+        self.presence: PresenceHead | None = None
         if backbone is not None and freeze_backbone:
             backbone.requires_grad_(False)
 
@@ -82,6 +105,21 @@ class StyleEmbedder(nn.Module):
         if vec.ndim != 2 or vec.shape[1] != self.channels:
             raise ValueError(f"product features must be N x {self.channels} (x h x w), got {tuple(feature_map.shape)}")
         return F.normalize(self.product(vec), dim=-1)
+
+    def attach_presence(self, head: PresenceHead) -> None:
+        """Give the embedder a category-presence head (over this backbone's channels and vocabulary)."""
+        if head.weight.shape != (len(self.categories), self.channels):
+            raise ValueError(f"presence head must be {len(self.categories)} x {self.channels}, "
+                             f"got {tuple(head.weight.shape)}")
+        self.presence = head.to(self.category.weight.device)
+
+    def presence_probabilities(self, feature_map: torch.Tensor) -> torch.Tensor | None:
+        """N x C x h x w (or N x C pooled) -> N x K probabilities that each category is in the scene;
+        None without a presence head."""
+        if self.presence is None:
+            return None
+        vec = pooled(feature_map.float()) if feature_map.ndim == 4 else feature_map.float()
+        return torch.sigmoid(self.presence(vec))
 
     def category_embeddings(self, index: torch.Tensor) -> torch.Tensor:
         """e_c for category indices of any shape -> shape + (d,)."""

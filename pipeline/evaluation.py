@@ -131,9 +131,14 @@ def candidate_columns(emb: QueryEmbeddings, query: Query) -> list[int]:
 
 
 def per_query_scores(queries: list[Query], emb: QueryEmbeddings, category_embedding: CategoryEmbedding,
-                     methods=METHODS) -> dict[str, dict[str, np.ndarray]]:
-    """Per method, one value per query: FITB hit (sampled negatives), expected FITB and the positive's rank."""
-    matrices = distance_matrices(emb, queries, category_embedding, methods)
+                     methods=METHODS, matrices: dict[str, np.ndarray] | None = None
+                     ) -> dict[str, dict[str, np.ndarray]]:
+    """Per method, one value per query: FITB hit (sampled negatives), expected FITB and the positive's rank.
+
+    `matrices`: the queries' distance matrices when the caller has them already (distance_matrices).
+    """
+    if matrices is None:
+        matrices = distance_matrices(emb, queries, category_embedding, methods)
     out = {}
     for method, dist in matrices.items():
         fitb, fitb_expected, ranks = [], [], []
@@ -145,6 +150,26 @@ def per_query_scores(queries: list[Query], emb: QueryEmbeddings, category_embedd
             ranks.append(positive_rank(dist[qi, rank_cols]))
         out[method] = {"fitb": np.array(fitb, float), "fitb_expected": np.array(fitb_expected), "rank": np.array(ranks)}
     return out
+
+
+def classifier_samples(dist: np.ndarray, queries: list[Query], emb: QueryEmbeddings
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The binary question "does this product complete the scene?" on each query's HR@K candidates.
+
+    Returns (distance, label, weight) over every query's positive (label 1, weight 1) and its
+    same-category negatives not in the scene (label 0, weight 1 / their number): each query weighs one
+    positive against one negative in all, so the classes are at even odds whatever the category sizes.
+    """
+    d, y, w = [], [], []
+    for qi, query in enumerate(queries):
+        cols = candidate_columns(emb, query)
+        n_neg = len(cols) - 1
+        d.append(dist[qi, cols])
+        y.append(np.r_[1.0, np.zeros(n_neg)])
+        w.append(np.r_[1.0, np.full(n_neg, 1.0 / max(n_neg, 1))])
+    if not d:
+        raise ValueError("no queries to make classifier samples from")
+    return np.concatenate(d).astype(float), np.concatenate(y), np.concatenate(w)
 
 
 def summarise(scores: dict[str, np.ndarray]) -> dict[str, float]:

@@ -51,3 +51,39 @@ def paired_bootstrap(a, b, *, n_resamples: int = 2000, seed: int = 0) -> dict[st
     means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return {"diff": float(diff.mean()), "ci95": [float(lo), float(hi)]}
+
+
+def average_precision(labels, scores) -> float:
+    """Average precision of a ranking by score (higher = more likely positive): the mean, over the positives,
+    of the precision at each positive's rank. Tied scores are ranked together, all counted at the tie's
+    end (the pessimistic convention of sklearn's step-wise AP). NaN when there is no positive."""
+    labels, scores = np.asarray(labels, dtype=float), np.asarray(scores, dtype=float)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(f"labels and scores must be vectors of one length, got {labels.shape} and {scores.shape}")
+    if labels.sum() == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp, seen = np.cumsum(y), np.arange(1, len(y) + 1)
+    ends = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]          # last index of each group of tied scores
+    precision, new_positives = tp[ends] / seen[ends], np.diff(np.r_[0, tp[ends]])
+    return float((precision * new_positives).sum() / y.sum())
+
+
+def roc_auc(labels, scores, weights=None) -> float:
+    """Area under the ROC curve: the chance that a positive scores above a negative (ties count half),
+    each (positive, negative) pair weighted by the product of their weights. NaN without both classes."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    weights = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=float)
+    if not (labels.shape == scores.shape == weights.shape) or labels.ndim != 1:
+        raise ValueError(f"labels, scores and weights must be vectors of one length, got "
+                         f"{labels.shape}, {scores.shape} and {weights.shape}")
+    w_pos, w_neg = weights[labels].sum(), weights[~labels].sum()
+    if w_pos <= 0 or w_neg <= 0:
+        return float("nan")
+    values, group = np.unique(scores, return_inverse=True)
+    pos = np.bincount(group, weights=np.where(labels, weights, 0.0), minlength=len(values))
+    neg = np.bincount(group, weights=np.where(labels, 0.0, weights), minlength=len(values))
+    below = np.cumsum(neg) - neg                                   # negative weight strictly below each value
+    return float((pos * (below + 0.5 * neg)).sum() / (w_pos * w_neg))

@@ -86,11 +86,13 @@ class RetrievalResult:
 
 @dataclass(frozen=True)
 class Scene:
-    """An encoded scene: the RGB image, f_s (1 x d) and f_i (1 x R x d); encode once, search many times."""
+    """An encoded scene: the RGB image, f_s (1 x d), f_i (1 x R x d) and the presence probabilities of the
+    checkpoint's categories (when it has a presence head); encode once, search many times."""
 
     image: Image.Image
     f_s: torch.Tensor
     f_i: torch.Tensor
+    presence: torch.Tensor | None = None   # K: P(category in the scene), checkpoint vocabulary order; None: no head
 
 
 @dataclass
@@ -118,6 +120,7 @@ class LookResult:
 
     categories: list[CategoryLook]
     scene: Image.Image
+    left_out: dict[str, float] = field(default_factory=dict)   # judged present and not shown: category -> p
 
     def __len__(self) -> int:
         return len(self.categories)
@@ -134,3 +137,46 @@ class LookResult:
 
     def to_dict(self, scene: str | None = None) -> dict:
         return {"scene": scene, "categories": [c.to_dict() for c in self.categories]}
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """Does one product complete the scene: its distances, the calibrated probability and the decision."""
+
+    product_id: str
+    category: str
+    image_path: str | None
+    global_distance: float
+    local_distance: float
+    hybrid_distance: float
+    probability: float | None      # None: no calibration for this checkpoint
+    completes: bool | None         # probability >= threshold; None without a calibration
+
+    @property
+    def score(self) -> float:
+        return 1.0 - self.hybrid_distance / 2.0
+
+    def to_dict(self) -> dict:
+        """The JSON form printed by ``ctl-retrieve --product ID --format json``."""
+        return {"product_id": self.product_id, "category": self.category, "score": self.score,
+                "hybrid_distance": self.hybrid_distance, "global_distance": self.global_distance,
+                "local_distance": self.local_distance, "probability": self.probability,
+                "completes_look": self.completes, "image": self.image_path}
+
+
+@dataclass
+class CompatibilityResult:
+    """The verdicts on the products asked about, in the order asked."""
+
+    products: list[Compatibility]
+    threshold: float | None        # the calibrated probability at or above which a product completes the look
+    scene: Image.Image
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def __iter__(self) -> Iterator[Compatibility]:
+        return iter(self.products)
+
+    def to_dict(self, scene: str | None = None) -> dict:
+        return {"scene": scene, "threshold": self.threshold, "products": [p.to_dict() for p in self.products]}

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -29,10 +30,22 @@ from common import defaults
 from common.devices import resolve_device
 from common.naming import match_category
 from index.store import ProductIndex
+from pipeline.calibration import FILE as CALIBRATION_FILE
+from pipeline.calibration import CalibrationError, Platt, load_calibrations
 from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
 from pipeline.distances import all_distances, attention_weights
 from pipeline.images import image_to_tensor, load_image
-from retrieval.results import CategoryLook, Hit, LookResult, RetrievalError, RetrievalResult, Scene, attention_grid
+from retrieval.results import (
+    CategoryLook,
+    Compatibility,
+    CompatibilityResult,
+    Hit,
+    LookResult,
+    RetrievalError,
+    RetrievalResult,
+    Scene,
+    attention_grid,
+)
 
 
 class Retriever:
@@ -55,6 +68,10 @@ class Retriever:
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
         self._category_to_index = dict(embedder.category_to_index)
         self._bind(index)
+        self.presence_threshold = float(checkpoint.extra.get("presence", {}).get("threshold",
+                                                                               defaults.PRESENCE_THRESHOLD))
+        self.calibration, notes = _hybrid_calibration(checkpoint)
+        self.notes = [*checkpoint.notes, *notes]   # what this checkpoint's run lacks, in words
 
     def _bind(self, index: ProductIndex) -> None:
         """Make `index` the one searched; refuse one built by another checkpoint or in another space."""
@@ -129,7 +146,9 @@ class Retriever:
                 feature_map = self._backbone(x)  # the one backbone forward, on torch's thread pool
                 with _one_thread():
                     f_s, f_i = self.embedder.scene_from_features(feature_map)
-        return [Scene(image=img, f_s=f_s[j:j + 1].float(), f_i=f_i[j:j + 1].float()) for j, img in enumerate(imgs)]
+                    presence = self.embedder.presence_probabilities(feature_map)
+        return [Scene(image=img, f_s=f_s[j:j + 1].float(), f_i=f_i[j:j + 1].float(),
+                      presence=None if presence is None else presence[j].float()) for j, img in enumerate(imgs)]
 
     @property
     def scene_backbone(self) -> torch.nn.Module:
@@ -244,6 +263,7 @@ class Retriever:
         k: int = defaults.LOOK_K,
         categories: "list[str] | None" = None,
         candidates: int = defaults.CANDIDATES,
+        include_present: bool = False,
         timings: dict | None = None,
     ) -> LookResult:
         """The whole look: for every category of the index (or those asked for), its top-k products.
@@ -253,6 +273,12 @@ class Retriever:
         batched call of the distances, so a look over all categories costs little more than one flat
         retrieval. Each category comes back with its hits and its attention grid over the scene.
         `timings` as in retrieve (stage 2 includes the attention grids).
+
+        With a presence head in the checkpoint, each category also carries the probability that the
+        scene already shows it (``present`` when it reaches the checkpoint's threshold). The whole look
+        (`categories` None) lists the missing categories first and leaves out the present ones, which
+        ``LookResult.left_out`` names, unless `include_present` keeps them (after the missing ones).
+        Categories asked for by name all come back, in the order asked, presence marked.
         """
         k, candidates = _positive("k", k), _positive("candidates", candidates)
         if categories is None:
@@ -260,6 +286,14 @@ class Retriever:
         else:
             names = list(dict.fromkeys(self.resolve_category(c) for c in categories))
         scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
+        presence = {} if scene.presence is None else \
+            {n: float(scene.presence[self._category_to_index[n]]) for n in names}
+        left_out = {}
+        if presence and categories is None:
+            missing = [n for n in names if presence[n] < self.presence_threshold]
+            present = [n for n in names if presence[n] >= self.presence_threshold]
+            names = missing + present if include_present else missing
+            left_out = {} if include_present else {n: presence[n] for n in present}
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
         with _one_thread():
             per_category = []
@@ -280,11 +314,60 @@ class Retriever:
                 start += len(rows_c)
                 d_c = {key: value[part] for key, value in d.items()}
                 order = np.lexsort((rows_c, d_c["global"], d_c["hybrid"]))[:k]
+                p = presence.get(name)
                 looks.append(CategoryLook(category=name, hits=self._hits(rows_c, d_c, order),
-                                          attention=attention_grid(grids[j]), candidates=int(len(rows_c))))
+                                          attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
+                                          present=None if p is None else p >= self.presence_threshold,
+                                          presence_probability=p))
             if timings is not None:
                 timings["stage2"] = time.perf_counter() - stage2_start
-        return LookResult(categories=looks, scene=scene.image)
+        return LookResult(categories=looks, scene=scene.image, left_out=left_out)
+
+    def compatibility(self, scene: "Image.Image | str | os.PathLike | Scene", product_ids: Sequence[str], *,
+                      timings: dict | None = None) -> CompatibilityResult:
+        """Does each product complete the scene? Its exact d_g, d_l, d_h (as stage 2 computes them), the
+        probability of the run's calibration of d_h (calibration.json beside the checkpoint) and the
+        decision probability >= its threshold; both None when the run has no calibration for this
+        checkpoint (see `notes`). Products in the order given; an id not in the index is a RetrievalError.
+        `timings` as in retrieve ("stage2": the exact distances of the products).
+        """
+        if isinstance(product_ids, str) or not len(product_ids):
+            raise RetrievalError("give a list of one or more product ids")
+        ids = [str(p) for p in product_ids]
+        rows = self.rows_for_products(ids)
+        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
+        with _one_thread(), _timed(timings, "stage2"):
+            d = self.rerank(scene.f_s.to(self.device), scene.f_i.to(self.device), rows)
+        records = self.index.table.take(pa.array(rows, type=pa.int64())).to_pylist()
+        probability = None if self.calibration is None else self.calibration.probability(d["hybrid"])
+        out = []
+        for j, (pid, info) in enumerate(zip(ids, records)):
+            p = None if probability is None else float(probability[j])
+            out.append(Compatibility(
+                product_id=pid, category=str(info["category"]), image_path=info.get("image_path"),
+                global_distance=float(d["global"][j]), local_distance=float(d["local"][j]),
+                hybrid_distance=float(d["hybrid"][j]), probability=p,
+                completes=None if p is None else p >= self.calibration.threshold))
+        return CompatibilityResult(products=out, scene=scene.image,
+                                   threshold=None if self.calibration is None else self.calibration.threshold)
+
+    def rows_for_products(self, product_ids: Sequence[str]) -> np.ndarray:
+        """Index rows of the given product ids, in order; RetrievalError naming the ids the index lacks."""
+        ids = [str(p) for p in product_ids]
+        asked = list(dict.fromkeys(ids))
+        # One pass over the catalogue against a hash of the few ids asked (no catalogue-sized dict).
+        column = self.index.table.column("product_id").cast(pa.string())
+        position = pc.index_in(column, value_set=pa.array(asked, type=pa.string()))
+        rows = np.flatnonzero(position.is_valid().to_numpy(zero_copy_only=False))
+        row_of: dict[str, int] = {}
+        for row, j in zip(rows.tolist(), position.drop_null().to_numpy(zero_copy_only=False).tolist()):
+            row_of.setdefault(asked[j], row)
+        unknown = [pid for pid in asked if pid not in row_of]
+        if unknown:
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            shown = ", ".join(repr(u) for u in unknown[:5]) + more
+            raise RetrievalError(f"unknown product id {shown}: not in the index of {self.index.n} products")
+        return np.array([row_of[pid] for pid in ids], dtype=np.int64)
 
     def row_category(self, row: int) -> str:
         """The category of one index row."""
@@ -317,6 +400,18 @@ class Retriever:
                 metadata=info,
             ))
         return hits
+
+
+def _hybrid_calibration(checkpoint: Checkpoint) -> tuple[Platt | None, list[str]]:
+    """The hybrid distance's calibration from the checkpoint's run folder, or None and a note saying why."""
+    path = checkpoint.path.parent / CALIBRATION_FILE
+    try:
+        calibrations = load_calibrations(path, checkpoint_sha256=checkpoint.sha256)
+    except CalibrationError as exc:
+        return None, [f"no probability for 'completes the look': {exc}"]
+    if "hybrid" not in calibrations.methods:
+        return None, [f"no probability for 'completes the look': {path} has no hybrid calibration"]
+    return calibrations.methods["hybrid"], []
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The HTTP API and the page: a thin FastAPI layer over one Retriever (all retrieval logic stays in retrieval/).
 
-    POST /v1/look                    multipart field `image`; ?k=&candidates=&categories=...  the whole look
+    POST /v1/look                    multipart field `image`; ?k=&candidates=&categories=&include_present=  the look
     POST /v1/retrieve                multipart field `image`; ?k=&candidates=&category=        the flat top-k
+    POST /v1/compatibility           multipart field `image`; ?product_id=... (repeat)  does each product complete it
     GET  /v1/categories              the index's categories and their product counts
     GET  /v1/products/{id}/image     a catalogue image, looked up by product id
     GET  /v1/examples, /v1/examples/{n}   the example scenes the page offers
@@ -46,7 +47,8 @@ from service.swap import IndexSwapper
 API_VERSION = "v1"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MULTIPART_SLACK = 64 * 1024            # room for the multipart envelope around an upload of the byte cap
-UPLOAD_PATHS = ("/v1/look", "/v1/retrieve")
+UPLOAD_PATHS = ("/v1/look", "/v1/retrieve", "/v1/compatibility")
+MAX_PRODUCTS = 100                     # product ids one compatibility request may ask about
 log = logging.getLogger("ctl.serve")
 
 
@@ -269,13 +271,25 @@ def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSetti
     Categories = Annotated[list[str] | None, QueryParam(description="repeat for several; default: all")]
     Category = Annotated[str | None, QueryParam(description="only this category (full name or last part)")]
 
+    IncludePresent = Annotated[bool, QueryParam(description="also the categories the scene already shows "
+                                                "(after the missing ones); default: left out")]
+    ProductIds = Annotated[list[str], QueryParam(min_length=1, max_length=MAX_PRODUCTS,
+                                                 description="a catalogue product id; repeat for several")]
+
     @app.post(f"/{API_VERSION}/look", summary="The whole look: the top k products of each category")
     async def look(image: Scene, k: K = defaults.LOOK_K, candidates: Candidates = defaults.CANDIDATES,
-                   categories: Categories = None):
+                   categories: Categories = None, include_present: IncludePresent = False):
         names = resolve(categories) if categories else None
         data, name = await read_upload(image)
         return await run(data, name, lambda r, scene, t: r.look(
-            scene, k=k, categories=names, candidates=candidates, timings=t).to_dict(scene=name))
+            scene, k=k, categories=names, candidates=candidates, include_present=include_present,
+            timings=t).to_dict(scene=name))
+
+    @app.post(f"/{API_VERSION}/compatibility", summary="Does each product complete the scene?")
+    async def compatibility(image: Scene, product_id: ProductIds):
+        data, name = await read_upload(image)
+        return await run(data, name, lambda r, scene, t: r.compatibility(scene, product_id, timings=t)
+                         .to_dict(scene=name))
 
     @app.post(f"/{API_VERSION}/retrieve", summary="The flat top k: nearest products of any (or one) category")
     async def retrieve(image: Scene, k: K = defaults.K, candidates: Candidates = defaults.CANDIDATES,

@@ -11,21 +11,39 @@ from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import InputError
 from common.files import write_json_atomic
-from jobs.evaluation.report_plots import attention_figure, methods_bar_chart
+from jobs.evaluation.report_plots import attention_figure, methods_bar_chart, reliability_diagram
+from jobs.evaluation.through_index import through_index_report
+from jobs.training.calibrate import METHODS as CLASSIFIER_METHODS
+from jobs.training.calibrate import calibrate_run
 from jobs.training.config import TrainConfig
+from jobs.training.presence import evaluate_presence
 from jobs.training.train import strategy_for
 from jobs.training.training_data import Readable, cache_features, prepare_data, usable_queries
+from pipeline.calibration import (
+    BINS,
+    CalibrationError,
+    Calibrations,
+    expected_calibration_error,
+    load_calibrations,
+    reliability,
+    weighted_counts,
+)
+from pipeline.calibration import FILE as CALIBRATION_FILE
 from pipeline.checkpoint import load_checkpoint
 from pipeline.evaluation import (
     FITB_NEGATIVES,
     KS,
+    METHODS,
     RANK_NEGATIVES,
     Query,
     category_lookup,
+    classifier_samples,
     compare_methods,
+    distance_matrices,
     per_query_scores,
     summarise,
 )
+from pipeline.metrics import roc_auc
 
 SPLITS = ("test", "val")
 
@@ -33,7 +51,30 @@ SPLITS = ("test", "val")
 def report_files(split: str) -> dict[str, str]:
     """File names of a split's report and plots: the test split's are the plain names, others carry the split."""
     suffix = "" if split == "test" else f"-{split}"
-    return {"report": f"report{suffix}.json", "chart": f"report{suffix}.png", "attention": f"attention{suffix}.png"}
+    return {"report": f"report{suffix}.json", "chart": f"report{suffix}.png", "attention": f"attention{suffix}.png",
+            "reliability": f"reliability{suffix}.png"}
+
+
+def run_calibrations(run_dir: Path, sha: str, refit) -> tuple[Calibrations, bool]:
+    """The run's calibration.json when it was fitted for this checkpoint; else `refit()` (written). -> (it, refitted)"""
+    try:
+        return load_calibrations(run_dir / CALIBRATION_FILE, checkpoint_sha256=sha), False
+    except CalibrationError:
+        return refit(), True
+
+
+def classifier_report(queries: list[Query], emb, matrices: dict, calibrations: Calibrations) -> dict:
+    """The classifier "does this product complete the scene?" on `queries`, per distance: ROC-AUC, precision,
+    recall and F1 at the validation threshold, expected calibration error and the reliability bins."""
+    out = {}
+    for method in CLASSIFIER_METHODS:
+        platt = calibrations.methods[method]
+        d, y, w = classifier_samples(matrices[method], queries, emb)
+        p = platt.probability(d)
+        out[method] = {"roc_auc": roc_auc(y, -d, w), **weighted_counts(p, y, w, platt.threshold),
+                       "threshold": platt.threshold, "distance_threshold": platt.distance_threshold,
+                       "ece": expected_calibration_error(p, y, w), "reliability": reliability(p, y, w)}
+    return out
 
 
 def protocol(queries: list[Query], *, split: str, seed: int, exclusion: str) -> dict:
@@ -49,8 +90,17 @@ def protocol(queries: list[Query], *, split: str, seed: int, exclusion: str) -> 
 
 
 def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | None = None,
-                   plots: bool = True, device: str = "auto") -> dict:
-    """Score every method on the run's `split` and write report.json, report.png and attention.png.
+                   plots: bool = True, device: str = "auto", through_index=None) -> dict:
+    """Score every method on the run's `split` and write report.json, report.png, attention.png and
+    reliability.png.
+
+    Besides the ranking figures, the report holds the presence head's per-category average precision
+    on the split's scenes (`presence`) and the classifier's figures (`classifier`: ROC-AUC, precision and
+    recall at the threshold, expected calibration error, for hybrid, global and local) with the run's
+    calibration.json (fitted on validation; refitted here when missing or made for another checkpoint).
+    `through_index` (an index directory built from this checkpoint) adds `through_index`: every query's
+    positive ranked among all the catalogue products of its category by the real Retriever, two-stage and
+    exhaustive, and the candidate-cut curve (jobs.evaluation.through_index).
 
     Another split than test writes report-SPLIT.json and its plots beside them, so a look at the
     validation split never replaces the test report. The run's config is read tolerantly: a field
@@ -69,28 +119,45 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     # Both modes: the frozen backbone's features score the untrained baseline and tell which images decode.
     cache_features(data, run_dir, cfg, dev)
     pairs = {"test": data.test_pairs, "val": data.val_pairs, "train": data.train_pairs}[split]
-    queries = usable_queries(data, pairs, seed, Readable.from_features(data.scenes, data.products))
+    readable = Readable.from_features(data.scenes, data.products)
+    queries = usable_queries(data, pairs, seed, readable)
     if not queries:
         raise InputError(f"no usable {split} queries in {data_dir}")
     strategy = strategy_for(cfg, data, dev)
     embedder = load_checkpoint(checkpoint, device=dev).embedder if strategy.trains_backbone else ckpt.embedder
     emb = strategy.query_embeddings(embedder, queries)
     lookup = category_lookup(embedder)
-    scores = per_query_scores(queries, emb, lookup)
+    matrices = distance_matrices(emb, queries, lookup, METHODS)
+    scores = per_query_scores(queries, emb, lookup, matrices=matrices)
+    calibrations, refitted = run_calibrations(run_dir, ckpt.sha256, lambda: calibrate_run(
+        run_dir, data, cfg, strategy, embedder, readable, checkpoint_sha256=ckpt.sha256))
     report = {
         "methods": {m: summarise(s) for m, s in scores.items()},
         "n_queries": len(queries),
         "comparisons": compare_methods(scores, seed),
         "protocol": protocol(queries, split=split, seed=seed, exclusion=cfg.exclusion),
+        "presence": evaluate_presence(embedder, data, run_dir, cfg, dev, split=split),
+        "classifier": classifier_report(queries, emb, matrices, calibrations),
+        "classifier_protocol": {
+            "question": "does this product complete the scene? (the pair's positive vs its same-category products "
+                        "not in the scene, the negatives of one pair weighing one positive: even odds)",
+            "calibration": calibrations.info.get("calibration"), "fitted_on": calibrations.info.get("fitted_on"),
+            "threshold_rule": calibrations.info.get("threshold_rule"), "refitted_by_evaluate": refitted,
+            "ece": f"expected calibration error over {BINS} equal-width probability bins, weighted"},
         "checkpoint_sha256": ckpt.sha256,
         "data": str(data_dir),
         "backbone": cfg.backbone,
-        "seconds": round(time.time() - started, 1),
     }
+    if through_index is not None:
+        report["through_index"] = through_index_report(
+            data.dataset, queries, checkpoint=checkpoint, index_dir=through_index, exclusion=cfg.exclusion,
+            device=dev)
+    report["seconds"] = round(time.time() - started, 1)
     names = report_files(split)
     if plots:
         methods_bar_chart(report, run_dir / names["chart"])
         attention_figure(data.dataset, queries, emb, lookup, run_dir / names["attention"], cfg.exclusion)
+        reliability_diagram(report, run_dir / names["reliability"])
     # Last, so a report.json on disk means the whole evaluation (plots included) finished.
     write_json_atomic(run_dir / names["report"], report)
     return report
@@ -115,6 +182,35 @@ def format_comparisons(comparisons: dict) -> str:
     return "\n".join(lines)
 
 
+def format_extras(report: dict) -> str:
+    """Presence, classifier and through-index figures of a report, a few lines each (empty when absent)."""
+    lines = []
+    presence = report.get("presence") or {}
+    if presence.get("available"):
+        lines.append(f"category presence on {presence['n_scenes']} {presence['split']} scenes (unmasked): mean AP "
+                     f"{presence['mean_ap']:.3f} against a mean category frequency of {presence['mean_frequency']:.3f}")
+    elif presence:
+        lines.append(f"category presence: {presence.get('note')}")
+    classifier = report.get("classifier") or {}
+    if classifier:
+        lines.append("does the product complete the scene? (even odds; threshold fitted on validation)")
+        lines.append(f"{'distance':<10}{'roc_auc':>10}{'precision':>11}{'recall':>10}{'ece':>8}")
+        for name, m in classifier.items():
+            lines.append(f"{name:<10}{m['roc_auc']:>10.3f}{m['precision']:>11.3f}{m['recall']:>10.3f}{m['ece']:>8.3f}")
+    through = report.get("through_index")
+    if through:
+        lines.append(f"through the index ({through['n_products']} products, {through['factory']}): each positive "
+                     f"among every product of its category, {through['n_queries']} queries")
+        for way in ("two_stage", "exhaustive"):
+            m = through[way]
+            label = f"C={through['candidates']}" if way == "two_stage" else "exhaustive"
+            lines.append(f"  {label:<11}" + "  ".join(f"{key} {value:.3f}" for key, value in m.items()))
+        for name, curve in through["candidate_cut"].items():
+            points = ", ".join(f"C={row['candidates']}: {row['overlap']:.3f}" for row in curve)
+            lines.append(f"  top-{through['k']} overlap with exhaustive, {name.replace('_', ' ')}: {points}")
+    return "\n".join(lines)
+
+
 @click.command("evaluate")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path), default=defaults.RUN_DIR,
               show_default=True, help="training run folder (holds checkpoint.pt and split.json)")
@@ -123,13 +219,21 @@ def format_comparisons(comparisons: dict) -> str:
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--no-plots", is_flag=True, help="skip report.png and attention.png")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
-def evaluate_command(run_dir, data_dir, split, no_plots, device):
+@click.option("--through-index", "through_index", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="also rank each positive among every catalogue product of its category through "
+                                 "this index (built from the run's checkpoint): two-stage vs exhaustive, and the "
+                                 "candidate-cut curve")
+def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index):
     """FITB and HR@K of hybrid, global, local and backbone distances; writes report.json and plots."""
-    report = run_evaluation(run_dir, data_dir=data_dir, split=split, plots=not no_plots, device=device)
+    report = run_evaluation(run_dir, data_dir=data_dir, split=split, plots=not no_plots, device=device,
+                            through_index=through_index)
     click.echo(f"{report['n_queries']} {split} queries, about {report['protocol']['rank_negatives_mean']:.0f} "
                f"same-category negatives each for HR@K, {FITB_NEGATIVES} for FITB (chance 0.25)")
     click.echo(format_table(report["methods"]))
     click.echo("paired differences on the same queries, 95% bootstrap intervals:")
     click.echo(format_comparisons(report["comparisons"]))
+    for line in format_extras(report).splitlines():
+        click.echo(line)
     names = report_files(split)
-    click.echo(f"wrote {Path(run_dir) / names['report']}" + ("" if no_plots else f", {names['chart']}, {names['attention']}"))
+    click.echo(f"wrote {Path(run_dir) / names['report']}" + ("" if no_plots else
+               f", {names['chart']}, {names['attention']}, {names['reliability']}"))

@@ -95,3 +95,32 @@ def attention_figure(dataset, queries, emb: QueryEmbeddings, category_embedding:
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
     return drawn
+
+
+def reliability_diagram(report: dict, out_png) -> None:
+    """The classifier's reliability: per probability bin, the observed share of positives against the mean
+    predicted probability, for each distance (the diagonal is perfect calibration), and how the samples
+    spread over the bins."""
+    classifier = report["classifier"]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.2, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfectly calibrated")
+    width = 0.1 / (len(classifier) + 1)
+    for i, (name, m) in enumerate(classifier.items()):
+        bins = [b for b in m["reliability"] if b["share"] > 0]
+        ax.plot([b["predicted"] for b in bins], [b["observed"] for b in bins], marker="o", ms=4,
+                label=f"{name}: ECE {m['ece']:.3f}, AUC {m['roc_auc']:.3f}")
+        hist.bar([b["lo"] + (i + 0.5) * width + width / 2 for b in m["reliability"]],
+                 [b["share"] for b in m["reliability"]], width, label=name)
+    ax.set_ylabel("observed share of positives")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7.5, loc="upper left")
+    proto = report["protocol"]
+    ax.set_title(f"Does the product complete the scene? {report['n_queries']} {proto['split']} pairs\n"
+                 "positive vs same-category products not in the scene (even odds)", fontsize=9)
+    hist.set_xlabel("calibrated probability (Platt, fitted on validation)")
+    hist.set_ylabel("share")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)

@@ -15,15 +15,17 @@ from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import InputError
 from common.files import write_json_atomic
+from jobs.training.calibrate import calibrate_run
 from jobs.training.config import LR_SCHEDULES, MODES, TrainConfig
 from jobs.training.finetune import FineTune
 from jobs.training.frozen import FrozenHeads
+from jobs.training.presence import train_presence
 from jobs.training.resume import STATE_FILE, Progress, load_state, save_state
 from jobs.training.schedule import selection_score, set_epoch_lr
 from jobs.training.strategy import StepStrategy
-from jobs.training.training_data import TrainingData, prepare_data, trainable_pairs, usable_queries
+from jobs.training.training_data import Readable, TrainingData, prepare_data, trainable_pairs, usable_queries
 from pipeline.backbones import BACKBONES
-from pipeline.checkpoint import save_checkpoint
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.embedder import StyleEmbedder
 from pipeline.evaluation import Query, QueryEmbeddings, category_lookup, score_queries
 from pipeline.scene_crops import EXCLUSION_MODES
@@ -91,6 +93,23 @@ def fit(strategy: StepStrategy, embedder: StyleEmbedder, optimizer: torch.optim.
     return done
 
 
+def complete_checkpoint(strategy: StepStrategy, data: TrainingData, readable: Readable, out_dir: Path,
+                        device: torch.device) -> tuple[str, dict]:
+    """Once the style heads are chosen: the category-presence head, trained on their checkpoint's backbone
+    features and saved into it, then the classifier's calibration beside it (calibration.json).
+
+    Both come after the training loop and draw nothing from its random streams, so the style heads,
+    the checkpoint choice and every ranking figure are those of a run without them.
+    Returns the final checkpoint's sha256 and what the summary records of both.
+    """
+    path = out_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(path, with_backbone=strategy.trains_backbone, device=device)
+    presence = train_presence(ckpt.embedder, data, out_dir, strategy.cfg, device)
+    sha = save_checkpoint(path, ckpt.embedder, config=ckpt.config, extra={**ckpt.extra, "presence": presence})
+    calibrations = calibrate_run(out_dir, data, strategy.cfg, strategy, ckpt.embedder, readable, checkpoint_sha256=sha)
+    return sha, {"presence": presence, "classifier_val": calibrations.info.get("val", {})}
+
+
 def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train on the pairs of `data_dir`; write checkpoint.pt (best on validation), config.json, split.json,
     training_state.pt (for --resume) and train_summary.json; return the summary."""
@@ -117,8 +136,10 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
                out_dir=out_dir, checkpoint_config={**cfg.to_dict(), "data": str(data_dir)}, done=done,
                progress=progress)
     best = done.best
+    sha, extras = (best.get("sha256"), {}) if best is None else \
+        complete_checkpoint(strategy, data, readable, out_dir, device)
     summary = {"checkpoint": str(out_dir / "checkpoint.pt"), "best_epoch": best["epoch"] if best else None,
-               "checkpoint_sha256": best.get("sha256") if best else None, "history": done.history,
+               "checkpoint_sha256": sha, "history": done.history, **extras,
                "n_train_pairs": len(pools), "n_val_queries": len(val_queries),
                "triplets_per_second": round(done.triplets / max(done.train_seconds, 1e-9), 1),
                "seconds": round(time.time() - started, 1), "device": str(device)}

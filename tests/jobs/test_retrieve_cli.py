@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from jobs.retrieve_cli import main
-from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY, world  # noqa: F401
+from tests.retrieval.test_look_and_compatibility import PLATT, presence_paths  # noqa: F401
+from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY, retriever, world  # noqa: F401
 
 
 def run(world, *args, checkpoint=None, index_dir=None):
@@ -158,3 +159,97 @@ def test_a_one_pixel_scene_is_a_scene(world, tmp_path):
 def test_help_is_fast_and_clean():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "--candidates" in result.output
+
+
+# -- the whole look, and does a product complete the scene ---------------------------------------
+
+def run_presence(world, presence_paths, *args):  # noqa: F811
+    ckpt, index_dir = presence_paths
+    return run(world, *args, checkpoint=ckpt, index_dir=index_dir)
+
+
+def test_look_table_groups_the_missing_categories(world, presence_paths):  # noqa: F811
+    result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--look", "--k", "3")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "the whole look, the best 3 of each of 1 category missing from the scene (up to 200" in lines[0]
+    assert lines[1].startswith("left out, already in the scene: hat (p=0.52), shoes (p=0.95)")
+    block = lines.index("handbag  (missing: p(in scene)=0.05)")
+    assert lines[block + 1].split() == ["rank", "product", "score", "d_g", "d_l"]
+    assert [line.split()[0] for line in lines[block + 2:block + 5]] == ["1", "2", "3"]
+    full = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--look", "--include-present")
+    headers = [line for line in full.stdout.splitlines() if line.startswith(tuple(CATEGORIES))]
+    assert [h.split()[0] for h in headers] == ["handbag", "hat", "shoes"]          # missing first
+    assert "already in the scene" in headers[1] and len(full.stdout.splitlines()) == 1 + 3 * (3 + 4)
+
+
+def test_look_json_has_exactly_the_documented_shape(world, presence_paths):  # noqa: F811
+    result = run_presence(world, presence_paths, "--scene", str(world.scenes[1]), "--look", "--include-present",
+                          "--k", "2", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"scene", "categories"} and data["scene"] == str(world.scenes[1])
+    assert [c["category"] for c in data["categories"]] == ["handbag", "hat", "shoes"]
+    for c in data["categories"]:
+        assert set(c) == {"category", "present", "presence_probability", "attention", "hits"}
+        assert len(c["attention"]) == 7 and sum(map(sum, c["attention"])) == pytest.approx(1.0, abs=1e-4)
+        assert len(c["hits"]) == 2 and {h["category"] for h in c["hits"]} == {c["category"]}
+        assert set(c["hits"][0]) == {"rank", "product_id", "category", "score", "hybrid_distance",
+                                     "global_distance", "local_distance", "image", "metadata"}
+
+
+def test_look_with_an_old_checkpoint_shows_every_category_and_notes_why(world):  # noqa: F811
+    result = run(world, "--scene", str(world.scenes[0]), "--look", "--k", "2")
+    assert result.exit_code == 0, result.output
+    assert "note: " in result.stderr and "no category-presence head" in result.stderr
+    assert "this checkpoint has no presence head: every category is shown" in result.stdout
+    assert sum(line in CATEGORIES for line in result.stdout.splitlines()) == 3
+
+
+def test_look_sheet_has_one_row_per_category(world, presence_paths, tmp_path):  # noqa: F811
+    out = tmp_path / "look.png"
+    result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--look", "--include-present",
+                          "--sheet", str(out))
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.height > 3 * 160 and img.width > 4 * 160
+
+
+def test_product_verdicts_as_table_and_json(world, presence_paths):  # noqa: F811
+    ids = world.product_ids[:3]
+    argv = ["--scene", str(world.scenes[0]), *[a for pid in ids for a in ("--product", pid)]]
+    table = run_presence(world, presence_paths, *argv)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert f"completes the look at p >= {PLATT.threshold:.3f}" in lines[0]
+    assert lines[1].split() == ["product", "category", "score", "d_h", "d_g", "d_l", "p", "completes"]
+    assert [line.split()[0] for line in lines[2:]] == ids
+    assert all(line.split()[-1] in ("yes", "no") for line in lines[2:])
+    data = json.loads(run_presence(world, presence_paths, *argv, "--format", "json").stdout)
+    assert set(data) == {"scene", "threshold", "products"} and [p["product_id"] for p in data["products"]] == ids
+    for row, line in zip(data["products"], lines[2:]):
+        assert row["completes_look"] == (line.split()[-1] == "yes") == (row["probability"] >= data["threshold"])
+
+
+def test_product_without_a_calibration_prints_distances_and_a_note(world):  # noqa: F811
+    result = run(world, "--scene", str(world.scenes[0]), "--product", world.product_ids[0])
+    assert result.exit_code == 0, result.output
+    assert "no calibration for this checkpoint" in result.stdout and result.stdout.splitlines()[2].endswith("-")
+    assert "note: no probability for 'completes the look'" in result.stderr
+
+
+def test_unknown_product_id_is_a_one_line_error(world, presence_paths):  # noqa: F811
+    result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--product", "nope")
+    assert_one_line_error(result, "unknown product id 'nope'", code=2)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--look", "--category", "hat"], "--look gives every category missing from the scene; --category asks for one"),
+    (["--look", "--product", "p000"], "--look and --product ask different questions"),
+    (["--product", "p000", "--category", "hat"], "--product scores the products given; --category does not apply"),
+    (["--product", "p000", "--k", "3", "--sheet", "x.png"], "--k, --sheet do not apply"),
+    (["--include-present"], "--include-present only applies to --look"),
+])
+def test_bad_combinations_are_one_line_usage_errors(world, args, fragment):  # noqa: F811
+    assert_one_line_error(run(world, "--scene", str(world.scenes[0]), *args), fragment, "see ctl-retrieve --help",
+                          code=2)

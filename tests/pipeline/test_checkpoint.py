@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from common.files import sha256_of
-from pipeline.checkpoint import FORMAT, CheckpointError, check_checkpoint, load_checkpoint, save_checkpoint
-from pipeline.embedder import build_embedder
+from pipeline.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    check_checkpoint,
+    has_presence_head,
+    load_checkpoint,
+    save_checkpoint,
+)
+from pipeline.embedder import PresenceHead, build_embedder
 
 CATS = ["A|Shoes", "A|Bags", "A|Hats"]
 
@@ -73,3 +80,24 @@ def test_a_missing_checkpoint_says_how_to_make_one(tmp_path):
     for load in (load_checkpoint, check_checkpoint):
         with pytest.raises(CheckpointError, match="make train"):
             load(tmp_path / "missing.pt")
+
+
+def test_the_presence_head_travels_and_an_older_checkpoint_loads_without_it_and_says_so(tmp_path):
+    heads = build_embedder(categories=CATS, with_backbone=False, dim=8, hidden=0)
+    old = tmp_path / "old" / "checkpoint.pt"
+    save_checkpoint(old, heads, config={})            # written as before the presence head existed
+    loaded = load_checkpoint(old, with_backbone=False)
+    assert not loaded.has_presence and loaded.embedder.presence is None and not has_presence_head(old)
+    assert len(loaded.notes) == 1 and "no category-presence head" in loaded.notes[0] and "ctl train" in loaded.notes[0]
+
+    head = PresenceHead(1280, len(CATS))
+    torch.nn.init.normal_(head.weight, generator=torch.Generator().manual_seed(0))
+    head.mean.fill_(0.1)
+    heads.attach_presence(head)
+    new = tmp_path / "new" / "checkpoint.pt"
+    save_checkpoint(new, heads, config={})
+    back = load_checkpoint(new, with_backbone=False)
+    assert back.has_presence and back.notes == () and has_presence_head(new)
+    features = torch.randn(4, 1280)
+    with torch.no_grad():
+        assert torch.equal(back.embedder.presence_probabilities(features), heads.presence_probabilities(features))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.embedder import build_embedder
+from pipeline.embedder import PresenceHead, build_embedder
 
 CATS = ["A|Shoes", "A|Bags", "A|Hats"]
 
@@ -43,3 +43,21 @@ def test_heads_only_embedder_refuses_images_but_takes_features():
 def test_unknown_category_names_the_known_ones(embedder):
     with pytest.raises(ValueError, match="A\\|Shoes"):
         embedder.category_indices(["A|Socks"])
+
+
+def test_presence_head_is_optional_and_gives_one_probability_per_category():
+    heads = build_embedder(categories=CATS, with_backbone=False, dim=8, hidden=0)
+    maps = torch.randn(2, 1280, 7, 7)
+    assert heads.presence is None and heads.presence_probabilities(maps) is None
+    assert not any(k.startswith("presence.") for k in heads.heads_state_dict())
+    before = torch.get_rng_state()
+    head = PresenceHead(1280, len(CATS))
+    assert torch.equal(torch.get_rng_state(), before)            # no draw from the global stream
+    head.bias.data = torch.tensor([-20.0, 0.0, 20.0])
+    heads.attach_presence(head)
+    probs = heads.presence_probabilities(maps)
+    assert probs.shape == (2, 3) and torch.allclose(probs, torch.tensor([[0.0, 0.5, 1.0]] * 2), atol=1e-6)
+    assert torch.equal(heads.presence_probabilities(maps.mean((2, 3))), probs)   # pooled features too
+    assert {"presence.weight", "presence.bias", "presence.mean", "presence.scale"} <= set(heads.heads_state_dict())
+    with pytest.raises(ValueError, match="presence head must be 3 x 1280"):
+        heads.attach_presence(PresenceHead(512, 3))

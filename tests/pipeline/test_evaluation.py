@@ -15,6 +15,7 @@ from pipeline.evaluation import (
     QueryEmbeddings,
     build_queries,
     category_lookup,
+    classifier_samples,
     compare_methods,
     distance_matrices,
     per_query_scores,
@@ -141,3 +142,18 @@ def test_category_lookup_is_the_unit_category_embedding():
     got = category_lookup(embedder)("shoes")
     assert got.shape == (8,) and got.device.type == "cpu"
     assert torch.allclose(got, F.normalize(embedder.category.weight[1], dim=0))
+
+
+def test_classifier_samples_weigh_each_query_one_positive_against_one_negative(setup):
+    emb, cats, queries = setup
+    dist = distance_matrices(emb, queries, cats.__getitem__, methods=("hybrid",))["hybrid"]
+    d, y, w = classifier_samples(dist, queries, emb)
+    start = 0
+    for qi, q in enumerate(queries):
+        candidates = (q.product_id, *q.rank_negatives)
+        part = slice(start, start + len(candidates))
+        start += len(candidates)
+        assert list(y[part]) == [1.0] + [0.0] * (len(candidates) - 1)
+        assert d[part].tolist() == pytest.approx([float(dist[qi, emb.product_index[p]]) for p in candidates])
+        assert w[part][0] == 1.0 and w[part][1:].sum() == pytest.approx(1.0)
+    assert start == len(d) and w[y == 1].sum() == pytest.approx(w[y == 0].sum())

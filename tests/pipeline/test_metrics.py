@@ -4,7 +4,15 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from pipeline.metrics import expected_fitb, fitb_correct, hit_rates, paired_bootstrap, positive_rank
+from pipeline.metrics import (
+    average_precision,
+    expected_fitb,
+    fitb_correct,
+    hit_rates,
+    paired_bootstrap,
+    positive_rank,
+    roc_auc,
+)
 
 
 def test_positive_rank_counts_negatives_at_or_below_the_positive():
@@ -60,3 +68,35 @@ def test_paired_bootstrap_interval_holds_the_mean_difference_and_shrinks_with_mo
     assert paired_bootstrap(a, a) == {"diff": 0.0, "ci95": [0.0, 0.0]}
     with pytest.raises(ValueError):
         paired_bootstrap(a, b[:3])
+
+
+def test_average_precision_is_the_mean_precision_at_each_positive():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        y = (rng.random(30) < 0.4).astype(float)
+        s = rng.random(30)                       # no ties
+        if not y.any():
+            continue
+        ranked = y[np.argsort(-s)]
+        expected = np.mean([ranked[: i + 1].sum() / (i + 1) for i in range(30) if ranked[i]])
+        assert average_precision(y, s) == pytest.approx(expected)
+    assert average_precision([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert average_precision([0, 1], [0.5, 0.5]) == 0.5          # a tie counts at its end
+    assert np.isnan(average_precision([0, 0], [0.1, 0.2]))
+
+
+def test_roc_auc_is_the_weighted_share_of_ordered_pairs():
+    rng = np.random.default_rng(6)
+    y = rng.random(40) < 0.5
+    s = rng.integers(0, 8, 40).astype(float)    # many ties
+    w = rng.uniform(0.1, 2.0, 40)
+    num = den = 0.0
+    for i in np.flatnonzero(y):
+        for j in np.flatnonzero(~y):
+            num += w[i] * w[j] * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+            den += w[i] * w[j]
+    assert roc_auc(y, s, w) == pytest.approx(num / den)
+    assert roc_auc([1, 0], [1.0, 0.0]) == 1.0 and roc_auc([1, 0], [0.0, 1.0]) == 0.0
+    assert np.isnan(roc_auc([1, 1], [0.1, 0.2]))
+    with pytest.raises(ValueError, match="one length"):
+        roc_auc([1, 0], [0.1])

@@ -70,9 +70,13 @@ def _is_done(out: Path, params: dict) -> dict | None:
 
 
 def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = 0, scenes: int = 300, products: int = 2500,
-             categories: int = 8, image_size: int = 256, workers: int | None = None, progress: bool = True) -> dict:
+             categories: int = 8, image_size: int = 256, workers: int | None = None, progress: bool = True,
+             distractors: int | None = None) -> dict:
     """Write the sample dataset into `out` (a no-op when it already holds one with the same params).
 
+    `distractors`, when given, sets the catalogue to the products of the scenes plus that many products
+    in no scene (instead of `products` in all). The scenes, pairs and first distractors do not depend on
+    the catalogue size, so a larger catalogue holds the smaller one's products.
     InputError for a parameter out of range. Returns the _done.json marker with "skipped" added.
     """
     if seed < 0:
@@ -83,6 +87,10 @@ def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = 0, scenes: int 
         raise InputError(f"categories must be in [3, {len(CATEGORIES)}], got {categories}")
     if image_size < 32:
         raise InputError(f"image_size must be >= 32, got {image_size}")
+    if distractors is not None:
+        if distractors < 0:
+            raise InputError(f"distractors must be >= 0, got {distractors}")
+        products = sum(len(plan_scene(seed, i, categories).items) for i in range(scenes)) + distractors
     out = Path(out)
     params = _params(seed, scenes, products, categories, image_size)
     marker = _is_done(out, params)
@@ -167,20 +175,27 @@ def _remove_stale(out: Path, scene_ids: set[str], product_ids: set[str]) -> None
 @click.option("--scenes", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--products", type=click.IntRange(min=1), default=2500, show_default=True,
               help="catalogue size, products in scenes included")
+@click.option("--distractors", type=click.IntRange(min=0), default=None,
+              help="instead of --products: the products of the scenes plus this many in no scene (a larger "
+                   "catalogue around the same looks)")
 @click.option("--categories", type=click.IntRange(3, len(CATEGORIES)), default=8, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32), default=256, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="processes [default: os.cpu_count()]")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also draw a contact sheet PNG of a few scenes and their products")
 @click.option("--sheet-scenes", type=click.IntRange(min=1), default=4, show_default=True)
-def sample_data_command(out, seed, scenes, products, categories, image_size, workers, sheet, sheet_scenes) -> None:
+@click.pass_context
+def sample_data_command(ctx, out, seed, scenes, products, distractors, categories, image_size, workers, sheet,
+                        sheet_scenes) -> None:
     """Generate the embedded sample of looks: scene and product images, pairs, categories and catalogue.
 
     Writes pairs.jsonl, categories.json and catalog.parquet (STL formats); a no-op if OUT already holds
     the same sample.
     """
+    if distractors is not None and ctx.get_parameter_source("products") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--products and --distractors both size the catalogue; give one")
     result = generate(out, seed=seed, scenes=scenes, products=products, categories=categories,
-                      image_size=image_size, workers=workers)
+                      image_size=image_size, workers=workers, distractors=distractors)
     counts = result["counts"]
     if result["skipped"]:
         click.echo(f"{out}: up to date ({counts['scenes']} scenes, {counts['products']} products); nothing to do")

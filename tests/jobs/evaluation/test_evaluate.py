@@ -5,7 +5,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common import defaults
 from common.config import ConfigWarning
+from index.build import build_index
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
 from jobs.cli import main as ctl
 from jobs.evaluation.evaluate import format_comparisons, format_table, run_evaluation
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
@@ -85,3 +88,40 @@ def test_evaluate_cli_prints_the_table(run):
     assert result.exit_code == 0, result.output
     assert "hybrid" in result.output and "wrote" in result.output and not (run / "report.png").exists()
     assert torch.load(run / "checkpoint.pt", weights_only=True)["format"]   # the run is left as it was
+
+
+def test_the_report_holds_presence_and_classifier_figures_and_old_runs_get_a_calibration(run):
+    report = run_evaluation(run, plots=True, device="cpu")
+    presence = report["presence"]
+    assert presence["available"] and set(presence["per_category"]) == {
+        c for c in load_checkpoint(run / "checkpoint.pt", with_backbone=False).embedder.categories}
+    for method in ("hybrid", "global", "local"):
+        figures = report["classifier"][method]
+        assert {"roc_auc", "precision", "recall", "f1", "threshold", "ece", "reliability"} <= set(figures)
+    assert report["classifier_protocol"]["refitted_by_evaluate"] is False       # ctl train wrote it
+    assert (run / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (run / "calibration.json").unlink()                                         # a run from before the classifier
+    again = run_evaluation(run, plots=False, device="cpu")
+    assert again["classifier_protocol"]["refitted_by_evaluate"] is True and (run / "calibration.json").is_file()
+    assert again["methods"] == report["methods"]
+    for method, figures in report["classifier"].items():     # the same fit on the same validation pairs
+        for key in ("roc_auc", "threshold", "ece", "precision", "recall"):
+            assert again["classifier"][method][key] == pytest.approx(figures[key], abs=1e-6), (method, key)
+
+
+def test_evaluate_through_the_index_from_the_cli(run, sample, tmp_path):
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    embed_catalog(sample / "catalog.parquet", run / "checkpoint.pt", emb,
+                  config=EmbedCatalogConfig(device="cpu", workers=0), progress=False)
+    build_index(emb, idx, n_eval_queries=20, n_tune_queries=20)
+    result = CliRunner().invoke(ctl, ["evaluate", "--run", str(run), "--no-plots", "--device", "cpu",
+                                      "--through-index", str(idx)])
+    assert result.exit_code == 0, result.output
+    assert "through the index (60 products" in result.output and "top-20 overlap with exhaustive" in result.output
+    report = json.loads((run / "report.json").read_text())
+    through = report["through_index"]
+    assert through["n_queries"] == report["n_queries"] and through["candidates"] == defaults.CANDIDATES
+    assert set(through["two_stage"]) == {"hr@1", "hr@10", "hr@50", "mrr"}
+    # 20 products a category, fewer than C: two-stage is exhaustive, every positive within 50.
+    assert through["two_stage"] == through["exhaustive"] and through["exhaustive"]["hr@50"] == 1.0
+    assert [row["candidates"] for row in through["candidate_cut"]["per_category"]] == [20, 40, 100, 200, 400, 1000]

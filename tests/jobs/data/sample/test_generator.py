@@ -152,9 +152,22 @@ def test_cli_sample_data(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--scenes", "9", "--products", "5"], "ctl sample-data: error: products (5) is smaller than the"),
     (["--categories", "20"], "ctl: error: Invalid value for '--categories'"),
+    (["--products", "30", "--distractors", "5"], "ctl: error: --products and --distractors both size the catalogue"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     bad = CliRunner().invoke(main, ["sample-data", "--out", str(tmp_path / "x"), "--workers", "1", *args])
     assert bad.exit_code == 2
     assert bad.stderr.startswith(message) and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "Traceback" not in bad.output
+
+
+def test_distractors_grow_the_catalogue_around_the_same_looks(small, tmp_path):
+    base = generate(tmp_path / "base", scenes=3, products=20, image_size=32, workers=1, progress=False)
+    in_scenes = base["counts"]["products_in_scenes"]
+    big = generate(tmp_path / "big", scenes=3, distractors=25, image_size=32, workers=1, progress=False)
+    assert big["counts"]["products"] == in_scenes + 25 and big["params"]["products"] == in_scenes + 25
+    assert (tmp_path / "big" / SAMPLE_PAIRS).read_bytes() == (tmp_path / "base" / SAMPLE_PAIRS).read_bytes()
+    small_ids = set(pq.read_table(tmp_path / "base" / CATALOG).column("product_id").to_pylist())
+    assert small_ids <= set(pq.read_table(tmp_path / "big" / CATALOG).column("product_id").to_pylist())
+    with pytest.raises(InputError, match="distractors must be >= 0"):
+        generate(tmp_path / "bad", scenes=3, distractors=-1, image_size=32, workers=1, progress=False)

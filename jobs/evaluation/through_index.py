@@ -1,0 +1,108 @@
+"""Evaluation through the index: each held-out pair's positive ranked among every catalogue product of its
+category by the real Retriever, two-stage (FAISS top-C by d_g, exact d_h re-rank) and exhaustively.
+
+The sampled protocol (pipeline.evaluation) ranks the positive among a few hundred drawn negatives and
+never meets the index or the candidate cut; this is what a user of ``ctl-retrieve --category`` or of a
+look gets. Per query: the pair's scene with its product left out, encoded once through
+``Retriever.encode_scene``; the exhaustive ranking is ``retrieve(category=c)`` with C = every product
+of the category. Reported: HR@{1,10,50} and MRR both ways (a positive outside the two-stage top-C is a
+miss), and the candidate-cut curve: the mean overlap of the two-stage top-k with the exhaustive top-k
+for C in {k, 2k, 5k, 10k, 20k, 50k}, per category (as the look and --category search) and flat (the
+nearest products of any category).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from common import defaults
+from pipeline.evaluation import KS, Query
+from pipeline.images import load_image
+from pipeline.scene_crops import exclude_product
+from retrieval.retriever import Retriever
+
+CUT_FACTORS = (1, 2, 5, 10, 20, 50)
+OVERLAP_TARGET = 0.99
+
+
+def ranking_figures(ranks, ks=KS) -> dict[str, float]:
+    """HR@K and MRR of 0-based ranks; None (the positive was cut before the re-rank) is a miss."""
+    r = np.array([np.inf if x is None else x for x in ranks], dtype=float)
+    if r.size == 0:
+        raise ValueError("no ranks to score")
+    return {**{f"hr@{k}": float((r < k).mean()) for k in ks}, "mrr": float(np.mean(1.0 / (r + 1.0)))}
+
+
+def _rank(hits, product_id: str) -> int | None:
+    for i, h in enumerate(hits):
+        if h.product_id == product_id:
+            return i
+    return None
+
+
+def _overlap(a, b, k: int) -> float:
+    top_a, top_b = {h.product_id for h in a.hits[:k]}, {h.product_id for h in b.hits[:k]}
+    return len(top_a & top_b) / max(1, min(k, len(top_b)))
+
+
+def smallest_cut(curve: list[dict], target: float = OVERLAP_TARGET) -> int | None:
+    """The smallest C of a curve whose mean overlap reaches `target` (None if none does)."""
+    return next((row["candidates"] for row in curve if row["overlap"] >= target), None)
+
+
+def _curve(overlaps: dict[int, list[float]]) -> list[dict]:
+    return [{"candidates": c, "overlap": float(np.mean(v)), "min": float(np.min(v)),
+             "share_identical": float(np.mean(np.asarray(v) >= 1.0))} for c, v in sorted(overlaps.items())]
+
+
+def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir, exclusion: str,
+                         device="cpu", k: int = defaults.K, candidates: int = defaults.CANDIDATES,
+                         cut_factors=CUT_FACTORS, retriever: Retriever | None = None) -> dict:
+    """`report.json`'s `through_index` section (see the module docstring). `retriever` overrides loading one."""
+    started = time.perf_counter()
+    retriever = retriever or Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+    cuts = [f * k for f in cut_factors]
+    known = set(retriever.categories)
+    two_stage, exhaustive, skipped = [], [], {"category not in the index": 0, "positive not in the index": 0}
+    per_category: dict[int, list[float]] = {c: [] for c in cuts}
+    flat: dict[int, list[float]] = {c: [] for c in cuts}
+    for query in queries:
+        if query.category not in known:
+            skipped["category not in the index"] += 1
+            continue
+        pair = dataset.pairs[query.pair_index]
+        scene = retriever.encode_scene(exclude_product(load_image(dataset.scenes[pair.scene_id]), pair.bbox, exclusion))
+        n_c = len(retriever.index.rows_for_category(query.category))
+        everything = retriever.retrieve(scene, k=n_c, candidates=n_c, category=query.category)
+        rank = _rank(everything.hits, query.product_id)
+        if rank is None:
+            skipped["positive not in the index"] += 1
+            continue
+        exhaustive.append(rank)
+        cut = retriever.retrieve(scene, k=candidates, candidates=candidates, category=query.category)
+        two_stage.append(_rank(cut.hits, query.product_id))
+        best_flat = retriever.retrieve(scene, k=k, candidates=len(retriever))
+        for c in cuts:
+            per_category[c].append(_overlap(retriever.retrieve(scene, k=k, candidates=c, category=query.category),
+                                            everything, k))
+            flat[c].append(_overlap(retriever.retrieve(scene, k=k, candidates=c), best_flat, k))
+    if not exhaustive:
+        raise ValueError(f"no query could be ranked through {index_dir} ({skipped})")
+    curves = {"per_category": _curve(per_category), "flat": _curve(flat)}
+    info = retriever.index.info
+    return {
+        "index_dir": str(index_dir), "index_version": retriever.index.version, "n_products": len(retriever),
+        "factory": info.get("factory"),
+        "products_per_category": {c: int(len(retriever.index.rows_for_category(c))) for c in retriever.categories},
+        "n_queries": len(exhaustive), "skipped": skipped, "candidates": candidates,
+        "two_stage": ranking_figures(two_stage), "exhaustive": ranking_figures(exhaustive),
+        "two_stage_cut_positives": int(sum(r is None for r in two_stage)),
+        "k": k, "candidate_cut": curves,
+        "smallest_c": {"target_overlap": OVERLAP_TARGET, **{name: smallest_cut(c) for name, c in curves.items()}},
+        "protocol": "each test pair's scene with its product left out; the positive ranked among every catalogue "
+                    "product of its category by Retriever.retrieve(category=c): two-stage with C = `candidates` "
+                    "(a positive outside the top C is a miss) and exhaustive (C = every product of the category); "
+                    "candidate_cut: mean overlap of the two-stage top-k with the exhaustive top-k",
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -1,0 +1,138 @@
+"""The category-presence head: which categories a scene already shows, learned from the pairs.
+
+Each scene's paired products give its categories (multi-label). The head sees the scene *unmasked*,
+as a user's photo arrives, where the style heads see it with one product left out; so its features
+are one pooled backbone vector per scene, not the masked scene views of the feature cache. In frozen
+mode they are cached beside the masked views (``cache/scenes-unmasked``: one C-vector per scene, a few
+hundred backbone forwards on the sample); after fine-tuning they come from the fine-tuned backbone.
+
+It trains after the style heads are chosen, from zeros, full batch, with no random draw: it cannot
+change what the style heads learned or the random stream they learned with.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import defaults
+from jobs.training.config import TrainConfig
+from jobs.training.feature_cache import CacheItem, compute_features
+from jobs.training.training_data import TrainingData
+from pipeline.backbones import Backbone, build_backbone
+from pipeline.embedder import PresenceHead, StyleEmbedder
+from pipeline.metrics import average_precision
+
+STEPS = 300
+LR = 1e-2
+WEIGHT_DECAY = 1e-2
+CACHE = "scenes-unmasked"
+
+
+def scene_labels(dataset, scene_ids: list[str], categories: list[str]) -> np.ndarray:
+    """S x K: 1 where the scene is paired with a product of category k."""
+    row = {sid: i for i, sid in enumerate(scene_ids)}
+    column = {c: k for k, c in enumerate(categories)}
+    labels = np.zeros((len(scene_ids), len(categories)), dtype=np.float32)
+    for pair in dataset.pairs:
+        if pair.scene_id in row:
+            labels[row[pair.scene_id], column[dataset.products[pair.product_id].category]] = 1.0
+    return labels
+
+
+def unmasked_items(dataset, scene_ids: list[str]) -> list[CacheItem]:
+    return [CacheItem(sid, str(dataset.scenes[sid])) for sid in scene_ids]
+
+
+def scene_features(data: TrainingData, out_dir, cfg: TrainConfig, device, *,
+                   backbone: Backbone | None = None) -> tuple[list[str], np.ndarray]:
+    """(scene ids whose image decodes, their pooled unmasked features S x C) for every scene of the split.
+
+    `backbone` None: the frozen backbone of `cfg`, cached under out_dir/cache. A fine-tuned backbone is
+    run without a cache (its weights are not part of the cache's fingerprint).
+    """
+    scene_ids = sorted({sid for part in ("train", "val", "test") for sid in data.split[part]})
+    items = unmasked_items(data.dataset, scene_ids)
+    how = dict(keep_map=False, exclusion=cfg.exclusion, workers=cfg.workers, device=str(device),
+               desc="unmasked scene features")
+    if backbone is None:
+        table = compute_features(items, build_backbone(name=cfg.backbone, weights=cfg.backbone_weights),
+                                 Path(out_dir) / "cache" / CACHE, **how)
+    else:
+        with tempfile.TemporaryDirectory(prefix="presence-") as tmp:
+            table = compute_features(items, backbone, tmp, **how)
+    keep = np.asarray(table.valid, dtype=bool)
+    return [sid for sid, ok in zip(scene_ids, keep) if ok], table.features[keep].astype(np.float32)
+
+
+def fit_presence(features: np.ndarray, labels: np.ndarray, *, steps: int = STEPS, lr: float = LR,
+                 weight_decay: float = WEIGHT_DECAY) -> PresenceHead:
+    """A presence head fitted by full-batch AdamW on binary cross-entropy (deterministic: zero start)."""
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    head = PresenceHead(x.shape[1], y.shape[1])
+    head.mean.copy_(x.mean(0))
+    head.scale.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.binary_cross_entropy_with_logits(head(x), y).backward()
+            optimizer.step()
+    return head.eval()
+
+
+def presence_scores(head: PresenceHead, features: np.ndarray, labels: np.ndarray, categories: list[str], *,
+                    threshold: float = defaults.PRESENCE_THRESHOLD) -> dict:
+    """Per category: average precision of the head's probabilities, the category's frequency (the AP of a
+    random ranking), and precision/recall of "present" (p >= threshold); their means over categories."""
+    x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(head.weight.device)
+    with torch.no_grad():
+        probs = torch.sigmoid(head(x)).cpu().numpy()
+    per = {}
+    for k, name in enumerate(categories):
+        y, p = labels[:, k], probs[:, k]
+        said = p >= threshold
+        per[name] = {"ap": average_precision(y, p), "frequency": float(y.mean()) if len(y) else float("nan"),
+                     "precision": float(y[said].mean()) if said.any() else None,
+                     "recall": float(said[y > 0].mean()) if (y > 0).any() else None}
+    scored = [v for v in per.values() if not np.isnan(v["ap"])]
+    return {"n_scenes": int(len(labels)), "threshold": threshold,
+            "mean_ap": float(np.mean([v["ap"] for v in scored])) if scored else float("nan"),
+            "mean_frequency": float(np.mean([v["frequency"] for v in scored])) if scored else float("nan"),
+            "per_category": per}
+
+
+def split_rows(scene_ids: list[str], split: dict, part: str) -> np.ndarray:
+    wanted = set(split[part])
+    return np.array([i for i, sid in enumerate(scene_ids) if sid in wanted], dtype=np.int64)
+
+
+def train_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg: TrainConfig, device) -> dict:
+    """Fit the presence head on the training scenes, attach it to `embedder`; return what to record
+    (settings and validation scores)."""
+    backbone = embedder.backbone if embedder.backbone is not None and not embedder.freeze_backbone else None
+    scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone)
+    labels = scene_labels(data.dataset, scene_ids, embedder.categories)
+    train_rows, val_rows = split_rows(scene_ids, data.split, "train"), split_rows(scene_ids, data.split, "val")
+    head = fit_presence(features[train_rows], labels[train_rows])
+    embedder.attach_presence(head)
+    val = presence_scores(head, features[val_rows], labels[val_rows], embedder.categories)
+    return {"threshold": defaults.PRESENCE_THRESHOLD, "steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY,
+            "features": "pooled backbone map of the unmasked scene", "n_train_scenes": int(len(train_rows)),
+            "val_mean_ap": val["mean_ap"], "val_mean_frequency": val["mean_frequency"]}
+
+
+def evaluate_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg: TrainConfig, device, *,
+                      split: str = "test") -> dict:
+    """The presence head's scores on one split's scenes (report.json's `presence`)."""
+    if embedder.presence is None:
+        return {"available": False, "note": "the checkpoint has no category-presence head"}
+    backbone = embedder.backbone if embedder.backbone is not None and not embedder.freeze_backbone else None
+    scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone)
+    rows = split_rows(scene_ids, data.split, split)
+    labels = scene_labels(data.dataset, scene_ids, embedder.categories)
+    scores = presence_scores(embedder.presence, features[rows], labels[rows], embedder.categories)
+    return {"available": True, "split": split, **scores}

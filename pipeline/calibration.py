@@ -1,0 +1,202 @@
+"""The binary classifier "does this product complete the scene?": a distance calibrated into a probability.
+
+Platt scaling: ``p = sigmoid(a * d + b)``, fitted by weighted maximum likelihood (Newton's method) on
+(distance, label, weight) samples; with ``a < 0`` the probability falls as the distance grows. The
+decision threshold is the probability with the best F1 on the samples it was fitted on. Calibration
+quality is the expected calibration error over equal-width probability bins. Pure numpy; the file of
+a run's calibrations (``calibration.json``) is written and read here too.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import ArtifactError
+from common.files import write_json_atomic
+
+FORMAT = "complete-the-look/calibration-v1"
+FILE = "calibration.json"
+BINS = 10
+
+
+class CalibrationError(ArtifactError):
+    """A calibration file that is missing, unreadable, or made for another checkpoint."""
+
+
+def _check(d, y, w) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d, y = np.asarray(d, dtype=float), np.asarray(y, dtype=float)
+    w = np.ones(len(d)) if w is None else np.asarray(w, dtype=float)
+    if not (d.shape == y.shape == w.shape) or d.ndim != 1 or d.size == 0:
+        raise ValueError(f"distances, labels and weights must be non-empty vectors of one length, got "
+                         f"{d.shape}, {y.shape} and {w.shape}")
+    if (w < 0).any() or not np.isfinite(d).all():
+        raise ValueError("weights must be >= 0 and distances finite")
+    return d, y, w
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))   # = 1 / (1 + exp(-z)), without overflow
+
+
+@dataclass(frozen=True)
+class Platt:
+    """p(completes | d) = sigmoid(a * d + b); "completes" when p >= threshold."""
+
+    a: float
+    b: float
+    threshold: float = 0.5
+
+    def probability(self, d) -> np.ndarray:
+        return _sigmoid(self.a * np.asarray(d, dtype=float) + self.b)
+
+    def decide(self, d) -> np.ndarray:
+        return self.probability(d) >= self.threshold
+
+    @property
+    def distance_threshold(self) -> float:
+        """The distance where the probability crosses the threshold (a product completes the look at or
+        below it when a < 0)."""
+        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        return float((np.log(t / (1 - t)) - self.b) / self.a) if self.a != 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "threshold": self.threshold, "distance_threshold": self.distance_threshold}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Platt:
+        return cls(float(data["a"]), float(data["b"]), float(data["threshold"]))
+
+
+def fit_platt(d, y, w=None, *, iterations: int = 100, ridge: float = 1e-6) -> Platt:
+    """Weighted maximum-likelihood (a, b) of p = sigmoid(a d + b) for labels y in {0, 1}.
+
+    Newton's method on the standardised distance with step halving; a tiny ridge on the slope keeps
+    it finite when the classes separate. At the optimum (ridge aside) the weighted residuals sum to
+    zero and are uncorrelated with d: sum w (p - y) = sum w (p - y) d = 0. The slope is held at a <= 0
+    (a nearer product is never less likely to complete the look): where the unconstrained fit rises
+    with d, the constrained optimum is a = 0.
+    """
+    d, y, w = _check(d, y, w)
+    mu, sd = float(np.average(d, weights=w)), float(np.sqrt(np.average((d - np.average(d, weights=w)) ** 2, weights=w)))
+    sd = sd if sd > 0 else 1.0
+    x = (d - mu) / sd
+    X = np.stack([x, np.ones_like(x)], axis=1)
+    theta = np.zeros(2)
+
+    def loss(t):
+        z = X @ t
+        return float(np.sum(w * (np.logaddexp(0.0, z) - y * z)) + 0.5 * ridge * t[0] ** 2)
+
+    current = loss(theta)
+    for _ in range(iterations):
+        p = _sigmoid(X @ theta)
+        grad = X.T @ (w * (p - y)) + np.array([ridge * theta[0], 0.0])
+        hess = (X * (w * p * (1 - p))[:, None]).T @ X + np.diag([ridge, 1e-12])
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-6:
+            trial = theta - scale * step
+            value = loss(trial)
+            if value <= current:
+                break
+            scale /= 2
+        if scale <= 1e-6:
+            break
+        converged = abs(current - value) <= 1e-12 * max(1.0, abs(current))
+        theta, current = trial, value
+        if converged:
+            break
+    a = theta[0] / sd
+    if a > 0:
+        # A probability that rises with the distance says the distance ranks backwards on these samples;
+        # the likelihood's best with a <= 0 (it is concave) is then a = 0: the weighted base rate everywhere.
+        rate = min(max(float(np.average(y, weights=w)), 1e-12), 1 - 1e-12)
+        return Platt(0.0, float(np.log(rate / (1 - rate))))
+    return Platt(float(a), float(theta[1] - a * mu))
+
+
+def weighted_counts(p, y, w, threshold: float) -> dict[str, float]:
+    """Precision, recall and F1 of the decision p >= threshold, counting each sample with its weight."""
+    p, y, w = np.asarray(p, dtype=float), np.asarray(y, dtype=bool), np.asarray(w, dtype=float)
+    yes = p >= threshold
+    tp, fp, fn = w[yes & y].sum(), w[yes & ~y].sum(), w[~yes & y].sum()
+    precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+    recall = tp / (tp + fn) if tp + fn > 0 else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def best_f1_threshold(p, y, w=None) -> float:
+    """The probability threshold (decision p >= t) with the highest weighted F1; the highest such t on ties."""
+    p, y, w = _check(p, y, w)
+    y = y.astype(bool)
+    order = np.argsort(-p, kind="stable")
+    ps, ys, ws = p[order], y[order], w[order]
+    tp, fp = np.cumsum(np.where(ys, ws, 0.0)), np.cumsum(np.where(ys, 0.0, ws))
+    ends = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1]     # t = ps[end] says yes to everything up to end
+    f1 = 2 * tp[ends] / np.maximum(tp[ends] + fp[ends] + w[y].sum(), 1e-300)
+    return float(ps[ends[int(np.argmax(f1))]])     # argmax takes the first: the highest threshold of the best
+
+
+def reliability(p, y, w=None, *, bins: int = BINS) -> list[dict]:
+    """Per equal-width probability bin: its range, weight share, mean predicted probability and observed rate."""
+    p, y, w = _check(p, y, w)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = w.sum()
+    out = []
+    for b in range(bins):
+        inside = which == b
+        wb = w[inside].sum()
+        out.append({"lo": b / bins, "hi": (b + 1) / bins, "share": float(wb / total) if total > 0 else 0.0,
+                    "predicted": float(np.average(p[inside], weights=w[inside])) if wb > 0 else None,
+                    "observed": float(np.average(y[inside], weights=w[inside])) if wb > 0 else None})
+    return out
+
+
+def expected_calibration_error(p, y, w=None, *, bins: int = BINS) -> float:
+    """sum over bins of (bin weight share) * |observed rate - mean predicted probability|."""
+    return float(sum(b["share"] * abs(b["observed"] - b["predicted"])
+                     for b in reliability(p, y, w, bins=bins) if b["share"] > 0))
+
+
+# -- the run's file ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Calibrations:
+    """One Platt calibration per distance (hybrid, global, local), tied to the checkpoint they were fitted for."""
+
+    checkpoint_sha256: str
+    methods: dict[str, Platt]
+    info: dict   # how they were fitted (split, samples, threshold rule), and validation figures
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        write_json_atomic(path, {"format": FORMAT, "checkpoint_sha256": self.checkpoint_sha256,
+                                 "methods": {m: c.to_dict() for m, c in self.methods.items()}, **self.info})
+        return path
+
+
+def load_calibrations(path: str | os.PathLike, *, checkpoint_sha256: str | None = None) -> Calibrations:
+    """Read calibration.json; CalibrationError when missing, unreadable or fitted for another checkpoint."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CalibrationError(f"no calibration at {path}; `ctl train` or `ctl evaluate` writes it") from None
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path} is not a readable calibration file ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CalibrationError(f"{path} is not a {FORMAT} file")
+    if checkpoint_sha256 is not None and data.get("checkpoint_sha256") != checkpoint_sha256:
+        raise CalibrationError(f"{path} was fitted for checkpoint sha256 {data.get('checkpoint_sha256')}, not "
+                               f"{checkpoint_sha256}; rerun `ctl evaluate` on the run to refit it")
+    try:
+        methods = {m: Platt.from_dict(c) for m, c in data["methods"].items()}
+    except (KeyError, TypeError, ValueError):
+        raise CalibrationError(f"{path}: malformed calibration entries") from None
+    info = {k: v for k, v in data.items() if k not in ("format", "checkpoint_sha256", "methods")}
+    return Calibrations(str(data.get("checkpoint_sha256")), methods, info)

@@ -1,0 +1,82 @@
+"""Evaluation through the index on the retrieval tests' world: two-stage against the exhaustive ranking."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from jobs.data.datasets import Pair
+from jobs.evaluation.through_index import ranking_figures, smallest_cut, through_index_report
+from pipeline.evaluation import Query
+from pipeline.images import load_image
+from pipeline.scene_crops import exclude_product
+from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY, exhaustive, ranked, retriever, world  # noqa: F401
+
+BOX = (0.1, 0.2, 0.45, 0.6)
+
+
+@pytest.fixture(scope="module")
+def queries(world):  # noqa: F811
+    """Six pairs: in each scene, one positive of each category (duck-typed dataset and queries)."""
+    scenes = {f"s{j}": path for j, path in enumerate(world.scenes)}
+    chosen = [i for i in range(len(world.product_ids)) if i % 7 in (0, 4)][:6]
+    pairs = [Pair(f"s{n % 2}", world.product_ids[i], BOX) for n, i in enumerate(chosen)]
+    dataset = SimpleNamespace(scenes=scenes, pairs=pairs)
+    qs = [Query(j, p.scene_id, p.product_id, world.categories[i], (), ())
+          for j, (p, i) in enumerate(zip(pairs, chosen))]
+    assert {q.category for q in qs} == set(CATEGORIES)
+    return dataset, qs
+
+
+def report(world, retriever, queries, **kw):  # noqa: F811
+    dataset, qs = queries
+    return through_index_report(dataset, qs, checkpoint=world.checkpoint, index_dir=world.index_dir, exclusion="mask",
+                                retriever=retriever, **kw)
+
+
+def test_the_exhaustive_ranking_is_the_oracles(world, retriever, queries):  # noqa: F811
+    dataset, qs = queries
+    ranks = []
+    for q in qs:
+        pair = dataset.pairs[q.pair_index]
+        scene = retriever.encode_scene(exclude_product(load_image(dataset.scenes[pair.scene_id]), BOX, "mask"))
+        oracle = exhaustive(retriever, scene)
+        among = {pid for pid, o in oracle.items() if o["category"] == q.category}
+        ranks.append(ranked(oracle, among=among).index(q.product_id))
+    got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2)
+    assert got["exhaustive"] == ranking_figures(ranks)
+    assert got["n_queries"] == len(qs) and got["skipped"] == {"category not in the index": 0,
+                                                               "positive not in the index": 0}
+
+
+def test_with_every_product_as_candidate_two_stage_equals_exhaustive(world, retriever, queries):  # noqa: F811
+    got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2)
+    assert got["two_stage"] == got["exhaustive"] and got["two_stage_cut_positives"] == 0
+    assert got["products_per_category"] == {c: PER_CATEGORY for c in CATEGORIES}
+
+
+@pytest.mark.parametrize("c", [1, 2, 3])
+def test_with_few_candidates_two_stage_is_never_higher(world, retriever, queries, c):  # noqa: F811
+    got = report(world, retriever, queries, candidates=c, k=1, cut_factors=(1,))
+    for metric, value in got["two_stage"].items():
+        assert value <= got["exhaustive"][metric] + 1e-12, metric
+
+
+def test_the_candidate_cut_curve_rises_to_full_overlap(world, retriever, queries):  # noqa: F811
+    got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2, cut_factors=(1, 2, 5, 10))
+    for name in ("per_category", "flat"):
+        curve = got["candidate_cut"][name]
+        assert [row["candidates"] for row in curve] == [2, 4, 10, 20]
+        overlaps = [row["overlap"] for row in curve]
+        assert overlaps == sorted(overlaps)          # a larger C holds the smaller one's exhaustive top-k
+        assert all(0.0 <= row["min"] <= row["overlap"] <= 1.0 for row in curve)
+    assert got["candidate_cut"]["per_category"][2]["overlap"] == 1.0      # C = 10 >= the 7 of a category
+    assert got["candidate_cut"]["flat"][-1]["overlap"] == 1.0             # C = 20 ~ all 21 products
+    assert got["smallest_c"]["per_category"] == smallest_cut(got["candidate_cut"]["per_category"]) <= 10
+
+
+def test_ranking_figures_count_a_cut_positive_as_a_miss():
+    assert ranking_figures([0, 9, None], ks=(1, 10)) == {"hr@1": 1 / 3, "hr@10": 2 / 3,
+                                                        "mrr": pytest.approx((1 + 0.1) / 3)}
+    assert smallest_cut([{"candidates": 4, "overlap": 0.9}, {"candidates": 8, "overlap": 0.995}]) == 8
+    assert smallest_cut([{"candidates": 4, "overlap": 0.9}]) is None

@@ -1,0 +1,154 @@
+"""The whole look with the presence head, and "does this product complete the scene?", against oracles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common import defaults
+from pipeline.calibration import Calibrations, Platt
+from pipeline.checkpoint import save_checkpoint
+from pipeline.embedder import PresenceHead
+from retrieval.results import Scene
+from retrieval.retriever import RetrievalError, Retriever
+from tests.retrieval.test_retriever import (  # noqa: F401  (session fixtures)
+    CATEGORIES,
+    N_PRODUCTS,
+    build_test_index,
+    exhaustive,
+    oracles,
+    retriever,
+    scenes,
+    world,
+    write_embedding_shard,
+)
+
+# Presence biases (zero weights): shoes clearly present, handbag clearly missing, hat just above 0.5.
+BIASES = {"shoes": 3.0, "handbag": -3.0, "hat": 0.1}
+PLATT = Platt(a=-3.0, b=4.5, threshold=0.55)
+
+
+_PRESENCE_WORLDS: dict = {}
+
+
+@pytest.fixture(scope="session")
+def presence_paths(world, retriever, tmp_path_factory):  # noqa: F811
+    """(checkpoint, index dir) of the world's model with a presence head, its own index (same embeddings) and
+    a calibration file beside the checkpoint; built once per session, also when another module imports it."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key in _PRESENCE_WORLDS:
+        return _PRESENCE_WORLDS[key]
+    root = tmp_path_factory.mktemp("presence-world")
+    model = world.model
+    head = PresenceHead(model.channels, len(model.categories))
+    head.bias.data = torch.tensor([BIASES[c] for c in model.categories])
+    embedder = type(model)(backbone=model.backbone, backbone_name=model.backbone_name, channels=model.channels,
+                           categories=model.categories, dim=model.dim, hidden=model.hidden)
+    embedder.load_state_dict(model.state_dict())
+    embedder.attach_presence(head)
+    ckpt = root / "run" / "checkpoint.pt"
+    sha = save_checkpoint(ckpt, embedder.eval(), config={"backbone_weights": "random"},
+                          extra={"presence": {"threshold": 0.5}})
+    emb = retriever.index.embeddings(np.arange(N_PRODUCTS))
+    write_embedding_shard(root / "emb", world.product_ids, world.categories,
+                          [world.root / "images" / f"{p}.png" for p in world.product_ids], emb, sha)
+    build_test_index(root / "emb", root / "index")
+    Calibrations(sha, {"hybrid": PLATT}, {}).save(ckpt.parent / "calibration.json")
+    _PRESENCE_WORLDS[key] = (ckpt, root / "index")
+    return _PRESENCE_WORLDS[key]
+
+
+@pytest.fixture(scope="session")
+def presence_world(presence_paths) -> Retriever:
+    ckpt, index_dir = presence_paths
+    return Retriever.load(checkpoint=ckpt, index_dir=index_dir)
+
+
+def test_encoded_scenes_carry_the_heads_presence_probabilities(presence_world, world):  # noqa: F811
+    scene = presence_world.encode_scene(world.scenes[0])
+    expected = torch.sigmoid(torch.tensor([BIASES[c] for c in presence_world.embedder.categories]))
+    assert torch.allclose(scene.presence, expected, atol=1e-6)
+    assert presence_world.notes == [] and presence_world.checkpoint.has_presence
+
+
+def test_the_whole_look_leaves_out_present_categories_and_lists_missing_ones_first(presence_world, world):  # noqa: F811
+    look = presence_world.look(world.scenes[0], k=3)
+    assert [cl.category for cl in look] == ["handbag"]
+    assert look.left_out == pytest.approx({"hat": float(torch.sigmoid(torch.tensor(0.1))),
+                                           "shoes": float(torch.sigmoid(torch.tensor(3.0)))})
+    assert look.categories[0].present is False
+    assert look.categories[0].presence_probability == pytest.approx(float(torch.sigmoid(torch.tensor(-3.0))))
+    full = presence_world.look(world.scenes[0], k=3, include_present=True)
+    assert [cl.category for cl in full] == ["handbag", "hat", "shoes"] and full.left_out == {}
+    assert [cl.present for cl in full] == [False, True, True]
+    for cl in full:                                   # presence never changes what a category recommends
+        flat = presence_world.retrieve(world.scenes[0], k=3, category=cl.category)
+        assert [h.product_id for h in cl.hits] == [h.product_id for h in flat.hits]
+        assert cl.attention.sum() == pytest.approx(1.0, abs=1e-6)
+    asked = presence_world.look(world.scenes[0], k=2, categories=["shoes", "handbag"])
+    assert [cl.category for cl in asked] == ["shoes", "handbag"] and [cl.present for cl in asked] == [True, False]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_presence_filter_keeps_exactly_the_categories_below_the_threshold(retriever, scenes, seed):  # noqa: F811
+    """Any presence probabilities: shown = below the threshold (index order); left out = the rest."""
+    rng = np.random.default_rng(seed)
+    probs = rng.random(len(retriever.embedder.categories))
+    probs[rng.integers(len(probs))] = defaults.PRESENCE_THRESHOLD      # the threshold itself counts as present
+    scene = Scene(scenes[0].image, scenes[0].f_s, scenes[0].f_i, presence=torch.tensor(probs, dtype=torch.float32))
+    p = {c: float(torch.tensor(probs[retriever.embedder.category_to_index[c]], dtype=torch.float32))
+         for c in retriever.categories}
+    look = retriever.look(scene, k=2)
+    assert [cl.category for cl in look] == [c for c in retriever.categories if p[c] < defaults.PRESENCE_THRESHOLD]
+    assert set(look.left_out) == {c for c in retriever.categories if p[c] >= defaults.PRESENCE_THRESHOLD}
+    everything = retriever.look(scene, k=2, include_present=True)
+    shown = [cl.category for cl in everything]
+    assert sorted(shown) == sorted(retriever.categories)
+    flags = [cl.present for cl in everything]
+    assert flags == sorted(flags)                                        # missing (False) first
+    assert all(cl.present == (p[cl.category] >= defaults.PRESENCE_THRESHOLD) for cl in everything)
+
+
+def test_without_a_presence_head_every_category_is_shown_and_the_retriever_says_why(retriever, scenes):  # noqa: F811
+    look = retriever.look(scenes[0], k=2)
+    assert [cl.category for cl in look] == sorted(CATEGORIES) and look.left_out == {}
+    assert all(cl.present is None and cl.presence_probability is None for cl in look)
+    assert any("no category-presence head" in note for note in retriever.notes)
+
+
+def test_compatibility_gives_the_exhaustive_distances_and_the_calibrated_verdict(presence_world, world):  # noqa: F811
+    scene = presence_world.encode_scene(world.scenes[1])
+    oracle = exhaustive(presence_world, scene)
+    ids = [world.product_ids[i] for i in (4, 0, 13, 4)]                  # any order, repeats allowed
+    result = presence_world.compatibility(scene, ids)
+    assert [c.product_id for c in result] == ids and result.threshold == PLATT.threshold
+    for c in result:
+        o = oracle[c.product_id]
+        assert c.category == o["category"]
+        assert (c.global_distance, c.local_distance, c.hybrid_distance) == pytest.approx(
+            (o["global"], o["local"], o["hybrid"]), abs=1e-5)
+        assert c.probability == pytest.approx(float(PLATT.probability(c.hybrid_distance)))
+        assert c.completes == (c.probability >= PLATT.threshold)
+    ordered = sorted(result, key=lambda c: c.hybrid_distance)
+    assert [c.probability for c in ordered] == sorted([c.probability for c in ordered], reverse=True)
+    data = result.to_dict(scene="s.jpg")
+    assert data["scene"] == "s.jpg" and data["threshold"] == PLATT.threshold
+    assert set(data["products"][0]) == {"product_id", "category", "score", "hybrid_distance", "global_distance",
+                                        "local_distance", "probability", "completes_look", "image"}
+
+
+def test_compatibility_without_a_calibration_gives_distances_only(retriever, scenes, world):  # noqa: F811
+    result = retriever.compatibility(scenes[0], world.product_ids[:2])
+    assert result.threshold is None and all(c.probability is None and c.completes is None for c in result)
+    assert any("no calibration at" in note for note in retriever.notes)
+
+
+def test_unknown_product_ids_are_one_line_errors(presence_world, scenes, world):  # noqa: F811
+    with pytest.raises(RetrievalError, match=r"unknown product id 'nope': not in the index of 21 products") as e:
+        presence_world.compatibility(scenes[0], [world.product_ids[0], "nope"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(RetrievalError, match=r"'x0', 'x1', 'x2', 'x3', 'x4' and 2 more"):
+        presence_world.compatibility(scenes[0], [f"x{i}" for i in range(7)])
+    for bad in ([], "p000"):
+        with pytest.raises(RetrievalError, match="one or more product ids"):
+            presence_world.compatibility(scenes[0], bad)
