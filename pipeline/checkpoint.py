@@ -54,8 +54,10 @@ def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config:
     if embedder.backbone is not None and (not embedder.freeze_backbone or payload["backbone_weights"] == "random"):
         payload["backbone_state"] = embedder.backbone.state_dict()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # a file object, not the path: torch names the zip's root folder after a path's file name, and the
+        # temp name is random, so the same payload saved twice got two sha256s
+        torch.save(payload, f)
     write_json_atomic(path.with_name("config.json"), payload["config"])
     return sha256_of(path)
 

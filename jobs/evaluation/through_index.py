@@ -1,5 +1,6 @@
-"""Evaluation through the index: each held-out pair's positive ranked among every catalogue product of its
-category by the real Retriever, two-stage (FAISS top-C by d_g, exact d_h re-rank) and exhaustively.
+"""Evaluation through the index: each test pair's positive ranked among its whole category by the real Retriever.
+
+Two-stage (FAISS top-C by d_g, exact d_h re-rank) and exhaustively (C = the whole category).
 
 The sampled protocol (pipeline.evaluation) ranks the positive among a few hundred drawn negatives and
 never meets the index or the candidate cut; this is what a user of ``ctl-retrieve --category`` or of a

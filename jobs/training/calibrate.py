@@ -1,5 +1,7 @@
-"""The classifier's calibration: each distance turned into a probability of "completes the look", fitted
-on the validation split's pairs against same-category negatives, written as the run's calibration.json.
+"""The classifier's calibration: each distance turned into a probability of "completes the look".
+
+Fitted on the validation split's pairs against same-category negatives, written as the run's
+calibration.json.
 
 Samples (pipeline.evaluation.classifier_samples): each validation pair's positive against its
 same-category products not in the scene, the negatives of one pair weighing one positive in all (even

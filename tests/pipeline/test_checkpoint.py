@@ -38,6 +38,14 @@ def test_round_trip_gives_identical_embeddings_and_records_sha256(embedder, tmp_
     assert not list(path.parent.glob(".*tmp"))
 
 
+def test_the_same_model_saved_twice_has_the_same_sha256(embedder, tmp_path):
+    """The sha256 ties indexes and calibrations to a checkpoint: a re-save of the same weights must keep it."""
+    first = save_checkpoint(tmp_path / "a" / "checkpoint.pt", embedder, config={"dim": 16}, extra={"epoch": 1})
+    second = save_checkpoint(tmp_path / "b" / "model.pt", embedder, config={"dim": 16}, extra={"epoch": 1})
+    third = save_checkpoint(tmp_path / "c" / "model.pt", embedder, config={"dim": 16}, extra={"epoch": 2})
+    assert first == second != third
+
+
 def test_heads_only_load_skips_the_backbone(embedder, tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, embedder, config={})
