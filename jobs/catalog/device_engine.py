@@ -27,7 +27,7 @@ from jobs.catalog.device_decode import (
     read_raw,
     resize_on_device,
 )
-from jobs.catalog.embed_job import Embedded, EmbedJob, forward
+from jobs.catalog.embed_job import Embedded, EmbedJob, forward_to_host
 
 # Reader threads per core: reading is I/O and hashing (hashlib releases the GIL); fallback decodes are
 # Pillow, which releases it too.
@@ -119,13 +119,7 @@ def _embed(job: EmbedJob, pool: ThreadPoolExecutor) -> Iterator[Embedded]:
                     if current.ready is not None:
                         torch.cuda.current_stream(job.device).wait_event(current.ready)
                         current.images.record_stream(torch.cuda.current_stream(job.device))
-                    f_p = forward(embedder, current.images, job.device)
-                    if cuda:
-                        embeddings = f_p.to("cpu", non_blocking=True)
-                        ready = torch.cuda.Event()
-                        ready.record()
-                    else:
-                        embeddings = f_p
+                    embeddings, ready = forward_to_host(embedder, current.images, job.device)
                 # The next batch's decode is queued on the side stream while this batch's network runs.
                 nxt = prepare([f.result() for f in pending], job.size, job.device, pool, stream) if pending else None
                 yield Embedded(current.rows, embeddings, ready, current.rejects, current.hashes)

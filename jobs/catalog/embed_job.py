@@ -101,6 +101,18 @@ def forward(embedder, images: torch.Tensor, device: torch.device) -> torch.Tenso
     return embedder.product_from_features(fmap)
 
 
+def forward_to_host(embedder, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, object]:
+    """`forward`, then the copy of its result to the host: on CUDA started asynchronously, with the event
+    that fires when it has landed (the writer waits on it, so the next batch's network need not)."""
+    f_p = forward(embedder, images, device)
+    if device.type != "cuda":
+        return f_p, None
+    embeddings = f_p.to("cpu", non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return embeddings, ready
+
+
 def compile_backbone(embedder, device: torch.device, size: int, batch_size: int) -> float:
     """torch.compile the backbone's trunk in place and run one warm-up batch; return the seconds it took.
 

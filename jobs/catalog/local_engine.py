@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from common import defaults
 from jobs.catalog.catalog_images import CatalogImages, collate
-from jobs.catalog.embed_job import Embedded, EmbedJob, forward
+from jobs.catalog.embed_job import Embedded, EmbedJob, forward_to_host
 from jobs.workers import default_workers, lower_priority
 
 
@@ -37,13 +37,7 @@ def _embed(job: EmbedJob, batches) -> Iterator[Embedded]:
             for batch in batches:
                 embeddings, ready = None, None
                 if batch.images is not None:
-                    f_p = forward(embedder, batch.images, job.device)
-                    if cuda:
-                        embeddings = f_p.to("cpu", non_blocking=True)
-                        ready = torch.cuda.Event()
-                        ready.record()
-                    else:
-                        embeddings = f_p
+                    embeddings, ready = forward_to_host(embedder, batch.images, job.device)
                 yield Embedded(batch.rows, embeddings, ready, batch.rejects, batch.hashes)
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
