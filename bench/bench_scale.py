@@ -223,6 +223,8 @@ def main() -> None:
             "dim": args.dim, "workers": args.workers, "budget": args.memory_budget, "load_start": loadavg()}
     print(f"== N={args.n:,} d={args.dim}, load average {meta['load_start']}", flush=True)
     results = {"meta": meta, "builds": {}}
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_scale_", dir=args.workdir) as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
