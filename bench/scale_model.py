@@ -28,23 +28,29 @@ from index.select import nlist_for  # noqa: E402
 TARGETS = (100_000_000, 1_000_000_000)
 
 
-def fit(runs: list[dict], mode: str = "single") -> dict:
+def fit(runs: list[dict], mode: str | None = None) -> dict:
+    """Constants from the largest run's `mode` build (default: its one-process build, else its first)."""
     big = max(runs, key=lambda r: r["meta"]["n"])
     n = big["meta"]["n"]
+    mode = mode or ("single" if "single" in big["builds"] else next(iter(big["builds"])))
     b = big["builds"][mode]
     ph = b["phases"]
+    # One worker's add: a parallel build's groups run one after another (their own wall times summed).
+    add_one_worker = sum(ph["group_seconds"]) if ph.get("groups", 1) > 1 else ph["add_seconds"]
     nlist = nlist_for(n)
     disk = b["disk_bytes"]
     per_vec = {k: v / n for k, v in disk.items() if k != "info.json"}
-    anon = [(r["meta"]["n"], r["builds"].get("ondisk", r["builds"][mode])["anon_load_mb"]) for r in runs]
+    anon = [(r["meta"]["n"], r["builds"].get("ondisk", r["builds"].get(mode) or next(iter(r["builds"].values())))
+             ["anon_load_mb"]) for r in runs]
     (n0, a0), (n1, a1) = anon[0], anon[-1]
     slope = (a1 - a0) / (n1 - n0) if n1 != n0 else 0.0
     sharded = big["builds"].get("sharded", {}).get("phases", {})
-    return {"n": n, "nlist": nlist, "per_vec_bytes": per_vec, "anon_mb": (a0 - slope * n0, slope),
+    return {"n": n, "mode": mode, "nlist": nlist, "per_vec_bytes": per_vec, "anon_mb": (a0 - slope * n0, slope),
             "write_s_per_vec": ph["write_f16_ids_seconds"] / n,
             "train_s_per_unit": ph["train_seconds"] / (40 * nlist * nlist),
-            "add_s_per_vec_nlist": ph["add_seconds"] / (n * nlist),
-            "add_speedup_k2": (ph["add_seconds"] / sharded["add_seconds"]) if sharded.get("add_seconds") else None,
+            "add_s_per_vec_nlist": add_one_worker / (n * nlist),
+            "add_speedup_k2": (ph["add_seconds"] / sharded["add_seconds"])
+            if sharded.get("add_seconds") and mode == "single" else None,
             "tune_s": ph["tune_seconds"], "warm_ms": b["warm_p50_ms"], "warm_p99_ms": b["warm_p99_ms"]}
 
 
@@ -73,7 +79,7 @@ def main() -> None:
     runs = sorted((json.loads(p.read_text()) for p in args.results), key=lambda r: r["meta"]["n"])
     ks = [int(k) for k in args.k.split(",")]
     m = fit(runs)
-    print(f"fitted on N={m['n']:,} (nlist {m['nlist']}): bytes/vector on disk "
+    print(f"fitted on N={m['n']:,} ({m['mode']} build, nlist {m['nlist']}): bytes/vector on disk "
           + ", ".join(f"{k} {v:.1f}" for k, v in m["per_vec_bytes"].items())
           + f"; anonymous memory at load {m['anon_mb'][0]:.0f} MB + {m['anon_mb'][1] * 1e6:.1f} MB per 1M rows"
           + (f"; add speed-up with 2 workers {m['add_speedup_k2']:.2f}x" if m["add_speedup_k2"] else ""))
