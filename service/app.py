@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import logging
 import mimetypes
-import threading
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
@@ -35,12 +34,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import defaults
 from common.errors import CtlError
-from index.store import ProductIndex
 from pipeline.images import ImageError
 from retrieval.results import RetrievalError
 from retrieval.retriever import Retriever
 from service.metrics import ServiceMetrics
 from service.pool import ModelPool, Query, QueueFull, ServiceStopped
+from service.product_images import ProductImageError, ProductImages
 from service.settings import ServeSettings
 from service.swap import IndexSwapper
 
@@ -138,33 +137,6 @@ class RequestMetrics:
             self.metrics.latency.labels(route).observe(perf_counter() - start)
 
 
-# -- catalogue images by product id ----------------------------------------------------------------------
-
-class ProductImages:
-    """product id -> the catalogue image path stored in the served index's ids.parquet (built once per index)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._index: ProductIndex | None = None
-        self._rows: dict[str, int] = {}
-
-    def path(self, index: ProductIndex, product_id: str) -> Path:
-        with self._lock:
-            if self._index is not index:
-                self._rows = {pid: row for row, pid in enumerate(index.table.column("product_id").to_pylist())}
-                self._index = index
-            row = self._rows.get(product_id)
-        if row is None:
-            raise ApiError(404, f"no product {product_id!r} in the index")
-        stored = index.table.column("image_path")[row].as_py() if "image_path" in index.table.column_names else None
-        if not stored:
-            raise ApiError(404, f"product {product_id!r} has no catalogue image")
-        path = Path(stored)
-        if not path.is_file():
-            raise ApiError(404, f"the catalogue image of product {product_id!r} is missing on the server")
-        return path
-
-
 # -- the app -----------------------------------------------------------------------------------------------
 
 def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSettings | None = None) -> FastAPI:
@@ -196,6 +168,7 @@ def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSetti
     app = FastAPI(title="Complete the Look", version=API_VERSION, lifespan=lifespan, redoc_url=None,
                   summary="Scene-based complementary product recommendation")
     app.state.pool, app.state.swapper, app.state.metrics, app.state.settings = pool, swapper, metrics, settings
+    app.state.images = images
 
     # -- errors: always JSON, never a stack trace ------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -254,6 +227,7 @@ def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSetti
         except CtlError as exc:
             log.error("query failed: %s", exc)
             raise ApiError(500, " ".join(str(exc).split())) from None
+        images.remember(result.version, result.body)     # the page asks for these products' images next
         timing = ", ".join(f"{stage};dur={1e3 * s:.2f}" for stage, s in result.timings.items())
         return JSONResponse(result.body, headers={"Server-Timing": timing,
                                                   "X-Index-Version": result.version or "flat"})
@@ -318,7 +292,10 @@ def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSetti
 
     @app.get(f"/{API_VERSION}/products/{{product_id}}/image", summary="A catalogue image, by product id")
     def product_image(product_id: str):
-        path = images.path(pool.retriever.index, product_id)
+        try:
+            path = images.path(pool.retriever.index, product_id)
+        except ProductImageError as exc:
+            raise ApiError(404, str(exc)) from None
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
 

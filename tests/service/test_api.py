@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from index.store import ProductIndex
 from pipeline.images import load_image
+from service.product_images import ProductImageError, ProductImages
 from tests.pipeline.test_images import png_header
 from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY
 
@@ -159,6 +162,36 @@ def test_product_image_by_id(client, world):
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.content == (world.root / "images" / f"{pid}.png").read_bytes()
     assert_error(client.get("/v1/products/nope/image"), 404, "no product 'nope' in the index")
+
+
+def test_the_images_of_an_answer_are_served_without_scanning_the_catalogue(serve, world):
+    client = serve()
+    images = client.app.state.images
+    look = client.post("/v1/look", params={"k": 2, "include_present": True}, files=upload(world.scenes[0])).json()
+    answered = [h["product_id"] for c in look["categories"] for h in c["hits"]]
+    for pid in answered:
+        r = client.get(f"/v1/products/{pid}/image")
+        assert r.status_code == 200 and r.content == (world.root / "images" / f"{pid}.png").read_bytes()
+    assert images.scans == 0
+    other = next(p for p in world.product_ids if p not in answered)
+    assert client.get(f"/v1/products/{other}/image").status_code == 200 and images.scans == 1
+    assert client.get(f"/v1/products/{other}/image").status_code == 200 and images.scans == 1   # remembered
+
+
+def test_remembered_images_are_bounded_and_an_evicted_one_is_found_again(world):
+    images = ProductImages(capacity=2)
+    index = ProductIndex.load(world.index_dir)
+    first, second, third = world.product_ids[:3]
+    paths = {pid: str(world.root / "images" / f"{pid}.png") for pid in (first, second, third)}
+    images.remember(index.version, {"hits": [{"product_id": p, "image": paths[p]} for p in (first, second, third)]})
+    assert images.path(index, third) == Path(paths[third]) and images.path(index, second) == Path(paths[second])
+    assert images.scans == 0
+    assert images.path(index, first) == Path(paths[first]) and images.scans == 1       # evicted: found by a scan
+    with pytest.raises(ProductImageError, match="no product 'nope' in the index"):
+        images.path(index, "nope")
+    other_version = {"hits": [{"product_id": first, "image": None}]}
+    images.remember("v999999", other_version)     # another build's answer does not change this one's
+    assert images.path(index, first) == Path(paths[first])
 
 
 @pytest.mark.parametrize("path", ["/v1/products/../../etc/passwd/image", "/v1/products/..%2F..%2Fetc%2Fpasswd/image",
