@@ -35,6 +35,12 @@ class Checkpoint:
         """Whether the checkpoint carries a category-presence head."""
         return self.embedder.presence is not None
 
+    @property
+    def training_data(self) -> str:
+        """What the model learnt from: "sample" (the generated looks), "real" (scenes of real photos), or
+        "unknown" (a checkpoint older than this field). The page and the README warn on "sample"."""
+        return str(self.extra.get("training_data", {}).get("kind", "unknown"))
+
 
 def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config: dict, extra: dict | None = None) -> str:
     """Write the checkpoint atomically (and config.json beside it); return its sha256."""
