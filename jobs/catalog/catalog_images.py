@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -15,7 +16,7 @@ import torch
 from common.errors import InputError
 from index.embedding_shards import BASE_COLUMNS, EMBEDDING
 from jobs.data.catalog_manifest import read_catalog
-from pipeline.images import ImageError, image_to_tensor, load_image
+from pipeline.images import ImageError, draft_floor, image_to_array, image_to_tensor, load_image
 
 # A product image file larger than this is refused before it is read into memory (the pixel limit
 # of pipeline.images is checked only once the bytes are in).
@@ -58,18 +59,34 @@ def read_image_bytes(path: str) -> bytes:
         return fh.read()
 
 
-def decode_row(path: str, size: int) -> tuple[torch.Tensor | None, str | None, str | None]:
+def decode_row(path: str, size: int, *, draft: bool = False) -> tuple[torch.Tensor | None, str | None, str | None]:
     """(uint8 3 x size x size tensor, None, sha256 of the file) or (None, reason, None): never raises.
 
-    The file is read once: its bytes are hashed (what `--incremental` compares) and decoded.
+    The file is read once: its bytes are hashed (what `--incremental` compares) and decoded. `draft`:
+    a large JPEG is DCT-scaled while decoding (pipeline.images.draft_floor), not decoded at full size.
     """
     try:
         data = read_image_bytes(path)
-        return image_to_tensor(load_image(data), size), None, hashlib.sha256(data).hexdigest()
+        img = load_image(data, draft_size=draft_floor(size) if draft else None)
+        return image_to_tensor(img, size), None, hashlib.sha256(data).hexdigest()
     except ImageError as exc:
         return None, short_reason(path, str(exc)), None
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
         return None, f"cannot decode ({type(exc).__name__}: {exc})", None
+
+
+def decode_into(path: str, out: np.ndarray, *, draft: bool = False) -> tuple[str | None, str | None]:
+    """decode_row's pixels written into `out` (uint8 size x size x 3, e.g. a shared-memory slot):
+    (None, sha256 of the file) or (reject reason, None); never raises."""
+    try:
+        data = read_image_bytes(path)
+        img = load_image(data, draft_size=draft_floor(out.shape[0]) if draft else None)
+        out[...] = image_to_array(img, out.shape[0])
+        return None, hashlib.sha256(data).hexdigest()
+    except ImageError as exc:
+        return short_reason(path, str(exc)), None
+    except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
+        return f"cannot decode ({type(exc).__name__}: {exc})", None
 
 
 class CatalogImages:

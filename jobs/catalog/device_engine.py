@@ -1,24 +1,26 @@
-"""The device-decoding embed-catalog engine: threads read bytes, JPEG batches decode and resize on the device.
+"""embed-catalog's device side: threads read bytes, JPEG batches decode and resize on the device (nvJPEG on CUDA).
 
-Per batch: reader threads (started one batch ahead, so reading overlaps the device) return the files'
-bytes; the JPEGs the device decoder takes go to it in one call on a side CUDA stream, with the
-resize, while the previous batch's network runs on the main stream; the rest (see
-:mod:`jobs.catalog.device_decode`) are decoded by Pillow in the same threads, copied from pinned
+A side of :mod:`jobs.catalog.decode_merge`: one feeder thread takes a batch, reader threads return
+the files' bytes and hashes, the JPEGs the device decoder takes go to it in one call on a side CUDA
+stream, with the resize, while the network runs on the main stream; the rest (see
+:mod:`jobs.catalog.device_decode`) are decoded by Pillow in the reader threads, copied from pinned
 memory, and every image lands in its row's place. A bad image is one reject with its reason, as on
 the CPU path. On a CPU device the same path runs with torchvision's CPU decoder: a test of the path,
-not a speed-up.
+not a speed-up. `--decode gpu` is the local engine with this side alone; `--decode auto` on CUDA
+runs it beside the Pillow processes (:mod:`jobs.catalog.pillow_decoders`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
-from common import defaults
+from jobs.catalog.decode_merge import Decoded, Merge
 from jobs.catalog.device_decode import (
     RawImage,
     decode_on_cpu,
@@ -27,11 +29,14 @@ from jobs.catalog.device_decode import (
     read_raw,
     resize_on_device,
 )
-from jobs.catalog.embed_job import Embedded, EmbedJob, forward_to_host
+from jobs.catalog.embed_job import Embedded, EmbedJob
 
+SIDE = "device"
 # Reader threads per core: reading is I/O and hashing (hashlib releases the GIL); fallback decodes are
 # Pillow, which releases it too.
 MAX_READERS = 32
+AHEAD = 2             # batches decoded on the device and not yet through the network (device memory)
+POLL = 0.5
 
 
 @dataclass
@@ -46,13 +51,14 @@ class Prepared:
     fallbacks: int                   # images the CPU decoder took
 
 
-def reader_threads(config_workers: int | None) -> int:
+def reader_threads(config_workers: int | None, *, cap: int = MAX_READERS) -> int:
+    """Reader threads: `--workers` when given, else one per core (at least 2, at most `cap`)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return config_workers or min(MAX_READERS, max(2, cpus))
+    return config_workers or min(cap, max(2, cpus))
 
 
 def prepare(raws: list[RawImage], size: int, device: torch.device, pool: ThreadPoolExecutor,
-            stream: "torch.cuda.Stream | None" = None) -> Prepared:
+            stream: torch.cuda.Stream | None = None, *, draft: bool = False) -> Prepared:
     """Decode and resize one batch of raw files onto `device`: the device decoder where it can, Pillow elsewhere."""
     rejects = [(r.row, r.reason) for r in raws if r.data is None]
     readable = [r for r in raws if r.data is not None]
@@ -60,11 +66,11 @@ def prepare(raws: list[RawImage], size: int, device: torch.device, pool: ThreadP
     context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
     with context:
         decoded = decode_on_device([r.data for r in to_device], device)
-    by_device = {r.row: img for r, img in zip(to_device, decoded) if img is not None}
+    by_device = {r.row: img for r, img in zip(to_device, decoded, strict=True) if img is not None}
     on_cpu = [r for r in readable if r.row not in by_device]     # not JPEG-as-is, or refused by the decoder
-    cpu_results = list(pool.map(lambda r: decode_on_cpu(r, size), on_cpu))
+    cpu_results = list(pool.map(lambda r: decode_on_cpu(r, size, draft=draft), on_cpu))
     by_cpu = {}
-    for raw, (tensor, reason) in zip(on_cpu, cpu_results):
+    for raw, (tensor, reason) in zip(on_cpu, cpu_results, strict=True):
         if tensor is None:
             rejects.append((raw.row, reason))
         else:
@@ -90,38 +96,54 @@ def prepare(raws: list[RawImage], size: int, device: torch.device, pool: ThreadP
     return Prepared([r.row for r in good], images, sorted(rejects), [r.sha256 for r in good], ready, len(on_cpu))
 
 
+class DeviceDecoders:
+    """The device side of the merge: a feeder thread and `threads` reader threads."""
+
+    name = SIDE
+
+    def __init__(self, paths: Sequence[str], size: int, device: torch.device, threads: int, *, draft: bool = False):
+        self.paths, self.size, self.device, self.draft = paths, size, device, draft
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embed-read")
+        self._room = threading.Semaphore(AHEAD)
+        self._thread: threading.Thread | None = None
+
+    def start(self, merge: Merge) -> None:
+        self._thread = threading.Thread(target=self._feed, args=(merge,), name="embed-device-feed", daemon=True)
+        self._thread.start()
+
+    def _feed(self, merge: Merge) -> None:
+        stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+        paths = self.paths
+        try:
+            with torch.inference_mode():
+                while not merge.closed:
+                    if not self._room.acquire(timeout=POLL):
+                        continue
+                    task = merge.take(SIDE)
+                    if task is None:
+                        self._room.release()
+                        return
+                    raws = list(self.pool.map(lambda row: read_raw(row, paths[row]), task.rows.tolist()))
+                    batch = prepare(raws, self.size, self.device, self.pool, stream, draft=self.draft)
+                    if batch.ready is not None:
+                        # The merge judges this side by its time per batch: wait for the device to finish
+                        # the batch (this thread only), so queued work is not taken for speed.
+                        batch.ready.synchronize()
+                    merge.put(Decoded(task.index, batch.rows, batch.images, batch.rejects, batch.hashes, SIDE,
+                                      batch.ready, done=self._room.release))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            merge.fail(exc)
+        finally:
+            merge.stopped(SIDE)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def open_engine(job: EmbedJob) -> Iterator[Embedded]:
-    """Start the reader threads; return the batches (the threads stop when the iterator is closed)."""
-    pool = ThreadPoolExecutor(max_workers=reader_threads(job.config.workers), thread_name_prefix="embed-read")
-    return _embed(job, pool)
+    """`--decode gpu`: the local engine, whose decode mode then runs this side alone."""
+    from jobs.catalog import local_engine  # local_engine builds on this module's side
 
-
-def _embed(job: EmbedJob, pool: ThreadPoolExecutor) -> Iterator[Embedded]:
-    cuda = job.device.type == "cuda"
-    batch_size = job.config.batch_size or (defaults.BATCH_SIZE_GPU if cuda else defaults.BATCH_SIZE_CPU)
-    paths = job.paths
-    batches = [job.rows[i:i + batch_size] for i in range(0, len(job.rows), batch_size)]
-    stream = torch.cuda.Stream(device=job.device) if cuda else None
-    embedder = job.checkpoint.embedder.eval().to(memory_format=torch.channels_last)
-
-    def read(rows) -> list[Future]:
-        return [pool.submit(read_raw, int(row), paths[int(row)]) for row in rows]
-
-    try:
-        with torch.inference_mode():
-            pending = read(batches[0]) if batches else []
-            nxt = prepare([f.result() for f in pending], job.size, job.device, pool, stream) if batches else None
-            for b in range(len(batches)):
-                current = nxt
-                pending = read(batches[b + 1]) if b + 1 < len(batches) else []
-                embeddings, ready = None, None
-                if current.images is not None:
-                    if current.ready is not None:
-                        torch.cuda.current_stream(job.device).wait_event(current.ready)
-                        current.images.record_stream(torch.cuda.current_stream(job.device))
-                    embeddings, ready = forward_to_host(embedder, current.images, job.device)
-                # The next batch's decode is queued on the side stream while this batch's network runs.
-                nxt = prepare([f.result() for f in pending], job.size, job.device, pool, stream) if pending else None
-                yield Embedded(current.rows, embeddings, ready, current.rejects, current.hashes)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    return local_engine.open_engine(job)

@@ -120,10 +120,13 @@ def test_the_device_path_keeps_the_cpu_paths_rejects(tmp_path, ckpt):  # noqa: F
 
 def test_decode_settings():
     assert EmbedCatalogConfig().decode_on(CPU) == "cpu"
-    assert EmbedCatalogConfig().decode_on(torch.device("cuda")) == "gpu"
+    assert EmbedCatalogConfig().decode_on(torch.device("cuda")) == "both"        # nvJPEG and Pillow at once
+    assert EmbedCatalogConfig(decode="gpu").decode_on(torch.device("cuda")) == "gpu"
+    assert EmbedCatalogConfig(decode="both").decode_on(CPU) == "both"             # forced: how CPU tests run it
     assert EmbedCatalogConfig(engine="ray", workers=1).decode_on(torch.device("cuda")) == "cpu"
-    with pytest.raises(InputError, match="run with --engine local"):
-        EmbedCatalogConfig(engine="ray", workers=1, decode="gpu")
+    for decode in ("gpu", "both"):
+        with pytest.raises(InputError, match="run with --engine local"):
+            EmbedCatalogConfig(engine="ray", workers=1, decode=decode)
     with pytest.raises(InputError, match="decode must be one of"):
         EmbedCatalogConfig(decode="nvjpeg")
 
