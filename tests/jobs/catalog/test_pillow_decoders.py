@@ -109,9 +109,16 @@ class ExplodingPaths(list):
 
 def test_a_worker_error_ends_the_run_with_its_message_and_leaves_no_worker(tmp_path):
     paths, _ = catalog_paths(make_catalog(tmp_path / "cat", 12))
-    with pytest.raises(RuntimeError, match="decode worker failed: MemoryError: row 5"):
-        decode_all(ExplodingPaths(paths), batch=4, workers=2)
-    assert not [p for p in _children(os.getpid()) if _is_decode_worker(p)]
+    side = PillowDecoders(ExplodingPaths(paths), SIZE, 4, 2, device=CPU)
+    pids = [p.pid for p in side.procs]
+    merge = Merge(plan_tasks(np.arange(len(paths)), 4), [side.name])
+    side.start(merge)
+    try:
+        with pytest.raises(RuntimeError, match="decode worker failed: MemoryError: row 5"):
+            list(merge)
+    finally:
+        side.close()
+    assert len(pids) == 2 and not [pid for pid in pids if _alive(pid)]
 
 
 def test_a_dead_worker_ends_the_run_instead_of_hanging(tmp_path):
@@ -142,13 +149,6 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
-
-
-def _is_decode_worker(pid: int) -> bool:
-    try:
-        return b"embed" in Path(f"/proc/{pid}/cmdline").read_bytes() or Path(f"/proc/{pid}/comm").exists()
-    except OSError:
-        return False
 
 
 def _shm_files(pid: int) -> set[str]:
