@@ -93,9 +93,11 @@ def load_image(source: str | os.PathLike | bytes, *, draft_size: int | None = No
 def draft_floor(size: int) -> int:
     """The smallest side a JPEG may be DCT-scaled down to before the BILINEAR resize to `size`: twice `size`.
 
-    Measured with ImageNet EfficientNet-Lite0 on natural photos (docs/benchmarks-gpu.md): scaling down to
-    `size` itself (an 800 px JPEG decoded at 400 px) moved product embeddings to a minimum cosine of 0.974
-    against the exact path; keeping twice the target kept every product at 0.9994 or above.
+    Measured with ImageNet EfficientNet-Lite0 on 150 natural photos of 448-1,200 px (bench/bench_jpeg_draft.py,
+    docs/benchmarks-embed.md): scaling down to `size` itself moved product embeddings to a minimum cosine of
+    0.975 against the exact decode; twice `size` leaves photos under 896 px untouched and keeps larger ones
+    at 0.997 or above (mean 0.9994) for a 2x faster decode. Neither meets the 0.999 agreement the exact
+    path keeps, which is why draft decoding is opt-in (`--jpeg-draft`).
     """
     return 2 * size
 

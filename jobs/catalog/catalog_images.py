@@ -1,10 +1,8 @@
-"""The embed-catalog reader: catalogue rows -> decoded, resized image batches, a bad image a reject with its reason."""
+"""The embed-catalog reader: catalogue rows -> decoded, resized images, a bad image a reject with its reason."""
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +50,7 @@ def read_image_bytes(path: str) -> bytes:
         if local.is_dir():
             raise ImageError(f"{path}: is a folder, not an image")
         size = local.stat().st_size
-        opener = lambda: open(local, "rb")  # noqa: E731
+        opener = lambda: open(local, "rb")  # noqa: E731, SIM115 - opened in the with below
     if size is not None and size > MAX_IMAGE_BYTES:
         raise ImageError(f"{path}: {size:,} bytes exceeds the {MAX_IMAGE_BYTES:,} byte limit")
     with opener() as fh:
@@ -87,43 +85,6 @@ def decode_into(path: str, out: np.ndarray, *, draft: bool = False) -> tuple[str
         return short_reason(path, str(exc)), None
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
         return f"cannot decode ({type(exc).__name__}: {exc})", None
-
-
-class CatalogImages:
-    """Map-style dataset over catalogue rows: index -> (row, uint8 3 x size x size tensor | None, reason | None,
-    image sha256 | None)."""
-
-    def __init__(self, paths: Sequence[str], rows: Sequence[int], size: int):
-        self.paths = paths
-        self.rows = rows
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = int(self.rows[i])
-        return (row, *decode_row(self.paths[row], self.size))
-
-
-@dataclass
-class Batch:
-    rows: list[int]                  # catalogue rows of `images`, in order
-    images: torch.Tensor | None      # uint8 N x 3 x H x W, or None when every image was rejected
-    rejects: list[tuple[int, str]]   # (catalogue row, reason)
-    hashes: list[str]                # sha256 of each image file in `rows`
-
-    def pin_memory(self):            # called by the DataLoader's pinning thread when pin_memory=True
-        if self.images is not None:
-            self.images = self.images.pin_memory()
-        return self
-
-
-def collate(items) -> Batch:
-    good = [(row, img, sha) for row, img, _, sha in items if img is not None]
-    rejects = [(row, reason) for row, img, reason, _ in items if img is None]
-    images = torch.stack([img for _, img, _ in good]) if good else None
-    return Batch([row for row, _, _ in good], images, rejects, [sha for _, _, sha in good])
 
 
 def _string_column(col):
