@@ -13,8 +13,17 @@ from PIL import Image
 
 from jobs.catalog.catalog_images import decode_row
 from jobs.catalog.embed_job import StaticBatch, forward
-from tests.jobs.catalog.test_embed_catalog import (SIZE, ckpt, embeddings_of, make_bad_catalog,  # noqa: F401
-                                                   make_catalog, model, one_thread, read_shards, run)
+from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401
+    SIZE,
+    ckpt,
+    embeddings_of,
+    make_bad_catalog,
+    make_catalog,
+    model,
+    one_thread,
+    read_shards,
+    run,
+)
 
 CPU = torch.device("cpu")
 
