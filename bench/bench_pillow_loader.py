@@ -36,6 +36,7 @@ from jobs.catalog.decode_merge import Merge, plan_tasks  # noqa: E402
 from jobs.catalog.pillow_decoders import PillowDecoders  # noqa: E402
 
 SIZE = 224
+CPU = torch.device("cpu")
 
 
 def _decode_one(job: tuple[str, bool]) -> bool:
@@ -53,7 +54,7 @@ def pillow_alone(paths: list[str], workers: int, *, draft: bool = False) -> floa
     return len(paths) / (time.perf_counter() - started)
 
 
-def loader_alone(paths: list[str], workers: int, batch: int, *, device: torch.device = torch.device("cpu"),
+def loader_alone(paths: list[str], workers: int, batch: int, *, device: torch.device = CPU,
                  draft: bool = False) -> float:
     """img/s of the job's Pillow side over every path, each batch taken and released in order (start included).
     On CUDA each batch also lands on the device, as in the job."""
