@@ -43,6 +43,7 @@ IN_PROGRESS = 2        # batches being decoded at once: one assembling while the
 WAITING = 3            # decoded batches that may wait for the network (their turn in the merge, or consumed now)
 POLL = 0.5             # seconds between looks at a closed stream or a dead process
 PR_SET_PDEATHSIG = 1
+SUBMITTED, STOP = "submitted", "stop"      # messages from this process to its own collector thread
 
 
 def chunk_size(batch: int, workers: int) -> int:
@@ -121,7 +122,6 @@ class PillowDecoders:
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
         self._merge: Merge | None = None
-        self._submitted = False
         self.procs = []
         if workers:
             ctx = mp.get_context("fork")      # the ring and the paths are inherited, not pickled
@@ -171,26 +171,31 @@ class PillowDecoders:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             merge.fail(exc)
         finally:
-            self._submitted = True
-            if not self.workers:
+            if self.workers:
+                self.results.put((SUBMITTED,))      # wakes the collector: it ends once the last batch is in
+            else:
                 merge.stopped(SIDE)
 
     def _collect(self) -> None:
         merge = self._merge
         try:
-            while not self._closing.is_set():
+            submitted = False
+            while not self._closing.is_set() and not (submitted and not self._pending):
                 try:
                     message = self.results.get(timeout=POLL)
                 except queue.Empty:
-                    if merge.closed or (self._submitted and not self._pending):
+                    if merge.closed:
                         return
                     dead = [p for p in self.procs if p.exitcode is not None]
                     if dead:
                         raise RuntimeError(f"a Pillow decode worker died (exit code {dead[0].exitcode})") from None
                     continue
-                if message[0] == "error":
+                if message[0] == SUBMITTED:
+                    submitted = True
+                elif message[0] == "error":
                     raise RuntimeError(f"a Pillow decode worker failed: {message[1]}")
-                self._take_result(message)
+                elif message[0] != STOP:
+                    self._take_result(message)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             merge.fail(exc)
         finally:
@@ -239,6 +244,8 @@ class PillowDecoders:
     def close(self) -> None:
         """Stop the threads and the workers (at once if the stream was cut short); idempotent."""
         self._closing.set()
+        if self.procs:
+            self.results.put((STOP,))               # wakes the collector at once
         for thread in self._threads:
             thread.join(timeout=10)
         if self.procs:
