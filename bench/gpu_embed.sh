@@ -39,8 +39,11 @@ WFLAG=${WORKERS:+--workers $WORKERS}   # empty: the job's own default
 DEADLINE=$(( START + BUDGET_S ))
 RESERVE=15                              # kept for the report
 WORK=$(mktemp -d /tmp/gpu_embed.XXXXXX)
+CURRENT=""                              # the running section's `timeout`, stopped with this script
 cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+on_signal() { [ -n "$CURRENT" ] && kill -TERM "$CURRENT" 2>/dev/null; wait; exit 130; }
 trap cleanup EXIT
+trap on_signal INT TERM
 
 echo "== gpu_embed: budget ${BUDGET_S} s, device $DEVICE, N $N per catalogue, batch $BATCH, input $SIZE px," \
      "repeats $REPEATS, work in $WORK, results in $OUT ($(( SECONDS - START )) s of set-up)"
@@ -59,8 +62,11 @@ section() {
   else
     local limit=$(( cap < left ? cap : left ))
     echo "== $name (at most ${limit} s)"
-    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@"
+    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" &
+    CURRENT=$!
+    wait "$CURRENT"
     rc=$?
+    CURRENT=""
     if (( rc == 0 )); then status=ok; elif (( rc == 124 || rc == 137 )); then status="timed out"; else status=failed; fi
     echo "   $name: $status in $(( SECONDS - t0 )) s"
   fi

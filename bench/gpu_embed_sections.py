@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from bench.bench_pillow_loader import _decode_one  # noqa: E402
 from jobs.catalog.decode_merge import Merge, plan_tasks  # noqa: E402
-from jobs.catalog.device_engine import DeviceDecoders, reader_threads  # noqa: E402
+from jobs.catalog.device_side import DeviceDecoders, reader_threads  # noqa: E402
 from jobs.catalog.local_engine import pillow_workers  # noqa: E402
 from jobs.catalog.pillow_decoders import PillowDecoders  # noqa: E402
 

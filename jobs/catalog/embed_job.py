@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,9 +169,8 @@ def compile_backbone(embedder, device: torch.device, size: int, batch_size: int)
 
 def compiled_graphs() -> int:
     """Graphs torch.compile has compiled in this process so far: one more after warm-up is a recompile."""
-    from torch._dynamo.utils import counters  # imported on demand: torch._dynamo is slow to import
-
-    return int(counters["stats"]["unique_graphs"])
+    utils = sys.modules.get("torch._dynamo.utils")    # loaded by torch.compile; never imported here: seconds
+    return int(utils.counters["stats"]["unique_graphs"]) if utils is not None else 0
 
 
 # An engine: open(job) does its set-up (worker processes, a cluster connection) and returns the batches.

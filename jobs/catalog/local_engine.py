@@ -2,7 +2,7 @@
 
 `--decode` picks the sides of the merge (:mod:`jobs.catalog.decode_merge`): ``cpu`` the Pillow worker
 processes writing into shared memory (:mod:`jobs.catalog.pillow_decoders`), ``gpu`` the device's
-nvJPEG path (:mod:`jobs.catalog.device_engine`), ``both`` the two at once, each batch going to the side
+nvJPEG path (:mod:`jobs.catalog.device_side`), ``both`` the two at once, each batch going to the side
 expected to finish it first (``auto``: both on CUDA, Pillow on CPU). This process runs the network on
 the batches in catalogue order: on CUDA with bf16 autocast and channels_last, with `--compile` on
 batches padded to one static shape.
@@ -17,7 +17,7 @@ import torch
 
 from common import defaults
 from jobs.catalog.decode_merge import Merge, plan_tasks
-from jobs.catalog.device_engine import DeviceDecoders, reader_threads
+from jobs.catalog.device_side import DeviceDecoders, reader_threads
 from jobs.catalog.embed_job import Embedded, EmbedJob, StaticBatch, compiled_graphs, forward_to_host
 from jobs.catalog.pillow_decoders import PillowDecoders
 from jobs.workers import default_workers

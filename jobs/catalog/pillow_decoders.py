@@ -115,7 +115,6 @@ class PillowDecoders:
         self.chunk = chunk_size(batch, workers)
         self.ring = SlotRing(IN_PROGRESS + WAITING, batch, size)
         self.cuda = device.type == "cuda"
-        self.pinned = self.ring.pin() if self.cuda else False
         self._room = threading.Semaphore(IN_PROGRESS)
         self._pending: dict[int, _Assembly] = {}
         self._lock = threading.Lock()
@@ -131,6 +130,7 @@ class PillowDecoders:
                           for i in range(workers)]
             for proc in self.procs:
                 proc.start()
+        self.pinned = self.ring.pin() if self.cuda else False      # after the fork: the workers never touch CUDA
 
     def start(self, merge: Merge) -> None:
         """Start taking batches from the merge (threads: after every fork)."""

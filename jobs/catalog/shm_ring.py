@@ -80,7 +80,7 @@ class SlotRing:
         """Page-lock the ring for asynchronous copies to CUDA; False (and pageable copies) where that fails."""
         try:
             ptr = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
-            if torch.cuda.cudart().cudaHostRegister(ptr, len(self._map), 0) != 0:
+            if int(torch.cuda.cudart().cudaHostRegister(ptr, len(self._map), 0)) != 0:   # a cudaError_t
                 return False
         except Exception:  # noqa: BLE001 - pinning is an optimisation: any failure means pageable copies
             return False
