@@ -10,7 +10,10 @@ On the same generated JPEGs (bench/make_catalogue.py), interleaved `--repeats` t
                  shared-memory ring, batches assembled in catalogue order, slots released as read;
   dataloader     the previous loader, a torch DataLoader over decode_row with the same workers and the
                  job's old settings (pickled tensors, collate): the comparison the change was made for.
-The ratio loader / pillow alone is the figure of merit (target >= 0.8).
+The ratio loader / pillow alone is the figure of merit (target >= 0.8). With as many processes as
+cores, the wall-clock rates mostly measure the decoders; what sets a loader's ceiling on a machine with
+many cores is the work left to the job's own process, so each contender's CPU time in this process
+(every thread, from getrusage) is reported per image, with the rate it would cap the loader at.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -97,6 +101,19 @@ def dataloader_alone(paths: list[str], workers: int, batch: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def own_cpu() -> float:
+    """CPU seconds of this process, every thread (not its worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(run, n: int) -> tuple[float, float]:
+    """(img/s, this process's CPU microseconds per image) of one contender."""
+    before = own_cpu()
+    rate = run()
+    return rate, 1e6 * (own_cpu() - before) / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
@@ -116,16 +133,21 @@ def main() -> None:
         paths = [str(manifest.parent / p) for p in pq.read_table(manifest).column("image_path").to_pylist()]
         print(f"{args.n} {args.px}-px JPEGs; {workers} processes each; batch {args.batch}"
               + ("; --jpeg-draft" if args.draft else ""))
-        rates: dict[str, list[float]] = {"pillow alone": [], "loader": []}
+        runs = {"pillow alone": lambda: pillow_alone(paths, workers, draft=args.draft),
+                "loader": lambda: loader_alone(paths, workers, args.batch, draft=args.draft)}
         if not args.no_dataloader:
-            rates["dataloader"] = []
+            runs["dataloader"] = lambda: dataloader_alone(paths, workers, args.batch)
+        rates: dict[str, list[float]] = {k: [] for k in runs}
+        cpu_us: dict[str, list[float]] = {k: [] for k in runs}
         for r in range(args.repeats):
-            rates["pillow alone"].append(pillow_alone(paths, workers, draft=args.draft))
-            rates["loader"].append(loader_alone(paths, workers, args.batch, draft=args.draft))
-            if not args.no_dataloader:
-                rates["dataloader"].append(dataloader_alone(paths, workers, args.batch))
-            print(f"  repeat {r + 1}: " + "; ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rates.items()), flush=True)
+            for name, run in runs.items():
+                rate, us = timed(run, len(paths))
+                rates[name].append(rate)
+                cpu_us[name].append(us)
+            print(f"  repeat {r + 1}: " + "; ".join(f"{k} {v[-1]:.0f} img/s ({cpu_us[k][-1]:.0f} us/img here)"
+                                                    for k, v in rates.items()), flush=True)
     best = {k: max(v) for k, v in rates.items()}
+    least = {k: min(v) for k, v in cpu_us.items()}
     ratio = best["loader"] / best["pillow alone"]
     paired = sorted(a / b for a, b in zip(rates["loader"], rates["pillow alone"], strict=True))
     print(f"pillow alone {best['pillow alone']:.0f} img/s; loader {best['loader']:.0f} img/s: "
@@ -134,9 +156,14 @@ def main() -> None:
     if "dataloader" in best:
         print(f"previous loader (DataLoader) {best['dataloader']:.0f} img/s: ratio "
               f"{best['dataloader'] / best['pillow alone']:.2f}")
+    for name in ("loader", "dataloader"):
+        if name in least:
+            print(f"{name}: {least[name]:.0f} CPU us per image in the job's process (every thread): a ceiling of "
+                  f"{1e6 / max(least[name], 1e-9):,.0f} img/s however many workers decode")
     if args.json:
         args.json.write_text(json.dumps({"n": args.n, "px": args.px, "workers": workers, "batch": args.batch,
-                                         "cores": cores, "rates": rates, "best": best, "ratio": ratio}, indent=1))
+                                         "cores": cores, "rates": rates, "best": best, "ratio": ratio,
+                                         "own_cpu_us_per_image": cpu_us}, indent=1))
 
 
 if __name__ == "__main__":
