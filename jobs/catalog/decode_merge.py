@@ -10,7 +10,10 @@ The split adapts: a side may take the next batch only if no other side would fin
 from each side's recent time per batch (a moving average, the first batch of each side left out as its
 warm-up) and the batches it already holds. A pure first-come split would let a side ten times slower
 hold up the whole stream with every batch it grabbed; this one gives it a batch only when the faster
-side is so busy that the slow one would still be earlier.
+side is so busy that the slow one would still be earlier. A refused side is measured again now and
+then (after PROBE of its own batch times, then twice as long while it stays slow), so one unlucky
+batch does not bench it for the run; and no side runs more than MAX_AHEAD batches past the one the
+network waits for, which bounds what piles up behind a slow batch.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SMOOTHING = 0.3       # weight of the newest batch in a side's moving average of its time per batch
+PROBE = 4             # a side refused this many of its own batch times takes one anyway, to be measured again
+MAX_AHEAD = 8         # batches handed out past the one the network waits for: bounds what a fast side can
+                      # pile up (on CUDA in device memory) while a slow side holds the next batch
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class SideStats:
     in_flight: int = 0
     samples: int = 0
     last_put: float = float("-inf")
+    refused_since: float | None = None
+    probe_scale: float = 1.0          # doubles with every probe in a row: a side that stays slow is asked less
 
 
 class MergeClosed(Exception):
@@ -78,14 +86,19 @@ class Merge:
     raises it, and every side's next `take` returns None.
     """
 
-    def __init__(self, tasks: Sequence[Task], sides: Sequence[str], *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, tasks: Sequence[Task], sides: Sequence[str], *, clock: Callable[[], float] = time.monotonic,
+                 max_ahead: int = MAX_AHEAD):
         if len(set(sides)) != len(sides) or not sides:
             raise ValueError(f"sides must be distinct names, got {list(sides)}")
+        if max_ahead < 1:
+            raise ValueError(f"max_ahead must be at least 1, got {max_ahead}")
         self.tasks = list(tasks)
+        self.max_ahead = max_ahead
         self.stats = {side: SideStats() for side in sides}
         self._clock = clock
         self._cond = threading.Condition()
         self._next_task = 0
+        self._next_out = 0                 # the batch the consumer waits for
         self._taken_at: dict[int, tuple[str, float]] = {}
         self._finished: dict[int, Decoded] = {}
         self._error: BaseException | None = None
@@ -103,7 +116,7 @@ class Merge:
                     self._stopped.add(side)
                     self._cond.notify_all()
                     return None
-                if self._should_take(side):
+                if self._next_task - self._next_out < self.max_ahead and self._should_take(side):
                     task = self.tasks[self._next_task]
                     self._next_task += 1
                     stats = self.stats[side]
@@ -155,16 +168,22 @@ class Merge:
         return (stats.in_flight + 1) * stats.seconds_per_batch
 
     def _should_take(self, side: str) -> bool:
+        stats = self.stats[side]
         mine = self._estimate(side)
-        if mine is None:
+        others = [self._estimate(o) for o in self.stats if o != side and o not in self._stopped]
+        if mine is None or not any(theirs is not None and theirs < mine for theirs in others):
+            stats.refused_since, stats.probe_scale = None, 1.0
             return True
-        for other in self.stats:
-            if other == side or other in self._stopped:
-                continue
-            theirs = self._estimate(other)
-            if theirs is not None and theirs < mine:
-                return False
-        return True
+        # Refused: but a side judged on one unlucky batch would never be measured again, so after a while
+        # it takes one anyway (and waits twice as long before the next such probe).
+        now = self._clock()
+        if stats.refused_since is None:
+            stats.refused_since = now
+        elif now - stats.refused_since >= PROBE * stats.probe_scale * stats.seconds_per_batch:
+            stats.refused_since = None
+            stats.probe_scale *= 2
+            return True
+        return False
 
     # -- the consumer's end ------------------------------------------------------------------------
 
@@ -180,6 +199,8 @@ class Merge:
                         raise RuntimeError(f"every decoder stopped before batch {index} was taken")
                     self._cond.wait(0.5)
                 decoded = self._finished.pop(index)
+                self._next_out = index + 1
+                self._cond.notify_all()
             yield decoded
 
     def close(self) -> None:

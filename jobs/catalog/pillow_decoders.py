@@ -128,8 +128,12 @@ class PillowDecoders:
             self.procs = [ctx.Process(target=_worker, name=f"embed-decode-{i}", daemon=True,
                                       args=(self.ring, paths, self.tasks, self.results, draft, os.getpid(), nice))
                           for i in range(workers)]
-            for proc in self.procs:
-                proc.start()
+            try:
+                for proc in self.procs:
+                    proc.start()
+            except BaseException:
+                self.close()                  # the ones already started
+                raise
         self.pinned = self.ring.pin() if self.cuda else False      # after the fork: the workers never touch CUDA
 
     def start(self, merge: Merge) -> None:
@@ -252,9 +256,10 @@ class PillowDecoders:
             for _ in self.procs:
                 with contextlib.suppress(Exception):
                     self.tasks.put(None)
-            for proc in self.procs:
+            started = [proc for proc in self.procs if proc.pid is not None]
+            for proc in started:
                 proc.join(timeout=2)
-            for proc in self.procs:
+            for proc in started:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(timeout=5)
