@@ -29,6 +29,7 @@ RESULTS="$OUT/gpu_embed"
 mkdir -p "$RESULTS"
 rm -f "$RESULTS"/*.json "$RESULTS/status.jsonl"
 exec > >(tee -a "$OUT/gpu_embed.log") 2>&1
+TEE=$!
 
 N=${N:-20000}
 if [ "$DEVICE" = cuda ]; then BATCH=${BATCH:-256}; else BATCH=${BATCH:-8}; fi
@@ -133,3 +134,5 @@ fi
 
 RESERVE=0 section report 30 1 sec report
 echo "== gpu_embed done in $(( SECONDS - START )) s of a ${BUDGET_S} s budget; log $OUT/gpu_embed.log, figures $OUT/gpu_embed.json"
+exec >&- 2>&-                           # let tee write the log's last lines before the script ends
+wait "$TEE" 2>/dev/null || true
