@@ -38,7 +38,7 @@ REPEATS=${REPEATS:-$(( BUDGET_S >= 420 ? 2 : 1 ))}
 DSEC=$(( BUDGET_S >= 420 ? 10 : 6 ))    # seconds per decode-alone contender (fewer images if it is slow)
 WFLAG=${WORKERS:+--workers $WORKERS}   # empty: the job's own default
 DEADLINE=$(( START + BUDGET_S ))
-RESERVE=15                              # kept for the report
+RESERVE=10                              # kept for the report
 WORK=$(mktemp -d /tmp/gpu_embed.XXXXXX)
 CURRENT=""                              # the running section's `timeout`, stopped with this script
 cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
@@ -132,7 +132,7 @@ if (( REPEATS >= 2 )); then             # extras, while the budget lasts
   section job_800_both_r2 120 15 job 800 both 800_both_r2
 fi
 
-RESERVE=0 section report 30 1 sec report
+RESERVE=0 section report 30 1 $PY bench/gpu_embed_report.py "$RESULTS" "$OUT/gpu_embed.json"
 echo "== gpu_embed done in $(( SECONDS - START )) s of a ${BUDGET_S} s budget; log $OUT/gpu_embed.log, figures $OUT/gpu_embed.json"
 exec >&- 2>&-                           # let tee write the log's last lines before the script ends
 wait "$TEE" 2>/dev/null || true

@@ -7,6 +7,7 @@ and writes the whole as OUT/gpu_embed.json. A CPU rehearsal (env.cuda false) say
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 TARGETS = {   # name: (what, threshold); met at or above it, or at or below it for the names in AT_MOST
@@ -155,3 +156,7 @@ def report(results: Path, out_json: Path) -> dict:
     out_json.write_text(json.dumps(result, indent=1, default=str))
     print(f"==== written {out_json}")
     return result
+
+
+if __name__ == "__main__":   # python bench/gpu_embed_report.py RESULTS_DIR OUT.json (no torch: starts at once)
+    report(Path(sys.argv[1]), Path(sys.argv[2]))

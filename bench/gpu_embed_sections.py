@@ -5,8 +5,8 @@
 Sections: env, checkpoint, decode (Pillow alone, the job's Pillow loader alone, the device side alone),
 network (the bare backbone, eager or compiled), job (embed_catalog in this process, one --decode mode),
 ctl-line (the summary line of a `ctl embed-catalog` run, timed by the shell), agree (per-product cosine
-between two embeddings folders) and report (every result against the issue's targets, printed and
-written as one JSON). The shell script runs each under `timeout`, so one that fails or hangs costs only
+between two embeddings folders); bench/gpu_embed_report.py then prints every result against the
+targets and writes them as one JSON. The shell script runs each under `timeout`, so one that fails or hangs costs only
 its own figures. On a CPU (--device cpu) every section runs the same code with torchvision's CPU
 decoder standing in for nvJPEG: a rehearsal of the script, not a measurement.
 """
@@ -243,7 +243,7 @@ def section_agree(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["env", "checkpoint", "decode", "network", "job", "ctl-line", "agree", "report"])
+    ap.add_argument("section", choices=["env", "checkpoint", "decode", "network", "job", "ctl-line", "agree"])
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--manifest", type=Path)
@@ -266,10 +266,6 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
-    if args.section == "report":
-        from bench.gpu_embed_report import report
-        report(args.results, args.results.parent / "gpu_embed.json")
-        return
     {"env": section_env, "checkpoint": section_checkpoint, "decode": section_decode, "network": section_network,
      "job": section_job, "ctl-line": section_ctl_line, "agree": section_agree}[args.section](args)
 
