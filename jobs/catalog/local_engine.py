@@ -42,8 +42,9 @@ def pillow_workers(config_workers: int | None, device: torch.device) -> int:
 class EngineRun:
     """The engine's batches, with a close() that stops the decoders even if iteration never began."""
 
-    def __init__(self, batches: Iterator[Embedded], sides: list):
+    def __init__(self, batches: Iterator[Embedded], merge: Merge, sides: list):
         self._batches = batches
+        self._merge = merge
         self._sides = sides
 
     def __iter__(self) -> EngineRun:
@@ -54,6 +55,7 @@ class EngineRun:
 
     def close(self) -> None:
         self._batches.close()
+        self._merge.close()            # a generator never started skips its finally: stop the sides here
         for side in self._sides:
             side.close()
 
@@ -81,7 +83,7 @@ def open_engine(job: EmbedJob) -> EngineRun:
             side.close()
         raise
     static = StaticBatch(batch_size) if config.compile else None
-    return EngineRun(_embed(job, merge, static), sides)
+    return EngineRun(_embed(job, merge, static), merge, sides)
 
 
 def _embed(job: EmbedJob, merge: Merge, static: StaticBatch | None) -> Iterator[Embedded]:

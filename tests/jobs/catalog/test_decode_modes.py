@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.catalog.catalog_images import decode_row
-from jobs.catalog.embed_job import StaticBatch, forward
+from jobs.catalog.catalog_images import decode_row, load_catalog_table
+from jobs.catalog.embed_job import EmbedCatalogConfig, EmbedJob, StaticBatch, forward
+from jobs.catalog.local_engine import open_engine
+from pipeline.checkpoint import load_checkpoint
 from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401
     SIZE,
     ckpt,
@@ -53,6 +55,20 @@ def test_both_decoders_keep_the_cpu_paths_rejects(tmp_path, ckpt):  # noqa: F811
         assert reasons[r["product_id"]] in r["reason"], r
     np.testing.assert_allclose(embeddings_of(read_shards(tmp_path / "both")),
                                embeddings_of(read_shards(tmp_path / "cpu")), atol=1e-6)
+
+
+def test_an_engine_closed_before_its_first_batch_stops_every_decoder(tmp_path, ckpt):  # noqa: F811
+    manifest = make_catalog(tmp_path / "cat", 40)
+    table = load_catalog_table(manifest, None)
+    config = EmbedCatalogConfig(batch_size=4, workers=2, device="cpu", decode="both", image_size=SIZE)
+    job = EmbedJob(table, np.arange(len(table)), load_checkpoint(ckpt), ckpt, SIZE, CPU, config)
+    run = open_engine(job)
+    pillow, device = run._sides
+    workers = list(pillow.procs)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    run.close()                                        # never iterated: a generator's own finally would not run
+    assert all(w.exitcode is not None for w in workers) and pillow.procs == []
+    assert not any(t.is_alive() for t in pillow._threads) and not device._thread.is_alive()
 
 
 def test_a_padded_batch_embeds_like_the_unpadded_one(model):  # noqa: F811
