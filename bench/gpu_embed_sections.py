@@ -67,18 +67,22 @@ def section_env(args) -> None:
 
 
 def section_checkpoint(args) -> None:
-    """EfficientNet-Lite0 with ImageNet weights where the package is there (a fair judge of agreement),
-    else random weights (speed does not depend on them)."""
+    """EfficientNet-Lite0 with ImageNet weights where its packages are there (a fair judge of agreement),
+    else with random weights (speed does not depend on them), else ResNet-50 (random weights; said so)."""
     from pipeline.backbones import BackboneWeightsError
     from pipeline.checkpoint import save_checkpoint
     from pipeline.embedder import build_embedder
     torch.manual_seed(0)
-    try:
-        weights, embedder = "imagenet", build_embedder(categories=["shoes"], backbone_weights="imagenet")
-    except (BackboneWeightsError, ImportError, OSError):
-        weights, embedder = "random", build_embedder(categories=["shoes"], backbone_weights="random")
+    embedder = None
+    for backbone, weights in (("efficientnet-lite0", "imagenet"), ("efficientnet-lite0", "random"),
+                              ("resnet50", "random")):
+        try:
+            embedder = build_embedder(categories=["shoes"], backbone=backbone, backbone_weights=weights)
+            break
+        except (BackboneWeightsError, ImportError, OSError) as exc:
+            print(f"   {backbone} ({weights} weights) unavailable: {exc}", flush=True)
     save_checkpoint(args.out, embedder, config={})
-    write(args.results, "checkpoint", {"backbone": "efficientnet-lite0", "weights": weights})
+    write(args.results, "checkpoint", {"backbone": backbone, "weights": weights})
 
 
 # -- decode alone ----------------------------------------------------------------------------------
