@@ -1,12 +1,11 @@
-"""The embed-catalog reader: catalogue rows -> decoded, resized image batches, a bad image a reject with its reason."""
+"""The embed-catalog reader: catalogue rows -> decoded, resized images, a bad image a reject with its reason."""
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -15,7 +14,7 @@ import torch
 from common.errors import InputError
 from index.embedding_shards import BASE_COLUMNS, EMBEDDING
 from jobs.data.catalog_manifest import read_catalog
-from pipeline.images import ImageError, image_to_tensor, load_image
+from pipeline.images import ImageError, draft_floor, image_to_array, image_to_tensor, load_image
 
 # A product image file larger than this is refused before it is read into memory (the pixel limit
 # of pipeline.images is checked only once the bytes are in).
@@ -51,62 +50,41 @@ def read_image_bytes(path: str) -> bytes:
         if local.is_dir():
             raise ImageError(f"{path}: is a folder, not an image")
         size = local.stat().st_size
-        opener = lambda: open(local, "rb")  # noqa: E731
+        opener = lambda: open(local, "rb")  # noqa: E731, SIM115 - opened in the with below
     if size is not None and size > MAX_IMAGE_BYTES:
         raise ImageError(f"{path}: {size:,} bytes exceeds the {MAX_IMAGE_BYTES:,} byte limit")
     with opener() as fh:
         return fh.read()
 
 
-def decode_row(path: str, size: int) -> tuple[torch.Tensor | None, str | None, str | None]:
+def decode_row(path: str, size: int, *, draft: bool = False) -> tuple[torch.Tensor | None, str | None, str | None]:
     """(uint8 3 x size x size tensor, None, sha256 of the file) or (None, reason, None): never raises.
 
-    The file is read once: its bytes are hashed (what `--incremental` compares) and decoded.
+    The file is read once: its bytes are hashed (what `--incremental` compares) and decoded. `draft`:
+    a large JPEG is DCT-scaled while decoding (pipeline.images.draft_floor), not decoded at full size.
     """
     try:
         data = read_image_bytes(path)
-        return image_to_tensor(load_image(data), size), None, hashlib.sha256(data).hexdigest()
+        img = load_image(data, draft_size=draft_floor(size) if draft else None)
+        return image_to_tensor(img, size), None, hashlib.sha256(data).hexdigest()
     except ImageError as exc:
         return None, short_reason(path, str(exc)), None
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
         return None, f"cannot decode ({type(exc).__name__}: {exc})", None
 
 
-class CatalogImages:
-    """Map-style dataset over catalogue rows: index -> (row, uint8 3 x size x size tensor | None, reason | None,
-    image sha256 | None)."""
-
-    def __init__(self, paths: Sequence[str], rows: Sequence[int], size: int):
-        self.paths = paths
-        self.rows = rows
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = int(self.rows[i])
-        return (row, *decode_row(self.paths[row], self.size))
-
-
-@dataclass
-class Batch:
-    rows: list[int]                  # catalogue rows of `images`, in order
-    images: torch.Tensor | None      # uint8 N x 3 x H x W, or None when every image was rejected
-    rejects: list[tuple[int, str]]   # (catalogue row, reason)
-    hashes: list[str]                # sha256 of each image file in `rows`
-
-    def pin_memory(self):            # called by the DataLoader's pinning thread when pin_memory=True
-        if self.images is not None:
-            self.images = self.images.pin_memory()
-        return self
-
-
-def collate(items) -> Batch:
-    good = [(row, img, sha) for row, img, _, sha in items if img is not None]
-    rejects = [(row, reason) for row, img, reason, _ in items if img is None]
-    images = torch.stack([img for _, img, _ in good]) if good else None
-    return Batch([row for row, _, _ in good], images, rejects, [sha for _, _, sha in good])
+def decode_into(path: str, out: np.ndarray, *, draft: bool = False) -> tuple[str | None, str | None]:
+    """decode_row's pixels written into `out` (uint8 size x size x 3, e.g. a shared-memory slot):
+    (None, sha256 of the file) or (reject reason, None); never raises."""
+    try:
+        data = read_image_bytes(path)
+        img = load_image(data, draft_size=draft_floor(out.shape[0]) if draft else None)
+        out[...] = image_to_array(img, out.shape[0])
+        return None, hashlib.sha256(data).hexdigest()
+    except ImageError as exc:
+        return short_reason(path, str(exc)), None
+    except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job
+        return f"cannot decode ({type(exc).__name__}: {exc})", None
 
 
 def _string_column(col):

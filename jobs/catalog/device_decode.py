@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from jobs.catalog.catalog_images import read_image_bytes, short_reason
-from pipeline.images import MAX_IMAGE_PIXELS, ImageError, image_to_tensor, load_image
+from pipeline.images import MAX_IMAGE_PIXELS, ImageError, draft_floor, image_to_tensor, load_image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
@@ -194,10 +194,10 @@ def resize_on_device(images: list[torch.Tensor], size: int, *, chunk: int = 64) 
     return out
 
 
-def decode_on_cpu(raw: RawImage, size: int) -> tuple[torch.Tensor | None, str | None]:
+def decode_on_cpu(raw: RawImage, size: int, *, draft: bool = False) -> tuple[torch.Tensor | None, str | None]:
     """The CPU path's pixels for bytes already read: (uint8 3 x size x size, None) or (None, reject reason)."""
     try:
-        return image_to_tensor(load_image(raw.data), size), None
+        return image_to_tensor(load_image(raw.data, draft_size=draft_floor(size) if draft else None), size), None
     except ImageError as exc:
         return None, short_reason("<bytes>", str(exc))
     except Exception as exc:  # noqa: BLE001 - one odd file must never stop the job

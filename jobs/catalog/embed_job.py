@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +18,7 @@ from common.errors import InputError
 from pipeline.checkpoint import Checkpoint
 
 ENGINES = ("local", "ray")
-DECODES = ("auto", "cpu", "gpu")
+DECODES = ("auto", "cpu", "gpu", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +35,10 @@ class EmbedCatalogConfig(JobConfig):
     engine: str = "local"               # "local" (one process, DataLoader) or "ray" (Ray Data)
     ray_address: str | None = None      # ray: a cluster to join; None: RAY_ADDRESS, else a local instance
     num_gpus_per_worker: float = 0.0    # ray: GPUs each embedding actor holds (0: CPU actors)
-    decode: str = "auto"                # local: "cpu" (Pillow in workers), "gpu" (JPEG batches on the device),
-                                        # "auto" (gpu on CUDA, else cpu)
+    decode: str = "auto"                # local: "cpu" (Pillow in worker processes), "gpu" (JPEG batches on the
+                                        # device), "both" (the two at once), "auto" (both on CUDA, else cpu)
     compile: bool = False               # torch.compile the backbone (its compile time is reported apart)
+    jpeg_draft: bool = False            # decode large JPEGs DCT-scaled, down to twice the input size
 
     def __post_init__(self):
         for name, low in (("shard_size", 1), ("batch_size", 1), ("workers", 0), ("limit", 1), ("image_size", 8)):
@@ -52,13 +55,16 @@ class EmbedCatalogConfig(JobConfig):
             raise InputError("--address and --num-gpus-per-worker need --engine ray")
         if self.decode not in DECODES:
             raise InputError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
-        if self.engine == "ray" and (self.decode == "gpu" or self.compile):
-            raise InputError("--decode gpu and --compile run with --engine local (Ray actors decode on their CPUs)")
+        if self.engine == "ray" and (self.decode in ("gpu", "both") or self.compile):
+            raise InputError(f"--decode {self.decode} and --compile run with --engine local "
+                             "(Ray actors decode on their CPUs)" if self.decode in ("gpu", "both")
+                             else "--compile runs with --engine local")
 
     def decode_on(self, device: torch.device) -> str:
-        """The decode path for this device: "gpu" (device decoding) or "cpu" (Pillow in worker processes)."""
+        """The decode path for this device: "cpu" (Pillow in worker processes), "gpu" (device decoding, Pillow
+        threads for what the device decoder refuses) or "both" (the two at once, into one ordered stream)."""
         if self.decode == "auto":
-            return "gpu" if device.type == "cuda" and self.engine == "local" else "cpu"
+            return "both" if device.type == "cuda" and self.engine == "local" else "cpu"
         return self.decode
 
 
@@ -89,22 +95,53 @@ class Embedded(NamedTuple):
     hashes: list[str]
 
 
-def forward(embedder, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+class StaticBatch:
+    """A fixed-shape input for a compiled backbone: every batch is copied into one buffer of `batch_size`
+    rows, the rows past it left as they are; the caller keeps the first n rows of the result.
+
+    A compiled backbone specialises on its input shape: the last, shorter batch (or one with rejects) made
+    torch.compile recompile inside the timed run (on an H200: 8x slower than eager, docs/benchmarks-gpu.md).
+    In eval mode every row's result depends on that row alone, so the padding never changes an embedding.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self._buffer: torch.Tensor | None = None
+
+    def fill(self, images: torch.Tensor) -> torch.Tensor:
+        n = len(images)
+        if n > self.batch_size:
+            raise ValueError(f"a batch of {n} images does not fit the static batch of {self.batch_size}")
+        shape = (self.batch_size, *images.shape[1:])
+        if self._buffer is None or self._buffer.shape != shape or self._buffer.device != images.device:
+            self._buffer = torch.zeros(shape, dtype=images.dtype, device=images.device).contiguous(
+                memory_format=torch.channels_last)
+        self._buffer[:n].copy_(images)
+        return self._buffer
+
+
+def forward(embedder, images: torch.Tensor, device: torch.device, static: StaticBatch | None = None) -> torch.Tensor:
     """Unit product embeddings of a uint8 image batch: channels_last; bf16 autocast for the backbone on CUDA,
-    the heads in fp32. Call under torch.inference_mode()."""
-    x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    the heads in fp32; with `static`, the backbone sees the batch padded to its fixed size. Call under
+    torch.inference_mode()."""
+    n = len(images)
+    x = images.to(device, non_blocking=True)
+    if static is not None:
+        x = static.fill(x)
+    x = x.contiguous(memory_format=torch.channels_last)
     if device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
             fmap = embedder.backbone(x)
     else:
         fmap = embedder.backbone(x)
-    return embedder.product_from_features(fmap)
+    return embedder.product_from_features(fmap[:n])
 
 
-def forward_to_host(embedder, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, object]:
+def forward_to_host(embedder, images: torch.Tensor, device: torch.device,
+                    static: StaticBatch | None = None) -> tuple[torch.Tensor, object]:
     """`forward`, then the copy of its result to the host: on CUDA started asynchronously, with the event
     that fires when it has landed (the writer waits on it, so the next batch's network need not)."""
-    f_p = forward(embedder, images, device)
+    f_p = forward(embedder, images, device, static)
     if device.type != "cuda":
         return f_p, None
     embeddings = f_p.to("cpu", non_blocking=True)
@@ -117,16 +154,23 @@ def compile_backbone(embedder, device: torch.device, size: int, batch_size: int)
     """torch.compile the backbone's trunk in place and run one warm-up batch; return the seconds it took.
 
     The trunk, not the Backbone wrapper, so its name, input size and normalisation stay readable; the
-    warm-up makes the compile happen here, reported apart from the steady-state rate.
+    warm-up makes the compile happen here, reported apart from the steady-state rate. Static shapes: the
+    engines pad every batch to `batch_size` (StaticBatch), so this one compile serves the whole run.
     """
-    embedder.backbone.trunk = torch.compile(embedder.backbone.trunk)
+    embedder.backbone.trunk = torch.compile(embedder.backbone.trunk, dynamic=False)
     warm = torch.zeros((batch_size, 3, size, size), dtype=torch.uint8)
     started = time.perf_counter()
     with torch.inference_mode():
-        forward(embedder.eval().to(memory_format=torch.channels_last), warm, device)
+        forward(embedder.eval().to(memory_format=torch.channels_last), warm, device, StaticBatch(batch_size))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - started
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far: one more after warm-up is a recompile."""
+    utils = sys.modules.get("torch._dynamo.utils")    # loaded by torch.compile; never imported here: seconds
+    return int(utils.counters["stats"]["unique_graphs"]) if utils is not None else 0
 
 
 # An engine: open(job) does its set-up (worker processes, a cluster connection) and returns the batches.

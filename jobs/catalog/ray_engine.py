@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +37,7 @@ DECODE_CPUS = 0.5                # per decode task (a logical share: see open_en
 _niced = False
 
 
-def _decode(batch: dict, *, size: int, nice: bool) -> dict:
+def _decode(batch: dict, *, size: int, nice: bool, draft: bool = False) -> dict:
     """Decode one block of rows; a bad image is a row with a reason, never an exception."""
     global _niced
     if nice and not _niced:          # on CPU, decoding yields to the embedding actor's threads (as locally)
@@ -47,7 +47,7 @@ def _decode(batch: dict, *, size: int, nice: bool) -> dict:
     images = np.zeros((n, 3, size, size), np.uint8)
     reasons, hashes = [""] * n, [""] * n
     for i, path in enumerate(batch["image_path"]):
-        image, reason, sha = decode_row(str(path), size)
+        image, reason, sha = decode_row(str(path), size, draft=draft)
         if image is None:
             reasons[i] = reason
         else:
@@ -76,7 +76,8 @@ class ProductEmbedder:
         emb = np.zeros((len(ok), self.embedder.dim), np.float32)
         if ok.any():
             with torch.inference_mode():
-                emb[ok] = forward(self.embedder, torch.from_numpy(batch["image"][ok]), self.device).float().cpu().numpy()
+                images = torch.from_numpy(batch["image"][ok])
+                emb[ok] = forward(self.embedder, images, self.device).float().cpu().numpy()
         return {"row": batch["row"], "embedding": emb, "reason": batch["reason"], "sha": batch["sha"]}
 
 
@@ -102,8 +103,8 @@ def open_engine(job: EmbedJob) -> Iterator[Embedded]:
         ds = ray.data.from_arrow(blocks)
         # num_cpus unlike the actors' so Ray Data does not fuse decoding into them: fused, an actor decodes
         # and embeds in turn and the network waits for every decode
-        ds = ds.map_batches(_decode, fn_kwargs={"size": job.size, "nice": not gpus}, batch_size=batch_size,
-                            batch_format="numpy", num_cpus=DECODE_CPUS)
+        ds = ds.map_batches(_decode, fn_kwargs={"size": job.size, "nice": not gpus, "draft": job.config.jpeg_draft},
+                            batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS)
         # the actors must leave CPU for the decode tasks, or the pipeline waits forever for a free CPU
         actor_cpus = max(0.05, min(1.0, (ray.cluster_resources().get("CPU", 1) - DECODE_CPUS) / workers))
         ds = ds.map_batches(ProductEmbedder, fn_constructor_args=(ray.put(Path(job.checkpoint_path).read_bytes()),),
@@ -122,7 +123,7 @@ def _stream(ray, ds, started: bool) -> Iterator[Embedded]:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             ok = np.asarray(batch["reason"] == "", dtype=bool)
             rows = batch["row"].astype(np.int64)
-            rejects = [(int(r), str(reason)) for r, reason in zip(rows[~ok], batch["reason"][~ok])]
+            rejects = [(int(r), str(reason)) for r, reason in zip(rows[~ok], batch["reason"][~ok], strict=True)]
             yield Embedded(rows[ok].tolist(), batch["embedding"][ok] if ok.any() else None, None, rejects,
                            [str(h) for h in batch["sha"][ok]])
     finally:

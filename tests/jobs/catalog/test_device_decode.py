@@ -12,13 +12,21 @@ import torch
 from PIL import Image
 
 from common.errors import InputError
-from jobs.catalog.device_decode import (decode_on_device, device_decodable, pillow_pass_order, read_raw,
-                                        resize_on_device)
-from jobs.catalog.device_engine import prepare
+from jobs.catalog.device_decode import decode_on_device, device_decodable, pillow_pass_order, read_raw, resize_on_device
+from jobs.catalog.device_side import prepare
 from jobs.catalog.embed_job import EmbedCatalogConfig
 from pipeline.images import image_to_tensor, load_image
-from tests.jobs.catalog.test_embed_catalog import (SIZE, ckpt, embeddings_of, make_bad_catalog,  # noqa: F401
-                                                   make_catalog, model, one_thread, read_shards, run)
+from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401
+    SIZE,
+    ckpt,
+    embeddings_of,
+    make_bad_catalog,
+    make_catalog,
+    model,
+    one_thread,
+    read_shards,
+    run,
+)
 
 CPU = torch.device("cpu")
 
@@ -75,7 +83,7 @@ def test_the_resize_follows_pillow_bit_for_bit_on_noise_of_any_shape():
     shapes = [(int(rng.integers(1, 400)), int(rng.integers(1, 400))) for _ in range(12)]
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
     out = resize_on_device([torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in images], 48)
-    for a, got in zip(images, out):
+    for a, got in zip(images, out, strict=True):
         assert torch.equal(got, image_to_tensor(Image.fromarray(a), 48))
     # Pillow's rounding between the passes makes the order visible: both orders occur among such shapes.
     assert {pillow_pass_order(h, w, 48) for h, w in shapes} == {"hv", "vh"}
@@ -120,10 +128,13 @@ def test_the_device_path_keeps_the_cpu_paths_rejects(tmp_path, ckpt):  # noqa: F
 
 def test_decode_settings():
     assert EmbedCatalogConfig().decode_on(CPU) == "cpu"
-    assert EmbedCatalogConfig().decode_on(torch.device("cuda")) == "gpu"
+    assert EmbedCatalogConfig().decode_on(torch.device("cuda")) == "both"        # nvJPEG and Pillow at once
+    assert EmbedCatalogConfig(decode="gpu").decode_on(torch.device("cuda")) == "gpu"
+    assert EmbedCatalogConfig(decode="both").decode_on(CPU) == "both"             # forced: how CPU tests run it
     assert EmbedCatalogConfig(engine="ray", workers=1).decode_on(torch.device("cuda")) == "cpu"
-    with pytest.raises(InputError, match="run with --engine local"):
-        EmbedCatalogConfig(engine="ray", workers=1, decode="gpu")
+    for decode in ("gpu", "both"):
+        with pytest.raises(InputError, match="run with --engine local"):
+            EmbedCatalogConfig(engine="ray", workers=1, decode=decode)
     with pytest.raises(InputError, match="decode must be one of"):
         EmbedCatalogConfig(decode="nvjpeg")
 
