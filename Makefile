@@ -75,7 +75,7 @@ serve: $(STAMP) ## serve the API and the page on the demo's artifacts at http://
 	$(BIN)/ctl serve --index-dir $(IDX) --checkpoint $(RUN)/checkpoint.pt --host $(HOST) --port $(PORT)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
 GPU_PY ?= 3.12
 gpu-wheels: ## download, for a GPU machine's python $(GPU_PY), the wheels bench/gpu_*.sh install there (into .whl/)

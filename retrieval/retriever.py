@@ -144,7 +144,7 @@ class Retriever:
             x = torch.cat([self.scene_tensor(img) for img in imgs]).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
                 feature_map = self._backbone(x)  # the one backbone forward, on torch's thread pool
-                with _one_thread():
+                with one_thread():
                     f_s, f_i = self.embedder.scene_from_features(feature_map)
                     presence = self.embedder.presence_probabilities(feature_map)
         return [Scene(image=img, f_s=f_s[j:j + 1].float(), f_i=f_i[j:j + 1].float(),
@@ -242,14 +242,14 @@ class Retriever:
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
         available = len(self.index.rows_for_category(category)) if category is not None else self.index.n
         count = min(max(candidates, k), available)
-        with _one_thread():
+        with one_thread():
             with _timed(timings, "stage1"):
                 rows = self.candidates(f_s, count, category=category) if count > 0 else np.zeros(0, dtype=np.int64)
             with _timed(timings, "stage2"):
                 d = self.rerank(f_s, f_i, rows)
                 # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
                 order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-                hits = self._hits(rows, d, order)
+                hits = self.hits_at(rows, d, order)
         return RetrievalResult(
             hits=hits, candidates=int(len(rows)), category=category, scene=scene.image,
             f_s=f_s[0], f_i=f_i[0], _category_table=self._category_table,
@@ -295,7 +295,7 @@ class Retriever:
             names = missing + present if include_present else missing
             left_out = {} if include_present else {n: presence[n] for n in present}
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
-        with _one_thread():
+        with one_thread():
             per_category = []
             with _timed(timings, "stage1"):
                 for name in names:
@@ -315,7 +315,7 @@ class Retriever:
                 d_c = {key: value[part] for key, value in d.items()}
                 order = np.lexsort((rows_c, d_c["global"], d_c["hybrid"]))[:k]
                 p = presence.get(name)
-                looks.append(CategoryLook(category=name, hits=self._hits(rows_c, d_c, order),
+                looks.append(CategoryLook(category=name, hits=self.hits_at(rows_c, d_c, order),
                                           attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
                                           present=None if p is None else p >= self.presence_threshold,
                                           presence_probability=p))
@@ -336,7 +336,7 @@ class Retriever:
         ids = [str(p) for p in product_ids]
         rows = self.rows_for_products(ids)
         scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
-        with _one_thread(), _timed(timings, "stage2"):
+        with one_thread(), _timed(timings, "stage2"):
             d = self.rerank(scene.f_s.to(self.device), scene.f_i.to(self.device), rows)
         records = self.index.table.take(pa.array(rows, type=pa.int64())).to_pylist()
         probability = None if self.calibration is None else self.calibration.probability(d["hybrid"])
@@ -388,7 +388,8 @@ class Retriever:
                 f"({', '.join(self.embedder.categories)})")
         return name
 
-    def _hits(self, rows: np.ndarray, d: dict[str, np.ndarray], order: np.ndarray) -> list[Hit]:
+    def hits_at(self, rows: np.ndarray, d: dict[str, np.ndarray], order: np.ndarray) -> list[Hit]:
+        """The products at rows[order] as ranked hits (rank 1 first), with their distances `d` and metadata."""
         records = self.index.table.take(pa.array(rows[order], type=pa.int64())).to_pylist()
         hits = []
         for rank, (j, info) in enumerate(zip(order, records), start=1):
@@ -428,7 +429,7 @@ def _timed(timings: dict | None, stage: str):
 
 
 @contextlib.contextmanager
-def _one_thread():
+def one_thread():
     """Run the cheap stages (heads, stage 1, stage 2) in the calling thread alone.
 
     They are about 2 ms of small ops: a thread pool only adds risk. On a busy 2-core machine
