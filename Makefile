@@ -16,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test test-slow sample-data train evaluate embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
+.PHONY: help install browser test test-slow lint sample-data train evaluate embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: $(STAMP) browser ## run the default test suite (fast; slow tests excluded)
 
 test-slow: $(STAMP) browser ## run the slow tests too
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff over the whole tree, bench/ and tests/ included (rules in pyproject.toml, README: Lint)
+	$(BIN)/ruff check .
 
 $(SAMPLE)/catalog.parquet: | $(STAMP)
 	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
