@@ -98,8 +98,8 @@ def child_build(emb: str, out: str, budget: str) -> None:
     from index.build import build_index
     from index.select import parse_bytes
     info = build_index(emb, out, memory_budget_bytes=parse_bytes(budget))
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(info))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": peak_rss_mb}))
 
 
 def child_serve(out: str, data: str) -> None:
@@ -175,6 +175,7 @@ def bench_autofaiss(xb, xq, I_ref, budget: str, default_threads: int) -> dict:
 
 
 def run_size(n: int, args, workdir: Path, default_threads: int) -> dict:
+    from index.layout import IndexInfo
     print(f"\n== N={n:,} d={args.dim} clusters={args.clusters} ==", flush=True)
     t0 = time.perf_counter()
     xb, cat_codes, xq = make_data(n, args.dim, args.clusters, args.queries, args.spread, args.seed)
@@ -193,20 +194,21 @@ def run_size(n: int, args, workdir: Path, default_threads: int) -> dict:
     np.savez(data, xq=xq, I_ref=I_ref, Ic_ref=rows[Ic_local])
     print(f"  exact IndexFlatIP: {exact[0]:.2f} ms/query (1 thread), {exact[1]:.2f} ms (default)", flush=True)
 
-    info = run_child("--_child-build", str(emb), str(out), args.memory_budget)
+    built = run_child("--_child-build", str(emb), str(out), args.memory_budget)
+    info = IndexInfo.from_dict(built["info"])
     shutil.rmtree(emb)
-    print(f"  build-index: {info['factory']} {info['search_params']} in {info['build_seconds']:.1f}s, "
-          f"recall@20 at build {info['recall']['value']:.4f}", flush=True)
+    print(f"  build-index: {info.factory} {info.search_params} in {info.build_seconds:.1f}s, "
+          f"recall@20 at build {info.recall.value:.4f}", flush=True)
     serve = run_child("--_child-serve", str(out), str(data))
     print(f"  served: recall@20={serve['recall']:.4f} (category cat0: {serve['recall_category']:.4f}); "
           f"{serve['ms_1t']:.3f} ms/query (1 thread), {serve['ms_default']:.3f} ms (default)", flush=True)
     result = {
-        "n": n, "factory": info["factory"], "search_params": info["search_params"],
-        "category_search_params": info.get("category_search_params"),
-        "build_s": info["build_seconds"], "build_peak_rss_mb": info["peak_rss_mb"],
-        "index_file_bytes": info["memory"]["index_file_bytes"],
-        "embeddings_f16_bytes": info["memory"]["embeddings_f16_bytes"],
-        "build_recall": info["recall"]["value"], "build_category_recall": (info.get("category_recall") or {}).get("value"),
+        "n": n, "factory": info.factory, "search_params": info.search_params,
+        "category_search_params": info.category_search_params,
+        "build_s": info.build_seconds, "build_peak_rss_mb": built["peak_rss_mb"],
+        "index_file_bytes": info.memory.index_file_bytes,
+        "embeddings_f16_bytes": info.memory.embeddings_f16_bytes,
+        "build_recall": info.recall.value, "build_category_recall": info.category_recall.value if info.category_recall else None,
         "exact_ms_1t": exact[0], "exact_ms_default": exact[1], **serve,
     }
     shutil.rmtree(out)
