@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.layout import INDEX_FILE, publish
+from index.layout import FILES, INDEX_FILE, publish
 from index.store import ProductIndex
 from pipeline.images import load_image
 from service.settings import ServeSettings, usable_cores
@@ -192,7 +192,7 @@ def truncate(path):
 @pytest.mark.parametrize("damage, fragment", [
     (lambda d: truncate(d / INDEX_FILE), "index.faiss"),
     (lambda d: truncate(d / "embeddings.f16.npy"), "mmap length is greater than file size"),
-    (lambda d: (d / "ids.parquet").write_bytes(b"PAR1 garbage"), "ids.parquet"),
+    (lambda d: (d / "ids.arrow").write_bytes(b"ARROW1 garbage"), "ids.arrow"),
     (lambda d: (d / "embeddings.f16.npy").unlink(), "lacks embeddings.f16.npy"),
 ], ids=["index", "embeddings", "ids", "missing-file"])
 def test_a_corrupt_new_build_is_refused_and_the_old_keeps_serving(serve, world, index_copy, damage, fragment):
@@ -267,7 +267,7 @@ def test_a_rebuilt_flat_directory_is_swapped_by_its_info_json(serve, served_retr
                    watch_interval_s=0.05)
     assert client.get("/readyz").json()["index_version"] is None
     publish_new_build(world, served_retriever, tmp_path / "versioned", tmp_path)
-    for name in ("index.faiss", "ids.parquet", "embeddings.f16.npy", "info.json"):   # info.json last
+    for name in FILES:   # info.json last
         shutil.copyfile(tmp_path / "versioned" / "v000001" / name, flat / (name + ".tmp"))
         (flat / (name + ".tmp")).replace(flat / name)
     wait_for(lambda: ids(client.post("/v1/retrieve", params={"k": 2}, files=files(world)))[0].startswith("new-"),
