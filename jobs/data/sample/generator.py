@@ -16,7 +16,7 @@ from tqdm import tqdm
 from common.defaults import SAMPLE_DIR
 from common.errors import InputError
 from common.files import atomic_path, write_json_atomic, write_text_atomic
-from common.parquet import write_parquet_atomic
+from jobs.data.catalog_manifest import write_catalog_table
 from jobs.data.layouts import (
     CATALOG,
     DONE_FILE,
@@ -134,7 +134,7 @@ def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = 0, scenes: int 
     # manifests last: a crash before this point leaves no complete-looking dataset
     lines = []
     for s in plans:
-        for placed, box in zip(s.items, bboxes[s.index]):
+        for placed, box in zip(s.items, bboxes[s.index], strict=False):
             lines.append(json.dumps({"product": placed.product_id, "scene": s.scene_id,
                                      "bbox": [round(float(v), 5) for v in box]}))
     write_text_atomic(out / SAMPLE_PAIRS, "\n".join(lines) + "\n")
@@ -156,7 +156,7 @@ def _write_catalog(path: Path, catalogue: list[ProductPlan]) -> None:
         "image_path": pa.array([sample_product_image(p.product_id).as_posix() for p in rows], pa.string()),
         "category": pa.array([CATEGORIES[p.item.category][1] for p in rows], pa.string()),
     })
-    write_parquet_atomic(path, table)
+    write_catalog_table(path, table)
 
 
 def _remove_stale(out: Path, scene_ids: set[str], product_ids: set[str]) -> None:
