@@ -43,10 +43,13 @@ def _is_terminal(stream: IO[str]) -> bool:
 
 
 def progress_bar(iterable: Iterable | None = None, *, total: float | None = None, desc: str | None = None,
-                 unit: str = "it", disable: bool = False, file: IO[str] | None = None, **options: Any) -> tqdm:
+                 unit: str = "it", disable: bool | None = False, file: IO[str] | None = None, **options: Any) -> tqdm:
     """A tqdm bar for `iterable` (or updated by hand) that draws live on a terminal and, when `file` (stderr
-    by default) is not one, writes one line per LOG_STEP of `total` (or per LOG_INTERVAL_S without a total)."""
+    by default) is not one, writes one line per LOG_STEP of `total` (or per LOG_INTERVAL_S without a total).
+    `disable` None (tqdm's convention): a bar on a terminal only, nothing in a log."""
     stream = file if file is not None else sys.stderr
+    if disable is None:
+        disable = not _is_terminal(stream)
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
     if _is_terminal(stream):

@@ -206,7 +206,7 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
 @click.command("demo", cls=OneLineCommand)
 @click.option("--seed", type=click.IntRange(min=0), default=defaults.SEED, show_default=True,
               help="sample data and training seed")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--k", "k", type=click.IntRange(min=1), default=defaults.DEMO_K, show_default=True,
               help="products in the demo retrieval")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 def demo_command(seed: int, k: int, device: str) -> None:

@@ -27,7 +27,7 @@ CHANGED_EMBEDDINGS = defaults.DATA_DIR / "embeddings" / "sample-changed"
 FRACTION = 0.05
 
 
-def change_catalogue(catalog: Path, out_dir: Path, *, fraction: float = FRACTION, seed: int = 0) -> dict:
+def change_catalogue(catalog: Path, out_dir: Path, *, fraction: float = FRACTION, seed: int = defaults.SEED) -> dict:
     """A copy of the catalogue with `fraction` of its products touched: a third get a new image (mirrored and
     recoloured), a third are removed, and as many new products are added (new ids, new images)."""
     table = read_catalog(catalog)
@@ -65,9 +65,9 @@ def change_catalogue(catalog: Path, out_dir: Path, *, fraction: float = FRACTION
 
 
 @click.command("update-demo")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--k", "k", type=click.IntRange(min=1), default=defaults.DEMO_K, show_default=True,
               help="products in the retrieval after the update")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=defaults.SEED, show_default=True)
 def update_demo_command(k: int, seed: int) -> None:
     """Change 5% of the sample catalogue, embed only what changed, update the index and retrieve once."""
     catalog, checkpoint = defaults.CATALOG, defaults.CHECKPOINT

@@ -9,11 +9,11 @@ from typing import Callable
 import click
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import InputError
+from common.progress import progress_bar
 from jobs.training.calibrate import calibrate_run
 from jobs.training.config import LR_SCHEDULES, MODES, TrainConfig
 from jobs.training.finetune import FineTune
@@ -63,7 +63,7 @@ def fit(strategy: StepStrategy, embedder: StyleEmbedder, optimizer: torch.optim.
         done: Progress, progress: bool = True) -> Progress:
     """Train epochs `done.epoch` .. cfg.epochs - 1; after each, validate, keep the best checkpoint, save state."""
     cfg = strategy.cfg
-    bar = tqdm(range(done.epoch, cfg.epochs), desc=strategy.name, unit="epoch", disable=not progress,
+    bar = progress_bar(range(done.epoch, cfg.epochs), desc=strategy.name, unit="epoch", disable=not progress,
                initial=done.epoch, total=cfg.epochs)
     for epoch in bar:
         embedder.train()

@@ -36,4 +36,10 @@ def test_on_a_terminal_the_bar_redraws_in_place_and_disable_writes_nothing():
     quiet = io.StringIO()
     for _ in progress_bar(range(50), file=quiet, disable=True):
         pass
+    for _ in progress_bar(range(50), file=quiet, disable=None):      # None: on a terminal only
+        pass
     assert quiet.getvalue() == ""
+    tty = Terminal()
+    for _ in progress_bar(range(50), file=tty, disable=None):
+        pass
+    assert "50/50" in tty.getvalue()

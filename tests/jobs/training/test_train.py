@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from jobs.cli import main as ctl
 from jobs.training.config import MODES
 from jobs.training.resume import Progress
-from jobs.training.run_layout import STATE_FILE
+from jobs.training.run_layout import STATE_FILE, RunLayout
 from jobs.training.train import STRATEGIES, fit, strategy_for, train
 from jobs.training.training_data import prepare_data, trainable_pairs
 from pipeline.checkpoint import load_checkpoint
@@ -67,7 +67,7 @@ def test_the_loop_keeps_the_epoch_its_validation_callable_scores_best(trained, t
         seen.append(model)
         return next(scripted)
 
-    done = fit(strategy, embedder, optimizer, pools, validate, out_dir=run, checkpoint_config=cfg.to_dict(),
+    done = fit(strategy, embedder, optimizer, pools, validate, run=RunLayout(run), checkpoint_config=cfg.to_dict(),
                done=Progress(), progress=False)
     assert seen == [embedder] * 3
     assert done.best["epoch"] == 2 and [h["val_hr@10"] for h in done.history] == [0.1, 0.6, 0.3]
