@@ -29,6 +29,7 @@ EXCLUSION_MARGIN = 0.04
 # -- retrieval ---------------------------------------------------------------------------------------
 K = 20
 LOOK_K = 4            # products per category in a whole look
+DEMO_K = 10           # products in the demos' flat retrieval (`ctl demo`, `ctl update-demo`)
 CANDIDATES = 200
 PRESENCE_THRESHOLD = 0.5   # a category with presence probability >= this is judged already in the scene
 

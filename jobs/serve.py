@@ -1,7 +1,6 @@
 """`ctl serve`: the HTTP API and the page over one index and checkpoint, loaded once, answering many."""
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sys
@@ -16,6 +15,7 @@ from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
 from jobs.cli_errors import OneLineCommand
 from jobs.data.datasets import load_dataset
+from jobs.training.run_layout import RunLayout
 from retrieval.retriever import Retriever
 from service.app import create_app
 from service.settings import ServeSettings
@@ -30,10 +30,10 @@ def run_examples(checkpoint: Path, limit: int = MAX_EXAMPLES) -> tuple[Path, ...
     """The held-out test scenes of the run that trained `checkpoint` (its folder's split.json and config.json),
     or none when that run's data is not here. Never training scenes: the page should show what the model
     makes of scenes it has not seen."""
-    run = checkpoint.parent
+    run = RunLayout.of_checkpoint(checkpoint)
     try:
-        test = sorted(json.loads((run / "split.json").read_text())["test"])
-        data = Path(json.loads((run / "config.json").read_text())["data"])
+        test = sorted(run.read_split().test)
+        data = Path(run.read_config()["data"])
         scenes = load_dataset(data).scenes
     except (OSError, ValueError, KeyError, TypeError, ArtifactError):
         return ()
