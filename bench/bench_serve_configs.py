@@ -27,6 +27,7 @@ from bench.bench_serve import Bare, cpu_seconds, load, start_server, wait_ready
 CONFIGS = {
     "default": [],
     "threads1": ["--threads", "1"],
+    "batch-threads2": ["--batch-threads", "2"],
     "batch1": ["--max-batch", "1"],
     "threads1-batch1": ["--threads", "1", "--max-batch", "1"],
     "batch8": ["--max-batch", "8"],
@@ -83,7 +84,7 @@ def report(results: dict[str, list[dict]], bare: list[float], levels: list[int])
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="default,threads1,batch1,threads1-batch1,omp-passive",
+    ap.add_argument("--configs", default="default,threads1,batch-threads2,batch1,omp-passive",
                     help=f"comma-separated, of: {', '.join(CONFIGS)}")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--concurrency", default="1,4,16")

@@ -22,7 +22,8 @@ def usable_cores() -> int:
 class ServeSettings:
     """How the service runs: the model executor, its queue, limits, index watching, admin token, examples."""
 
-    threads: int = 1                  # torch threads of the model executor's forward
+    threads: int = 1                  # torch threads of the model executor's forward of a lone scene
+    batch_threads: int | None = None  # ... and of a batch of several (None: `threads`)
     max_batch: int = 1                # scenes per backbone forward (the executor batches what is waiting)
     pad_batches: bool = False         # pad each batch up to the next power of two (fixed shapes, warmed at start)
     decode_threads: int = 2           # threads decoding and resizing uploads beside the forward
@@ -40,11 +41,13 @@ class ServeSettings:
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:
         """The measured defaults for `device`, overridden by every value in `given` that is not None.
 
-        CPU: defaults.SERVE_CPU with the forward on every usable core; an accelerator: defaults.SERVE_GPU.
+        CPU: defaults.SERVE_CPU, a lone scene's forward on every usable core, a batch's on half of them (the
+        rest decode and answer HTTP beside it); an accelerator: defaults.SERVE_GPU.
         """
         device = torch.device(device)
         if device.type == "cpu":
-            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "decode_threads": min(2, usable_cores())}
+            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "decode_threads": min(2, usable_cores()),
+                    "batch_threads": max(1, usable_cores() // 2)}
         else:
             base = {**defaults.SERVE_GPU, "decode_threads": max(2, min(8, usable_cores() // 2))}
         names = {f.name for f in fields(cls)}
