@@ -90,7 +90,7 @@ def device_name(ctx, param, value: str) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of the forward of a lone scene [default: CPU every usable core, GPU 1]")
 @click.option("--batch-threads", type=click.IntRange(min=1), default=None,
-              help="torch threads of the forward of a batch of several [default: CPU half the usable cores, GPU 1]")
+              help="torch threads of the forward of a batch of several [default: CPU every usable core, GPU 1]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="most scenes per backbone forward: the executor batches what is waiting, never waits for "
                    "more [default: CPU 4, GPU 64]")

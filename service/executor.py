@@ -108,8 +108,9 @@ class ModelExecutor:
     """The device's one model thread, fed by a decode pool and a bounded queue.
 
     Its forward runs on `threads` torch threads for a lone scene and on `batch_threads` for a batch of
-    several: on a CPU both cores shorten a lone query, while a batch goes as far on one core and leaves
-    the other to decoding and HTTP, without an OpenMP team spinning for a descheduled partner.
+    several (on a CPU, fewer threads for a batch leave cores to decoding and HTTP and spare an OpenMP
+    team spinning for a descheduled partner: ~10% less CPU per request on 2 busy cores, but less
+    throughput there, so both default to every core; docs/benchmarks-serve.md).
     """
 
     def __init__(self, retriever: Retriever, *, threads: int, max_batch: int, queue_size: int,

@@ -41,13 +41,14 @@ class ServeSettings:
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:
         """The measured defaults for `device`, overridden by every value in `given` that is not None.
 
-        CPU: defaults.SERVE_CPU, a lone scene's forward on every usable core, a batch's on half of them (the
-        rest decode and answer HTTP beside it); an accelerator: defaults.SERVE_GPU.
+        CPU: defaults.SERVE_CPU, the forward on every usable core (for a batch too: on 2 busy cores one
+        thread per batch cost ~10% less CPU but gave 30-50% less throughput at concurrency 4 and 16,
+        docs/benchmarks-serve.md); an accelerator: defaults.SERVE_GPU.
         """
         device = torch.device(device)
         if device.type == "cpu":
-            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "decode_threads": min(2, usable_cores()),
-                    "batch_threads": max(1, usable_cores() // 2)}
+            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "batch_threads": usable_cores(),
+                    "decode_threads": min(2, usable_cores())}
         else:
             base = {**defaults.SERVE_GPU, "decode_threads": max(2, min(8, usable_cores() // 2))}
         names = {f.name for f in fields(cls)}
