@@ -54,7 +54,7 @@ section() {
   else
     local limit=$(( cap < left ? cap : left ))
     echo "== $name (at most ${limit} s)"
-    timeout --kill-after=10 "$limit" "$@" &
+    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" &
     CURRENT=$!
     wait "$CURRENT"
     rc=$?
@@ -73,6 +73,9 @@ bench() {  # bench TAG ENDPOINT [flags...]: one bench_serve run, its figures in 
     --concurrency "$LEVELS" --requests "$REQUESTS" --duration "$DURATION" --rss-requests "$RSS_REQUESTS" \
     --bare-seconds 3 --json "$RESULTS/$tag.json" "$@"
 }
+
+export PY DEVICE N LEVELS REQUESTS DURATION RSS_REQUESTS CLIENTS RESULTS
+export -f bench
 
 # In order of importance: both endpoints with the defaults, then what padding and the stages thread buy.
 section retrieve 200 90 bench retrieve retrieve
