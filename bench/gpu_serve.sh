@@ -71,7 +71,7 @@ bench() {  # bench TAG ENDPOINT [flags...]: one bench_serve run, its figures in 
   shift 2
   $PY -m bench.bench_serve --device "$DEVICE" --endpoint "$endpoint" --synthetic "$N" --clients "$CLIENTS" \
     --concurrency "$LEVELS" --requests "$REQUESTS" --duration "$DURATION" --rss-requests "$RSS_REQUESTS" \
-    --bare-seconds 3 --json "$RESULTS/$tag.json" "$@"
+    --json "$RESULTS/$tag.json" --bare-seconds 3 "$@"
 }
 
 export PY DEVICE N LEVELS REQUESTS DURATION RSS_REQUESTS CLIENTS RESULTS
@@ -80,8 +80,8 @@ export -f bench
 # In order of importance: both endpoints with the defaults, then what padding and the stages thread buy.
 section retrieve 200 90 bench retrieve retrieve
 section look 200 90 bench look look
-section retrieve_no_pad 120 60 bench retrieve_no_pad retrieve --no-pad-batches --rss-requests 0
-section retrieve_no_pipeline 120 60 bench retrieve_no_pipeline retrieve --no-pipeline --rss-requests 0
+section retrieve_no_pad 120 60 bench retrieve_no_pad retrieve --no-pad-batches --rss-requests 0 --bare-seconds 1
+section retrieve_no_pipeline 120 60 bench retrieve_no_pipeline retrieve --no-pipeline --rss-requests 0 --bare-seconds 1
 
 REPORT='
 import json, pathlib, sys
