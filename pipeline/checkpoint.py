@@ -36,6 +36,11 @@ class Checkpoint:
         return self.embedder.presence is not None
 
     @property
+    def hybrid_form(self) -> str:
+        """"fitted" (per-category local weights from validation) or "paper" (d_h = (d_g + d_l) / 2)."""
+        return str(self.extra.get("hybrid", {}).get("form", "paper"))
+
+    @property
     def training_data(self) -> str:
         """What the model learnt from: "sample" (the generated looks), "real" (scenes of real photos), or
         "unknown" (a checkpoint older than this field). The page and the README warn on "sample"."""
@@ -127,6 +132,12 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
                      "counts as missing from the scene; retrain with `ctl train` to add it")
     missing, unexpected = embedder.load_state_dict(payload["heads"], strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
+    if "presence.threshold" in missing:    # a presence head older than per-category thresholds: 0.5 for all
+        missing.remove("presence.threshold")
+    if "hybrid_local_weight" in missing:   # older than fitted hybrid weights: the paper's form, w = 1/2
+        missing.remove("hybrid_local_weight")
+        notes.append(f"{path} has no fitted hybrid weights (trained before them): its hybrid distance is the "
+                     "paper's (d_g + d_l) / 2")
     if missing or unexpected:
         raise CheckpointError(f"{path}: head weights do not match the model (missing {missing}, unexpected {unexpected})")
     if with_backbone and stored_backbone:

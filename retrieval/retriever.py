@@ -4,8 +4,8 @@ Stage 1 searches the product index by inner product with the scene's global embe
 vectors d_g = ||f_s - f_p||^2 = 2 - 2 <f_s, f_p>, so the inner-product order is the d_g order.
 Stage 2 computes global, local and hybrid distances of the C candidates with
 :func:`pipeline.distances.all_distances` (the one definition of the distances), using each candidate's
-row-aligned embedding from ``embeddings.f16.npy`` and the checkpoint's embedding of its category, and
-keeps the k smallest hybrid distances.
+row-aligned embedding from ``embeddings.f16.npy``, the checkpoint's embedding of its category and its
+hybrid local weight for that category, and keeps the k smallest hybrid distances.
 
 Score: ``score = 1 - d_h / 2``. For unit vectors ``1 - d_g / 2`` is the cosine similarity, so the
 score is the mean of the global cosine and the attention-weighted regional cosine: in [-1, 1],
@@ -68,8 +68,12 @@ class Retriever:
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
         self._category_to_index = dict(embedder.category_to_index)
         self._bind(index)
-        self.presence_threshold = float(checkpoint.extra.get("presence", {}).get("threshold",
-                                                                               defaults.PRESENCE_THRESHOLD))
+        recorded = checkpoint.extra.get("presence", {}).get("threshold")
+        self.presence_threshold = float(recorded) if isinstance(recorded, (int, float)) else defaults.PRESENCE_THRESHOLD
+        # Per category, fitted on validation for precision of "present" (the head's buffer; 0.5 in older ones).
+        head = embedder.presence
+        self.presence_thresholds = dict.fromkeys(embedder.categories, self.presence_threshold) if head is None else \
+            dict(zip(embedder.categories, head.threshold.tolist()))
         self.calibration, notes = _hybrid_calibration(checkpoint)
         self.notes = [*checkpoint.notes, *notes]   # what this checkpoint's run lacks, in words
 
@@ -210,9 +214,13 @@ class Retriever:
                 f"products of categories {missing} are not in the checkpoint's vocabulary "
                 f"({', '.join(self.embedder.categories)}); rebuild the index from a catalogue this model knows")
         f_p = torch.from_numpy(np.ascontiguousarray(self.index.embeddings(rows), dtype=np.float32)).to(self.device)
-        e_c = self._category_table[torch.from_numpy(cat_idx).to(self.device)]
+        cat_rows = torch.from_numpy(cat_idx).to(self.device)
+        e_c = self._category_table[cat_rows]
         with torch.inference_mode():
-            d = all_distances(f_s.reshape(1, -1), f_i.reshape(1, f_i.shape[-2], -1), f_p.unsqueeze(0), e_c.unsqueeze(0))
+            # the checkpoint's hybrid: its local weight per category (the paper's 1/2 in an older checkpoint)
+            w = self.embedder.local_weights(cat_rows).float().unsqueeze(0)
+            d = all_distances(f_s.reshape(1, -1), f_i.reshape(1, f_i.shape[-2], -1), f_p.unsqueeze(0), e_c.unsqueeze(0),
+                              local_weight=w)
         return {name: value[0].double().cpu().numpy() for name, value in d.items()}
 
     def retrieve(
@@ -290,8 +298,8 @@ class Retriever:
             {n: float(scene.presence[self._category_to_index[n]]) for n in names}
         left_out = {}
         if presence and categories is None:
-            missing = [n for n in names if presence[n] < self.presence_threshold]
-            present = [n for n in names if presence[n] >= self.presence_threshold]
+            missing = [n for n in names if presence[n] < self.presence_thresholds[n]]
+            present = [n for n in names if presence[n] >= self.presence_thresholds[n]]
             names = missing + present if include_present else missing
             left_out = {} if include_present else {n: presence[n] for n in present}
         f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
@@ -317,7 +325,7 @@ class Retriever:
                 p = presence.get(name)
                 looks.append(CategoryLook(category=name, hits=self._hits(rows_c, d_c, order),
                                           attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
-                                          present=None if p is None else p >= self.presence_threshold,
+                                          present=None if p is None else p >= self.presence_thresholds[name],
                                           presence_probability=p))
             if timings is not None:
                 timings["stage2"] = time.perf_counter() - stage2_start
