@@ -16,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test test-slow sample-data train evaluate quality embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
+.PHONY: help install browser test test-slow lint sample-data train evaluate quality embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: $(STAMP) browser ## run the default test suite (fast; slow tests excluded)
 
 test-slow: $(STAMP) browser ## run the slow tests too
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff over the whole tree, bench/ and tests/ included (rules in pyproject.toml, README: Lint)
+	$(BIN)/ruff check .
 
 $(SAMPLE)/catalog.parquet: | $(STAMP)
 	$(BIN)/ctl sample-data --out $(SAMPLE) --seed $(SEED)
@@ -78,7 +81,7 @@ serve: $(STAMP) ## serve the API and the page on the demo's artifacts at http://
 	$(BIN)/ctl serve --index-dir $(IDX) --checkpoint $(RUN)/checkpoint.pt --host $(HOST) --port $(PORT)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (prints ratios against baselines measured in the same run)
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
 GPU_PY ?= 3.12
 gpu-wheels: ## download, for a GPU machine's python $(GPU_PY), the wheels bench/gpu_*.sh install there (into .whl/)

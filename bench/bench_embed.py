@@ -1,6 +1,6 @@
 """embed-catalog throughput against the bare backbone forward on the same images, in the same run.
 
-    python bench/bench_embed.py [--n 256] [--repeats 3] [--sweep] [--device cpu|cuda] [--backbone NAME]
+    python -m bench.bench_embed [--n 256] [--repeats 3] [--sweep] [--device cpu|cuda] [--backbone NAME]
                                 [--manifest catalog.parquet] [--batch-size B] [--workers W]
 
 (1) bare: the backbone's forward on pre-decoded uint8 tensors, batch 32 (256 on CUDA), channels_last,
@@ -21,24 +21,22 @@ import os
 import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog  # noqa: E402
-from jobs.workers import default_workers  # noqa: E402
-from pipeline.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from pipeline.embedder import build_embedder  # noqa: E402
-from pipeline.images import image_to_tensor, load_image  # noqa: E402
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
+from jobs.data.catalog_manifest import read_catalog
+from jobs.workers import default_workers
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.embedder import build_embedder
+from pipeline.images import image_to_tensor, load_image
 
 SAMPLE_CATALOG = Path("data/sample/catalog.parquet")
 
@@ -122,7 +120,6 @@ def main() -> None:
         if args.manifest is not None:
             manifest, source = args.manifest, f"{args.manifest}"
         elif SAMPLE_CATALOG.exists() and len(pq.read_table(SAMPLE_CATALOG)) >= args.n:
-            from jobs.data.catalog_manifest import read_catalog
             sample = read_catalog(SAMPLE_CATALOG).slice(0, args.n)
             pq.write_table(sample.select(["product_id", "image_path", "category"]), tmp / "catalog.parquet")
             manifest, source = tmp / "catalog.parquet", f"first {args.n} of {SAMPLE_CATALOG}"
@@ -133,7 +130,6 @@ def main() -> None:
         save_checkpoint(ckpt, build_embedder(categories=["shoes"], backbone=args.backbone,
                                              backbone_weights=args.weights), config={})
         model = load_checkpoint(ckpt, device=device).embedder.eval().to(memory_format=torch.channels_last)
-        from jobs.data.catalog_manifest import read_catalog
         catalog = read_catalog(manifest)
         n = len(catalog) if args.manifest is not None else args.n
         paths = catalog.column("image_path").to_pylist()[:min(n, args.bare_images)]
@@ -169,7 +165,7 @@ def main() -> None:
                   f"{max(e2e[w]):.1f} img/s end to end (ratio {max(e2e[w]) / best:.2f}), "
                   f"{max(steady[w]):.1f} img/s steady state (ratio {max(steady[w]) / best:.2f}); "
                   f"{min(cpu[w]):.1f} CPU ms/img (bare/job CPU ratio {best_cpu / min(cpu[w]):.2f})")
-            paired = sorted(j / b for j, b in zip(e2e[w], bare))
+            paired = sorted(j / b for j, b in zip(e2e[w], bare, strict=True))
             print(f"  paired per-repeat ratios (job end to end / bare of the same repeat): "
                   f"{', '.join(f'{r:.2f}' for r in paired)}; median {paired[len(paired) // 2]:.2f}")
 

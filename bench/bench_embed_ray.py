@@ -1,6 +1,6 @@
 """embed-catalog on Ray Data (a local instance) against the local engine, same images, same run.
 
-    python bench/bench_embed_ray.py [--n 512] [--repeats 2] [--manifest catalog.parquet] [--ray-workers 1]
+    python -m bench.bench_embed_ray [--n 512] [--repeats 2] [--manifest catalog.parquet] [--ray-workers 1]
 
 Both engines run `embed_catalog` end to end on the same JPEGs (generated photo-like 256 px images, or
 `--manifest`), interleaved `--repeats` times; the best of each is kept (other processes on a shared machine
@@ -14,18 +14,15 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.bench_embed import make_jpegs  # noqa: E402
-from common.ray_cluster import connect, import_ray  # noqa: E402
-from jobs.catalog import embed_catalog as job  # noqa: E402
-from pipeline.checkpoint import save_checkpoint  # noqa: E402
-from pipeline.embedder import build_embedder  # noqa: E402
+from bench.bench_embed import make_jpegs
+from common.ray_cluster import connect, import_ray
+from jobs.catalog import embed_catalog as job
+from pipeline.checkpoint import save_checkpoint
+from pipeline.embedder import build_embedder
 
 
 def timed(engine):
@@ -39,7 +36,8 @@ def timed(engine):
             first = True
             for batch in batches:
                 if first:
-                    marks["first"], marks["skip"], first = time.perf_counter(), len(batch.rows) + len(batch.rejects), False
+                    marks["first"], first = time.perf_counter(), False
+                    marks["skip"] = len(batch.rows) + len(batch.rejects)
                 yield batch
             marks["last"] = time.perf_counter()
         return stream()
@@ -52,8 +50,8 @@ def one_run(engine: str, manifest: Path, ckpt: Path, out: Path, workers: int | N
     saved = dict(job.RUNNERS)
     job.RUNNERS[engine] = run
     try:
-        s = job.embed_catalog(manifest, ckpt, out, progress=False,
-                              config=job.EmbedCatalogConfig(shard_size=10_000, engine=engine, workers=workers, limit=limit))
+        config = job.EmbedCatalogConfig(shard_size=10_000, engine=engine, workers=workers, limit=limit)
+        s = job.embed_catalog(manifest, ckpt, out, progress=False, config=config)
     finally:
         job.RUNNERS.clear()
         job.RUNNERS.update(saved)

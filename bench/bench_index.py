@@ -1,6 +1,6 @@
 """Index benchmark: the selected index vs exact IndexFlatIP (and autofaiss's pick) on clustered vectors.
 
-    python bench/bench_index.py [--sizes 100k,1M] [--dim 128] [--clusters 1000] [--queries 200]
+    python -m bench.bench_index [--sizes 100k,1M] [--dim 128] [--clusters 1000] [--queries 200]
                                 [--memory-budget 4GB] [--no-autofaiss] [--json results.json]
 
 For each size N: N unit vectors drawn around `--clusters` random centres (plus 200 held-out queries from
@@ -29,13 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+from index.build import build_index
+from index.layout import IndexInfo, resolve
+from index.select import parse_bytes
+from index.store import ProductIndex
+
+ROOT = Path(__file__).resolve().parents[1]   # the repository root: the working folder of the child processes
 
 K = 20
 N_CATEGORIES = 10
@@ -95,46 +99,43 @@ def write_shards(root: Path, xb: np.ndarray, cat_codes: np.ndarray, shard_rows: 
 
 def child_build(emb: str, out: str, budget: str) -> None:
     """Run build_index in this (child) process and print its info plus peak RSS as JSON."""
-    from index.build import build_index
-    from index.select import parse_bytes
     info = build_index(emb, out, memory_budget_bytes=parse_bytes(budget))
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(info))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": peak_rss_mb}))
 
 
 def child_serve(out: str, data: str) -> None:
     """Load the index in a fresh process; print RSS growth, recall and single-query latencies as JSON."""
-    from index.store import ProductIndex
     npz = np.load(data)
     xq, I_ref, Ic_ref = npz["xq"], npz["I_ref"], npz["Ic_ref"]
     default_threads = faiss.omp_get_max_threads()
-    pq.read_table(Path(out) / "ids.parquet").slice(0, 1)   # fault in pyarrow's library pages (~80 MB) first
+    pq.read_table(resolve(out)[0] / "ids.parquet").slice(0, 1)   # fault in pyarrow's library pages (~80 MB) first
     rss0 = rss_mb()
     index = ProductIndex.load(out)
     rss_load = rss_mb() - rss0
-    _, I = index.search(xq, K)
+    _, found = index.search(xq, K)
     _, Ic = index.search(xq, K, category="cat0")
     ours = latency_both(lambda x: index.search(x, K), xq, default_threads)
     ours_cat = latency_both(lambda x: index.search(x, K, category="cat0"), xq, default_threads)
     raw = latency_both(lambda x: index.faiss_index.search(x, K), xq, default_threads)
     print("RESULT " + json.dumps({
         "mmap": index.mmap, "rss_growth_load_mb": rss_load, "rss_growth_after_search_mb": rss_mb() - rss0,
-        "recall": recall(I, I_ref), "recall_category": recall(Ic, Ic_ref),
+        "recall": recall(found, I_ref), "recall_category": recall(Ic, Ic_ref),
         "category_rows": int(len(index.rows_for_category("cat0"))),
         "ms_1t": ours[0], "ms_default": ours[1], "ms_cat_1t": ours_cat[0], "ms_cat_default": ours_cat[1],
         "raw_faiss_ms_1t": raw[0], "raw_faiss_ms_default": raw[1]}))
 
 
 def run_child(*argv: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_index", *argv], capture_output=True, text=True, cwd=ROOT)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         raise SystemExit(f"{argv[0]} failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
     return json.loads(line[0][len("RESULT "):])
 
 
-def recall(I, I_ref) -> float:
-    return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / len(b) for a, b in zip(I, I_ref)]))
+def recall(found, I_ref) -> float:
+    return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / len(b) for a, b in zip(found, I_ref, strict=True)]))
 
 
 def single_query_ms(fn, xq) -> float:
@@ -167,10 +168,10 @@ def bench_autofaiss(xb, xq, I_ref, budget: str, default_threads: int) -> dict:
     except Exception as e:                                # noqa: BLE001
         return {"skipped": f"autofaiss failed ({type(e).__name__}: {str(e).splitlines()[0][:80]})"}
     build_s = time.perf_counter() - t0
-    _, I = index.search(xq, K)
+    _, found = index.search(xq, K)
     one, default = latency_both(lambda x: index.search(x, K), xq, default_threads)
     return {"factory": infos.get("index_key"), "params": infos.get("index_param"), "build_s": build_s,
-            "recall": recall(I, I_ref), "ms_1t": one, "ms_default": default,
+            "recall": recall(found, I_ref), "ms_1t": one, "ms_default": default,
             "size_bytes": infos.get("size in bytes")}
 
 
@@ -187,26 +188,28 @@ def run_size(n: int, args, workdir: Path, default_threads: int) -> dict:
     flat.add(xb)
     _, I_ref = flat.search(xq, K)
     exact = latency_both(lambda x: flat.search(x, K), xq, default_threads)
-    del flat
+    flat.reset()                                          # its vectors are not needed any more
     rows = np.flatnonzero(cat_codes == 0)
     _, Ic_local = faiss.knn(xq, xb[rows], K, metric=faiss.METRIC_INNER_PRODUCT)
     np.savez(data, xq=xq, I_ref=I_ref, Ic_ref=rows[Ic_local])
     print(f"  exact IndexFlatIP: {exact[0]:.2f} ms/query (1 thread), {exact[1]:.2f} ms (default)", flush=True)
 
-    info = run_child("--_child-build", str(emb), str(out), args.memory_budget)
+    built = run_child("--_child-build", str(emb), str(out), args.memory_budget)
+    info = IndexInfo.from_dict(built["info"])
     shutil.rmtree(emb)
-    print(f"  build-index: {info['factory']} {info['search_params']} in {info['build_seconds']:.1f}s, "
-          f"recall@20 at build {info['recall']['value']:.4f}", flush=True)
+    print(f"  build-index: {info.factory} {info.search_params} in {info.build_seconds:.1f}s, "
+          f"recall@20 at build {info.recall.value:.4f}", flush=True)
     serve = run_child("--_child-serve", str(out), str(data))
     print(f"  served: recall@20={serve['recall']:.4f} (category cat0: {serve['recall_category']:.4f}); "
           f"{serve['ms_1t']:.3f} ms/query (1 thread), {serve['ms_default']:.3f} ms (default)", flush=True)
     result = {
-        "n": n, "factory": info["factory"], "search_params": info["search_params"],
-        "category_search_params": info.get("category_search_params"),
-        "build_s": info["build_seconds"], "build_peak_rss_mb": info["peak_rss_mb"],
-        "index_file_bytes": info["memory"]["index_file_bytes"],
-        "embeddings_f16_bytes": info["memory"]["embeddings_f16_bytes"],
-        "build_recall": info["recall"]["value"], "build_category_recall": (info.get("category_recall") or {}).get("value"),
+        "n": n, "factory": info.factory, "search_params": info.search_params,
+        "category_search_params": info.category_search_params,
+        "build_s": info.build_seconds, "build_peak_rss_mb": built["peak_rss_mb"],
+        "index_file_bytes": info.memory.index_file_bytes,
+        "embeddings_f16_bytes": info.memory.embeddings_f16_bytes,
+        "build_recall": info.recall.value,
+        "build_category_recall": info.category_recall.value if info.category_recall else None,
         "exact_ms_1t": exact[0], "exact_ms_default": exact[1], **serve,
     }
     shutil.rmtree(out)
@@ -225,8 +228,9 @@ def markdown(results: list[dict], meta: dict) -> str:
              f"Data: d={meta['dim']}, {meta['clusters']} gaussian clusters (noise norm {meta['spread']}), "
              f"{meta['queries']} held-out queries from the same mixture, k={K}; memory budget {meta['budget']}; "
              f"{N_CATEGORIES} categories tied to clusters (filtered search uses cat0).", "",
-             "| N | selected index (params) | build s | build peak RSS | index file | RSS growth: load / after searches "
-             "| recall@20 | category recall@20 | ms/query 1 thr | ms/query default thr | raw FAISS ms 1 thr "
+             "| N | selected index (params) | build s | build peak RSS | index file "
+             "| RSS growth: load / after searches | recall@20 | category recall@20 "
+             "| ms/query 1 thr | ms/query default thr | raw FAISS ms 1 thr "
              "| category ms 1 thr | exact ms 1 thr | exact ms default thr | speed-up vs exact (1 thr) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:

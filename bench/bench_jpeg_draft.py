@@ -1,6 +1,6 @@
 """JPEG draft mode (DCT scaling while decoding) against the exact decode: time per image and per-product cosine.
 
-    python bench/bench_jpeg_draft.py [--images DIR] [--n 96] [--sizes 448,600,800,1000,1200]
+    python -m bench.bench_jpeg_draft [--images DIR] [--n 96] [--sizes 448,600,800,1000,1200]
                                      [--weights imagenet|random]
 
 Photos are cut from the images in DIR (any format; random crops resized to each size and saved as JPEG
@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bench.make_catalogue import make_catalogue  # noqa: E402
-from pipeline.embedder import build_embedder  # noqa: E402
-from pipeline.images import draft_floor, image_to_tensor, load_image  # noqa: E402
+from bench.make_catalogue import make_catalogue
+from pipeline.embedder import build_embedder
+from pipeline.images import draft_floor, image_to_tensor, load_image
 
 SIZE = 224
 

@@ -1,6 +1,6 @@
 """embed-catalog's Pillow loader alone against Pillow alone, with the same number of processes, in one run.
 
-    python bench/bench_pillow_loader.py [--n 2000] [--px 256] [--workers W] [--batch 32] [--repeats 3]
+    python -m bench.bench_pillow_loader [--n 2000] [--px 256] [--workers W] [--batch 32] [--repeats 3]
                                         [--draft] [--no-dataloader] [--json OUT.json]
 
 On the same generated JPEGs (bench/make_catalogue.py), interleaved `--repeats` times, best of each:
@@ -22,28 +22,26 @@ import json
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pyarrow.parquet as pq
+import torch
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-
-from bench.make_catalogue import make_catalogue  # noqa: E402
-from jobs.catalog.catalog_images import decode_row  # noqa: E402
-from jobs.catalog.decode_merge import Merge, plan_tasks  # noqa: E402
-from jobs.catalog.pillow_decoders import PillowDecoders  # noqa: E402
+from bench.make_catalogue import make_catalogue
+from jobs.catalog.catalog_images import decode_row
+from jobs.catalog.decode_merge import Merge, plan_tasks
+from jobs.catalog.pillow_decoders import PillowDecoders
 
 SIZE = 224
 CPU = torch.device("cpu")
 
 
-def _decode_one(job: tuple[str, bool]) -> bool:
+def decode_one(job: tuple[str, bool]) -> bool:
+    """Read, decode and resize one (path, draft) as the job's Pillow workers do; True when it decoded."""
     path, draft = job
     return decode_row(path, SIZE, draft=draft)[0] is not None
 
@@ -52,7 +50,7 @@ def pillow_alone(paths: list[str], workers: int, *, draft: bool = False) -> floa
     """img/s of `workers` processes decoding every path, results not sent back (pool start included)."""
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        ok = sum(pool.map(_decode_one, [(p, draft) for p in paths], chunksize=32))
+        ok = sum(pool.map(decode_one, [(p, draft) for p in paths], chunksize=32))
     if ok != len(paths):
         raise RuntimeError(f"{len(paths) - ok} images failed to decode")
     return len(paths) / (time.perf_counter() - started)

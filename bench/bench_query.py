@@ -1,6 +1,6 @@
 """Query latency of two-stage retrieval against one bare backbone forward, in the same run.
 
-    python bench/bench_query.py [--queries 30] [--cold 3] [--candidates 200] [--k 20] [--synthetic N]
+    python -m bench.bench_query [--queries 30] [--cold 3] [--candidates 200] [--k 20] [--synthetic N]
 
 (1) bare: the backbone's forward on one pre-decoded, pre-resized uint8 scene tensor (inference_mode,
     the retriever's own backbone and input layout, channels_last) -- the floor of any query, since a
@@ -36,15 +36,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from common import defaults  # noqa: E402
-from pipeline.images import load_image  # noqa: E402
+from common import defaults
+from common.files import sha256_of
+from index.build import build_index
+from index.layout import IndexDirError, read_info
+from pipeline.backbones import BackboneWeightsError
+from pipeline.checkpoint import save_checkpoint
+from pipeline.embedder import build_embedder
+from pipeline.images import load_image
+from retrieval.retriever import Retriever, one_thread
 
 SAMPLE_CATEGORIES = ["shoes", "handbags", "pants", "tops", "sunglasses", "hats", "necklaces", "coats"]
 
@@ -52,13 +58,7 @@ SAMPLE_CATEGORIES = ["shoes", "handbags", "pants", "tops", "sunglasses", "hats",
 def synthetic_artifacts(root: Path, n: int, n_scenes: int, dim: int = 128,
                         seed: int = 0) -> tuple[Path, Path, list[Path]]:
     """A checkpoint, an index over n random unit embeddings, and photo-like scene JPEGs."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from index.build import build_index
-    from pipeline.backbones import BackboneWeightsError
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.embedder import build_embedder
 
     torch.manual_seed(seed)
     try:
@@ -99,11 +99,9 @@ def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
     ckpt, index_dir = defaults.CHECKPOINT.resolve(), defaults.INDEX_DIR.resolve()  # from the working folder
     if not ckpt.is_file():
         return None
-    from common.files import sha256_of
-    from index.layout import IndexDirError, read_info
 
     try:
-        if read_info(index_dir).get("checkpoint_sha256") != sha256_of(ckpt):
+        if read_info(index_dir).checkpoint_sha256 != sha256_of(ckpt):
             return None
     except IndexDirError:
         return None
@@ -135,7 +133,6 @@ def _ms(seconds: list[float]) -> float:
 
 
 def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
-    from retrieval.retriever import _one_thread
 
     backbone = retriever.embedder.backbone
     pil = [load_image(p) for p in scenes]
@@ -186,19 +183,19 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         with torch.inference_mode():
             fmap = backbone(x)
             t2 = time.perf_counter()
-            with _one_thread():
+            with one_thread():
                 f_s, f_i = retriever.embedder.scene_from_features(fmap)
         t3 = time.perf_counter()
-        with _one_thread():
+        with one_thread():
             count = min(max(candidates, k), len(retriever))
             rows = retriever.candidates(f_s, count)
             t4 = time.perf_counter()
             d = retriever.rerank(f_s, f_i, rows)
             t5 = time.perf_counter()
             order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-            retriever._hits(rows, d, order)
+            retriever.hits_at(rows, d, order)
         t6 = time.perf_counter()
-        for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)]):
+        for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)], strict=True):
             stages[name].append(b - a)
     bare = _ms(t_bare)
     return {
@@ -252,7 +249,6 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from retrieval.retriever import Retriever
 
     ckpt, index_dir, scenes, source, tmp = find_artifacts(args.synthetic, 10, prefix="bench-query-")
     try:
@@ -260,7 +256,7 @@ def main() -> int:
         retriever = Retriever.load(checkpoint=ckpt, index_dir=index_dir)
         load_s = time.perf_counter() - t0
         info = retriever.index.info
-        print(f"catalogue: {source}: {len(retriever)} products, index {info.get('factory')} "
+        print(f"catalogue: {source}: {len(retriever)} products, index {info.factory} "
               f"(mmap={retriever.index.mmap}), backbone {retriever.embedder.backbone_name}, "
               f"d={retriever.embedder.dim}; loaded in {load_s:.2f} s")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -288,7 +284,7 @@ def main() -> int:
         for name, ms in w["stages_ms"].items():
             print(f"    {name:<34} {ms:8.2f} ms")
         print(f"  (load average {os.getloadavg()[0]:.2f} after the warm run)")
-        result = {"source": source, "n_products": len(retriever), "factory": info.get("factory"),
+        result = {"source": source, "n_products": len(retriever), "factory": info.factory,
                   "load_s": load_s, "warm": w}
         if args.cold > 0:
             c = cold(ckpt, index_dir, scenes[0], runs=args.cold, k=args.k)

@@ -1,6 +1,6 @@
 """Scale benchmark: single-process vs sharded vs on-disk index builds at N vectors, beside exact search, in one run.
 
-    python bench/bench_scale.py [--n 1000000] [--workers 2] [--dim 128] [--clusters 1000] [--queries 200]
+    python -m bench.bench_scale [--n 1000000] [--workers 2] [--dim 128] [--clusters 1000] [--queries 200]
                                 [--memory-budget 4GB] [--builds single,sharded,ondisk] [--json out.json]
 
 Data: N unit vectors (d=128) around `--clusters` random centres, written as embed-catalog shards block by
@@ -29,13 +29,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+from index.build import build_index
+from index.embedding_shards import read_manifest
+from index.layout import IndexInfo, resolve
+from index.parallel import process_map
+from index.sharded import sharded_add
+from index.store import ProductIndex
+
+ROOT = Path(__file__).resolve().parents[1]   # the repository root: the working folder of the child processes
 
 K = 20
 N_CATEGORIES = 10
@@ -103,12 +109,10 @@ def write_data(root: Path, n: int, d: int, n_clusters: int, nq: int, spread: flo
 
 
 def child_build(emb: str, out: str, budget: str, mode: str, workers: str) -> None:
-    from index.build import build_index
     kw = {"single": {}, "sharded": {"workers": int(workers)}, "ondisk": {"workers": int(workers), "ondisk": True}}[mode]
     info = build_index(emb, out, memory_budget_bytes=budget, **kw)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's peak
-    info["peak_rss_mb"] = status("VmHWM")
-    print("RESULT " + json.dumps(info))
+    print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": status("VmHWM")}))
 
 
 def _evict(build: Path) -> None:
@@ -124,8 +128,6 @@ def _evict(build: Path) -> None:
 
 
 def child_serve(out: str, data: str) -> None:
-    from index.layout import resolve
-    from index.store import ProductIndex
     npz = np.load(data)
     xq, I_ref = npz["xq"], npz["I_ref"]
     faiss.omp_set_num_threads(1)
@@ -166,10 +168,6 @@ def child_serve(out: str, data: str) -> None:
 
 def child_addscale(emb: str, out: str, workers: str) -> None:
     """The add phase alone, 1 process vs `workers` processes, one FAISS thread each, same trained index."""
-    from index.embedding_shards import read_manifest
-    from index.layout import resolve
-    from index.parallel import process_map
-    from index.sharded import sharded_add
     build, _ = resolve(out)
     manifest = read_manifest(emb)
     xq = np.zeros((1, manifest.dim), np.float32)
@@ -187,7 +185,7 @@ def child_addscale(emb: str, out: str, workers: str) -> None:
 
 
 def run_child(*argv: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_scale", *argv], capture_output=True, text=True, cwd=ROOT)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         raise SystemExit(f"{argv[0]} failed:\n{proc.stdout[-1000:]}\n{proc.stderr[-3000:]}")
@@ -237,11 +235,12 @@ def main() -> None:
         for mode in args.builds.split(","):
             out = tmp / f"idx-{mode}"
             load = loadavg()
-            info = run_child("--_child-build", str(tmp / "emb"), str(out), args.memory_budget, mode, str(args.workers))
+            built = run_child("--_child-build", str(tmp / "emb"), str(out), args.memory_budget, mode, str(args.workers))
+            info = IndexInfo.from_dict(built["info"])
             serve = run_child("--_child-serve", str(out), str(tmp / "q.npz"))
-            r = {"factory": info["factory"], "params": info["search_params"], "build_s": info["build_seconds"],
-                 "phases": info["phases"], "peak_rss_mb": info["peak_rss_mb"], "load_during": load,
-                 "build_recall": info["recall"]["value"], **serve}
+            r = {"factory": info.factory, "params": info.search_params, "build_s": info.build_seconds,
+                 "phases": info.phases, "peak_rss_mb": built["peak_rss_mb"], "load_during": load,
+                 "build_recall": info.recall.value, **serve}
             results["builds"][mode] = r
             print(f"  {mode}: {r['factory']} {r['params']} build {r['build_s']:.0f}s (add {r['phases']['add_seconds']:.0f}s,"
                   f" train {r['phases']['train_seconds']:.0f}s), peak RSS {r['peak_rss_mb']:.0f} MB, anon loaded "

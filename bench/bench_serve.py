@@ -1,6 +1,6 @@
 """Loopback load test of `ctl serve` beside the bare backbone's best batched throughput, in one run.
 
-    python bench/bench_serve.py [--requests 200] [--duration 60] [--concurrency 1,4,16,64]
+    python -m bench.bench_serve [--requests 200] [--duration 60] [--concurrency 1,4,16,64]
                                 [--endpoint look|retrieve] [--rss-requests 1000] [--device cpu]
                                 [--workers N --threads N --max-batch N --max-wait-ms MS --queue-size N]
 
@@ -41,18 +41,16 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import httpx
+import numpy as np
+import torch
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from bench_query import find_artifacts  # noqa: E402
+from bench.bench_query import find_artifacts
+from pipeline.images import image_to_tensor, load_image
+from retrieval.retriever import Retriever
+from service.settings import usable_cores
 
-from pipeline.images import image_to_tensor, load_image  # noqa: E402
-from retrieval.retriever import Retriever  # noqa: E402
-from service.settings import usable_cores  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]   # the repository root: the working folder of the child processes
 
 TARGET_THROUGHPUT = 0.85
 TARGET_P99 = 1.5

@@ -4,14 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jobs.data.stl_ingest import ingest_stl  # noqa: E402
+from jobs.data.stl_ingest import ingest_stl
 
 SHARED_STL = Path(__file__).resolve().parents[2] / "shared/data/stl"
 N_PAIRS = 72_000
@@ -56,7 +53,8 @@ def main() -> None:
             pairs = tmp / f"pairs-{name}"
             pairs.write_text("\n".join(pair_lines(products, N_PAIRS)) + "\n")
 
-            def bare() -> None:   # baseline: only reading and json-decoding the same inputs
+            # baseline: only reading and json-decoding the same inputs
+            def bare(cat_file: Path = cat_file, pairs: Path = pairs) -> None:
                 json.loads(cat_file.read_text())
                 decode = json.JSONDecoder().decode
                 [decode(line) for line in pairs.read_text().splitlines()]
@@ -64,7 +62,7 @@ def main() -> None:
             baseline, baseline_cpu = best_of(bare)
             result = None
 
-            def ingest() -> None:
+            def ingest(cat_file: Path = cat_file, pairs: Path = pairs, name: str = name) -> None:
                 nonlocal result
                 result = ingest_stl(pairs, cat_file, tmp / f"out-{name}")
 

@@ -75,7 +75,7 @@ section() {
     "$(( SECONDS - t0 ))" >> "$RESULTS/status.jsonl"
 }
 
-sec() { $PY bench/gpu_embed_sections.py "$@" --results "$RESULTS" --device "$DEVICE" --batch "$BATCH" --size "$SIZE"; }
+sec() { $PY -m bench.gpu_embed_sections "$@" --results "$RESULTS" --device "$DEVICE" --batch "$BATCH" --size "$SIZE"; }
 
 job() {   # job PX MODE TAG [--compile]: the job in its own process, one --decode mode
   local px=$1 mode=$2 tag=$3
@@ -99,7 +99,7 @@ export -f sec job ctl_run
 
 # In order of importance: every target's figures at 256 px, then 800 px, then --compile, then the extras.
 section env 60 5 sec env --budget "$BUDGET_S" --n "$N" --repeats "$REPEATS"
-section make_256 90 10 $PY bench/make_catalogue.py "$WORK/c256" --n "$N" --px 256
+section make_256 90 10 $PY -m bench.make_catalogue "$WORK/c256" --n "$N" --px 256
 section checkpoint 90 10 sec checkpoint --out "$WORK/ckpt.pt"
 section decode_256 $(( 3 * DSEC + 40 )) 20 sec decode --px 256 --manifest "$WORK/c256/catalog.parquet" \
   --seconds "$DSEC" $WFLAG
@@ -111,7 +111,7 @@ section ctl_256 90 12 ctl_run 256
 section agree_256_gpu 30 5 sec agree --a "$WORK/out_256_cpu" --b "$WORK/out_256_gpu" --tag 256_gpu
 section agree_256_both 30 5 sec agree --a "$WORK/out_256_cpu" --b "$WORK/out_256_both" --tag 256_both
 
-section make_800 120 20 $PY bench/make_catalogue.py "$WORK/c800" --n "$N" --px 800
+section make_800 120 20 $PY -m bench.make_catalogue "$WORK/c800" --n "$N" --px 800
 section decode_800 $(( 3 * DSEC + 40 )) 25 sec decode --px 800 --manifest "$WORK/c800/catalog.parquet" \
   --seconds "$DSEC" $WFLAG
 for mode in cpu gpu both; do
@@ -132,7 +132,7 @@ if (( REPEATS >= 2 )); then             # extras, while the budget lasts
   section job_800_both_r2 120 15 job 800 both 800_both_r2
 fi
 
-RESERVE=0 section report 30 1 $PY bench/gpu_embed_report.py "$RESULTS" "$OUT/gpu_embed.json"
+RESERVE=0 section report 30 1 $PY -m bench.gpu_embed_report "$RESULTS" "$OUT/gpu_embed.json"
 echo "== gpu_embed done in $(( SECONDS - START )) s of a ${BUDGET_S} s budget; log $OUT/gpu_embed.log, figures $OUT/gpu_embed.json"
 exec >&- 2>&-                           # let tee write the log's last lines before the script ends
 wait "$TEE" 2>/dev/null || true

@@ -161,5 +161,5 @@ def report(results: Path, out_json: Path) -> dict:
     return result
 
 
-if __name__ == "__main__":   # python bench/gpu_embed_report.py RESULTS_DIR OUT.json (no torch: starts at once)
+if __name__ == "__main__":   # python -m bench.gpu_embed_report RESULTS_DIR OUT.json (no torch: starts at once)
     report(Path(sys.argv[1]), Path(sys.argv[2]))

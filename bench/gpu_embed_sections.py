@@ -1,6 +1,6 @@
 """The sections of bench/gpu_embed.sh: each measures one thing in its own process and writes RESULTS/<name>.json.
 
-    python bench/gpu_embed_sections.py SECTION --results DIR [options]
+    python -m bench.gpu_embed_sections SECTION --results DIR [options]
 
 Sections: env, checkpoint, decode (Pillow alone, the job's Pillow loader alone, the device side alone),
 network (the bare backbone, eager or compiled), job (embed_catalog in this process, one --decode mode),
@@ -19,22 +19,27 @@ import os
 import platform
 import re
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import PIL
+import pyarrow.parquet as pq
+import torch
+import torchvision
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import torch  # noqa: E402
-
-from bench.bench_pillow_loader import _decode_one  # noqa: E402
-from jobs.catalog.decode_merge import Merge, plan_tasks  # noqa: E402
-from jobs.catalog.device_side import DeviceDecoders, reader_threads  # noqa: E402
-from jobs.catalog.local_engine import pillow_workers  # noqa: E402
-from jobs.catalog.pillow_decoders import PillowDecoders  # noqa: E402
+from bench.bench_pillow_loader import decode_one
+from index.embedding_shards import iter_embeddings, read_manifest, read_metadata
+from jobs.catalog.decode_merge import Merge, plan_tasks
+from jobs.catalog.device_side import DeviceDecoders, reader_threads
+from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
+from jobs.catalog.embed_job import StaticBatch, compile_backbone, compiled_graphs, forward
+from jobs.catalog.local_engine import pillow_workers
+from jobs.catalog.pillow_decoders import PillowDecoders
+from pipeline.backbones import BackboneWeightsError
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.embedder import build_embedder
 
 ROUND = 2000            # images per round of the Pillow-alone pool (it stops between rounds at its time limit)
 
@@ -57,8 +62,6 @@ def catalogue_paths(manifest: Path) -> list[str]:
 # -- env and checkpoint ----------------------------------------------------------------------------
 
 def section_env(args) -> None:
-    import PIL
-    import torchvision
     info = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "pillow": PIL.__version__, "cores": cores(), "cuda": torch.cuda.is_available(),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -69,9 +72,6 @@ def section_env(args) -> None:
 def section_checkpoint(args) -> None:
     """EfficientNet-Lite0 with ImageNet weights where its packages are there (a fair judge of agreement),
     else with random weights (speed does not depend on them), else ResNet-50 (random weights; said so)."""
-    from pipeline.backbones import BackboneWeightsError
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.embedder import build_embedder
     torch.manual_seed(0)
     embedder = None
     for backbone, weights in (("efficientnet-lite0", "imagenet"), ("efficientnet-lite0", "random"),
@@ -92,11 +92,11 @@ def pillow_alone(paths: list[str], workers: int, seconds: float) -> dict:
     started = time.perf_counter()
     done = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(_decode_one, [(p, False) for p in paths[:workers]]))        # start the processes
+        list(pool.map(decode_one, [(p, False) for p in paths[:workers]]))        # start the processes
         started = time.perf_counter()
         while done < len(paths) and time.perf_counter() - started < seconds:
             part = paths[done:done + ROUND]
-            if sum(pool.map(_decode_one, [(p, False) for p in part], chunksize=16)) != len(part):
+            if sum(pool.map(decode_one, [(p, False) for p in part], chunksize=16)) != len(part):
                 raise RuntimeError("an image failed to decode")
             done += len(part)
     return {"images": done, "seconds": time.perf_counter() - started,
@@ -147,8 +147,6 @@ def section_decode(args) -> None:
 # -- the network -----------------------------------------------------------------------------------
 
 def section_network(args) -> None:
-    from jobs.catalog.embed_job import StaticBatch, compile_backbone, compiled_graphs, forward
-    from pipeline.checkpoint import load_checkpoint
     device = torch.device(args.device)
     embedder = load_checkpoint(args.ckpt, device=device).embedder.eval().to(memory_format=torch.channels_last)
     out = {"batch": args.batch, "compile": args.compile}
@@ -188,7 +186,6 @@ class _Capture(logging.Handler):
 
 
 def section_job(args) -> None:
-    from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
     capture = _Capture()
     log = logging.getLogger("jobs.catalog.local_engine")
     log.addHandler(capture)
@@ -228,7 +225,6 @@ def section_ctl_line(args) -> None:
 # -- agreement -------------------------------------------------------------------------------------
 
 def section_agree(args) -> None:
-    from index.embedding_shards import iter_embeddings, read_manifest, read_metadata
 
     def by_id(folder: Path) -> dict[str, np.ndarray]:
         manifest = read_manifest(folder)

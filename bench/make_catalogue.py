@@ -1,6 +1,6 @@
 """Generated catalogues for the embed-catalog benchmarks: n photo-like JPEGs of one size, made in parallel.
 
-    python bench/make_catalogue.py OUT --n 20000 --px 800 [--workers N]
+    python -m bench.make_catalogue OUT --n 20000 --px 800 [--workers N]
 
 Each image is a crop of a smooth colour field plus film grain (the grain gives JPEGs of a realistic
 size: about 18 KB at 256 px and 100 KB at 800 px, quality 85-92), no two alike. Made by every core at

@@ -1,6 +1,6 @@
 """Cost model for 100M and 1B products, fitted to bench_scale.py results (memory, disk, build hours, latency).
 
-    python bench/scale_model.py docs/scale-results/scale-1M.json docs/scale-results/scale-10M.json [--k 1,8,64]
+    python -m bench.scale_model docs/scale-results/scale-1M.json docs/scale-results/scale-10M.json [--k 1,8,64]
 
 Per-vector constants come from the largest run (its index type is the one the selection picks from 10M on:
 IVF-PQ64 with the float16 re-rank); anonymous memory is fitted as a + b*N over the runs; build phases scale as
@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from index.select import nlist_for  # noqa: E402
+from index.select import nlist_for
 
 TARGETS = (100_000_000, 1_000_000_000)
 

@@ -1,7 +1,6 @@
 """ProductIndex: load an index directory (memory-mapped) and search it, optionally within one category."""
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -13,12 +12,12 @@ import pyarrow.parquet as pq
 from common.errors import ArtifactError
 from index.layout import (
     EMBEDDINGS_FILE,
-    FORMAT_VERSION,
     IDS_FILE,
     INDEX_FILE,
-    INFO_FILE,
     IVFDATA_FILE,
+    READABLE_FORMATS,
     IndexDirError,
+    IndexInfo,
     resolve,
 )
 from index.search import (
@@ -49,7 +48,7 @@ class ProductIndex:
     exact_cache_bytes = 256 * 2**20
 
     def __init__(self, index_dir: Path, index: faiss.Index, table: pa.Table, embeddings: np.ndarray,
-                 info: dict, *, mmap: bool, version: str | None = None):
+                 info: IndexInfo, *, mmap: bool, version: str | None = None):
         self.index_dir = Path(index_dir)     # the folder of this build's files
         self.version = version               # its name under the index directory, None for a flat directory
         self.faiss_index = index
@@ -58,8 +57,8 @@ class ProductIndex:
         self._emb = embeddings
         self._info = info
         self._kind = index_kind(index)
-        self._params = dict(info.get("search_params", {}))
-        self._category_params = dict(info.get("category_search_params") or self._params)
+        self._params = dict(info.search_params)
+        self._category_params = dict(info.category_search_params or self._params)
         codes = table.column("category").dictionary_encode().combine_chunks()
         self._categories = [str(c) for c in codes.dictionary.to_pylist()]
         cat_codes = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -87,20 +86,19 @@ class ProductIndex:
         An index built with --ondisk keeps its lists in index.ivfdata beside index.faiss, always mapped.
         """
         build, version = resolve(index_dir)
-        info_path = build / INFO_FILE
-        info = json.loads(info_path.read_text())
+        info = IndexInfo.read(build)
         root = build
-        if info.get("format_version") != FORMAT_VERSION:
-            raise IndexDirError(f"{root}: index format {info.get('format_version')!r} is not "
-                                f"{FORMAT_VERSION}; rebuild it")
-        ondisk = bool(info.get("ondisk"))
+        if info.format_version not in READABLE_FORMATS:
+            raise IndexDirError(f"{root}: index format {info.format_version!r} is not one this version reads "
+                                f"({', '.join(map(str, READABLE_FORMATS))}); rebuild it")
+        ondisk = info.ondisk
         for name in (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, *([IVFDATA_FILE] if ondisk else [])):
             if not (root / name).is_file():
                 raise IndexDirError(f"{root} lacks {name}; rebuild the index")
         index, mapped = _read_index(root / INDEX_FILE, mmap, ondisk=ondisk)
         table = pq.read_table(root / IDS_FILE)
         emb = np.load(root / EMBEDDINGS_FILE, mmap_mode="r")
-        n, d = int(info["n"]), int(info["dim"])
+        n, d = info.n, info.dim
         sizes = {"index.faiss": index.ntotal, IDS_FILE: table.num_rows, EMBEDDINGS_FILE: emb.shape[0]}
         if any(v != n for v in sizes.values()) or index.d != d or emb.shape[1] != d:
             raise IndexDirError(f"{root} is inconsistent: info.json says n={n}, d={d} but found rows {sizes}, "
@@ -109,16 +107,16 @@ class ProductIndex:
 
     # ------------------------------------------------------------------ metadata
     @property
-    def info(self) -> dict:
+    def info(self) -> IndexInfo:
         return self._info
 
     @property
     def n(self) -> int:
-        return int(self._info["n"])
+        return self._info.n
 
     @property
     def dim(self) -> int:
-        return int(self._info["dim"])
+        return self._info.dim
 
     @property
     def categories(self) -> list[str]:
@@ -149,7 +147,7 @@ class ProductIndex:
 
     def require_checkpoint(self, sha256: str) -> None:
         """Raise CheckpointMismatchError unless the index was built from this checkpoint."""
-        built = self._info.get("checkpoint_sha256")
+        built = self._info.checkpoint_sha256
         if built != sha256:
             raise CheckpointMismatchError(
                 f"index {self.index_dir} was built from checkpoint sha256 {built} but the model in use is "
@@ -233,7 +231,7 @@ class ProductIndex:
 
     def __repr__(self) -> str:
         return (f"ProductIndex({str(self.index_dir)!r}, n={self.n}, dim={self.dim}, "
-                f"factory={self._info.get('factory')!r}, mmap={self.mmap})")
+                f"factory={self._info.factory!r}, mmap={self.mmap})")
 
 
 def _read_index(path: Path, mmap: bool, *, ondisk: bool = False) -> tuple[faiss.Index, bool]:

@@ -135,7 +135,7 @@ def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
         info = read_info(index_dir)
     except IndexDirError:
         return False
-    return info.get("checkpoint_sha256") == sha and _mtime(build / "info.json") >= _mtime(emb_dir / MANIFEST)
+    return info.checkpoint_sha256 == sha and _mtime(build / "info.json") >= _mtime(emb_dir / MANIFEST)
 
 
 def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
@@ -144,7 +144,7 @@ def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
         return
     started = time.perf_counter()
     info = build_index(emb_dir, index_dir)
-    _stage(5, "build index", f"{info['factory']} over {info['n']} products -> {index_dir}/{info['version']} "
+    _stage(5, "build index", f"{info.factory} over {info.n} products -> {index_dir}/{info.version} "
                              f"({_seconds(started)})")
 
 

@@ -77,7 +77,7 @@ def update_demo_command(k: int, seed: int) -> None:
             raise click.ClickException(f"{need} is missing: run `make build-index` (or `make demo`) first")
     started = time.perf_counter()
     try:
-        source = (read_info(index_dir).get("source") or {}).get("catalog_fingerprint")
+        source = read_info(index_dir).source.catalog_fingerprint
         if source != read_manifest(base).catalog_fingerprint:
             click.echo(f"[0/3] index          {index_dir} was not built from {base}: rebuilding it first")
             build_index(base, index_dir)
@@ -94,10 +94,10 @@ def update_demo_command(k: int, seed: int) -> None:
                    f"{CHANGED_EMBEDDINGS} ({time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
         info = update_index(index_dir, CHANGED_EMBEDDINGS)
-        up = info["update"]
-        click.echo(f"[3/3] update-index   {up['from_version']} -> {info['version']}: {up['upserted']} added or "
-                   f"replaced, {up['dropped']} dropped, recall@20 {info['recall']['after_update']:.4f}, "
-                   f"rebuild due: {'yes (' + '; '.join(up['rebuild_reasons']) + ')' if up['rebuild_due'] else 'no'} "
+        up = info.update
+        click.echo(f"[3/3] update-index   {up.from_version} -> {info.version}: {up.upserted} added or "
+                   f"replaced, {up.dropped} dropped, recall@20 {info.recall.after_update:.4f}, "
+                   f"rebuild due: {'yes (' + '; '.join(up.rebuild_reasons) + ')' if up.rebuild_due else 'no'} "
                    f"({time.perf_counter() - t0:.1f} s)")
         scene = pick_scene(defaults.SAMPLE_DIR, defaults.RUN_DIR)
         retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir)
@@ -111,5 +111,5 @@ def update_demo_command(k: int, seed: int) -> None:
     new = [h.product_id for h in result.hits if h.product_id in set(changes["new_ids"])]
     click.echo("")
     click.echo(f"update demo done in {time.perf_counter() - started:.1f} s; index {index_dir} now serves "
-               f"{info['version']} ({info['n']} products" + (f", {len(new)} of them new in this top {k}" if new else "")
+               f"{info.version} ({info.n} products" + (f", {len(new)} of them new in this top {k}" if new else "")
                + "). `make demo` rebuilds the index from the original sample.")

@@ -153,4 +153,4 @@ class IndexSwapper:
     def _record(self, retriever) -> None:
         index = retriever.index
         self.metrics.serving(version=index.version, products=index.n, checkpoint_sha256=retriever.checkpoint.sha256,
-                             factory=index.info.get("factory"))
+                             factory=index.info.factory)

