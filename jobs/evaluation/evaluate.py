@@ -113,7 +113,7 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     saved = dict(ckpt.config)
     data_dir = Path(data_dir or saved.get("data", defaults.SAMPLE_DIR))
     cfg = TrainConfig.from_dict(saved, ignore=("data",))
-    seed = cfg.seed if seed is None else seed
+    seed = cfg.split_seed if seed is None else seed
     dev = resolve_device(device)
     data = prepare_data(data_dir, run_dir, cfg)
     # Both modes: the frozen backbone's features score the untrained baseline and tell which images decode.

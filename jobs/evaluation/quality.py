@@ -2,8 +2,10 @@
 
 Every (variant, seed) is a run folder under --out, trained and evaluated once: a finished run (its
 report.json) is read back, an interrupted one resumes, so the command can be stopped and started again.
-The variants of one seed share that seed's feature cache (hard links), so only the first pays for it.
-Every variant is measured on the same looks, the same split and the same queries as the others.
+By default every run shares one data seed (the split, the augmented views, the queries: --data-seed),
+so the seeds differ in what training draws (initialisation, batches, negatives, dropout) and every
+run is measured on the same test queries; they then share one feature cache (hard links), and only
+the first run pays for it. --vary-data gives each seed its own split and cache instead.
 """
 from __future__ import annotations
 
@@ -105,20 +107,21 @@ def format_quality(summary: dict) -> str:
 
 
 def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[str], epochs: int | None = None,
-                progress: bool = True) -> dict:
+                data_seed: int | None = 0, progress: bool = True) -> dict:
     """Train and evaluate every (variant, seed); write quality.json and quality.md under `out`; return the summary."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise InputError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     if not Path(data_dir).is_dir():
         raise InputError(f"{data_dir}: no such dataset folder (ctl sample-data writes data/sample)")
-    started, summary = time.time(), {"data": str(data_dir), "variants": {}}
+    started, summary = time.time(), {"data": str(data_dir), "data_seed": data_seed, "variants": {}}
     for name in variants:
         reports = {}
         for seed in seeds:
             run = out / name / f"seed-{seed}"
-            link_cache(out / variants[0] / f"seed-{seed}", run)
-            cfg = TrainConfig(seed=seed, **VARIANTS[name])
+            first = seeds[0] if data_seed is not None else seed   # the run whose data (and cache) this one shares
+            link_cache(out / variants[0] / f"seed-{first}", run)
+            cfg = TrainConfig(seed=seed, data_seed=data_seed, **VARIANTS[name])
             cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
             click.echo(f"[{time.time() - started:7.0f} s] {name} seed {seed} -> {run}", err=True)
             reports[seed] = run_one(Path(data_dir), run, cfg, progress=progress)
@@ -139,13 +142,16 @@ def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[s
 @click.option("--variants", default="default", show_default=True,
               help=f"comma-separated, from: {', '.join(VARIANTS)}")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="override every variant's epochs")
-def quality_command(data_dir, out, seeds, variants, epochs):
+@click.option("--data-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="one split, one set of views and queries for every run (one feature cache)")
+@click.option("--vary-data", is_flag=True, help="each training seed with its own split, views and queries instead")
+def quality_command(data_dir, out, seeds, variants, epochs, data_seed, vary_data):
     """The headline table over several training seeds (resumable): every method, mean and spread, paired CIs."""
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"seeds must be integers separated by commas, got {seeds!r}") from None
     summary = run_quality(data_dir, out, seeds=seed_list, variants=[v.strip() for v in variants.split(",")],
-                          epochs=epochs)
+                          epochs=epochs, data_seed=None if vary_data else data_seed)
     click.echo(format_quality(summary))
     click.echo(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")

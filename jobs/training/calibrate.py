@@ -70,7 +70,7 @@ def write_calibrations(run_dir, calibrations: Calibrations) -> Path:
 def calibrate_run(run_dir, data: TrainingData, cfg: TrainConfig, strategy: StepStrategy, embedder: StyleEmbedder,
                   readable: Readable, *, checkpoint_sha256: str) -> Calibrations:
     """Fit the calibrations on the run's validation queries (those training validated on) and write them."""
-    queries = usable_queries(data, data.val_pairs, cfg.seed, readable)[: cfg.val_queries]
+    queries = usable_queries(data, data.val_pairs, cfg.split_seed, readable)[: cfg.val_queries]
     calibrations = fit_calibrations(queries, strategy.query_embeddings(embedder, queries), category_lookup(embedder),
                                     checkpoint_sha256=checkpoint_sha256, local_weights=embedder.local_weights_by_name())
     write_calibrations(run_dir, calibrations)

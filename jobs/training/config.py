@@ -22,6 +22,8 @@ class TrainConfig(JobConfig):
     """Every setting of a run; saved as config.json beside the checkpoint."""
 
     seed: int = defaults.SEED
+    data_seed: int | None = None    # the split, the image views and the queries (None: `seed`); a fixed one
+                                    #   compares training seeds on the same data and shares their feature cache
     backbone: str = defaults.BACKBONE
     backbone_weights: str = defaults.BACKBONE_WEIGHTS
     mode: str = "frozen"            # frozen: heads on cached features; finetune: end to end
@@ -51,6 +53,11 @@ class TrainConfig(JobConfig):
     hybrid: str = "fitted"          # fitted: a local weight per category from validation | paper: (d_g + d_l) / 2
     device: str = "auto"
     workers: int | None = None
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of everything on the data side: the scene split, the augmented views, the queries' negatives."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def check(self) -> TrainConfig:
         """This config, or an InputError naming the first setting a run cannot use."""

@@ -104,7 +104,7 @@ def fit_hybrid(strategy: StepStrategy, data: TrainingData, readable: Readable, e
     """The hybrid distance's local weight per category, fitted on every usable validation query and set on
     `embedder` (cfg.hybrid "fitted"); "paper" keeps w = 1/2. Returns what the checkpoint records."""
     cfg = strategy.cfg
-    queries = usable_queries(data, data.val_pairs, cfg.seed, readable)
+    queries = usable_queries(data, data.val_pairs, cfg.split_seed, readable)
     if cfg.hybrid == "paper" or not queries:
         return {"form": "paper", "weights": embedder.local_weights_by_name(),
                 **({} if queries else {"note": "no validation queries to fit on"})}
@@ -152,7 +152,7 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
     pools = trainable_pairs(data, readable)
     if not pools:
         raise InputError(f"{data_dir}: no training pair has a readable scene, positive and negatives")
-    val_queries = usable_queries(data, data.val_pairs, cfg.seed, readable)[: cfg.val_queries]
+    val_queries = usable_queries(data, data.val_pairs, cfg.split_seed, readable)[: cfg.val_queries]
     state_path = out_dir / STATE_FILE
     done = Progress()
     if resume and state_path.is_file():
