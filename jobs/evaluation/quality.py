@@ -119,8 +119,12 @@ def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[s
         reports = {}
         for seed in seeds:
             run = out / name / f"seed-{seed}"
-            first = seeds[0] if data_seed is not None else seed   # the run whose data (and cache) this one shares
-            link_cache(out / variants[0] / f"seed-{first}", run)
+            # the run whose data (and cache) this one shares: with one data seed, any earlier one that has a cache
+            sharing = [data_seed, *seeds] if data_seed is not None else [seed]
+            source = next((out / variants[0] / f"seed-{s}" for s in sharing
+                           if (out / variants[0] / f"seed-{s}" / "cache").is_dir()), None)
+            if source is not None:
+                link_cache(source, run)
             cfg = TrainConfig(seed=seed, data_seed=data_seed, **VARIANTS[name])
             cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
             click.echo(f"[{time.time() - started:7.0f} s] {name} seed {seed} -> {run}", err=True)
