@@ -15,6 +15,10 @@ from common.files import atomic_path, sha256_of, write_json_atomic
 from pipeline.embedder import PresenceHead, StyleEmbedder, build_embedder
 
 FORMAT = "complete-the-look/checkpoint-v1"
+# What a model trained on the generated sample can and cannot do, in words a command or the page can show.
+SAMPLE_MODEL_NOTE = ("this model learnt from the generated sample looks only (rendered shapes and patterns): "
+                     "on a real photo its presence and recommendations mean little. Train on real looks for that: "
+                     "`ctl data stl` + `ctl data fetch` (Shop the Look), or your own catalogue (`ctl data catalog`)")
 
 
 class CheckpointError(ArtifactError):

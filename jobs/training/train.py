@@ -15,6 +15,7 @@ from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import InputError
 from common.files import write_json_atomic
+from jobs.data.layouts import DONE_FILE
 from jobs.training.calibrate import calibrate_run
 from jobs.training.config import HYBRID_FORMS, LOSSES, LR_SCHEDULES, MINING, MODES, TrainConfig
 from jobs.training.finetune import FineTune
@@ -128,9 +129,12 @@ def complete_checkpoint(strategy: StepStrategy, data: TrainingData, readable: Re
     path = out_dir / "checkpoint.pt"
     ckpt = load_checkpoint(path, with_backbone=strategy.trains_backbone, device=device)
     hybrid = fit_hybrid(strategy, data, readable, ckpt.embedder)
+    source = Path(ckpt.config.get("data", ""))
+    # The page and the CLIs warn when a model only ever saw the generated sample (its marker file says so).
+    learnt_from = {"kind": "sample" if (source / DONE_FILE).is_file() else "real", "data": str(source)}
     presence = train_presence(ckpt.embedder, data, out_dir, strategy.cfg, device)
     sha = save_checkpoint(path, ckpt.embedder, config=ckpt.config,
-                          extra={**ckpt.extra, "hybrid": hybrid, "presence": presence})
+                          extra={**ckpt.extra, "hybrid": hybrid, "presence": presence, "training_data": learnt_from})
     calibrations = calibrate_run(out_dir, data, strategy.cfg, strategy, ckpt.embedder, readable, checkpoint_sha256=sha)
     return sha, {"hybrid": hybrid, "presence": presence, "classifier_val": calibrations.info.get("val", {})}
 

@@ -22,6 +22,7 @@ def test_training_writes_checkpoint_config_and_a_scene_split(trained):
     ckpt = load_checkpoint(out / "checkpoint.pt", with_backbone=False)
     assert ckpt.sha256 == summary["checkpoint_sha256"]
     assert ckpt.extra["epoch"] == summary["best_epoch"]
+    assert ckpt.training_data == "sample" and ckpt.hybrid_form in ("fitted", "paper")   # the generator's marker
     assert json.loads((out / "config.json").read_text())["dim"] == 16
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
