@@ -10,7 +10,6 @@ from typing import Callable
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
 from common import defaults
 from common.errors import InputError
@@ -20,7 +19,6 @@ from index.layout import (
     EMBEDDINGS_FILE,
     FILES,
     FORMAT_VERSION,
-    IDS_FILE,
     INDEX_FILE,
     IVFDATA_FILE,
     KEEP_VERSIONS,
@@ -37,6 +35,7 @@ from index.layout import (
     publish,
 )
 from index.parallel import INDEX_ENGINES, make_map
+from index.rows import write_row_metadata
 from index.search import (
     apply_pretransform,
     bitmap_selector,
@@ -146,18 +145,14 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
     phases = {}
     with contextlib.ExitStack() as stack:
         emb_tmp = stack.enter_context(atomic_path(out / EMBEDDINGS_FILE))
-        ids_tmp = stack.enter_context(atomic_path(out / IDS_FILE))
         index_tmp = stack.enter_context(atomic_path(out / INDEX_FILE))
 
         t0 = time.perf_counter()
         emb = _write_f16(manifest, emb_tmp)
         table = read_metadata(manifest)
-        pq.write_table(table, ids_tmp)
-        encoded = table.column("category").dictionary_encode().combine_chunks()
-        cat_names = [str(c) for c in encoded.dictionary.to_pylist()]
-        cat_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        counts = dict(sorted(zip(cat_names, np.bincount(cat_codes, minlength=len(cat_names)).tolist())))
-        del table, encoded
+        row_metadata = write_row_metadata(out, table)
+        counts, cat_names, cat_codes = row_metadata.counts(), list(row_metadata.categories), row_metadata.codes()
+        del table, row_metadata
 
         k = min(defaults.RECALL_K, n)
         xq = _perturbed_queries(emb, n_tune_queries + n_eval_queries, query_noise, rng)

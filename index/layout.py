@@ -4,7 +4,9 @@
       CURRENT                 the name of the build readers load ("v000003"), replaced atomically
       v000001/ v000002/ ...   one build each:
         index.faiss           the FAISS index (inner product over unit vectors; search knobs inside)
-        ids.parquet           row -> product_id, category, image_path and the catalogue's extra columns
+        ids.arrow             row -> product_id, category, image_path and the catalogue's extra columns
+                              (Arrow IPC, uncompressed: memory-mapped, zero copy; index.rows)
+        category_rows.npy     every category's rows, grouped by category name (sorted), memory-mapped
         embeddings.f16.npy    row-aligned float16 embeddings, memory-mapped for the exact re-rank
         index.ivfdata         only with --ondisk: the inverted lists (FAISS OnDiskInvertedLists), memory-mapped
         info.json             written last: checkpoint sha256, backbone, d, factory, params, counts, recall
@@ -13,7 +15,11 @@ A build (full or incremental) writes a new numbered folder, finishes it with inf
 moves the pointer; readers resolve the pointer when they load, so a reader never sees a half-built
 index and the previous build keeps serving until the swap (and after it, for readers that hold it).
 A folder without info.json is a build still running or one that crashed. A directory holding the
-four files directly (the layout before versions) still loads, as version None.
+files directly (the layout before versions) still loads, as version None.
+
+Format versions (info.json's ``format_version``): 2 keeps the row metadata in the two memory-mapped
+files above, so a loaded index's anonymous memory does not grow with the catalogue; 1 (before) kept it
+in ids.parquet, read into RAM at load. Both load.
 
 info.json's fields are :class:`IndexInfo` (with its sections :class:`RecallReport`, :class:`MemoryReport`,
 ...): every reader and writer goes through ``IndexInfo.from_json`` / ``to_json``. Keys a section does not
@@ -34,13 +40,15 @@ from common.errors import ArtifactError
 from common.files import exclusive_lock, write_json_atomic, write_text_atomic
 
 INDEX_FILE = "index.faiss"
-IDS_FILE = "ids.parquet"
+IDS_FILE = "ids.arrow"
+CATEGORY_ROWS_FILE = "category_rows.npy"
+LEGACY_IDS_FILE = "ids.parquet"        # format 1's row metadata
 EMBEDDINGS_FILE = "embeddings.f16.npy"
 INFO_FILE = "info.json"
 IVFDATA_FILE = "index.ivfdata"
-FILES = (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, INFO_FILE)
-FORMAT_VERSION = 1
-READABLE_FORMATS = (1,)
+FILES = (INDEX_FILE, IDS_FILE, CATEGORY_ROWS_FILE, EMBEDDINGS_FILE, INFO_FILE)
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 POINTER_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 KEEP_VERSIONS = 3
@@ -49,6 +57,11 @@ _VERSION = re.compile(r"v(\d{6,})")
 
 class IndexDirError(ArtifactError):
     """The directory is not a complete, consistent index (missing files, half-built, mismatched rows)."""
+
+
+def row_files(format_version: int) -> tuple[str, ...]:
+    """The files holding a build's row metadata in that format."""
+    return (LEGACY_IDS_FILE,) if format_version < 2 else (IDS_FILE, CATEGORY_ROWS_FILE)
 
 
 def version_name(number: int) -> str:
@@ -108,7 +121,8 @@ def resolve(index_dir: str | Path) -> tuple[Path, str | None]:
 
 def build_lock(index_dir: Path):
     """One writer at a time per index directory (builds and updates); readers never take it."""
-    return exclusive_lock(Path(index_dir) / LOCK_FILE, IndexDirError(f"another build or update is writing to {index_dir}"))
+    busy = IndexDirError(f"another build or update is writing to {index_dir}")
+    return exclusive_lock(Path(index_dir) / LOCK_FILE, busy)
 
 
 def new_version_dir(index_dir: Path) -> Path:

@@ -1,6 +1,6 @@
 """Apply catalogue changes to the current index without retraining: a new version, and how far it has drifted.
 
-    current build (index.faiss, ids.parquet, embeddings.f16.npy) + an embeddings folder (+ removals)
+    current build (index.faiss, row metadata, embeddings.f16.npy) + an embeddings folder (+ removals)
       -> kept rows (neither removed nor replaced) keep their codes and list order, renumbered densely
       -> added and changed products are encoded with the trained quantizer and appended
       -> a new numbered build, published only once complete (index.layout); the old one serves until then
@@ -23,7 +23,6 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from common import defaults
 from common.errors import InputError
@@ -32,7 +31,8 @@ from index.build import centroid_score, list_imbalance
 from index.embedding_shards import iter_embeddings, read_delta, read_manifest, read_metadata
 from index.layout import (
     EMBEDDINGS_FILE,
-    IDS_FILE,
+    FILES,
+    FORMAT_VERSION,
     INDEX_FILE,
     IVFDATA_FILE,
     KEEP_VERSIONS,
@@ -46,6 +46,7 @@ from index.layout import (
     publish,
     resolve,
 )
+from index.rows import read_table, write_row_metadata
 from index.search import exact_search, flat_view, index_kind, ivf_of, search
 from index.select import recall_at_k
 
@@ -72,7 +73,7 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
         build, version = resolve(root)
         old_info = IndexInfo.read(build)
         upserts, removed, meta = _changes(manifest, old_info, remove)
-        old_table = pq.read_table(build / IDS_FILE)
+        old_table = read_table(build, old_info.format_version)
         old_ids = old_table.column("product_id")
         drop = pc.is_in(old_ids, value_set=pa.array(sorted(set(removed) | set(upserts)), pa.string()))
         keep = np.flatnonzero(~drop.to_numpy(zero_copy_only=False))
@@ -89,11 +90,9 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
                               "run `ctl build-index` on the new embeddings instead")
         out = new_version_dir(root)
         xu = _upsert_vectors(manifest, meta, upserts, old_info.dim)
-        with atomic_path(out / EMBEDDINGS_FILE) as emb_tmp, atomic_path(out / IDS_FILE) as ids_tmp, \
-                atomic_path(out / INDEX_FILE) as index_tmp:
+        with atomic_path(out / EMBEDDINGS_FILE) as emb_tmp, atomic_path(out / INDEX_FILE) as index_tmp:
             emb = _write_f16(build, keep, xu, emb_tmp)
-            table = _concat_tables(old_table.take(pa.array(keep)), meta)
-            pq.write_table(table, ids_tmp)
+            counts = write_row_metadata(out, _concat_tables(old_table.take(pa.array(keep)), meta)).counts()
             index = _renumber(index, keep, out / IVFDATA_FILE if old_info.ondisk else None)
             if len(xu):
                 index.add(xu)                  # ids len(keep).. : the rows after the kept ones
@@ -103,11 +102,11 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
             replaced = int(pc.sum(pc.is_in(old_ids, value_set=pa.array(upserts, pa.string()))).as_py() or 0)
             drift = _drift(index, xu, old_info, n_changes=len(upserts) + len(old_table) - len(keep) - replaced)
             faiss.write_index(index, str(index_tmp))
-        counts = pc.value_counts(table.column("category")).to_pylist()
         ivfdata = out / IVFDATA_FILE
         info = old_info.replace(
-            n=n_new, version=out.name,
-            counts_per_category=dict(sorted((c["values"], c["counts"]) for c in counts)),
+            n=n_new, version=out.name, format_version=FORMAT_VERSION,
+            files=list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []),
+            counts_per_category=counts,
             recall=old_info.recall.replace(**recall),
             memory=old_info.memory.replace(index_file_bytes=(out / INDEX_FILE).stat().st_size,
                                            ivfdata_bytes=ivfdata.stat().st_size if ivfdata.exists() else 0,

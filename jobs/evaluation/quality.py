@@ -22,6 +22,7 @@ from common.errors import InputError
 from common.files import write_json_atomic, write_text_atomic
 from jobs.evaluation.evaluate import run_evaluation
 from jobs.training.config import TrainConfig
+from jobs.training.run_layout import RunLayout
 from jobs.training.train import train
 
 # name -> settings over TrainConfig's defaults. "default" is what `make train` runs.
@@ -52,7 +53,7 @@ def run_one(data_dir: Path, run: Path, cfg: TrainConfig, *, progress: bool) -> d
     """Train (or resume) and evaluate one run; its report, read back when it is already there."""
     if (run / "report.json").is_file():
         return json.loads((run / "report.json").read_text())
-    if not (run / "train_summary.json").is_file():
+    if not RunLayout(run).summary.is_file():
         train(data_dir, run, config=cfg, resume=True, progress=progress)
     return run_evaluation(run, data_dir=data_dir, plots=False)
 

@@ -3,13 +3,13 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 import common.files
 from index.build import BuildError, build_index
 from index.embedding_shards import EmbeddingsError
 from index.layout import FILES, POINTER_FILE, IndexInfo, current_version, list_versions
+from index.rows import read_table
 from index.store import ProductIndex
 from tests.catalogue_vectors import clustered, write_embeddings
 
@@ -43,7 +43,7 @@ def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch)
     assert info.recall.k == 20 and info.recall.value == 1.0
     assert info.memory.budget_bytes > 0 and info.build_seconds > 0
 
-    ids = pq.read_table(build / "ids.parquet")
+    ids = read_table(build, info.format_version)
     assert ids.column_names == ["product_id", "category", "image_path", "brand"]
     assert ids.column("product_id").to_pylist()[:2] == ["p000000", "p000001"]
     emb = np.load(build / "embeddings.f16.npy", mmap_mode="r")

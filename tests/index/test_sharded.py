@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from index.build import BuildError, build_index
 from index.embedding_shards import read_manifest
-from index.layout import IVFDATA_FILE, IndexInfo
+from index.layout import CATEGORY_ROWS_FILE, IVFDATA_FILE, IndexInfo
+from index.rows import read_table
 from index.sharded import split_shards
 from index.store import ProductIndex
 
@@ -65,7 +65,9 @@ def test_sharded_and_ondisk_builds_equal_the_single_process_build(make_catalogue
                 np.testing.assert_array_equal(ids_a, ids_b)
         build = tmp_path / name / "v000001"
         assert not (build / ".parts").exists()
-        assert pq.read_table(build / "ids.parquet").equals(pq.read_table(tmp_path / "single" / "v000001" / "ids.parquet"))
+        assert read_table(build, 2).equals(read_table(tmp_path / "single" / "v000001", 2))
+        np.testing.assert_array_equal(np.load(build / CATEGORY_ROWS_FILE),
+                                      np.load(tmp_path / "single" / "v000001" / CATEGORY_ROWS_FILE))
     info = IndexInfo.read(tmp_path / "ondisk" / "v000001")
     assert IVFDATA_FILE in info.files and info.memory.ivfdata_bytes > 0
 

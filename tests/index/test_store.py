@@ -162,8 +162,8 @@ def test_missing_and_inconsistent_dirs_are_refused(tmp_path, catalogue, built):
     np.save(build / "embeddings.f16.npy", np.zeros((5, D_DIM), np.float16))
     with pytest.raises(IndexDirError, match="inconsistent"):
         ProductIndex.load(copy)
-    (build / "ids.parquet").unlink()
-    with pytest.raises(IndexDirError, match="lacks ids.parquet"):
+    (build / "ids.arrow").unlink()
+    with pytest.raises(IndexDirError, match="lacks ids.arrow"):
         ProductIndex.load(copy)
 
 
