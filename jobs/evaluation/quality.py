@@ -49,6 +49,18 @@ def link_cache(source: Path, run: Path) -> None:
         shutil.copy2(source / "split.json", run / "split.json")
 
 
+def shared_cache(out: Path, seed: int, data_seed: int | None) -> Path | None:
+    """An earlier run under `out` whose data (and so feature cache) a run of `seed` shares: with one data seed,
+    any run of any variant made with it (its config says so); else a run of the same seed."""
+    for config in sorted(out.glob("*/seed-*/config.json")):
+        saved = json.loads(config.read_text())
+        same = saved.get("seed") == seed if data_seed is None else \
+            (saved.get("seed") if saved.get("data_seed") is None else saved.get("data_seed")) == data_seed
+        if same and (config.parent / "cache").is_dir():
+            return config.parent
+    return None
+
+
 def run_one(data_dir: Path, run: Path, cfg: TrainConfig, *, progress: bool) -> dict:
     """Train (or resume) and evaluate one run; its report, read back when it is already there."""
     if (run / "report.json").is_file():
@@ -120,10 +132,7 @@ def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[s
         reports = {}
         for seed in seeds:
             run = out / name / f"seed-{seed}"
-            # the run whose data (and cache) this one shares: with one data seed, any earlier one that has a cache
-            sharing = [data_seed, *seeds] if data_seed is not None else [seed]
-            source = next((out / variants[0] / f"seed-{s}" for s in sharing
-                           if (out / variants[0] / f"seed-{s}" / "cache").is_dir()), None)
+            source = shared_cache(out, seed, data_seed)
             if source is not None:
                 link_cache(source, run)
             cfg = TrainConfig(seed=seed, data_seed=data_seed, **VARIANTS[name])
