@@ -15,8 +15,10 @@ all its rows are in, so the output folder is the contract of :mod:`index.embeddi
 ``ctl build-index``) whatever the engine. Resume: a shard counts as finished only once the manifest
 lists it, so a run killed at any point and started again redoes at most the shards it was working on.
 A rerun over a complete output is a no-op. Output made with another checkpoint, catalogue, --limit,
-shard size, image size or --base is refused unless --overwrite. A run that embeds nothing at all
-(every image rejected) fails after writing its rejects.
+shard size, image size, --jpeg-draft setting or --base is refused unless --overwrite. What to do with
+the output folder (start, overwrite, resume, nothing, refuse) is decided by :func:`plan_run`, a pure
+function of the folder's manifest and the run asked for, before the model is loaded. A run that embeds
+nothing at all (every image rejected) fails after writing its rejects.
 
 ``--incremental --base DIR`` (:mod:`jobs.catalog.incremental`) embeds only the products that are new
 or whose image bytes changed since DIR, copies the other embeddings, and records the delta.
