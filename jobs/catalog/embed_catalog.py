@@ -46,12 +46,14 @@ from common.files import exclusive_lock, sha256_of
 from common.progress import progress_bar
 from index.embedding_shards import (
     BASE_COLUMNS,
+    CHANGES,
     EMBEDDING,
     IMAGE_HASH,
     MANIFEST,
     REJECTS,
     SHARD_GLOB,
     EmbeddingsManifest,
+    IncrementalRecord,
     Manifest,
     ShardEntry,
     clear_output,
@@ -285,7 +287,7 @@ def _summary(out_dir: Path, manifest: EmbeddingsManifest, *, seconds: float, pro
         "decode": manifest.decode,
         "jpeg_draft": manifest.jpeg_draft,
         "compile_seconds": compile_seconds,  # torch.compile and its warm-up batch, outside images_per_s
-        "incremental": manifest.incremental,
+        "incremental": None if manifest.incremental is None else dataclasses.asdict(manifest.incremental),
         "checkpoint_sha256": manifest.checkpoint_sha256,
     }
 
@@ -308,9 +310,8 @@ def _record_delta(out_dir: Path, manifest: EmbeddingsManifest, base_folder: Base
     else:
         ids, kinds = delta(base_folder.table, new_rows)
     write_delta(out_dir, ids, kinds)
-    manifest.incremental = {"base": str(base.resolve()), "base_fingerprint": manifest.base_fingerprint,
-                            "reembedded": reembedded,
-                            **{kind: kinds.count(kind) for kind in ("added", "changed", "removed")}}
+    manifest.incremental = IncrementalRecord(str(base.resolve()), manifest.base_fingerprint, reembedded,
+                                             **{kind: kinds.count(kind) for kind in CHANGES})
 
 
 def _run(job: EmbedJob, out_dir: Path, manifest: EmbeddingsManifest, shard_rows: dict[int, int], *, reuse,
