@@ -5,7 +5,6 @@ evaluation tests import these helpers too); a test that writes into a run works 
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from jobs.data.sample import generate
 from jobs.training.config import TrainConfig
+from jobs.training.run_layout import RunLayout, TrainSummary
 from jobs.training.train import train
 
 CFG = TrainConfig(epochs=3, batch_size=16, dim=16, hidden=32, scene_views=1, product_views=0, negatives=2,
@@ -25,12 +25,12 @@ def tiny_sample(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+def tiny_run(tmp_path_factory) -> tuple[Path, TrainSummary]:
     """(run folder, summary) of CFG trained on the tiny sample; do not write into the folder (copy_run)."""
     sample = tiny_sample(tmp_path_factory)
     out = tmp_path_factory.getbasetemp() / "tiny-run"
-    if (out / "train_summary.json").is_file():
-        return out, json.loads((out / "train_summary.json").read_text())
+    if RunLayout(out).summary.is_file():
+        return out, RunLayout(out).read_summary()
     return out, train(sample, out, config=CFG, progress=False)
 
 
@@ -50,5 +50,5 @@ def sample(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
+def trained(tmp_path_factory) -> tuple[Path, TrainSummary]:
     return tiny_run(tmp_path_factory)
