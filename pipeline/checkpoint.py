@@ -22,7 +22,7 @@ class CheckpointError(ArtifactError):
     """A checkpoint that is missing, unreadable or does not match what it is used with."""
 
 
-MISSING_HINT = "train one first ({step:train})"
+MISSING_HINT = "train one first with {step:train}"
 WRONG_FILE_HINT = "pass the checkpoint.pt that {step:train} wrote"
 
 
