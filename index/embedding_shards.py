@@ -81,6 +81,27 @@ class ShardEntry:
         return cls(name, index if isinstance(index, int) else -1, rows, int(saved.get("rejected", 0)))
 
 
+@dataclass(frozen=True)
+class IncrementalRecord:
+    """What an incremental run (`embed-catalog --incremental --base DIR`) records of its base and its delta."""
+
+    base: str                                  # the base folder, resolved
+    base_fingerprint: str | None = None        # which catalogue the base was made from (index/update checks it)
+    reembedded: int = 0                        # images embedded again (the rest were copied from the base)
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+    @classmethod
+    def from_json(cls, saved: dict | None) -> IncrementalRecord | None:
+        if saved is None:
+            return None
+        if not isinstance(saved, dict) or "base" not in saved:
+            raise EmbeddingsError(f"bad incremental record {saved!r} (want at least its base folder)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
 @dataclass
 class EmbeddingsManifest:
     """What `_manifest.json` records: the run's identity (what a resume must match), its settings, the
@@ -109,7 +130,7 @@ class EmbeddingsManifest:
     columns: list[str] = field(default_factory=list)
     complete: bool = False
     shards: list[ShardEntry] = field(default_factory=list)
-    incremental: dict | None = None            # {"base", "base_fingerprint", "reembedded", "added", ...}
+    incremental: IncrementalRecord | None = None
     format: str = FORMAT
     version: int = MANIFEST_VERSION
 
@@ -135,9 +156,10 @@ class EmbeddingsManifest:
             raise EmbeddingsError("the manifest lacks the field checkpoint_sha256")
         if not isinstance(saved.get("shards", []), list):
             raise EmbeddingsError("the manifest's shards are not a list")
-        known = {f.name for f in dataclasses.fields(cls)} - {"shards", "version"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"shards", "version", "incremental"}
         fields = {k: v for k, v in saved.items() if k in known}
         return cls(**fields, shards=[ShardEntry.from_json(s) for s in saved.get("shards", [])],
+                   incremental=IncrementalRecord.from_json(saved.get("incremental")),
                    version=int(saved.get("version", 1)))
 
 
@@ -262,7 +284,7 @@ class Manifest:
     shards: tuple[tuple[str, int], ...]     # (file name, rows) in manifest order
     extra_columns: tuple[str, ...] = ()
     catalog_fingerprint: str | None = None  # of the catalogue rows embedded (None for hand-made folders)
-    incremental: dict | None = None         # {"base", "base_fingerprint", "added", "changed", "removed"}
+    incremental: IncrementalRecord | None = None   # made by an incremental run: its base and delta counts
 
     @property
     def n(self) -> int:
@@ -311,7 +333,14 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
             if col not in extras:
                 extras.append(col)
     return Manifest(root, str(raw["checkpoint_sha256"]), str(raw["backbone"]), dim, tuple(shards), tuple(extras),
-                    raw.get("catalog_fingerprint"), raw.get("incremental"))
+                    raw.get("catalog_fingerprint"), _incremental(mpath, raw.get("incremental")))
+
+
+def _incremental(mpath: Path, saved) -> IncrementalRecord | None:
+    try:
+        return IncrementalRecord.from_json(saved)
+    except EmbeddingsError as exc:
+        raise EmbeddingsError(f"{mpath}: {exc}") from None
 
 
 def _check_shard(path: Path, dim: int, rows: int) -> list[str]:

@@ -137,7 +137,7 @@ def _changes(manifest, old_info: IndexInfo, remove: list[str]) -> tuple[list[str
         raise UpdateError(f"{manifest.root} holds {manifest.dim}-d embeddings, the index {old_info.dim}-d")
     delta = read_delta(manifest)
     source = old_info.source.catalog_fingerprint
-    base = (manifest.incremental or {}).get("base_fingerprint")
+    base = manifest.incremental.base_fingerprint if manifest.incremental else None
     if delta is not None and source and base and source != base:
         raise UpdateError(f"{manifest.root} holds the changes since another catalogue than the one this index "
                           "was built or last updated from; apply the deltas in order, or rebuild")

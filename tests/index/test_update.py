@@ -10,7 +10,14 @@ import pytest
 
 import index.update as update_module
 from index.build import build_index
-from index.embedding_shards import EmbeddingsManifest, record_shard, write_delta, write_manifest, write_shard
+from index.embedding_shards import (
+    EmbeddingsManifest,
+    IncrementalRecord,
+    record_shard,
+    write_delta,
+    write_manifest,
+    write_shard,
+)
 from index.layout import current_version, list_versions
 from index.store import ProductIndex
 from index.update import UpdateError, update_index
@@ -24,7 +31,7 @@ def write_folder(root, ids, xb, cats, *, shard_rows=500, incremental=None, sha="
     """An embeddings folder holding exactly these products (through the contract's writer)."""
     root.mkdir(parents=True)
     manifest = EmbeddingsManifest(checkpoint_sha256=sha, backbone="efficientnet-lite0", dim=xb.shape[1], complete=True,
-                                  incremental=incremental or None)
+                                  incremental=IncrementalRecord.from_json(incremental))
     for k, s in enumerate(range(0, len(ids), shard_rows)):
         e = min(len(ids), s + shard_rows)
         rows = pa.table({"product_id": pa.array(ids[s:e]), "category": pa.array(list(cats[s:e])),
