@@ -54,6 +54,9 @@ class EmbeddingsError(ArtifactError):
     """The embeddings folder cannot be used (missing, incomplete, inconsistent); the message says why."""
 
 
+START_OVER = "use {option:overwrite} to start over"
+
+
 # ---------------------------------------------------------------------------------------------
 # The manifest's schema (every reader and writer of _manifest.json goes through these two types)
 
@@ -225,13 +228,13 @@ def load_manifest(out_dir: str | Path) -> EmbeddingsManifest | None:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise EmbeddingsError(f"{path} is not valid JSON ({exc}); use --overwrite to start over") from None
+        raise EmbeddingsError(f"{path} is not valid JSON ({exc})", hint=START_OVER) from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise EmbeddingsError(f"{path} is not an embed-catalog manifest; use --overwrite to start over")
+        raise EmbeddingsError(f"{path} is not an embed-catalog manifest", hint=START_OVER)
     try:
         return EmbeddingsManifest.from_json(saved)
     except (EmbeddingsError, TypeError, ValueError) as exc:
-        raise EmbeddingsError(f"{path}: {exc}; use --overwrite to start over") from None
+        raise EmbeddingsError(f"{path}: {exc}", hint=START_OVER) from None
 
 
 def finished_shards(out_dir: Path, manifest: EmbeddingsManifest | None) -> dict[int, ShardEntry]:
@@ -295,7 +298,7 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
     """Load `_manifest.json`, refuse incomplete or inconsistent folders, check every listed shard's schema."""
     root = Path(embeddings_dir)
     if not root.is_dir():
-        raise EmbeddingsError(f"embeddings folder {root} does not exist (run `ctl embed-catalog` first)")
+        raise EmbeddingsError(f"embeddings folder {root} does not exist", hint="run {step:embed-catalog} first")
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise EmbeddingsError(f"{mpath} is missing: {root} is not a finished embed-catalog output")

@@ -83,8 +83,9 @@ def test_an_ondisk_build_loads_after_the_folder_moves(make_catalogue, tmp_path):
 
 def test_ondisk_needs_an_ivf_index_and_flat_falls_back_to_one_process(make_catalogue, tmp_path):
     emb_dir, _, _ = make_catalogue(1000, 8)
-    with pytest.raises(BuildError, match="--ondisk needs an IVF index"):
+    with pytest.raises(BuildError, match="on-disk inverted lists need an IVF index") as refused:
         build_index(emb_dir, tmp_path / "idx", factory="Flat", ondisk=True, **FAST)
+    assert refused.value.hint.options == ["factory", "memory_budget", "ondisk"] and "--" not in str(refused.value)
     logs = []
     info = build_index(emb_dir, tmp_path / "idx", factory="Flat", workers=2, log=logs.append, **FAST)
     assert info.parallel is None and any("adding in one process" in m for m in logs)

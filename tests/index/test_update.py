@@ -168,6 +168,6 @@ def test_refusals(catalogues, tmp_path):
     other = write_folder(tmp_path / "other", ["x1"], np.eye(1, D, dtype=np.float32), ["shoes"], sha="b" * 64)
     with pytest.raises(UpdateError, match="checkpoint"):
         update_index(tmp_path / "idx", other)
-    with pytest.raises(UpdateError, match="both in the embeddings to add and in --remove"):
+    with pytest.raises(UpdateError, match="both in the embeddings to add and among the removals"):
         update_index(tmp_path / "idx", c["up"], remove=["p02300"])
     assert current_version(tmp_path / "idx") == "v000001"
