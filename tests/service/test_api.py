@@ -12,7 +12,7 @@ from index.store import ProductIndex
 from pipeline.images import load_image
 from service.product_images import ProductImageError, ProductImages
 from tests.pipeline.test_images import png_header
-from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY
+from tests.retrieval.world import CATEGORIES, PER_CATEGORY
 
 HIT_FIELDS = {"rank", "product_id", "category", "score", "hybrid_distance", "global_distance", "local_distance",
               "image", "metadata"}

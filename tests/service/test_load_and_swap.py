@@ -15,7 +15,7 @@ from index.layout import INDEX_FILE, publish
 from index.store import ProductIndex
 from pipeline.images import load_image
 from service.settings import ServeSettings
-from tests.retrieval.test_retriever import N_PRODUCTS, build_test_index, write_embedding_shard
+from tests.retrieval.world import N_PRODUCTS, build_test_index, write_embedding_shard
 
 TOKEN = "s3cret-token"
 
@@ -54,6 +54,20 @@ def wait_for(predicate, timeout=30.0, what="condition"):
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def watcher_checks(client) -> list:
+    """The results of the index watcher's checks from now on, as they happen: a test waits for some to have
+    run (wait_for) instead of sleeping for as long as it guesses they take."""
+    swapper, results = client.app.state.swapper, []
+    check = swapper.check
+
+    def counted(**kwargs):
+        result = check(**kwargs)
+        results.append(result)
+        return result
+    swapper.check = counted   # the watcher thread calls self.check(): the instance attribute
+    return results
 
 
 # -- the queue ------------------------------------------------------------------------------------------
@@ -205,7 +219,9 @@ def test_a_corrupt_new_build_is_refused_and_the_old_keeps_serving(serve, world, 
     after = client.post("/v1/retrieve", params={"k": 4}, files=files(world))
     assert after.status_code == 200 and after.headers["x-index-version"] == "v000001"
     assert ids(after) == ids(before)
-    time.sleep(0.3)                                      # the watcher does not retry the same build
+    checks = watcher_checks(client)                      # the watcher does not retry the same build:
+    wait_for(lambda: len(checks) >= 3, what="three more watcher checks")
+    assert [c.result for c in checks[:3]] == ["refused"] * 3
     assert 'ctl_index_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
 
 
@@ -214,7 +230,9 @@ def test_a_garbled_pointer_is_refused_once(serve, world, index_copy):
     (index_copy / "CURRENT").write_text("../../etc\n")
     wait_for(lambda: client.get("/readyz").json()["last_reload_error"] is not None, what="the refusal")
     assert "cannot read the index directory" in client.get("/readyz").json()["last_reload_error"]
-    time.sleep(0.3)
+    checks = watcher_checks(client)
+    wait_for(lambda: len(checks) >= 3, what="three more watcher checks")
+    assert [c.result for c in checks[:3]] == ["refused"] * 3
     assert 'ctl_index_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
     r = client.post("/v1/retrieve", params={"k": 2}, files=files(world))
     assert r.status_code == 200 and r.headers["x-index-version"] == "v000001"
