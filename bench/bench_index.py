@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index.build import build_index
-from index.layout import resolve
+from index.layout import IndexInfo, resolve
 from index.select import parse_bytes
 from index.store import ProductIndex
 
@@ -100,8 +100,8 @@ def write_shards(root: Path, xb: np.ndarray, cat_codes: np.ndarray, shard_rows: 
 def child_build(emb: str, out: str, budget: str) -> None:
     """Run build_index in this (child) process and print its info plus peak RSS as JSON."""
     info = build_index(emb, out, memory_budget_bytes=parse_bytes(budget))
-    info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(info))
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": peak_rss_mb}))
 
 
 def child_serve(out: str, data: str) -> None:
@@ -194,21 +194,22 @@ def run_size(n: int, args, workdir: Path, default_threads: int) -> dict:
     np.savez(data, xq=xq, I_ref=I_ref, Ic_ref=rows[Ic_local])
     print(f"  exact IndexFlatIP: {exact[0]:.2f} ms/query (1 thread), {exact[1]:.2f} ms (default)", flush=True)
 
-    info = run_child("--_child-build", str(emb), str(out), args.memory_budget)
+    built = run_child("--_child-build", str(emb), str(out), args.memory_budget)
+    info = IndexInfo.from_dict(built["info"])
     shutil.rmtree(emb)
-    print(f"  build-index: {info['factory']} {info['search_params']} in {info['build_seconds']:.1f}s, "
-          f"recall@20 at build {info['recall']['value']:.4f}", flush=True)
+    print(f"  build-index: {info.factory} {info.search_params} in {info.build_seconds:.1f}s, "
+          f"recall@20 at build {info.recall.value:.4f}", flush=True)
     serve = run_child("--_child-serve", str(out), str(data))
     print(f"  served: recall@20={serve['recall']:.4f} (category cat0: {serve['recall_category']:.4f}); "
           f"{serve['ms_1t']:.3f} ms/query (1 thread), {serve['ms_default']:.3f} ms (default)", flush=True)
     result = {
-        "n": n, "factory": info["factory"], "search_params": info["search_params"],
-        "category_search_params": info.get("category_search_params"),
-        "build_s": info["build_seconds"], "build_peak_rss_mb": info["peak_rss_mb"],
-        "index_file_bytes": info["memory"]["index_file_bytes"],
-        "embeddings_f16_bytes": info["memory"]["embeddings_f16_bytes"],
-        "build_recall": info["recall"]["value"],
-        "build_category_recall": (info.get("category_recall") or {}).get("value"),
+        "n": n, "factory": info.factory, "search_params": info.search_params,
+        "category_search_params": info.category_search_params,
+        "build_s": info.build_seconds, "build_peak_rss_mb": built["peak_rss_mb"],
+        "index_file_bytes": info.memory.index_file_bytes,
+        "embeddings_f16_bytes": info.memory.embeddings_f16_bytes,
+        "build_recall": info.recall.value,
+        "build_category_recall": info.category_recall.value if info.category_recall else None,
         "exact_ms_1t": exact[0], "exact_ms_default": exact[1], **serve,
     }
     shutil.rmtree(out)

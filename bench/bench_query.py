@@ -43,9 +43,11 @@ import torch
 from PIL import Image
 
 from common import defaults
+from common.errors import ArtifactError
 from common.files import sha256_of
 from index.build import build_index
 from index.layout import IndexDirError, read_info
+from jobs.training.run_layout import RunLayout
 from pipeline.backbones import BackboneWeightsError
 from pipeline.checkpoint import save_checkpoint
 from pipeline.embedder import build_embedder
@@ -101,15 +103,14 @@ def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
         return None
 
     try:
-        if read_info(index_dir).get("checkpoint_sha256") != sha256_of(ckpt):
+        if read_info(index_dir).checkpoint_sha256 != sha256_of(ckpt):
             return None
     except IndexDirError:
         return None
     scene_dir = defaults.SAMPLE_DIR.resolve() / "images" / "scenes"
     try:
-        test = json.loads((defaults.RUN_DIR / "split.json").read_text())["test"]
-        scenes = [scene_dir / f"{sid}.jpg" for sid in sorted(test)]
-    except (OSError, ValueError, KeyError):
+        scenes = [scene_dir / f"{sid}.jpg" for sid in sorted(RunLayout(defaults.RUN_DIR).read_split().test)]
+    except ArtifactError:
         scenes = sorted(scene_dir.glob("*.jpg"))
     scenes = [p for p in scenes if p.is_file()][:n_scenes]
     return (ckpt, index_dir, scenes) if scenes else None
@@ -256,7 +257,7 @@ def main() -> int:
         retriever = Retriever.load(checkpoint=ckpt, index_dir=index_dir)
         load_s = time.perf_counter() - t0
         info = retriever.index.info
-        print(f"catalogue: {source}: {len(retriever)} products, index {info.get('factory')} "
+        print(f"catalogue: {source}: {len(retriever)} products, index {info.factory} "
               f"(mmap={retriever.index.mmap}), backbone {retriever.embedder.backbone_name}, "
               f"d={retriever.embedder.dim}; loaded in {load_s:.2f} s")
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -284,7 +285,7 @@ def main() -> int:
         for name, ms in w["stages_ms"].items():
             print(f"    {name:<34} {ms:8.2f} ms")
         print(f"  (load average {os.getloadavg()[0]:.2f} after the warm run)")
-        result = {"source": source, "n_products": len(retriever), "factory": info.get("factory"),
+        result = {"source": source, "n_products": len(retriever), "factory": info.factory,
                   "load_s": load_s, "warm": w}
         if args.cold > 0:
             c = cold(ckpt, index_dir, scenes[0], runs=args.cold, k=args.k)

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from index.build import build_index
 from index.embedding_shards import read_manifest
-from index.layout import resolve
+from index.layout import IndexInfo, resolve
 from index.parallel import process_map
 from index.sharded import sharded_add
 from index.store import ProductIndex
@@ -112,8 +112,7 @@ def child_build(emb: str, out: str, budget: str, mode: str, workers: str) -> Non
     kw = {"single": {}, "sharded": {"workers": int(workers)}, "ondisk": {"workers": int(workers), "ondisk": True}}[mode]
     info = build_index(emb, out, memory_budget_bytes=budget, **kw)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's peak
-    info["peak_rss_mb"] = status("VmHWM")
-    print("RESULT " + json.dumps(info))
+    print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": status("VmHWM")}))
 
 
 def _evict(build: Path) -> None:
@@ -236,11 +235,12 @@ def main() -> None:
         for mode in args.builds.split(","):
             out = tmp / f"idx-{mode}"
             load = loadavg()
-            info = run_child("--_child-build", str(tmp / "emb"), str(out), args.memory_budget, mode, str(args.workers))
+            built = run_child("--_child-build", str(tmp / "emb"), str(out), args.memory_budget, mode, str(args.workers))
+            info = IndexInfo.from_dict(built["info"])
             serve = run_child("--_child-serve", str(out), str(tmp / "q.npz"))
-            r = {"factory": info["factory"], "params": info["search_params"], "build_s": info["build_seconds"],
-                 "phases": info["phases"], "peak_rss_mb": info["peak_rss_mb"], "load_during": load,
-                 "build_recall": info["recall"]["value"], **serve}
+            r = {"factory": info.factory, "params": info.search_params, "build_s": info.build_seconds,
+                 "phases": info.phases, "peak_rss_mb": built["peak_rss_mb"], "load_during": load,
+                 "build_recall": info.recall.value, **serve}
             results["builds"][mode] = r
             print(f"  {mode}: {r['factory']} {r['params']} build {r['build_s']:.0f}s (add {r['phases']['add_seconds']:.0f}s,"
                   f" train {r['phases']['train_seconds']:.0f}s), peak RSS {r['peak_rss_mb']:.0f} MB, anon loaded "

@@ -29,6 +29,7 @@ EXCLUSION_MARGIN = 0.04
 # -- retrieval ---------------------------------------------------------------------------------------
 K = 20
 LOOK_K = 4            # products per category in a whole look
+DEMO_K = 10           # products in the demos' flat retrieval (`ctl demo`, `ctl update-demo`)
 CANDIDATES = 200
 PRESENCE_THRESHOLD = 0.5   # a category with presence probability >= this is judged already in the scene
 
@@ -56,9 +57,9 @@ SERVE_QUEUE_SIZE = 64                 # requests waiting for a model worker; one
 SERVE_MAX_K = 100                     # k above this is refused (422): each hit costs metadata and JSON
 SERVE_MAX_CANDIDATES = 10_000         # stage-1 candidates above this are refused (422)
 SERVE_WATCH_SECONDS = 2.0             # how often the index directory's pointer is read
-# Model workers per device. CPU: one worker per usable core, one torch thread each, no batching (on 2
-# cores a batch of 16 is no faster per image than a batch of 1, and 2 threads per forward collapse
-# under load). GPU: batches lift throughput; two workers overlap one batch's decoding with another's
-# forward.
-SERVE_CPU = {"threads": 1, "max_batch": 1, "max_wait_ms": 0.0}
-SERVE_GPU = {"workers": 2, "threads": 1, "max_batch": 32, "max_wait_ms": 5.0}
+# The model executor per device (docs/benchmarks-serve.md). CPU: the forward on every usable core
+# (ServeSettings.for_device), batches of what is waiting up to 4 (batch 4 is the bare backbone's
+# cheapest per image on 2 cores), exact shapes. GPU (still to be measured): batches up to 64 padded to
+# powers of two (each shape warmed before ready), stages on their own thread beside the next forward.
+SERVE_CPU = {"max_batch": 4, "pad_batches": False, "pipeline": False}
+SERVE_GPU = {"threads": 1, "max_batch": 64, "pad_batches": True, "pipeline": True}

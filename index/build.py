@@ -10,27 +10,32 @@ from typing import Callable
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
 from common import defaults
 from common.errors import InputError
-from common.files import atomic_path, write_json_atomic
+from common.files import atomic_path
 from index.embedding_shards import EmbeddingsError, Manifest, iter_embeddings, read_manifest, read_metadata
 from index.layout import (
     EMBEDDINGS_FILE,
     FILES,
     FORMAT_VERSION,
-    IDS_FILE,
     INDEX_FILE,
-    INFO_FILE,
     IVFDATA_FILE,
     KEEP_VERSIONS,
+    CategoryRecallReport,
+    IndexInfo,
+    IvfStats,
+    LatencyReport,
+    MemoryReport,
+    RecallReport,
+    SourceInfo,
     build_lock,
     new_version_dir,
     prune,
     publish,
 )
 from index.parallel import INDEX_ENGINES, make_map
+from index.rows import write_row_metadata
 from index.search import (
     apply_pretransform,
     bitmap_selector,
@@ -65,7 +70,7 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
                 n_eval_queries: int = 1000, n_tune_queries: int = 500, query_noise: float = 0.5,
                 keep_versions: int = KEEP_VERSIONS, workers: int = 1, engine: str = "local",
                 ray_address: str | None = None, ondisk: bool = False,
-                log: Callable[[str], None] | None = None) -> dict:
+                log: Callable[[str], None] | None = None) -> IndexInfo:
     """Build a new version of the index directory `out_dir` and point readers at it; return its info.
 
     The build goes into the next numbered folder (index.faiss, ids.parquet, embeddings.f16.npy, then
@@ -126,32 +131,28 @@ def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
                       say=say, t_start=t_start, parallel=parallel)
         publish(root, out)
         pruned = prune(root, keep_versions)
-    say(f"wrote {out} in {info['build_seconds']:.1f}s (index {format_bytes(info['memory']['index_file_bytes'])})"
+    say(f"wrote {out} in {info.build_seconds:.1f}s (index {format_bytes(info.memory.index_file_bytes)})"
         + (f"; pruned {', '.join(pruned)}" if pruned else ""))
     return info
 
 
 def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *, embeddings_dir, memory_budget_bytes,
            target_recall, seed, factory, intent, n_eval_queries, n_tune_queries, query_noise, say, t_start,
-           parallel=None) -> dict:
+           parallel=None) -> IndexInfo:
     """Fill the build folder `out` and finish it with info.json."""
     n, d = manifest.n, manifest.dim
     rng = np.random.default_rng(seed)
     phases = {}
     with contextlib.ExitStack() as stack:
         emb_tmp = stack.enter_context(atomic_path(out / EMBEDDINGS_FILE))
-        ids_tmp = stack.enter_context(atomic_path(out / IDS_FILE))
         index_tmp = stack.enter_context(atomic_path(out / INDEX_FILE))
 
         t0 = time.perf_counter()
         emb = _write_f16(manifest, emb_tmp)
         table = read_metadata(manifest)
-        pq.write_table(table, ids_tmp)
-        encoded = table.column("category").dictionary_encode().combine_chunks()
-        cat_names = [str(c) for c in encoded.dictionary.to_pylist()]
-        cat_codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        counts = dict(sorted(zip(cat_names, np.bincount(cat_codes, minlength=len(cat_names)).tolist())))
-        del table, encoded
+        row_metadata = write_row_metadata(out, table)
+        counts, cat_names, cat_codes = row_metadata.counts(), list(row_metadata.categories), row_metadata.codes()
+        del table, row_metadata
 
         k = min(defaults.RECALL_K, n)
         xq = _perturbed_queries(emb, n_tune_queries + n_eval_queries, query_noise, rng)
@@ -192,8 +193,8 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
         cat_params, cat_report = _tune_category_params(index, spec, emb, cat_names, cat_codes, params,
                                                        xq_tune, xq_eval[:500], k, target_recall)
         if cat_report:
-            say(f"category search {cat_params}: recall@{k}={cat_report['value']:.4f} "
-                f"on {', '.join(cat_report['categories'])}")
+            say(f"category search {cat_params}: recall@{k}={cat_report.value:.4f} "
+                f"on {', '.join(cat_report.categories)}")
         phases["tune_seconds"] = round(time.perf_counter() - t_tune, 3)
         ivf_stats = _ivf_stats(index, emb, rng)
         _set_index_params(index, params)
@@ -201,51 +202,49 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
         del emb
     index_bytes = (out / INDEX_FILE).stat().st_size
     ivfdata = out / IVFDATA_FILE
-    info = {
-        "format_version": FORMAT_VERSION,
-        "checkpoint_sha256": manifest.checkpoint_sha256,
-        "backbone": manifest.backbone,
-        "dim": d,
-        "metric": "inner_product",
-        "factory": spec.factory,
-        "index_kind": spec.kind,
-        "search_params": params,
-        "category_search_params": cat_params,
-        "rerank": int(params.get("rerank_factor", 0) or 0) > 1,
-        "n": n,
-        "counts_per_category": counts,
-        "extra_columns": list(manifest.extra_columns),
-        "build_seconds": round(time.perf_counter() - t_start, 3),
-        "recall": {
-            "k": k, "value": round(recall, 5), "target": target_recall,
-            "target_met": bool(recall >= target_recall), "queries": len(xq_eval),
-            "query_noise": query_noise,
-            "method": "perturbed database rows (renormalised) vs exact inner-product top-k; "
-                      "params tuned on a separate query set",
-            "tuning_recall": round(tuning.recall, 5), "tuning_trials": tuning.trials,
-        },
-        "category_recall": cat_report,
-        "latency_ms": {"single_query_median": round(single_ms, 4), "batch_per_query": round(batch_ms, 4),
-                       "threads": faiss.omp_get_max_threads()},
-        "memory": {"budget_bytes": int(memory_budget_bytes), "estimated_index_bytes": int(spec.estimated_bytes),
-                   "index_file_bytes": index_bytes,
-                   "ivfdata_bytes": ivfdata.stat().st_size if ivfdata.exists() else 0,
-                   "embeddings_f16_bytes": (out / EMBEDDINGS_FILE).stat().st_size},
-        "ondisk": ivfdata.exists(),
-        "phases": phases,
-        "parallel": None if parallel is None else {k: v for k, v in parallel.items() if k != "ray_address"},
-        "ivf": ivf_stats,
-        "source": {"embeddings_dir": str(embeddings_dir), "catalog_fingerprint": manifest.catalog_fingerprint},
-        "selection_reason": spec.reason,
-        "intent": intent if not factory else "forced",
-        "seed": seed,
-        "embeddings_dir": str(embeddings_dir),
-        "faiss_version": faiss.__version__,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "files": list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []),
-        "version": out.name,
-    }
-    write_json_atomic(out / INFO_FILE, info)   # last: its presence marks the build complete
+    info = IndexInfo(
+        format_version=FORMAT_VERSION,
+        checkpoint_sha256=manifest.checkpoint_sha256,
+        backbone=manifest.backbone,
+        dim=d,
+        metric="inner_product",
+        factory=spec.factory,
+        index_kind=spec.kind,
+        search_params=params,
+        category_search_params=cat_params,
+        rerank=int(params.get("rerank_factor", 0) or 0) > 1,
+        n=n,
+        counts_per_category=counts,
+        extra_columns=list(manifest.extra_columns),
+        build_seconds=round(time.perf_counter() - t_start, 3),
+        recall=RecallReport(
+            k=k, value=round(recall, 5), target=target_recall, target_met=bool(recall >= target_recall),
+            queries=len(xq_eval), query_noise=query_noise,
+            method="perturbed database rows (renormalised) vs exact inner-product top-k; "
+                   "params tuned on a separate query set",
+            tuning_recall=round(tuning.recall, 5), tuning_trials=tuning.trials),
+        category_recall=cat_report,
+        latency_ms=LatencyReport(single_query_median=round(single_ms, 4), batch_per_query=round(batch_ms, 4),
+                                 threads=faiss.omp_get_max_threads()),
+        memory=MemoryReport(budget_bytes=int(memory_budget_bytes), estimated_index_bytes=int(spec.estimated_bytes),
+                            index_file_bytes=index_bytes,
+                            ivfdata_bytes=ivfdata.stat().st_size if ivfdata.exists() else 0,
+                            embeddings_f16_bytes=(out / EMBEDDINGS_FILE).stat().st_size),
+        ondisk=ivfdata.exists(),
+        phases=phases,
+        parallel=None if parallel is None else {k: v for k, v in parallel.items() if k != "ray_address"},
+        ivf=ivf_stats,
+        source=SourceInfo(embeddings_dir=str(embeddings_dir), catalog_fingerprint=manifest.catalog_fingerprint),
+        selection_reason=spec.reason,
+        intent=intent if not factory else "forced",
+        seed=seed,
+        embeddings_dir=str(embeddings_dir),
+        faiss_version=faiss.__version__,
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        files=list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []),
+        version=out.name,
+    )
+    info.write(out)   # last: its presence marks the build complete
     return info
 
 
@@ -354,9 +353,9 @@ def _tune_category_params(index, spec: IndexSpec, emb, cat_names, cat_codes, par
     tuning = tune_search_params(run, spec, xq_tune, np.vstack([g["ref_tune"] for g in groups]), k=k,
                                 target_recall=target_recall, candidates=cands)
     recall = recall_at_k(run(xq_eval, k, tuning.search_params), np.vstack([g["ref_eval"] for g in groups]), k)
-    report = {"k": k, "value": round(recall, 5), "target": target_recall, "target_met": bool(recall >= target_recall),
-              "categories": [cat_names[j] for j in chosen], "queries_per_category": len(xq_eval),
-              "tuning_trials": tuning.trials}
+    report = CategoryRecallReport(k=k, value=round(recall, 5), target=target_recall,
+                                  target_met=bool(recall >= target_recall), categories=[cat_names[j] for j in chosen],
+                                  queries_per_category=len(xq_eval), tuning_trials=tuning.trials)
     return tuning.search_params, report
 
 
@@ -368,14 +367,14 @@ def _sharded_add(index, manifest: Manifest, xq: np.ndarray, k: int, out: Path, p
                        ondisk_path=out / IVFDATA_FILE if parallel["ondisk"] else None)
 
 
-def _ivf_stats(index, emb, rng, sample: int = 10_000) -> dict | None:
+def _ivf_stats(index, emb, rng, sample: int = 10_000) -> IvfStats | None:
     """What an update compares against to see drift: list-size imbalance and how well the centroids fit the rows."""
     ivf = ivf_of(index)
     if ivf is None:
         return None
     rows = np.sort(rng.choice(len(emb), size=min(sample, len(emb)), replace=False))
-    return {"nlist": int(ivf.nlist), "imbalance": round(list_imbalance(ivf), 4),
-            "centroid_score": round(centroid_score(index, np.asarray(emb[rows], dtype=np.float32)), 5)}
+    return IvfStats(nlist=int(ivf.nlist), imbalance=round(list_imbalance(ivf), 4),
+                    centroid_score=round(centroid_score(index, np.asarray(emb[rows], dtype=np.float32)), 5))
 
 
 def list_imbalance(ivf) -> float:

@@ -7,8 +7,9 @@ Layout::
                                written before it lack it), embedding: fixed_size_list<float32>[d]
                                (unit rows). Shard k holds catalogue rows [k*S, (k+1)*S) minus
                                rejects, in order.
-    _manifest.json             format, checkpoint_sha256, backbone, dim, shard_size, n_shards,
-                               shards [{name, index, rows, rejected}], embedded, rejected, complete, ...
+    _manifest.json             EmbeddingsManifest: format, version, checkpoint_sha256, backbone, dim,
+                               shard_size, n_shards, jpeg_draft, shards [{name, index, rows, rejected}],
+                               embedded, rejected, complete, ...
     _rejects/part-00000.jsonl  the rejects of one finished shard (only where it has any)
     rejects.jsonl              {"product_id", "image_path", "reason"} per line, every shard's rejects in
                                order, written when the job completes (empty if none)
@@ -22,11 +23,12 @@ the writer's helpers and the validating reader live side by side.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +54,90 @@ class EmbeddingsError(ArtifactError):
     """The embeddings folder cannot be used (missing, incomplete, inconsistent); the message says why."""
 
 
+# ---------------------------------------------------------------------------------------------
+# The manifest's schema (every reader and writer of _manifest.json goes through these two types)
+
+MANIFEST_VERSION = 2   # 1 (no "version" field): --jpeg-draft was not recorded, and is read as off
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One finished shard as the manifest lists it."""
+
+    name: str
+    index: int
+    rows: int
+    rejected: int = 0
+
+    @classmethod
+    def from_json(cls, saved: dict) -> ShardEntry:
+        name, rows = saved.get("name"), saved.get("rows")
+        if not isinstance(name, str) or Path(name).name != name or not isinstance(rows, int) or rows < 0:
+            raise EmbeddingsError(f"bad shard entry {saved!r} (want a file name and a row count)")
+        index = saved.get("index")
+        return cls(name, index if isinstance(index, int) else -1, rows, int(saved.get("rejected", 0)))
+
+
+@dataclass
+class EmbeddingsManifest:
+    """What `_manifest.json` records: the run's identity (what a resume must match), its settings, the
+    finished shards and whether the run completed. Totals (embedded, rejected) follow from the shards.
+
+    Read tolerantly (`from_json`): a field this version does not know is dropped, a missing one takes its
+    default, so a folder written by an older version still resumes and builds.
+    """
+
+    checkpoint_sha256: str
+    backbone: str = ""
+    dim: int = 0
+    shard_size: int = 0
+    n_input: int = 0
+    n_shards: int = 0
+    catalog: str | None = None                 # the catalogue file, resolved
+    catalog_fingerprint: str | None = None     # of the rows embedded (jobs.catalog.embed_catalog)
+    catalog_sha256: str | None = None
+    checkpoint: str | None = None              # the checkpoint's path when the folder was written
+    base_fingerprint: str | None = None        # --incremental: the base folder it was made from
+    image_size: int | None = None
+    limit: int | None = None
+    jpeg_draft: bool = False                   # JPEGs decoded at a reduced DCT scale (--jpeg-draft)
+    engine: str | None = None
+    decode: str = "cpu"
+    columns: list[str] = field(default_factory=list)
+    complete: bool = False
+    shards: list[ShardEntry] = field(default_factory=list)
+    incremental: dict | None = None            # {"base", "base_fingerprint", "reembedded", "added", ...}
+    format: str = FORMAT
+    version: int = MANIFEST_VERSION
+
+    @property
+    def embedded(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def rejected(self) -> int:
+        return sum(s.rejected for s in self.shards)
+
+    def to_json(self) -> dict:
+        saved = dataclasses.asdict(self)
+        saved.update(shards=[dataclasses.asdict(s) for s in sorted(self.shards, key=lambda s: s.index)],
+                     embedded=self.embedded, rejected=self.rejected, rejects=REJECTS)
+        return saved
+
+    @classmethod
+    def from_json(cls, saved: dict) -> EmbeddingsManifest:
+        if not isinstance(saved, dict) or saved.get("format", FORMAT) != FORMAT:
+            raise EmbeddingsError("not an embed-catalog manifest")
+        if "checkpoint_sha256" not in saved:
+            raise EmbeddingsError("the manifest lacks the field checkpoint_sha256")
+        if not isinstance(saved.get("shards", []), list):
+            raise EmbeddingsError("the manifest's shards are not a list")
+        known = {f.name for f in dataclasses.fields(cls)} - {"shards", "version"}
+        fields = {k: v for k, v in saved.items() if k in known}
+        return cls(**fields, shards=[ShardEntry.from_json(s) for s in saved.get("shards", [])],
+                   version=int(saved.get("version", 1)))
+
+
 def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
@@ -64,7 +150,7 @@ def reject_part_name(index: int) -> str:
 # Writing
 
 def write_shard(out_dir: Path, index: int, rows: pa.Table, embeddings: np.ndarray, *, checkpoint_sha256: str,
-                rejects: list[tuple[str, str, str]] = (), image_sha256: Sequence[str] | None = None) -> dict:
+                rejects: list[tuple[str, str, str]] = (), image_sha256: Sequence[str] | None = None) -> ShardEntry:
     """Write shard `index` (catalogue rows + their unit embeddings) and its rejects, each atomically.
 
     `rejects` holds (product_id, image_path, reason) in catalogue order; `image_sha256` the hex digest
@@ -94,48 +180,49 @@ def write_shard(out_dir: Path, index: int, rows: pa.Table, embeddings: np.ndarra
             for pid, path, reason in rejects))
     else:
         reject_file.unlink(missing_ok=True)   # left by an earlier, killed attempt at this shard
-    return {"name": name, "index": index, "rows": int(rows.num_rows), "rejected": len(rejects)}
+    return ShardEntry(name, index, int(rows.num_rows), len(rejects))
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> None:
-    """Rewrite the manifest atomically, with its totals recomputed from the shard entries."""
-    manifest["shards"] = sorted(manifest["shards"], key=lambda s: s["index"])
-    manifest["embedded"] = sum(s["rows"] for s in manifest["shards"])
-    manifest["rejected"] = sum(s["rejected"] for s in manifest["shards"])
-    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+def write_manifest(out_dir: Path, manifest: EmbeddingsManifest) -> None:
+    """Rewrite the manifest atomically (its shards in order, its totals recomputed from them)."""
+    manifest.shards = sorted(manifest.shards, key=lambda s: s.index)
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
 
 
-def record_shard(out_dir: Path, manifest: dict, entry: dict) -> None:
+def record_shard(out_dir: Path, manifest: EmbeddingsManifest, entry: ShardEntry) -> None:
     """Add (or replace) one finished shard's entry and rewrite the manifest."""
-    manifest["shards"] = [s for s in manifest["shards"] if s["index"] != entry["index"]] + [entry]
+    manifest.shards = [s for s in manifest.shards if s.index != entry.index] + [entry]
     write_manifest(out_dir, manifest)
 
 
-def load_manifest(out_dir: str | Path) -> dict | None:
-    """The raw manifest of a (possibly unfinished) folder, for a writer that resumes; None if there is none."""
+def load_manifest(out_dir: str | Path) -> EmbeddingsManifest | None:
+    """The manifest of a (possibly unfinished) folder, for a writer that resumes; None if there is none."""
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise EmbeddingsError(f"{path} is not valid JSON ({exc}); use --overwrite to start over") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise EmbeddingsError(f"{path} is not an embed-catalog manifest; use --overwrite to start over")
-    return manifest
+    try:
+        return EmbeddingsManifest.from_json(saved)
+    except (EmbeddingsError, TypeError, ValueError) as exc:
+        raise EmbeddingsError(f"{path}: {exc}; use --overwrite to start over") from None
 
 
-def finished_shards(out_dir: Path, manifest: dict | None) -> dict[int, dict]:
+def finished_shards(out_dir: Path, manifest: EmbeddingsManifest | None) -> dict[int, ShardEntry]:
     """index -> entry of the shards the manifest lists whose file is in place."""
-    return {s["index"]: s for s in (manifest or {}).get("shards", []) if (out_dir / s["name"]).exists()}
+    return {s.index: s for s in (manifest.shards if manifest else []) if (out_dir / s.name).exists()}
 
 
-def merge_rejects(out_dir: Path, manifest: dict) -> None:
+def merge_rejects(out_dir: Path, manifest: EmbeddingsManifest) -> None:
     """Concatenate the finished shards' reject parts into rejects.jsonl, in shard order."""
     with atomic_path(out_dir / REJECTS) as tmp, open(tmp, "wb") as dst:
-        for s in manifest["shards"]:
-            if s["rejected"]:
-                dst.write((out_dir / REJECTS_DIR / reject_part_name(s["index"])).read_bytes())
+        for s in sorted(manifest.shards, key=lambda s: s.index):
+            if s.rejected:
+                dst.write((out_dir / REJECTS_DIR / reject_part_name(s.index)).read_bytes())
 
 
 def holds_output(out_dir: Path) -> bool:

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from common import defaults
+
 METRIC = "inner_product"
 FLAT_MAX_N = 50_000          # exact search up to here: ~5 ms per query on 2 cores at d=128, recall 1.0
 PQ_MIN_N = 10_000            # 8-bit PQ needs ~39 * 256 training points per sub-quantizer
@@ -79,7 +81,7 @@ def estimate_bytes(kind: str, n: int, d: int, *, nlist: int = 0, m: int = 0) -> 
     raise ValueError(f"unknown index kind {kind!r}")
 
 
-def select_index(n: int, d: int, *, memory_budget_bytes: int, intent: str = "balanced") -> IndexSpec:
+def select_index(n: int, d: int, *, memory_budget_bytes: int, intent: str = defaults.INDEX_INTENT) -> IndexSpec:
     """Pick the index autofaiss-style: exact while small, IVF/HNSW as it grows, PQ codes when over budget.
 
     Pure function of (n, d, budget, intent); the search parameters it returns are starting points
@@ -193,8 +195,8 @@ def candidate_params(spec: IndexSpec, *, k: int) -> list[dict]:
 
 
 def tune_search_params(search_fn: Callable[[np.ndarray, int, dict], np.ndarray], spec: IndexSpec,
-                       xq: np.ndarray, I_ref: np.ndarray, *, k: int = 20,
-                       target_recall: float = 0.98,
+                       xq: np.ndarray, I_ref: np.ndarray, *, k: int = defaults.RECALL_K,
+                       target_recall: float = defaults.TARGET_RECALL,
                        candidates: Sequence[dict] | None = None) -> Tuning:
     """Try parameter settings cheapest first; keep the first whose recall@k reaches the target.
 

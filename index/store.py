@@ -1,26 +1,25 @@
 """ProductIndex: load an index directory (memory-mapped) and search it, optionally within one category."""
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
 from index.layout import (
     EMBEDDINGS_FILE,
-    FORMAT_VERSION,
-    IDS_FILE,
     INDEX_FILE,
-    INFO_FILE,
     IVFDATA_FILE,
+    READABLE_FORMATS,
     IndexDirError,
+    IndexInfo,
     resolve,
+    row_files,
 )
+from index.rows import RowMetadata, open_row_metadata
 from index.search import (
     PAD_SCORE,
     bitmap_selector,
@@ -48,28 +47,22 @@ class ProductIndex:
     # float32 copies of those small categories are cached up to this many bytes (beyond: rebuilt per call)
     exact_cache_bytes = 256 * 2**20
 
-    def __init__(self, index_dir: Path, index: faiss.Index, table: pa.Table, embeddings: np.ndarray,
-                 info: dict, *, mmap: bool, version: str | None = None):
+    def __init__(self, index_dir: Path, index: faiss.Index, rows: RowMetadata, embeddings: np.ndarray,
+                 info: IndexInfo, *, mmap: bool, version: str | None = None):
         self.index_dir = Path(index_dir)     # the folder of this build's files
         self.version = version               # its name under the index directory, None for a flat directory
         self.faiss_index = index
         self.mmap = mmap
-        self._table = table
+        self._table = rows.table
+        self._row_metadata = rows
         self._emb = embeddings
         self._info = info
         self._kind = index_kind(index)
-        self._params = dict(info.get("search_params", {}))
-        self._category_params = dict(info.get("category_search_params") or self._params)
-        codes = table.column("category").dictionary_encode().combine_chunks()
-        self._categories = [str(c) for c in codes.dictionary.to_pylist()]
-        cat_codes = codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        order = np.argsort(cat_codes, kind="stable")
-        bounds = np.cumsum(np.bincount(cat_codes, minlength=len(self._categories)))[:-1]
-        self._rows = {}
-        for name, rows in zip(self._categories, np.split(order.astype(np.int64), bounds)):
-            rows.flags.writeable = False
-            self._rows[name] = rows
-        self._cat_codes = cat_codes
+        self._params = dict(info.search_params)
+        self._category_params = dict(info.category_search_params or self._params)
+        # views of the (memory-mapped, read-only) grouped rows: nothing here is O(N) in RAM
+        self._categories = list(rows.categories)
+        self._rows = {name: rows.rows(j) for j, name in enumerate(self._categories)}
         self._selectors: dict[str, tuple] = {}
         self._list_counts: np.ndarray | None = None
         self._exact_cache: dict[str, np.ndarray] = {}
@@ -78,7 +71,7 @@ class ProductIndex:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, index_dir: str | Path, *, mmap: bool = True) -> "ProductIndex":
+    def load(cls, index_dir: str | Path, *, mmap: bool = True) -> ProductIndex:
         """Open the current build of an index directory (see index.layout); index.faiss is memory-mapped where
         FAISS allows (IO_FLAG_MMAP_IFC).
 
@@ -87,38 +80,38 @@ class ProductIndex:
         An index built with --ondisk keeps its lists in index.ivfdata beside index.faiss, always mapped.
         """
         build, version = resolve(index_dir)
-        info_path = build / INFO_FILE
-        info = json.loads(info_path.read_text())
+        info = IndexInfo.read(build)
         root = build
-        if info.get("format_version") != FORMAT_VERSION:
-            raise IndexDirError(f"{root}: index format {info.get('format_version')!r} is not "
-                                f"{FORMAT_VERSION}; rebuild it")
-        ondisk = bool(info.get("ondisk"))
-        for name in (INDEX_FILE, IDS_FILE, EMBEDDINGS_FILE, *([IVFDATA_FILE] if ondisk else [])):
+        if info.format_version not in READABLE_FORMATS:
+            raise IndexDirError(f"{root}: index format {info.format_version!r} is not one this version reads "
+                                f"({', '.join(map(str, READABLE_FORMATS))}); rebuild it")
+        ondisk = info.ondisk
+        ids_files = row_files(info.format_version)
+        for name in (INDEX_FILE, *ids_files, EMBEDDINGS_FILE, *([IVFDATA_FILE] if ondisk else [])):
             if not (root / name).is_file():
                 raise IndexDirError(f"{root} lacks {name}; rebuild the index")
         index, mapped = _read_index(root / INDEX_FILE, mmap, ondisk=ondisk)
-        table = pq.read_table(root / IDS_FILE)
+        rows = open_row_metadata(root, info.format_version, info.counts_per_category)
         emb = np.load(root / EMBEDDINGS_FILE, mmap_mode="r")
-        n, d = int(info["n"]), int(info["dim"])
-        sizes = {"index.faiss": index.ntotal, IDS_FILE: table.num_rows, EMBEDDINGS_FILE: emb.shape[0]}
+        n, d = info.n, info.dim
+        sizes = {"index.faiss": index.ntotal, ids_files[0]: rows.n, EMBEDDINGS_FILE: emb.shape[0]}
         if any(v != n for v in sizes.values()) or index.d != d or emb.shape[1] != d:
             raise IndexDirError(f"{root} is inconsistent: info.json says n={n}, d={d} but found rows {sizes}, "
                                 f"index d={index.d}, embeddings d={emb.shape[1]}; rebuild the index")
-        return cls(root, index, table, emb, info, mmap=mapped, version=version)
+        return cls(root, index, rows, emb, info, mmap=mapped, version=version)
 
     # ------------------------------------------------------------------ metadata
     @property
-    def info(self) -> dict:
+    def info(self) -> IndexInfo:
         return self._info
 
     @property
     def n(self) -> int:
-        return int(self._info["n"])
+        return self._info.n
 
     @property
     def dim(self) -> int:
-        return int(self._info["dim"])
+        return self._info.dim
 
     @property
     def categories(self) -> list[str]:
@@ -126,11 +119,12 @@ class ProductIndex:
 
     @property
     def product_ids(self) -> np.ndarray:
+        """Every product id, as a numpy array of N Python strings (O(N) memory: for tests and tools)."""
         return self._table.column("product_id").to_numpy(zero_copy_only=False)
 
     @property
     def table(self) -> pa.Table:
-        """ids.parquet: row -> product_id, category, image_path and carried extra columns."""
+        """Row -> product_id, category, image_path and carried extra columns (memory-mapped from format 2 on)."""
         return self._table
 
     def rows_for_category(self, category: str) -> np.ndarray:
@@ -149,7 +143,7 @@ class ProductIndex:
 
     def require_checkpoint(self, sha256: str) -> None:
         """Raise CheckpointMismatchError unless the index was built from this checkpoint."""
-        built = self._info.get("checkpoint_sha256")
+        built = self._info.checkpoint_sha256
         if built != sha256:
             raise CheckpointMismatchError(
                 f"index {self.index_dir} was built from checkpoint sha256 {built} but the model in use is "
@@ -202,7 +196,8 @@ class ProductIndex:
         """(nlist, n_categories) count of each category's rows in each inverted list."""
         with self._lock:
             if self._list_counts is None:
-                self._list_counts = list_counts(self.faiss_index, self._cat_codes, len(self._categories))
+                # the row -> category codes are built for this one pass and dropped (O(N) while it runs)
+                self._list_counts = list_counts(self.faiss_index, self._row_metadata.codes(), len(self._categories))
             return self._list_counts
 
     def _exact_in_category(self, xq: np.ndarray, k: int, category: str) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +228,7 @@ class ProductIndex:
 
     def __repr__(self) -> str:
         return (f"ProductIndex({str(self.index_dir)!r}, n={self.n}, dim={self.dim}, "
-                f"factory={self._info.get('factory')!r}, mmap={self.mmap})")
+                f"factory={self._info.factory!r}, mmap={self.mmap})")
 
 
 def _read_index(path: Path, mmap: bool, *, ondisk: bool = False) -> tuple[faiss.Index, bool]:

@@ -1,6 +1,6 @@
 """Apply catalogue changes to the current index without retraining: a new version, and how far it has drifted.
 
-    current build (index.faiss, ids.parquet, embeddings.f16.npy) + an embeddings folder (+ removals)
+    current build (index.faiss, row metadata, embeddings.f16.npy) + an embeddings folder (+ removals)
       -> kept rows (neither removed nor replaced) keep their codes and list order, renumbered densely
       -> added and changed products are encoded with the trained quantizer and appended
       -> a new numbered build, published only once complete (index.layout); the old one serves until then
@@ -15,7 +15,6 @@ measured at the last full build, and says when a rebuild is due.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -24,26 +23,30 @@ import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from common import defaults
 from common.errors import InputError
-from common.files import atomic_path, write_json_atomic
+from common.files import atomic_path
 from index.build import centroid_score, list_imbalance
 from index.embedding_shards import iter_embeddings, read_delta, read_manifest, read_metadata
 from index.layout import (
     EMBEDDINGS_FILE,
-    IDS_FILE,
+    FILES,
+    FORMAT_VERSION,
     INDEX_FILE,
-    INFO_FILE,
     IVFDATA_FILE,
     KEEP_VERSIONS,
+    IndexInfo,
+    IvfStats,
+    SourceInfo,
+    UpdateReport,
     build_lock,
     new_version_dir,
     prune,
     publish,
     resolve,
 )
+from index.rows import read_table, write_row_metadata
 from index.search import exact_search, flat_view, index_kind, ivf_of, search
 from index.select import recall_at_k
 
@@ -56,7 +59,7 @@ class UpdateError(InputError):
 
 def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None, *, remove: Iterable[str] = (),
                  keep_versions: int = KEEP_VERSIONS, n_eval_queries: int = 200, seed: int = 0,
-                 log: Callable[[str], None] | None = None) -> dict:
+                 log: Callable[[str], None] | None = None) -> IndexInfo:
     """Write a new version of `index_dir` with the folder's products upserted and `remove` dropped; return its info."""
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
@@ -68,9 +71,9 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
     resolve(root)                     # a missing or broken index is named before the lock creates the folder
     with build_lock(root):
         build, version = resolve(root)
-        old_info = json.loads((build / INFO_FILE).read_text(encoding="utf-8"))
+        old_info = IndexInfo.read(build)
         upserts, removed, meta = _changes(manifest, old_info, remove)
-        old_table = pq.read_table(build / IDS_FILE)
+        old_table = read_table(build, old_info.format_version)
         old_ids = old_table.column("product_id")
         drop = pc.is_in(old_ids, value_set=pa.array(sorted(set(removed) | set(upserts)), pa.string()))
         keep = np.flatnonzero(~drop.to_numpy(zero_copy_only=False))
@@ -83,16 +86,14 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
         index = _read_for_update(build, old_info)
         kind = index_kind(index)
         if kind not in ("flat", "ivf"):
-            raise UpdateError(f"a {old_info.get('factory')} index cannot drop or replace vectors; "
+            raise UpdateError(f"a {old_info.factory} index cannot drop or replace vectors; "
                               "run `ctl build-index` on the new embeddings instead")
         out = new_version_dir(root)
-        xu = _upsert_vectors(manifest, meta, upserts, int(old_info["dim"]))
-        with atomic_path(out / EMBEDDINGS_FILE) as emb_tmp, atomic_path(out / IDS_FILE) as ids_tmp, \
-                atomic_path(out / INDEX_FILE) as index_tmp:
+        xu = _upsert_vectors(manifest, meta, upserts, old_info.dim)
+        with atomic_path(out / EMBEDDINGS_FILE) as emb_tmp, atomic_path(out / INDEX_FILE) as index_tmp:
             emb = _write_f16(build, keep, xu, emb_tmp)
-            table = _concat_tables(old_table.take(pa.array(keep)), meta)
-            pq.write_table(table, ids_tmp)
-            index = _renumber(index, keep, out / IVFDATA_FILE if old_info.get("ondisk") else None)
+            counts = write_row_metadata(out, _concat_tables(old_table.take(pa.array(keep)), meta)).counts()
+            index = _renumber(index, keep, out / IVFDATA_FILE if old_info.ondisk else None)
             if len(xu):
                 index.add(xu)                  # ids len(keep).. : the rows after the kept ones
             if index.ntotal != n_new:
@@ -101,22 +102,23 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
             replaced = int(pc.sum(pc.is_in(old_ids, value_set=pa.array(upserts, pa.string()))).as_py() or 0)
             drift = _drift(index, xu, old_info, n_changes=len(upserts) + len(old_table) - len(keep) - replaced)
             faiss.write_index(index, str(index_tmp))
-        counts = pc.value_counts(table.column("category")).to_pylist()
-        info = {**old_info,
-                "n": n_new, "version": out.name,
-                "counts_per_category": dict(sorted((c["values"], c["counts"]) for c in counts)),
-                "recall": {**old_info.get("recall", {}), **recall},
-                "memory": {**old_info.get("memory", {}), "index_file_bytes": (out / INDEX_FILE).stat().st_size,
-                           "ivfdata_bytes": (out / IVFDATA_FILE).stat().st_size if (out / IVFDATA_FILE).exists() else 0,
-                           "embeddings_f16_bytes": (out / EMBEDDINGS_FILE).stat().st_size},
-                "source": {"embeddings_dir": str(embeddings_dir) if embeddings_dir else None,
-                           "catalog_fingerprint": manifest.catalog_fingerprint if manifest else
-                           old_info.get("source", {}).get("catalog_fingerprint")},
-                "update": {"from_version": version, "upserted": len(upserts),
-                           "dropped": len(old_table) - len(keep), "removals_not_found": len(missing),
-                           "seconds": round(time.perf_counter() - t_start, 3), **drift},
-                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        write_json_atomic(out / INFO_FILE, info)          # last: the build is complete
+        ivfdata = out / IVFDATA_FILE
+        info = old_info.replace(
+            n=n_new, version=out.name, format_version=FORMAT_VERSION,
+            files=list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []),
+            counts_per_category=counts,
+            recall=old_info.recall.replace(**recall),
+            memory=old_info.memory.replace(index_file_bytes=(out / INDEX_FILE).stat().st_size,
+                                           ivfdata_bytes=ivfdata.stat().st_size if ivfdata.exists() else 0,
+                                           embeddings_f16_bytes=(out / EMBEDDINGS_FILE).stat().st_size),
+            source=SourceInfo(embeddings_dir=str(embeddings_dir) if embeddings_dir else None,
+                              catalog_fingerprint=manifest.catalog_fingerprint if manifest else
+                              old_info.source.catalog_fingerprint),
+            update=UpdateReport(from_version=version, upserted=len(upserts), dropped=len(old_table) - len(keep),
+                                removals_not_found=len(missing), seconds=round(time.perf_counter() - t_start, 3),
+                                **drift),
+            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        info.write(out)          # last: the build is complete
         publish(root, out)
         pruned = prune(root, keep_versions)
     say(f"wrote {out} ({len(upserts)} upserted, {len(old_table) - len(keep)} dropped)"
@@ -124,17 +126,17 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
     return info
 
 
-def _changes(manifest, old_info: dict, remove: list[str]) -> tuple[list[str], list[str], pa.Table | None]:
+def _changes(manifest, old_info: IndexInfo, remove: list[str]) -> tuple[list[str], list[str], pa.Table | None]:
     """(product ids to upsert, ids to remove, the upserts' metadata rows in folder order)."""
     if manifest is None:
         return [], remove, None
-    if manifest.checkpoint_sha256 != old_info.get("checkpoint_sha256"):
+    if manifest.checkpoint_sha256 != old_info.checkpoint_sha256:
         raise UpdateError(f"{manifest.root} was embedded with checkpoint {manifest.checkpoint_sha256[:12]}..., the "
-                          f"index with {str(old_info.get('checkpoint_sha256'))[:12]}...: re-embed and rebuild instead")
-    if manifest.dim != old_info.get("dim"):
-        raise UpdateError(f"{manifest.root} holds {manifest.dim}-d embeddings, the index {old_info.get('dim')}-d")
+                          f"index with {str(old_info.checkpoint_sha256)[:12]}...: re-embed and rebuild instead")
+    if manifest.dim != old_info.dim:
+        raise UpdateError(f"{manifest.root} holds {manifest.dim}-d embeddings, the index {old_info.dim}-d")
     delta = read_delta(manifest)
-    source = (old_info.get("source") or {}).get("catalog_fingerprint")
+    source = old_info.source.catalog_fingerprint
     base = (manifest.incremental or {}).get("base_fingerprint")
     if delta is not None and source and base and source != base:
         raise UpdateError(f"{manifest.root} holds the changes since another catalogue than the one this index "
@@ -189,9 +191,9 @@ def _write_f16(build: Path, keep: np.ndarray, xu: np.ndarray, path: Path) -> np.
     return emb
 
 
-def _read_for_update(build: Path, info: dict) -> faiss.Index:
+def _read_for_update(build: Path, info: IndexInfo) -> faiss.Index:
     """The current index, read into memory (its lists are rewritten); on-disk lists stay mapped, read-only."""
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if info.get("ondisk") else 0
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if info.ondisk else 0
     return faiss.read_index(str(build / INDEX_FILE), flags)
 
 
@@ -228,44 +230,44 @@ def _renumber(index: faiss.Index, keep: np.ndarray, ivfdata: Path | None) -> fai
     return index
 
 
-def _recall(index, emb, info: dict, nq: int, seed: int) -> dict:
+def _recall(index, emb, info: IndexInfo, nq: int, seed: int) -> dict:
     """Recall@k of the updated index (its stored search params) on perturbed rows against exact search."""
-    k = min(int(info.get("recall", {}).get("k", defaults.RECALL_K)), len(emb))
+    k = min(int(info.recall.k), len(emb))
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(emb), size=min(nq, len(emb)), replace=False)
     xq = np.asarray(emb[rows], dtype=np.float32)
-    xq += rng.normal(0, float(info.get("recall", {}).get("query_noise", 0.5)) / np.sqrt(xq.shape[1]),
+    xq += rng.normal(0, float(info.recall.query_noise) / np.sqrt(xq.shape[1]),
                      xq.shape).astype(np.float32)
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
     I_ref = exact_search(xq, emb, k)[1]
-    I = search(index, xq, k, info.get("search_params", {}), embeddings=emb)[1]
+    I = search(index, xq, k, info.search_params, embeddings=emb)[1]
     return {"after_update": round(recall_at_k(I, I_ref, k), 5), "after_update_queries": len(xq)}
 
 
-def _drift(index, xu: np.ndarray, info: dict, *, n_changes: int) -> dict:
+def _drift(index, xu: np.ndarray, info: IndexInfo, *, n_changes: int) -> dict:
     """How far the lists have drifted since the last full build, and whether a rebuild is due.
 
     `n_changes` counts products added, changed or removed by this update (a change once)."""
-    prev = info.get("update") or {}
-    n_build = int(prev.get("n_at_build", info.get("n", 1)))
-    churn = float(prev.get("churn_since_build", 0.0)) + n_changes / max(1, n_build)
+    prev = info.update or UpdateReport()
+    n_build = int(prev.n_at_build if prev.n_at_build is not None else info.n or 1)
+    churn = float(prev.churn_since_build) + n_changes / max(1, n_build)
     report = {"n_at_build": n_build, "churn_since_build": round(churn, 5)}
     reasons = []
     if churn > defaults.REBUILD_CHURN:
         reasons.append(f"{churn:.0%} of the rows changed since the last full build (> {defaults.REBUILD_CHURN:.0%})")
     ivf = ivf_of(index)
-    built = info.get("ivf") or {}
+    built = info.ivf or IvfStats()
     if ivf is not None:
         imbalance = list_imbalance(ivf)
-        report.update(imbalance=round(imbalance, 4), build_imbalance=built.get("imbalance"))
-        if built.get("imbalance") and imbalance > defaults.REBUILD_IMBALANCE_RATIO * built["imbalance"]:
-            reasons.append(f"inverted-list imbalance {imbalance:.2f} vs {built['imbalance']:.2f} at the build "
+        report.update(imbalance=round(imbalance, 4), build_imbalance=built.imbalance)
+        if built.imbalance and imbalance > defaults.REBUILD_IMBALANCE_RATIO * built.imbalance:
+            reasons.append(f"inverted-list imbalance {imbalance:.2f} vs {built.imbalance:.2f} at the build "
                            f"(> {defaults.REBUILD_IMBALANCE_RATIO}x): searches probe longer lists")
         if len(xu):
             score = centroid_score(index, xu)
-            report.update(new_rows_centroid_score=round(score, 5), build_centroid_score=built.get("centroid_score"))
-            if built.get("centroid_score") is not None and built["centroid_score"] - score > defaults.REBUILD_SCORE_DROP:
+            report.update(new_rows_centroid_score=round(score, 5), build_centroid_score=built.centroid_score)
+            if built.centroid_score is not None and built.centroid_score - score > defaults.REBUILD_SCORE_DROP:
                 reasons.append(f"new rows lie further from their centroids (mean inner product {score:.3f} vs "
-                               f"{built['centroid_score']:.3f} at the build): the centroids no longer fit the catalogue")
+                               f"{built.centroid_score:.3f} at the build): the centroids no longer fit the catalogue")
     report.update(rebuild_due=bool(reasons), rebuild_reasons=reasons)
     return report

@@ -6,9 +6,15 @@ work starts. Both end here, printed the same way by every console script:
 
     PROG [SUBCOMMAND]: error: MESSAGE         a CtlError (exit 1 or 2, its exit_code)
     PROG: error: MESSAGE (see PROG --help)    a usage error: bad flag or value (exit 2)
+
+Library layers report everything else through `logging`; the console scripts render it (:func:`render_logs`):
+
+    PROG: warning: MESSAGE                    a warning from any library
+    PROG: MESSAGE                             an info line from the project's own packages
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -21,6 +27,34 @@ def one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+PROJECT_PACKAGES = ("common", "pipeline", "index", "retrieval", "service", "jobs")
+
+
+class _CliFormatter(logging.Formatter):
+    def __init__(self, prog: str):
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"{self.prog}: {level}{one_line(record.getMessage())}"
+
+
+def render_logs(prog: str) -> None:
+    """Show what the library layers log on stderr, one line each: warnings from anything, info lines from the
+    project's own packages. A host that already renders logs (a handler on the root logger: pytest, a program
+    embedding the command) keeps its own."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CliFormatter(prog))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in PROJECT_PACKAGES:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 class OneLineErrors:
     """Mixin for click.Command / click.Group: errors, usage errors included, become one line and an exit code."""
 
@@ -28,6 +62,7 @@ class OneLineErrors:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         prog = prog_name or self.name or "ctl"
+        render_logs(prog)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except CtlError as exc:

@@ -12,6 +12,7 @@ import click
 
 from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
+from common.errors import ArtifactError
 from common.files import sha256_of
 from common.naming import match_category, short_category
 from index.build import build_index
@@ -25,6 +26,7 @@ from jobs.evaluation.evaluate import format_comparisons, format_extras, run_eval
 from jobs.evaluation.evaluate import format_table as metrics_table
 from jobs.retrieve_cli import format_look, format_table, write_look_sheet, write_sheet
 from jobs.training.config import TrainConfig
+from jobs.training.run_layout import RunLayout
 from jobs.training.train import train
 from pipeline.checkpoint import CheckpointError, has_presence_head
 from retrieval.retriever import Retriever
@@ -67,12 +69,13 @@ def stage_sample(sample_dir: Path, seed: int) -> None:
 
 def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int) -> bool:
     """A finished run (train_summary.json naming this checkpoint's sha) newer than the sample, same seed."""
-    summary = _read_json(run_dir / "train_summary.json")
-    if summary is None or not checkpoint.is_file():
+    run = RunLayout(run_dir)
+    try:
+        summary, config = run.read_summary(), run.read_config()
+    except ArtifactError:
         return False
-    if summary.get("checkpoint_sha256") not in (None, sha256_of(checkpoint)):
+    if not checkpoint.is_file() or summary.checkpoint_sha256 not in (None, sha256_of(checkpoint)):
         return False
-    config = _read_json(run_dir / "config.json") or {}
     if config.get("seed", seed) != seed:
         return False
     try:
@@ -80,7 +83,7 @@ def _training_is_current(sample_dir: Path, run_dir: Path, checkpoint: Path, seed
             return False
     except CheckpointError:
         return False
-    return _mtime(run_dir / "train_summary.json") >= _mtime(sample_dir / DONE_FILE)
+    return _mtime(run.summary) >= _mtime(sample_dir / DONE_FILE)
 
 
 def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, device: str) -> None:
@@ -90,7 +93,7 @@ def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, de
     _stage(2, "train", f"training on {sample_dir} (frozen backbone, cached features) ...")
     started = time.perf_counter()
     summary = train(sample_dir, run_dir, config=TrainConfig(seed=seed, device=device))
-    _stage(2, "train", f"best epoch {summary.get('best_epoch')} of {len(summary.get('history', []))} "
+    _stage(2, "train", f"best epoch {summary.best_epoch} of {len(summary.history)} "
                        f"-> {checkpoint} ({_seconds(started)})")
 
 
@@ -135,7 +138,7 @@ def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
         info = read_info(index_dir)
     except IndexDirError:
         return False
-    return info.get("checkpoint_sha256") == sha and _mtime(build / "info.json") >= _mtime(emb_dir / MANIFEST)
+    return info.checkpoint_sha256 == sha and _mtime(build / "info.json") >= _mtime(emb_dir / MANIFEST)
 
 
 def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
@@ -144,15 +147,18 @@ def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
         return
     started = time.perf_counter()
     info = build_index(emb_dir, index_dir)
-    _stage(5, "build index", f"{info['factory']} over {info['n']} products -> {index_dir}/{info['version']} "
+    _stage(5, "build index", f"{info.factory} over {info.n} products -> {index_dir}/{info.version} "
                              f"({_seconds(started)})")
 
 
 def pick_scene(sample_dir: Path, run_dir: Path) -> Path:
     """A held-out test scene of the run's split (never seen in training), else any scene of the sample."""
     scene_dir = sample_dir / SCENE_DIR
-    split = _read_json(run_dir / "split.json") or {}
-    for sid in sorted(split.get("test", [])):
+    try:
+        test = RunLayout(run_dir).read_split().test
+    except ArtifactError:
+        test = ()
+    for sid in sorted(test):
         path = scene_dir / f"{sid}.jpg"
         if path.is_file():
             return path
@@ -200,7 +206,7 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
 @click.command("demo", cls=OneLineCommand)
 @click.option("--seed", type=click.IntRange(min=0), default=defaults.SEED, show_default=True,
               help="sample data and training seed")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--k", "k", type=click.IntRange(min=1), default=defaults.DEMO_K, show_default=True,
               help="products in the demo retrieval")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 def demo_command(seed: int, k: int, device: str) -> None:

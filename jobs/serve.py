@@ -1,7 +1,6 @@
 """`ctl serve`: the HTTP API and the page over one index and checkpoint, loaded once, answering many."""
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sys
@@ -16,9 +15,11 @@ from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
 from jobs.cli_errors import OneLineCommand
 from jobs.data.datasets import load_dataset
+from jobs.training.run_layout import RunLayout
 from retrieval.retriever import Retriever
 from service.app import create_app
 from service.settings import ServeSettings
+from service.state import SAMPLE_MODEL_NOTICE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 MAX_EXAMPLES = 12
@@ -29,10 +30,10 @@ def run_examples(checkpoint: Path, limit: int = MAX_EXAMPLES) -> tuple[Path, ...
     """The held-out test scenes of the run that trained `checkpoint` (its folder's split.json and config.json),
     or none when that run's data is not here. Never training scenes: the page should show what the model
     makes of scenes it has not seen."""
-    run = checkpoint.parent
+    run = RunLayout.of_checkpoint(checkpoint)
     try:
-        test = sorted(json.loads((run / "split.json").read_text())["test"])
-        data = Path(json.loads((run / "config.json").read_text())["data"])
+        test = sorted(run.read_split().test)
+        data = Path(run.read_config()["data"])
         scenes = load_dataset(data).scenes
     except (OSError, ValueError, KeyError, TypeError, ArtifactError):
         return ()
@@ -86,13 +87,18 @@ def device_name(ctx, param, value: str) -> str:
 @click.option("--port", type=click.IntRange(0, 65535), default=defaults.SERVE_PORT, show_default=True,
               help="0 picks a free port (printed at start)")
 @click.option("--device", default="auto", show_default=True, callback=device_name, help="auto, cpu, cuda or cuda:N")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="model worker threads [default: CPU one per usable core, GPU 2]")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads per worker [default: 1]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads of the model executor's forward [default: CPU every usable core, GPU 1]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
-              help="scenes per backbone forward (micro-batching) [default: CPU 1, GPU 32]")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=None,
-              help="how long a worker waits to fill a batch [default: CPU 0, GPU 5]")
+              help="most scenes per backbone forward: the executor batches what is waiting, never waits for "
+                   "more [default: CPU 4, GPU 64]")
+@click.option("--pad-batches/--no-pad-batches", default=None,
+              help="pad each batch to a power of two (fixed shapes, each warmed before /readyz says ready) "
+                   "[default: on a GPU]")
+@click.option("--decode-threads", type=click.IntRange(min=1), default=None,
+              help="threads decoding and resizing uploads beside the forward [default: CPU 2, GPU cores/2 up to 8]")
+@click.option("--pipeline/--no-pipeline", default=None,
+              help="stage 1 and 2 on a thread of their own, beside the next forward [default: on a GPU]")
 @click.option("--queue-size", type=click.IntRange(min=1), default=defaults.SERVE_QUEUE_SIZE, show_default=True,
               help="scene queries that may wait for a worker; more are answered 503 with Retry-After")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True),
@@ -106,19 +112,21 @@ def device_name(ctx, param, value: str) -> str:
               help="example scenes for the page: a folder of images, 'auto' (the checkpoint run's held-out "
                    "test scenes, when its data is here) or 'none'")
 @click.option("--trace/--no-trace", default=True, show_default=True,
-              help="run the backbone as a traced, frozen TorchScript graph: worker threads forward in parallel "
-                   "instead of in turns on the GIL (--no-trace: eager PyTorch)")
+              help="run the backbone as a traced, frozen TorchScript graph: it runs without the GIL between layers, "
+                   "so decoding and HTTP go on beside it (--no-trace: eager PyTorch)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="one log line per request")
-def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, workers: int | None,
-                  threads: int | None, max_batch: int | None, max_wait_ms: float | None, queue_size: int,
+def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, threads: int | None,
+                  max_batch: int | None, pad_batches: bool | None, decode_threads: int | None,
+                  pipeline: bool | None, queue_size: int,
                   max_upload_mb: float, watch_interval: float, reload_token: str | None, examples: str,
                   trace: bool, log_level: str, access_log: bool) -> None:
     """Serve the HTTP API (/v1/look, /v1/retrieve, ...) and the page at / until interrupted."""
     device = str(resolve_device(device))
     settings = ServeSettings.for_device(
-        device, workers=workers, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
+        device, threads=threads, max_batch=max_batch, pad_batches=pad_batches, decode_threads=decode_threads,
+        pipeline=pipeline,
         queue_size=queue_size, max_upload_bytes=int(max_upload_mb * 2**20), watch_interval_s=watch_interval,
         reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint), trace=trace)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -143,11 +151,13 @@ def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str,
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     index = retriever.index
     click.echo(f"serving http://{url_host}:{bound_port} ({index.version or 'flat index'}, {index.n:,} products, "
-               f"{len(retriever.categories)} categories; {device}: {settings.workers} worker(s) x "
-               f"{settings.threads} thread(s){', traced' if retriever.traced else ''}, batch {settings.max_batch} / "
-               f"{settings.max_wait_ms:g} ms, "
+               f"{len(retriever.categories)} categories; {device}: one model executor, {settings.threads} "
+               f"thread(s){', traced' if retriever.traced else ''}, batches up to {settings.max_batch}"
+               f"{' padded' if settings.pad_batches else ''}, {settings.decode_threads} decode thread(s), "
                f"queue {settings.queue_size}; {len(settings.examples)} examples; admin reload "
                f"{'on' if settings.reload_token else 'off'})", err=True)
+    if retriever.checkpoint.training_data == "sample":
+        click.echo(f"note: {SAMPLE_MODEL_NOTICE}", err=True)
     if host not in LOOPBACK:
         click.echo(f"warning: listening on {host}: reachable from other machines, and the API has no "
                    "authentication (except the admin reload token)", err=True)

@@ -7,17 +7,17 @@ from pathlib import Path
 import click
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from common import defaults
 from common.errors import CtlError
 from index.build import build_index
-from index.embedding_shards import read_manifest
+from index.embedding_shards import MANIFEST, read_manifest
 from index.layout import read_info
 from index.update import update_index
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
-from jobs.data.catalog_manifest import read_catalog
+from jobs.data.catalog_manifest import read_catalog, write_catalog_table
+from jobs.data.layouts import CATALOG
 from jobs.demo import pick_scene
 from jobs.retrieve_cli import format_table
 from retrieval.retriever import Retriever
@@ -27,7 +27,7 @@ CHANGED_EMBEDDINGS = defaults.DATA_DIR / "embeddings" / "sample-changed"
 FRACTION = 0.05
 
 
-def change_catalogue(catalog: Path, out_dir: Path, *, fraction: float = FRACTION, seed: int = 0) -> dict:
+def change_catalogue(catalog: Path, out_dir: Path, *, fraction: float = FRACTION, seed: int = defaults.SEED) -> dict:
     """A copy of the catalogue with `fraction` of its products touched: a third get a new image (mirrored and
     recoloured), a third are removed, and as many new products are added (new ids, new images)."""
     table = read_catalog(catalog)
@@ -53,40 +53,41 @@ def change_catalogue(catalog: Path, out_dir: Path, *, fraction: float = FRACTION
     new_ids = [f"new-{table.column('product_id')[i].as_py()[:12]}" for i in sources]
     added = pa.table({"product_id": new_ids,
                       "image_path": [variant(paths[i], img_dir / f"{pid}.jpg", k + 1) for k, (i, pid) in
-                                     enumerate(zip(sources, new_ids))],
+                                     enumerate(zip(sources, new_ids, strict=True))],
                       "category": table.column("category").take(pa.array(sources)).to_pylist()})
     extras = [c for c in table.column_names if c not in added.column_names]
     for c in extras:
         added = added.append_column(c, pa.nulls(len(added), table.schema.field(c).type))
     out = pa.concat_tables([kept, added.select(table.column_names)])
-    pq.write_table(out, out_dir / "catalog.parquet")
+    write_catalog_table(out_dir / CATALOG, out)
     return {"changed": len(changed), "removed": len(removed), "added": len(added), "n": len(out),
             "new_ids": new_ids}
 
 
 @click.command("update-demo")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--k", "k", type=click.IntRange(min=1), default=defaults.DEMO_K, show_default=True,
               help="products in the retrieval after the update")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=defaults.SEED, show_default=True)
 def update_demo_command(k: int, seed: int) -> None:
     """Change 5% of the sample catalogue, embed only what changed, update the index and retrieve once."""
     catalog, checkpoint = defaults.CATALOG, defaults.CHECKPOINT
     base, index_dir = defaults.EMBEDDINGS_DIR, defaults.INDEX_DIR
-    for need in (catalog, checkpoint, base / "_manifest.json"):
+    for need in (catalog, checkpoint, base / MANIFEST):
         if not need.exists():
             raise click.ClickException(f"{need} is missing: run `make build-index` (or `make demo`) first")
     started = time.perf_counter()
     try:
-        source = (read_info(index_dir).get("source") or {}).get("catalog_fingerprint")
+        source = read_info(index_dir).source.catalog_fingerprint
         if source != read_manifest(base).catalog_fingerprint:
             click.echo(f"[0/3] index          {index_dir} was not built from {base}: rebuilding it first")
             build_index(base, index_dir)
         t0 = time.perf_counter()
         changes = change_catalogue(catalog, CHANGED_DIR, seed=seed)
-        click.echo(f"[1/3] catalogue      {CHANGED_DIR / 'catalog.parquet'}: {changes['changed']} images changed, "
-                   f"{changes['removed']} products removed, {changes['added']} added ({time.perf_counter() - t0:.1f} s)")
+        click.echo(f"[1/3] catalogue      {CHANGED_DIR / CATALOG}: {changes['changed']} images changed, "
+                   f"{changes['removed']} products removed, {changes['added']} added "
+                   f"({time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
-        summary = embed_catalog(CHANGED_DIR / "catalog.parquet", checkpoint, CHANGED_EMBEDDINGS, base=base,
+        summary = embed_catalog(CHANGED_DIR / CATALOG, checkpoint, CHANGED_EMBEDDINGS, base=base,
                                 config=EmbedCatalogConfig(), overwrite=True, progress=False)
         inc = summary["incremental"]
         click.echo(f"[2/3] embed          {inc['reembedded']} of {summary['n_input']} images embedded "
@@ -94,10 +95,10 @@ def update_demo_command(k: int, seed: int) -> None:
                    f"{CHANGED_EMBEDDINGS} ({time.perf_counter() - t0:.1f} s)")
         t0 = time.perf_counter()
         info = update_index(index_dir, CHANGED_EMBEDDINGS)
-        up = info["update"]
-        click.echo(f"[3/3] update-index   {up['from_version']} -> {info['version']}: {up['upserted']} added or "
-                   f"replaced, {up['dropped']} dropped, recall@20 {info['recall']['after_update']:.4f}, "
-                   f"rebuild due: {'yes (' + '; '.join(up['rebuild_reasons']) + ')' if up['rebuild_due'] else 'no'} "
+        up = info.update
+        click.echo(f"[3/3] update-index   {up.from_version} -> {info.version}: {up.upserted} added or "
+                   f"replaced, {up.dropped} dropped, recall@20 {info.recall.after_update:.4f}, "
+                   f"rebuild due: {'yes (' + '; '.join(up.rebuild_reasons) + ')' if up.rebuild_due else 'no'} "
                    f"({time.perf_counter() - t0:.1f} s)")
         scene = pick_scene(defaults.SAMPLE_DIR, defaults.RUN_DIR)
         retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir)
@@ -111,5 +112,5 @@ def update_demo_command(k: int, seed: int) -> None:
     new = [h.product_id for h in result.hits if h.product_id in set(changes["new_ids"])]
     click.echo("")
     click.echo(f"update demo done in {time.perf_counter() - started:.1f} s; index {index_dir} now serves "
-               f"{info['version']} ({info['n']} products" + (f", {len(new)} of them new in this top {k}" if new else "")
+               f"{info.version} ({info.n} products" + (f", {len(new)} of them new in this top {k}" if new else "")
                + "). `make demo` rebuilds the index from the original sample.")

@@ -77,7 +77,7 @@ def _efficientnet_lite0(weights: str) -> Backbone:
         model.load_state_dict(_load_state_dict(weights))
     # (x*255 - 127) / 128 is the preprocessing these weights were trained with, not ImageNet mean/std.
     return Backbone(
-        _EfficientNetTrunk(model), name="efficientnet-lite0", channels=1280,
+        _EfficientNetTrunk(model), name="efficientnet-lite0", channels=BACKBONE_CHANNELS["efficientnet-lite0"],
         mean=(127 / 255,) * 3, std=(128 / 255,) * 3, weights=weights,
     )
 
@@ -107,7 +107,7 @@ def _resnet50(weights: str) -> Backbone:
             model.load_state_dict(_load_state_dict(weights))
     trunk = nn.Sequential(*(list(model.children())[:-2]))  # drop avgpool and fc: keep the 7x7 layer4 map
     return Backbone(
-        trunk, name="resnet50", channels=2048,
+        trunk, name="resnet50", channels=BACKBONE_CHANNELS["resnet50"],
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), weights=weights,
     )
 

@@ -15,6 +15,7 @@ from common.files import atomic_path, sha256_of, write_json_atomic
 from pipeline.embedder import PresenceHead, StyleEmbedder, build_embedder
 
 FORMAT = "complete-the-look/checkpoint-v1"
+CONFIG_FILE = "config.json"   # the run's config, written beside the checkpoint as JSON
 
 
 class CheckpointError(ArtifactError):
@@ -64,7 +65,7 @@ def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config:
         # a file object, not the path: torch names the zip's root folder after a path's file name, and the
         # temp name is random, so the same payload saved twice got two sha256s
         torch.save(payload, f)
-    write_json_atomic(path.with_name("config.json"), payload["config"])
+    write_json_atomic(path.with_name(CONFIG_FILE), payload["config"])
     return sha256_of(path)
 
 

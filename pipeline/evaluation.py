@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from common import defaults
 from common.seeds import seed_from_key
 from pipeline.distances import all_distances
 from pipeline.metrics import expected_fitb, fitb_correct, hit_rates, paired_bootstrap, positive_rank
@@ -184,7 +185,7 @@ def score_queries(queries: list[Query], emb: QueryEmbeddings, category_embedding
     return {m: summarise(s) for m, s in per_query_scores(queries, emb, category_embedding, methods).items()}
 
 
-def compare_methods(scores: dict[str, dict[str, np.ndarray]], seed: int = 0) -> dict:
+def compare_methods(scores: dict[str, dict[str, np.ndarray]], seed: int = defaults.SEED) -> dict:
     """Paired differences on the same queries (expected FITB and HR@10), with 95% bootstrap intervals."""
     out = {}
     for a, b in COMPARISONS:

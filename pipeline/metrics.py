@@ -5,6 +5,8 @@ from math import comb
 
 import numpy as np
 
+from common import defaults
+
 
 def positive_rank(distances: np.ndarray) -> int:
     """0-based rank of the positive (index 0) among the candidates; ties count against it."""
@@ -41,7 +43,7 @@ def expected_fitb(distances: np.ndarray, n_negatives: int = 3) -> float:
     return comb(farther, n_negatives) / comb(distances.size - 1, n_negatives)
 
 
-def paired_bootstrap(a, b, *, n_resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(a, b, *, n_resamples: int = 2000, seed: int = defaults.SEED) -> dict[str, float]:
     """Mean of a - b over paired per-query scores, with a 95% percentile bootstrap interval over queries."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:

@@ -131,24 +131,44 @@ class Retriever:
         return self.encode_scenes([image], timings=timings)[0]
 
     def encode_scenes(self, images: Sequence[Image.Image | str | os.PathLike], *,
-                      timings: dict | None = None) -> list["Scene"]:
+                      timings: dict | None = None, pad_to: int | None = None) -> list[Scene]:
         """Several scenes in one batched backbone forward (micro-batching); one Scene per image, in order.
 
         The same maths as encode_scene one image at a time; the values agree to float rounding (a batch
-        may take other convolution kernels than a single image).
+        may take other convolution kernels than a single image). `pad_to` as in encode_pixels.
         """
         imgs = [self._rgb(image) for image in images]
         if not imgs:
             return []
         with _timed(timings, "forward"):
-            x = torch.cat([self.scene_tensor(img) for img in imgs]).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                feature_map = self._backbone(x)  # the one backbone forward, on torch's thread pool
-                with one_thread():
-                    f_s, f_i = self.embedder.scene_from_features(feature_map)
-                    presence = self.embedder.presence_probabilities(feature_map)
-        return [Scene(image=img, f_s=f_s[j:j + 1].float(), f_i=f_i[j:j + 1].float(),
-                      presence=None if presence is None else presence[j].float()) for j, img in enumerate(imgs)]
+            pixels = torch.stack([image_to_tensor(img, self.input_size) for img in imgs])
+            return self.scenes_from_pixels(pixels, imgs, pad_to=pad_to)
+
+    def scenes_from_pixels(self, pixels: torch.Tensor, images: Sequence[Image.Image], *,
+                           pad_to: int | None = None) -> list[Scene]:
+        """Scenes of B resized uint8 scenes (`pixels`, B x 3 x S x S from image_to_tensor) and their RGB images."""
+        f_s, f_i, presence = self.encode_pixels(pixels, pad_to=pad_to)
+        return [Scene(image=img, f_s=f_s[j:j + 1], f_i=f_i[j:j + 1], presence=None if presence is None else presence[j])
+                for j, img in enumerate(images)]
+
+    def encode_pixels(self, pixels: torch.Tensor, *, pad_to: int | None = None):
+        """(f_s B x d, f_i B x R x d, presence B x K or None) of B resized uint8 scenes in one forward.
+
+        `pad_to` > B adds zero scenes up to that batch size, so that an accelerator only ever sees a few
+        fixed shapes (each compiled and tuned once, at warm-up); the heads run on the padded batch too (one
+        shape) and the padding rows are cut off before anything is returned. In eval mode no layer mixes
+        rows, so the real rows' values do not depend on the padding (tested).
+        """
+        n = int(pixels.shape[0])
+        if pad_to is not None and pad_to > n:
+            pixels = torch.cat([pixels, pixels.new_zeros((pad_to - n, *pixels.shape[1:]))])
+        x = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            feature_map = self._backbone(x)  # the one backbone forward, on torch's thread pool
+            with one_thread():
+                f_s, f_i = self.embedder.scene_from_features(feature_map)
+                presence = self.embedder.presence_probabilities(feature_map)
+        return f_s[:n].float(), f_i[:n].float(), None if presence is None else presence[:n].float()
 
     @property
     def scene_backbone(self) -> torch.nn.Module:
@@ -195,25 +215,48 @@ class Retriever:
 
     def candidates(self, f_s: torch.Tensor, count: int, *, category: str | None = None) -> np.ndarray:
         """Stage 1: the rows of the `count` products nearest by global distance (FAISS inner product)."""
-        xq = np.ascontiguousarray(f_s.detach().cpu().numpy().reshape(1, -1), dtype=np.float32)
-        _, I = self.index.search(xq, int(count), category=category)
-        rows = np.asarray(I[0], dtype=np.int64)
-        return rows[rows >= 0]
+        return self.candidates_batch(f_s.reshape(1, -1), count, category=category)[0]
+
+    def candidates_batch(self, f_s: torch.Tensor, count: int, *, category: str | None = None) -> list[np.ndarray]:
+        """Stage 1 for B scenes (f_s: B x d) in one FAISS search: each scene's `count` nearest rows."""
+        xq = np.ascontiguousarray(f_s.detach().cpu().numpy().reshape(len(f_s), -1), dtype=np.float32)
+        if count < 1:
+            return [np.zeros(0, dtype=np.int64) for _ in range(len(xq))]
+        _, found = self.index.search(xq, int(count), category=category)
+        return [rows[rows >= 0] for rows in np.asarray(found, dtype=np.int64)]
 
     def rerank(self, f_s: torch.Tensor, f_i: torch.Tensor, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Stage 2: exact global, local and hybrid distances of the products in `rows` (in that order)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        cat_idx = self._row_category[rows]
+        return self.rerank_batch(f_s.reshape(1, -1), f_i.reshape(1, f_i.shape[-2], -1), [rows])[0]
+
+    def rerank_batch(self, f_s: torch.Tensor, f_i: torch.Tensor,
+                     rows: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Stage 2 for B scenes (f_s: B x d, f_i: B x R x d) in one call of the distances: per scene b, the
+        distances of the products in rows[b], in that order.
+
+        The row lists are padded to the longest by repeating their own rows (a real product, so nothing
+        is out of range); the padding columns are cut off: each product's distances depend on the scene
+        and that product alone.
+        """
+        rows = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
+        width = max((len(r) for r in rows), default=0)
+        if width == 0:
+            return [{name: np.zeros(0) for name in ("global", "local", "hybrid")} for _ in rows]
+        filler = next(r[0] for r in rows if len(r))
+        padded = np.stack([np.resize(r, width) if len(r) else np.full(width, filler) for r in rows])
+        cat_idx = self._row_category[padded]
         if (cat_idx < 0).any():
-            missing = sorted({self.row_category(r) for r in rows[cat_idx < 0]})
+            missing = sorted({self.row_category(r) for r in padded[cat_idx < 0]})
             raise RetrievalError(
                 f"products of categories {missing} are not in the checkpoint's vocabulary "
                 f"({', '.join(self.embedder.categories)}); rebuild the index from a catalogue this model knows")
-        f_p = torch.from_numpy(np.ascontiguousarray(self.index.embeddings(rows), dtype=np.float32)).to(self.device)
+        emb = np.ascontiguousarray(self.index.embeddings(padded.reshape(-1)), dtype=np.float32)
+        f_p = torch.from_numpy(emb).to(self.device).reshape(len(rows), width, -1)
         e_c = self._category_table[torch.from_numpy(cat_idx).to(self.device)]
         with torch.inference_mode():
-            d = all_distances(f_s.reshape(1, -1), f_i.reshape(1, f_i.shape[-2], -1), f_p.unsqueeze(0), e_c.unsqueeze(0))
-        return {name: value[0].double().cpu().numpy() for name, value in d.items()}
+            d = all_distances(f_s.reshape(len(rows), -1), f_i.reshape(len(rows), f_i.shape[-2], -1), f_p, e_c)
+        d = {name: value.double().cpu().numpy() for name, value in d.items()}
+        return [{name: value[b, :len(r)] for name, value in d.items()} for b, r in enumerate(rows)]
 
     def retrieve(
         self,
@@ -235,26 +278,33 @@ class Retriever:
         `timings`, when given, receives the seconds of each stage run: "forward" (when the scene is not
         encoded yet), "stage1" (FAISS) and "stage2" (exact re-rank and the hits).
         """
+        return self.retrieve_batch([scene], k=k, candidates=candidates, category=category, timings=timings)[0]
+
+    def retrieve_batch(self, scenes: Sequence[Image.Image | str | os.PathLike | Scene], *, k: int = defaults.K,
+                       candidates: int = defaults.CANDIDATES, category: str | None = None,
+                       timings: dict | None = None) -> list[RetrievalResult]:
+        """retrieve for B scenes with the same parameters: one forward for those not encoded, one FAISS
+        search, one re-rank; `timings` gets the batch's stage times."""
         k, candidates = _positive("k", k), _positive("candidates", candidates)
         if category is not None:
             category = self.resolve_category(category)
-        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
-        f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
+        scenes = self._encoded(scenes, timings)
+        f_s, f_i = self._stacked(scenes)
         available = len(self.index.rows_for_category(category)) if category is not None else self.index.n
         count = min(max(candidates, k), available)
+        results = []
         with one_thread():
             with _timed(timings, "stage1"):
-                rows = self.candidates(f_s, count, category=category) if count > 0 else np.zeros(0, dtype=np.int64)
+                found = self.candidates_batch(f_s, count, category=category)
             with _timed(timings, "stage2"):
-                d = self.rerank(f_s, f_i, rows)
-                # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
-                order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-                hits = self.hits_at(rows, d, order)
-        return RetrievalResult(
-            hits=hits, candidates=int(len(rows)), category=category, scene=scene.image,
-            f_s=f_s[0], f_i=f_i[0], _category_table=self._category_table,
-            _category_to_index=self._category_to_index,
-        )
+                for b, (rows, d) in enumerate(zip(found, self.rerank_batch(f_s, f_i, found), strict=True)):
+                    # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
+                    order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
+                    results.append(RetrievalResult(
+                        hits=self.hits_at(rows, d, order), candidates=int(len(rows)), category=category,
+                        scene=scenes[b].image, f_s=f_s[b], f_i=f_i[b], _category_table=self._category_table,
+                        _category_to_index=self._category_to_index))
+        return results
 
     def look(
         self,
@@ -280,47 +330,81 @@ class Retriever:
         ``LookResult.left_out`` names, unless `include_present` keeps them (after the missing ones).
         Categories asked for by name all come back, in the order asked, presence marked.
         """
+        return self.look_batch([scene], k=k, categories=categories, candidates=candidates,
+                               include_present=include_present, timings=timings)[0]
+
+    def look_batch(self, scenes: Sequence[Image.Image | str | os.PathLike | Scene], *, k: int = defaults.LOOK_K,
+                   categories: list[str] | None = None, candidates: int = defaults.CANDIDATES,
+                   include_present: bool = False, timings: dict | None = None) -> list[LookResult]:
+        """look for B scenes with the same parameters: stage 1 as one FAISS search per category for all the
+        scenes that need it, stage 2 as one re-rank of every scene's candidates; `timings` per batch."""
         k, candidates = _positive("k", k), _positive("candidates", candidates)
         if categories is None:
-            names = [c for c in self.categories if c in self._category_to_index]
+            asked = [c for c in self.categories if c in self._category_to_index]
         else:
-            names = list(dict.fromkeys(self.resolve_category(c) for c in categories))
-        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
+            asked = list(dict.fromkeys(self.resolve_category(c) for c in categories))
+        scenes = self._encoded(scenes, timings)
+        f_s, f_i = self._stacked(scenes)
+        plans = [self._look_plan(scene, asked, by_name=categories is not None, include_present=include_present)
+                 for scene in scenes]
+        with one_thread():
+            with _timed(timings, "stage1"):
+                found = self._look_candidates(f_s, [names for names, _, _ in plans], k, candidates)
+            with _timed(timings, "stage2"):
+                rows = [np.concatenate(per) if per else np.zeros(0, dtype=np.int64) for per in found]
+                distances = self.rerank_batch(f_s, f_i, rows)    # every scene's every category in one call
+                grids = self._attention_grids(f_i, [names for names, _, _ in plans])
+                return [self._look_result(scenes[b], plans[b], found[b], distances[b], grids[b], k)
+                        for b in range(len(scenes))]
+
+    def _look_plan(self, scene: Scene, names: list[str], *, by_name: bool, include_present: bool):
+        """(categories to answer, in order; presence probability per category; categories left out)."""
         presence = {} if scene.presence is None else \
             {n: float(scene.presence[self._category_to_index[n]]) for n in names}
-        left_out = {}
-        if presence and categories is None:
-            missing = [n for n in names if presence[n] < self.presence_threshold]
-            present = [n for n in names if presence[n] >= self.presence_threshold]
-            names = missing + present if include_present else missing
-            left_out = {} if include_present else {n: presence[n] for n in present}
-        f_s, f_i = scene.f_s.to(self.device), scene.f_i.to(self.device)
-        with one_thread():
-            per_category = []
-            with _timed(timings, "stage1"):
-                for name in names:
-                    count = min(max(candidates, k), len(self.index.rows_for_category(name)))
-                    per_category.append(self.candidates(f_s, count, category=name) if count > 0
-                                        else np.zeros(0, dtype=np.int64))
-            stage2_start = time.perf_counter()
-            rows = np.concatenate(per_category) if per_category else np.zeros(0, dtype=np.int64)
-            d = self.rerank(f_s, f_i, rows)                 # every category's candidates in one call
-            e_c = self._category_table[[self._category_to_index[n] for n in names]].unsqueeze(0)
-            with torch.inference_mode():
-                grids = attention_weights(f_i.reshape(1, f_i.shape[-2], -1), e_c)[0] if names else None
-            looks, start = [], 0
-            for j, (name, rows_c) in enumerate(zip(names, per_category)):
-                part = slice(start, start + len(rows_c))
-                start += len(rows_c)
-                d_c = {key: value[part] for key, value in d.items()}
-                order = np.lexsort((rows_c, d_c["global"], d_c["hybrid"]))[:k]
-                p = presence.get(name)
-                looks.append(CategoryLook(category=name, hits=self.hits_at(rows_c, d_c, order),
-                                          attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
-                                          present=None if p is None else p >= self.presence_threshold,
-                                          presence_probability=p))
-            if timings is not None:
-                timings["stage2"] = time.perf_counter() - stage2_start
+        if not presence or by_name:
+            return names, presence, {}
+        missing = [n for n in names if presence[n] < self.presence_threshold]
+        present = [n for n in names if presence[n] >= self.presence_threshold]
+        if include_present:
+            return missing + present, presence, {}
+        return missing, presence, {n: presence[n] for n in present}
+
+    def _look_candidates(self, f_s: torch.Tensor, names: list[list[str]], k: int,
+                         candidates: int) -> list[list[np.ndarray]]:
+        """Per scene, per category of its plan, the stage-1 rows: one search per category for its scenes."""
+        found: list[dict[str, np.ndarray]] = [{} for _ in names]
+        for category in dict.fromkeys(n for per_scene in names for n in per_scene):
+            scenes = [b for b, per_scene in enumerate(names) if category in per_scene]
+            count = min(max(candidates, k), len(self.index.rows_for_category(category)))
+            for b, rows in zip(scenes, self.candidates_batch(f_s[scenes], count, category=category), strict=True):
+                found[b][category] = rows
+        return [[found[b][n] for n in per_scene] for b, per_scene in enumerate(names)]
+
+    def _attention_grids(self, f_i: torch.Tensor, names: list[list[str]]) -> list[torch.Tensor | None]:
+        """Per scene, its attention over the regions for each category of its plan (B x M x R, padded)."""
+        width = max((len(n) for n in names), default=0)
+        if width == 0:
+            return [None for _ in names]
+        idx = [[self._category_to_index[n] for n in per_scene] + [0] * (width - len(per_scene)) for per_scene in names]
+        e_c = self._category_table[torch.tensor(idx, device=self.device)]
+        with torch.inference_mode():
+            grids = attention_weights(f_i.reshape(len(names), f_i.shape[-2], -1), e_c)
+        return [grids[b, :len(per_scene)] for b, per_scene in enumerate(names)]
+
+    def _look_result(self, scene: Scene, plan, found: list[np.ndarray], d: dict[str, np.ndarray], grids,
+                     k: int) -> LookResult:
+        names, presence, left_out = plan
+        looks, start = [], 0
+        for j, (name, rows_c) in enumerate(zip(names, found, strict=True)):
+            part = slice(start, start + len(rows_c))
+            start += len(rows_c)
+            d_c = {key: value[part] for key, value in d.items()}
+            order = np.lexsort((rows_c, d_c["global"], d_c["hybrid"]))[:k]
+            p = presence.get(name)
+            looks.append(CategoryLook(category=name, hits=self.hits_at(rows_c, d_c, order),
+                                      attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
+                                      present=None if p is None else p >= self.presence_threshold,
+                                      presence_probability=p))
         return LookResult(categories=looks, scene=scene.image, left_out=left_out)
 
     def compatibility(self, scene: "Image.Image | str | os.PathLike | Scene", product_ids: Sequence[str], *,
@@ -331,25 +415,48 @@ class Retriever:
         checkpoint (see `notes`). Products in the order given; an id not in the index is a RetrievalError.
         `timings` as in retrieve ("stage2": the exact distances of the products).
         """
+        return self.compatibility_batch([scene], product_ids, timings=timings)[0]
+
+    def compatibility_batch(self, scenes: Sequence[Image.Image | str | os.PathLike | Scene],
+                            product_ids: Sequence[str], *, timings: dict | None = None) -> list[CompatibilityResult]:
+        """compatibility of the same products for B scenes: one re-rank; `timings` per batch."""
         if isinstance(product_ids, str) or not len(product_ids):
             raise RetrievalError("give a list of one or more product ids")
         ids = [str(p) for p in product_ids]
         rows = self.rows_for_products(ids)
-        scene = scene if isinstance(scene, Scene) else self.encode_scene(scene, timings=timings)
+        scenes = self._encoded(scenes, timings)
+        f_s, f_i = self._stacked(scenes)
         with one_thread(), _timed(timings, "stage2"):
-            d = self.rerank(scene.f_s.to(self.device), scene.f_i.to(self.device), rows)
+            distances = self.rerank_batch(f_s, f_i, [rows] * len(scenes))
         records = self.index.table.take(pa.array(rows, type=pa.int64())).to_pylist()
-        probability = None if self.calibration is None else self.calibration.probability(d["hybrid"])
-        out = []
-        for j, (pid, info) in enumerate(zip(ids, records)):
-            p = None if probability is None else float(probability[j])
-            out.append(Compatibility(
-                product_id=pid, category=str(info["category"]), image_path=info.get("image_path"),
-                global_distance=float(d["global"][j]), local_distance=float(d["local"][j]),
-                hybrid_distance=float(d["hybrid"][j]), probability=p,
-                completes=None if p is None else p >= self.calibration.threshold))
-        return CompatibilityResult(products=out, scene=scene.image,
-                                   threshold=None if self.calibration is None else self.calibration.threshold)
+        threshold = None if self.calibration is None else self.calibration.threshold
+        results = []
+        for scene, d in zip(scenes, distances, strict=True):
+            probability = None if self.calibration is None else self.calibration.probability(d["hybrid"])
+            out = []
+            for j, (pid, info) in enumerate(zip(ids, records, strict=True)):
+                p = None if probability is None else float(probability[j])
+                out.append(Compatibility(
+                    product_id=pid, category=str(info["category"]), image_path=info.get("image_path"),
+                    global_distance=float(d["global"][j]), local_distance=float(d["local"][j]),
+                    hybrid_distance=float(d["hybrid"][j]), probability=p,
+                    completes=None if p is None else p >= threshold))
+            results.append(CompatibilityResult(products=out, scene=scene.image, threshold=threshold))
+        return results
+
+    def _encoded(self, scenes: Sequence, timings: dict | None) -> list[Scene]:
+        """The scenes, those not encoded yet (images, paths) encoded in one forward."""
+        todo = [j for j, s in enumerate(scenes) if not isinstance(s, Scene)]
+        out = list(scenes)
+        for j, scene in zip(todo, self.encode_scenes([scenes[j] for j in todo], timings=timings), strict=True):
+            out[j] = scene
+        return out
+
+    def _stacked(self, scenes: Sequence[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scenes' f_s (B x d) and f_i (B x R x d) on the device."""
+        f_s = torch.cat([s.f_s.reshape(1, -1) for s in scenes]).to(self.device)
+        f_i = torch.cat([s.f_i.reshape(1, s.f_i.shape[-2], -1) for s in scenes]).to(self.device)
+        return f_s, f_i
 
     def rows_for_products(self, product_ids: Sequence[str]) -> np.ndarray:
         """Index rows of the given product ids, in order; RetrievalError naming the ids the index lacks."""

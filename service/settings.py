@@ -1,4 +1,4 @@
-"""The service's settings, with the model-worker defaults chosen per device (docs/benchmarks-serve.md)."""
+"""The service's settings, with the model executor's defaults chosen per device (docs/benchmarks-serve.md)."""
 from __future__ import annotations
 
 import os
@@ -20,12 +20,13 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """How the service runs: model workers, micro-batching, queue, limits, index watching, admin token, examples."""
+    """How the service runs: the model executor, its queue, limits, index watching, admin token, examples."""
 
-    workers: int = 1                  # model worker threads
-    threads: int = 1                  # torch threads per worker
-    max_batch: int = 1                # scenes per backbone forward (1: no micro-batching)
-    max_wait_ms: float = 0.0          # how long a worker waits to fill a batch
+    threads: int = 1                  # torch threads of the model executor's forward
+    max_batch: int = 1                # scenes per backbone forward (the executor batches what is waiting)
+    pad_batches: bool = False         # pad each batch up to the next power of two (fixed shapes, warmed at start)
+    decode_threads: int = 2           # threads decoding and resizing uploads beside the forward
+    pipeline: bool = False            # stage 1 and 2 on a thread of their own, beside the next forward
     queue_size: int = defaults.SERVE_QUEUE_SIZE
     max_upload_bytes: int = defaults.SERVE_MAX_UPLOAD_BYTES
     max_k: int = defaults.SERVE_MAX_K
@@ -39,10 +40,13 @@ class ServeSettings:
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:
         """The measured defaults for `device`, overridden by every value in `given` that is not None.
 
-        CPU: one worker per usable core, one torch thread each, no batching. GPU: defaults.SERVE_GPU.
+        CPU: defaults.SERVE_CPU with the forward on every usable core; an accelerator: defaults.SERVE_GPU.
         """
         device = torch.device(device)
-        base = dict(defaults.SERVE_GPU) if device.type == "cuda" else {**defaults.SERVE_CPU, "workers": usable_cores()}
+        if device.type == "cpu":
+            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "decode_threads": min(2, usable_cores())}
+        else:
+            base = {**defaults.SERVE_GPU, "decode_threads": max(2, min(8, usable_cores() // 2))}
         names = {f.name for f in fields(cls)}
         unknown = set(given) - names
         if unknown:

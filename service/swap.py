@@ -4,7 +4,7 @@ The signal is the directory's CURRENT pointer (index.layout); a flat directory w
 watched through its info.json (written last by a build). A changed signal loads the new build into a
 new Retriever that shares the model (`Retriever.with_index`), which refuses an index made by another
 checkpoint (sha256) or in another space; a canary query through both stages must then succeed. Only
-then does the pool serve it. Anything that fails — a missing or corrupt file, a mismatched checkpoint
+then does the executor serve it. Anything that fails — a missing or corrupt file, a mismatched checkpoint
 — refuses the new build: the old one keeps serving, the refusal is logged, counted and shown by
 /readyz, and the same build is not tried again until the pointer moves (or an admin reload asks).
 """
@@ -19,8 +19,8 @@ from common.errors import ArtifactError
 from index.layout import INFO_FILE, current_version
 from index.store import ProductIndex
 from retrieval.results import Scene
+from service.executor import ModelExecutor
 from service.metrics import ServiceMetrics
-from service.pool import ModelPool
 
 log = logging.getLogger("ctl.serve")
 
@@ -55,7 +55,7 @@ def one_line(message) -> str:
 class IndexSwapper:
     """Loads new builds of `index_dir` into `pool`; polls every `interval_s` seconds when started (0: never)."""
 
-    def __init__(self, pool: ModelPool, index_dir: str | Path, *, canary: Scene, interval_s: float,
+    def __init__(self, pool: ModelExecutor, index_dir: str | Path, *, canary: Scene, interval_s: float,
                  metrics: ServiceMetrics | None = None):
         self.pool = pool
         self.index_dir = Path(index_dir)
@@ -153,4 +153,4 @@ class IndexSwapper:
     def _record(self, retriever) -> None:
         index = retriever.index
         self.metrics.serving(version=index.version, products=index.n, checkpoint_sha256=retriever.checkpoint.sha256,
-                             factory=index.info.get("factory"))
+                             factory=index.info.factory)

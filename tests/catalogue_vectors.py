@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from index.embedding_shards import FORMAT, record_shard, write_manifest, write_shard
+from index.embedding_shards import EmbeddingsManifest, record_shard, write_manifest, write_shard
 
 
 def clustered(n: int, d: int, *, n_clusters: int = 50, spread: float = 0.5, seed: int = 0):
@@ -25,8 +25,8 @@ def write_embeddings(root: Path, xb: np.ndarray, categories, *, shard_rows: int 
     """Write an embeddings folder through the contract's own writer: part-*.parquet shards plus _manifest.json."""
     root.mkdir(parents=True, exist_ok=True)
     n, d = xb.shape
-    manifest = {"format": FORMAT, "checkpoint_sha256": sha, "backbone": "efficientnet-lite0", "dim": d,
-                "shard_size": shard_rows, "complete": complete, "shards": []}
+    manifest = EmbeddingsManifest(checkpoint_sha256=sha, backbone="efficientnet-lite0", dim=d, shard_size=shard_rows,
+                                  complete=complete)
     for i, start in enumerate(range(0, n, shard_rows)):
         stop = min(n, start + shard_rows)
         cols = {

@@ -40,20 +40,20 @@ def build_index_command(embeddings_dir: str, out_dir: str, memory_budget: str, t
     info = build_index(embeddings_dir, out_dir, memory_budget_bytes=memory_budget, target_recall=target_recall,
                        seed=seed, factory=factory, intent=intent, workers=workers, engine=engine,
                        ray_address=ray_address, ondisk=ondisk, log=lambda m: click.echo(f"  {m}", err=True))
-    rec = info["recall"]
+    rec = info.recall
     click.echo(f"index: {out_dir}")
-    click.echo(f"  n={info['n']}  d={info['dim']}  factory={info['factory']}  params={info['search_params']}")
-    met = "" if rec["target_met"] else f"  (BELOW target {rec['target']})"
-    click.echo(f"  recall@{rec['k']}={rec['value']:.4f} on {rec['queries']} queries{met}")
-    if info.get("category_recall"):
-        cat = info["category_recall"]
-        click.echo(f"  category search params={info['category_search_params']}  recall@{cat['k']}={cat['value']:.4f}")
-    click.echo(f"  build {info['build_seconds']:.1f}s  search {info['latency_ms']['single_query_median']:.3f} ms/query  "
-               f"index file {format_bytes(info['memory']['index_file_bytes'])}  "
-               f"(budget {format_bytes(info['memory']['budget_bytes'])})")
-    phases = info.get("phases") or {}
-    if info.get("parallel"):
+    click.echo(f"  n={info.n}  d={info.dim}  factory={info.factory}  params={info.search_params}")
+    met = "" if rec.target_met else f"  (BELOW target {rec.target})"
+    click.echo(f"  recall@{rec.k}={rec.value:.4f} on {rec.queries} queries{met}")
+    if info.category_recall:
+        cat = info.category_recall
+        click.echo(f"  category search params={info.category_search_params}  recall@{cat.k}={cat.value:.4f}")
+    click.echo(f"  build {info.build_seconds:.1f}s  search {info.latency_ms.single_query_median:.3f} ms/query  "
+               f"index file {format_bytes(info.memory.index_file_bytes)}  "
+               f"(budget {format_bytes(info.memory.budget_bytes)})")
+    phases = info.phases
+    if info.parallel:
         click.echo(f"  add {phases.get('add_seconds', 0):.1f}s in {phases.get('groups')} groups, merge "
-                   f"{phases.get('merge_seconds', 0):.1f}s" + ("  (inverted lists on disk)" if info.get("ondisk") else ""))
-    counts = ", ".join(f"{c}={n}" for c, n in info["counts_per_category"].items())
+                   f"{phases.get('merge_seconds', 0):.1f}s" + ("  (inverted lists on disk)" if info.ondisk else ""))
+    counts = ", ".join(f"{c}={n}" for c, n in info.counts_per_category.items())
     click.echo(f"  per category: {counts}")

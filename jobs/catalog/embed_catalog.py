@@ -23,33 +23,37 @@ or whose image bytes changed since DIR, copies the other embeddings, and records
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import ArtifactError, InputError, NothingProducedError
 from common.files import exclusive_lock, sha256_of
+from common.progress import progress_bar
 from index.embedding_shards import (
     BASE_COLUMNS,
     EMBEDDING,
-    FORMAT,
     IMAGE_HASH,
     MANIFEST,
     REJECTS,
+    SHARD_GLOB,
+    EmbeddingsManifest,
     Manifest,
+    ShardEntry,
     clear_output,
     clear_temp_files,
-    finished_shards,
     holds_output,
     load_manifest,
     merge_rejects,
@@ -58,7 +62,7 @@ from index.embedding_shards import (
     write_delta,
     write_manifest,
 )
-from jobs.catalog import device_engine, local_engine, ray_engine
+from jobs.catalog import local_engine, ray_engine
 from jobs.catalog.catalog_images import load_catalog_table
 from jobs.catalog.embed_job import DECODES, ENGINES, EmbedCatalogConfig, EmbedJob, Engine, compile_backbone
 from jobs.catalog.incremental import BaseFolder, delta, hash_images, reusable_rows, reuse_loader
@@ -67,9 +71,10 @@ from jobs.cli_errors import OneLineCommand
 from jobs.data.layouts import CATALOG
 from pipeline.checkpoint import load_checkpoint
 
-__all__ = ["EmbedCatalogConfig", "EmbedCatalogError", "embed_catalog", "embed_catalog_command"]
+__all__ = ["EmbedCatalogConfig", "EmbedCatalogError", "Plan", "embed_catalog", "embed_catalog_command", "plan_run"]
 LOCK = ".lock"
 RUNNERS: dict[str, Engine] = {"local": local_engine.open_engine, "ray": ray_engine.open_engine}
+log = logging.getLogger(__name__)
 
 
 class EmbedCatalogError(ArtifactError):
@@ -85,52 +90,86 @@ def catalog_fingerprint(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def _refusal(old: dict, new: dict) -> str | None:
-    if old.get("checkpoint_sha256") != new["checkpoint_sha256"]:
-        return (f"made with a different checkpoint (sha256 {str(old.get('checkpoint_sha256'))[:12]}..., "
-                f"this one is {new['checkpoint_sha256'][:12]}...)")
-    if old.get("catalog_fingerprint") != new["catalog_fingerprint"]:
-        if old.get("catalog") == new["catalog"] and old.get("n_input") != new["n_input"]:
-            return (f"made from {old.get('n_input')} rows of this catalogue, this run would embed "
-                    f"{new['n_input']} (--limit)")
-        return f"made from a different catalogue ({old.get('catalog')}, {old.get('n_input')} rows)"
-    if old.get("base_fingerprint") != new.get("base_fingerprint"):
-        if new.get("base_fingerprint") is None:
+# -- the plan: what to do with the output folder, decided from the manifests alone ----------------
+
+ACTIONS = ("start", "overwrite", "resume", "noop", "refuse")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run does with its output folder, and why: start it, overwrite it, resume its finished shards,
+    nothing (it is complete), or refuse (its output was made by another run)."""
+
+    action: str
+    reason: str
+    finished: tuple[ShardEntry, ...] = ()     # resume: the shards kept
+
+
+def refusal(old: EmbeddingsManifest, new: EmbeddingsManifest) -> str | None:
+    """Why a folder written as `old` cannot be continued by the run `new` (None: it can).
+    `new.image_size` None means "not known yet" (the backbone's own size) and is not compared."""
+    if old.checkpoint_sha256 != new.checkpoint_sha256:
+        return (f"made with a different checkpoint (sha256 {old.checkpoint_sha256[:12]}..., "
+                f"this one is {new.checkpoint_sha256[:12]}...)")
+    if old.catalog_fingerprint != new.catalog_fingerprint:
+        if old.catalog == new.catalog and old.n_input != new.n_input:
+            return f"made from {old.n_input} rows of this catalogue, this run would embed {new.n_input} (--limit)"
+        return f"made from a different catalogue ({old.catalog}, {old.n_input} rows)"
+    if old.base_fingerprint != new.base_fingerprint:
+        if new.base_fingerprint is None:
             return "made by an incremental run (--base), this run is a full one"
         return "made without --base or from another --base than this incremental run's"
-    for key, flag in (("shard_size", "--shard-size"), ("image_size", "image size")):
-        if old.get(key) != new[key]:
-            return f"written with {flag} {old.get(key)}, this run uses {new[key]}"
+    if old.shard_size != new.shard_size:
+        return f"written with --shard-size {old.shard_size}, this run uses {new.shard_size}"
+    if new.image_size is not None and old.image_size != new.image_size:
+        return f"written with image size {old.image_size}, this run uses {new.image_size}"
+    if old.jpeg_draft != new.jpeg_draft:
+        said = ("with --jpeg-draft (large JPEGs decoded at a reduced scale), this run decodes them at full scale"
+                if old.jpeg_draft else "without --jpeg-draft, this run decodes large JPEGs at a reduced scale")
+        return f"written {said}: its embeddings would differ slightly from shard to shard"
     return None
 
 
-def _summary(out_dir: Path, manifest: dict, *, seconds: float, processed: int, compute_seconds: float,
-             resumed: int, noop: bool, device: str, engine: str, compile_seconds: float | None = None) -> dict:
-    return {
-        "out_dir": str(out_dir),
-        "embedded": manifest["embedded"],
-        "rejected": manifest["rejected"],
-        "n_input": manifest["n_input"],
-        "shards": len(manifest["shards"]),
-        "resumed_shards": resumed,
-        "processed": processed,            # images decoded in this run (embedded + rejected)
-        "seconds": seconds,                # the whole call
-        "images_per_s": processed / compute_seconds if compute_seconds > 0 else 0.0,
-        "rejects": str(out_dir / REJECTS),
-        "complete": manifest["complete"],
-        "noop": noop,
-        "device": device,
-        "engine": engine,
-        "decode": manifest.get("decode", "cpu"),
-        "compile_seconds": compile_seconds,  # torch.compile and its warm-up batch, outside images_per_s
-        "incremental": manifest.get("incremental"),
-        "checkpoint_sha256": manifest["checkpoint_sha256"],
-    }
+def plan_run(old: EmbeddingsManifest | None, new: EmbeddingsManifest, *, overwrite: bool, holds_output: bool,
+             present: frozenset[str]) -> Plan:
+    """Decide what to do with the output folder: `old` is its manifest (None: it has none), `new` the run
+    asked for, `holds_output` whether shard files are there, `present` the names of the shard files there."""
+    if overwrite:
+        return Plan("overwrite", "--overwrite: any earlier output is removed first")
+    if old is None:
+        if holds_output:
+            return Plan("refuse", f"holds shards without a {MANIFEST}")
+        return Plan("start", "no earlier output")
+    reason = refusal(old, new)
+    if reason is not None:
+        return Plan("refuse", f"was {reason}")
+    finished = tuple(s for s in sorted(old.shards, key=lambda s: s.index) if s.name in present)
+    if old.complete and len(finished) == len(old.shards):
+        return Plan("noop", "complete, made by the same checkpoint, catalogue and settings", finished)
+    return Plan("resume", f"{len(finished)} of {old.n_shards or '?'} shards finished", finished)
 
+
+def _wanted(table: pa.Table, catalog_file: Path, checkpoint_sha256: str, config: EmbedCatalogConfig,
+            base_manifest: Manifest | None) -> EmbeddingsManifest:
+    """The run asked for, as far as it is known before the model is loaded (image size None: the backbone's)."""
+    return EmbeddingsManifest(
+        checkpoint_sha256=checkpoint_sha256, catalog=str(catalog_file.resolve()),
+        catalog_fingerprint=catalog_fingerprint(table), n_input=len(table), shard_size=config.shard_size,
+        n_shards=math.ceil(len(table) / config.shard_size), image_size=config.image_size, limit=config.limit,
+        jpeg_draft=config.jpeg_draft, engine=config.engine,
+        base_fingerprint=None if base_manifest is None else _folder_fingerprint(base_manifest))
+
+
+def _refuse(out_dir: Path, plan: Plan) -> None:
+    if plan.action == "refuse":
+        raise EmbedCatalogError(f"{out_dir} {plan.reason}; use another --out or --overwrite")
+
+
+# -- the run --------------------------------------------------------------------------------------
 
 def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: str | os.PathLike = defaults.CHECKPOINT,
                   out_dir: str | os.PathLike = defaults.EMBEDDINGS_DIR, *,
-                  config: EmbedCatalogConfig = EmbedCatalogConfig(), overwrite: bool = False,
+                  config: EmbedCatalogConfig | None = None, overwrite: bool = False,
                   progress: bool = True, base: str | os.PathLike | None = None) -> dict:
     """Embed a catalogue's product images into parquet shards in out_dir (see the module docstring).
 
@@ -141,141 +180,147 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
     used, and NothingProducedError when every image was rejected.
     """
     start = time.perf_counter()
+    config = config or EmbedCatalogConfig()
     manifest, checkpoint, out_dir = Path(manifest), Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise EmbedCatalogError(f"no checkpoint at {checkpoint}; run `make train` first (or pass --checkpoint)")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
-    base_manifest = None
-    if base is not None:
-        base = Path(base)
-        if out_dir.resolve() == base.resolve():
-            raise InputError(f"--base and --out are the same folder ({out_dir}); write the new folder elsewhere")
-        base_manifest = read_manifest(base)
+    base = None if base is None else Path(base)
+    if base is not None and out_dir.resolve() == base.resolve():
+        raise InputError(f"--base and --out are the same folder ({out_dir}); write the new folder elsewhere")
+    base_manifest = None if base is None else read_manifest(base)
     table = load_catalog_table(manifest, config.limit)
-    n_input = len(table)
     catalog_file = manifest / CATALOG if manifest.is_dir() else manifest
     device = resolve_device(config.device)
-    identity = {
-        "checkpoint_sha256": sha256_of(checkpoint),
-        "catalog": str(catalog_file.resolve()),
-        "catalog_fingerprint": catalog_fingerprint(table),
-        "n_input": n_input,
-        "shard_size": config.shard_size,
-        "base_fingerprint": None if base_manifest is None else _folder_fingerprint(base_manifest),
-    }
+    new = _wanted(table, catalog_file, sha256_of(checkpoint), config, base_manifest)
     with exclusive_lock(out_dir / LOCK, EmbedCatalogError(f"another embed-catalog run is writing to {out_dir}")):
         old = None if overwrite else load_manifest(out_dir)
-        if old is None and not overwrite and holds_output(out_dir):
-            raise EmbedCatalogError(f"{out_dir} holds shards without a {MANIFEST}; use --overwrite to replace them")
-        if old is not None:   # refuse (or finish as a no-op) before paying for the model
-            reason = _refusal(old, {**identity, "image_size": old.get("image_size")})
-            if reason is not None:
-                raise EmbedCatalogError(f"{out_dir} was {reason}; use another --out or --overwrite")
-            if (old.get("complete") and config.image_size in (None, old.get("image_size"))
-                    and all((out_dir / s["name"]).exists() for s in old["shards"])):
-                return _summary(out_dir, old, seconds=time.perf_counter() - start, processed=0, compute_seconds=0,
-                                resumed=len(old["shards"]), noop=True, device=str(device), engine=config.engine)
-
+        present = frozenset(p.name for p in out_dir.glob(SHARD_GLOB)) if out_dir.is_dir() else frozenset()
+        plan = plan_run(old, new, overwrite=overwrite, holds_output=holds_output(out_dir), present=present)
+        _refuse(out_dir, plan)   # refuse (or finish as a no-op) before paying for the model
+        if plan.action == "noop":
+            return _summary(out_dir, old, seconds=time.perf_counter() - start, processed=0, compute_seconds=0,
+                            resumed=len(old.shards), noop=True, device=str(device), engine=config.engine)
         ckpt = load_checkpoint(checkpoint, device=device)
-        size = config.image_size or ckpt.embedder.backbone.input_size
+        new = dataclasses.replace(new, image_size=config.image_size or ckpt.embedder.backbone.input_size,
+                                  backbone=ckpt.embedder.backbone_name, dim=ckpt.embedder.dim,
+                                  catalog_sha256=sha256_of(catalog_file), checkpoint=str(checkpoint.resolve()),
+                                  columns=[*table.column_names, IMAGE_HASH, EMBEDDING],
+                                  decode=config.decode_on(device))
+        plan = plan_run(old, new, overwrite=overwrite, holds_output=holds_output(out_dir), present=present)
+        _refuse(out_dir, plan)   # now with the backbone's image size
         compile_seconds = None
         if config.compile:
             batch = config.batch_size or (defaults.BATCH_SIZE_GPU if device.type == "cuda" else defaults.BATCH_SIZE_CPU)
-            compile_seconds = compile_backbone(ckpt.embedder, device, size, batch)
-        new = {
-            "format": FORMAT,
-            **identity,
-            "catalog_sha256": sha256_of(catalog_file),
-            "checkpoint": str(checkpoint.resolve()),
-            "backbone": ckpt.embedder.backbone_name,
-            "dim": ckpt.embedder.dim,
-            "image_size": size,
-            "limit": config.limit,
-            "n_shards": math.ceil(n_input / config.shard_size),
-            "columns": [*table.column_names, IMAGE_HASH, EMBEDDING],
-            "rejects": REJECTS,
-            "engine": config.engine,
-            "decode": config.decode_on(device),
-            "complete": False,
-            "shards": [],
-        }
-        if old is not None and (reason := _refusal(old, new)) is not None:
-            raise EmbedCatalogError(f"{out_dir} was {reason}; use another --out or --overwrite")
-        if overwrite:
+            compile_seconds = compile_backbone(ckpt.embedder, device, new.image_size, batch)
+        if plan.action == "overwrite":
             clear_output(out_dir)
         clear_temp_files(out_dir)
-        done = finished_shards(out_dir, old)
-        new["shards"] = [done[k] for k in sorted(done)]
+        done = {s.index: s for s in plan.finished}
+        new.shards = list(plan.finished)
         write_manifest(out_dir, new)
-
-        S = config.shard_size
-        pending = [k for k in range(new["n_shards"]) if k not in done]
-        rows = np.concatenate([np.arange(k * S, min((k + 1) * S, n_input)) for k in pending] or [np.zeros(0)])
-        rows = rows.astype(np.int64)
-        reuse = base_folder = None
-        if base is not None:
-            base_folder = BaseFolder(base, checkpoint_sha256=identity["checkpoint_sha256"], dim=ckpt.embedder.dim)
-            if not base_folder.has_hashes:
-                click.echo(f"embed-catalog: {base} records no image hashes (written before they were kept): "
-                           "every product is embedded again", err=True)
-            hashes = hash_images(table.column("image_path").to_pylist(), progress=progress)
-            reuse_from = reusable_rows(table, hashes, base_folder)
-            reuse = reuse_loader(base_folder, reuse_from, hashes, S)
-            rows = rows[reuse_from[rows] < 0]
-        shard_rows = {k: 0 for k in pending} if base is not None else {}
-        for k, count in zip(*np.unique(rows // S, return_counts=True)):
-            shard_rows[int(k)] = int(count)
-        job = EmbedJob(table, rows, ckpt, checkpoint, size, device, config)
         t0 = time.perf_counter()
-        processed = _run(job, out_dir, new, shard_rows, reuse=reuse, progress=progress)
+        processed = _embed_pending(table, ckpt, checkpoint, device, config, out_dir, new, done, base, progress)
         compute_seconds = time.perf_counter() - t0
-
-        merge_rejects(out_dir, new)
-        if base_folder is not None:
-            _record_delta(out_dir, new, base_folder, base, reembedded=processed)
-        new["complete"] = True
-        write_manifest(out_dir, new)
-    if new["embedded"] == 0:
-        raise NothingProducedError(f"all {new['rejected']} images were rejected, nothing embedded; "
+    if new.embedded == 0:
+        raise NothingProducedError(f"all {new.rejected} images were rejected, nothing embedded; "
                                    f"see {out_dir / REJECTS}")
     return _summary(out_dir, new, seconds=time.perf_counter() - start, processed=processed,
                     compute_seconds=compute_seconds, resumed=len(done), noop=False, device=str(device),
                     engine=config.engine, compile_seconds=compile_seconds)
 
 
-def _folder_fingerprint(manifest) -> str:
+def _embed_pending(table: pa.Table, ckpt, checkpoint: Path, device, config: EmbedCatalogConfig, out_dir: Path,
+                   new: EmbeddingsManifest, done: dict[int, ShardEntry], base: Path | None, progress: bool) -> int:
+    """Embed the rows of the shards not yet finished (less those reused from `base`), write them, merge the
+    rejects, record the delta of an incremental run, mark the manifest complete; returns the images processed."""
+    size = new.shard_size
+    pending = [k for k in range(new.n_shards) if k not in done]
+    rows = np.concatenate([np.arange(k * size, min((k + 1) * size, new.n_input)) for k in pending]
+                          or [np.zeros(0)]).astype(np.int64)
+    reuse = base_folder = None
+    if base is not None:
+        base_folder = BaseFolder(base, checkpoint_sha256=new.checkpoint_sha256, dim=new.dim)
+        if not base_folder.has_hashes:
+            log.warning("%s records no image hashes (written before they were kept): every product is embedded "
+                        "again", base)
+        hashes = hash_images(table.column("image_path").to_pylist(), progress=progress)
+        reuse_from = reusable_rows(table, hashes, base_folder)
+        reuse = reuse_loader(base_folder, reuse_from, hashes, size)
+        rows = rows[reuse_from[rows] < 0]
+    shard_rows = dict.fromkeys(pending, 0) if base is not None else {}
+    for k, count in zip(*np.unique(rows // size, return_counts=True), strict=True):
+        shard_rows[int(k)] = int(count)
+    job = EmbedJob(table, rows, ckpt, checkpoint, new.image_size, device, config)
+    processed = _run(job, out_dir, new, shard_rows, reuse=reuse, progress=progress)
+    merge_rejects(out_dir, new)
+    if base_folder is not None:
+        _record_delta(out_dir, new, base_folder, base, reembedded=processed)
+    new.complete = True
+    write_manifest(out_dir, new)
+    return processed
+
+
+def _summary(out_dir: Path, manifest: EmbeddingsManifest, *, seconds: float, processed: int,
+             compute_seconds: float, resumed: int, noop: bool, device: str, engine: str,
+             compile_seconds: float | None = None) -> dict:
+    return {
+        "out_dir": str(out_dir),
+        "embedded": manifest.embedded,
+        "rejected": manifest.rejected,
+        "n_input": manifest.n_input,
+        "shards": len(manifest.shards),
+        "resumed_shards": resumed,
+        "processed": processed,            # images decoded in this run (embedded + rejected)
+        "seconds": seconds,                # the whole call
+        "images_per_s": processed / compute_seconds if compute_seconds > 0 else 0.0,
+        "rejects": str(out_dir / REJECTS),
+        "complete": manifest.complete,
+        "noop": noop,
+        "device": device,
+        "engine": engine,
+        "decode": manifest.decode,
+        "jpeg_draft": manifest.jpeg_draft,
+        "compile_seconds": compile_seconds,  # torch.compile and its warm-up batch, outside images_per_s
+        "incremental": manifest.incremental,
+        "checkpoint_sha256": manifest.checkpoint_sha256,
+    }
+
+
+def _folder_fingerprint(manifest: Manifest) -> str:
     """What identifies a finished embeddings folder: its catalogue fingerprint, else its shard list."""
     return manifest.catalog_fingerprint or hashlib.sha256(json.dumps(
         [manifest.checkpoint_sha256, manifest.shards]).encode()).hexdigest()
 
 
-def _record_delta(out_dir: Path, manifest: dict, base_folder: BaseFolder, base: Path, *, reembedded: int) -> None:
+def _record_delta(out_dir: Path, manifest: EmbeddingsManifest, base_folder: BaseFolder, base: Path, *,
+                  reembedded: int) -> None:
     """Compare the finished shards with the base folder; write _delta.parquet and the counts into the manifest."""
-    extras = tuple(c for c in manifest["columns"] if c not in (*BASE_COLUMNS, IMAGE_HASH, EMBEDDING))
-    shards = tuple((s["name"], s["rows"]) for s in manifest["shards"])
-    finished = Manifest(out_dir, manifest["checkpoint_sha256"], manifest["backbone"], manifest["dim"], shards, extras)
+    extras = tuple(c for c in manifest.columns if c not in (*BASE_COLUMNS, IMAGE_HASH, EMBEDDING))
+    shards = tuple((s.name, s.rows) for s in manifest.shards)
+    finished = Manifest(out_dir, manifest.checkpoint_sha256, manifest.backbone, manifest.dim, shards, extras)
     new_rows = read_metadata(finished, [*BASE_COLUMNS, *extras, IMAGE_HASH]) if finished.n else None
     if new_rows is None:
         ids, kinds = base_folder.table.column("product_id").to_pylist(), ["removed"] * len(base_folder.table)
     else:
         ids, kinds = delta(base_folder.table, new_rows)
     write_delta(out_dir, ids, kinds)
-    manifest["incremental"] = {"base": str(base.resolve()), "base_fingerprint": manifest["base_fingerprint"],
-                               "reembedded": reembedded,
-                               **{kind: kinds.count(kind) for kind in ("added", "changed", "removed")}}
+    manifest.incremental = {"base": str(base.resolve()), "base_fingerprint": manifest.base_fingerprint,
+                            "reembedded": reembedded,
+                            **{kind: kinds.count(kind) for kind in ("added", "changed", "removed")}}
 
 
-def _run(job: EmbedJob, out_dir: Path, manifest: dict, shard_rows: dict[int, int], *, reuse, progress: bool) -> int:
+def _run(job: EmbedJob, out_dir: Path, manifest: EmbeddingsManifest, shard_rows: dict[int, int], *, reuse,
+         progress: bool) -> int:
     """Run the engine over the job's rows into the shard writer; returns how many images were processed."""
     if not shard_rows:
         return 0
     writer = ShardWriter(out_dir, job.table, manifest, shard_rows, job.checkpoint.embedder.dim, reuse=reuse)
-    engine = device_engine.open_engine if job.config.decode_on(job.device) == "gpu" else RUNNERS[job.config.engine]
-    batches = engine(job) if len(job.rows) else iter(())
+    batches = RUNNERS[job.config.engine](job) if len(job.rows) else iter(())
     writer.start()                     # after the engine's set-up: DataLoader workers fork before any thread
-    bar = tqdm(total=manifest["n_input"], initial=manifest["n_input"] - len(job.rows), unit="img",
-               desc=f"embed-catalog ({job.config.engine})", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=manifest.n_input, initial=manifest.n_input - len(job.rows), unit="img",
+                       desc=f"embed-catalog ({job.config.engine})", disable=not progress, smoothing=0.1)
     try:
         for batch in batches:
             writer.put(*batch)

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from common.progress import progress_bar
 from index.embedding_shards import (
     BASE_COLUMNS,
     EMBEDDING,
@@ -85,8 +85,8 @@ def _sha256_or_none(path: str) -> str | None:
 def hash_images(paths: list[str], *, progress: bool = True) -> np.ndarray:
     """sha256 of each image file (None where it cannot be read), with a progress bar."""
     with ThreadPoolExecutor(HASH_THREADS) as pool:
-        hashes = list(tqdm(pool.map(_sha256_or_none, paths, chunksize=64), total=len(paths), unit="img",
-                           desc="hash images", disable=not progress, dynamic_ncols=True))
+        hashes = list(progress_bar(pool.map(_sha256_or_none, paths, chunksize=64), total=len(paths), unit="img",
+                                   desc="hash images", disable=not progress))
     return np.array(hashes, dtype=object)
 
 

@@ -8,15 +8,17 @@ loads them when shard k is written, and shards made only of reused rows are writ
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from index.embedding_shards import record_shard, write_shard
+from index.embedding_shards import EmbeddingsManifest, record_shard, write_shard
 
 
 class Rows(NamedTuple):
@@ -30,13 +32,13 @@ class Rows(NamedTuple):
 class ShardWriter(threading.Thread):
     """Collects embedded batches, writes each shard once complete, then records it in the manifest."""
 
-    def __init__(self, out_dir: Path, table: pa.Table, manifest: dict, shard_rows: dict[int, int], dim: int, *,
-                 reuse: Callable[[int], Rows] | None = None):
+    def __init__(self, out_dir: Path, table: pa.Table, manifest: EmbeddingsManifest, shard_rows: dict[int, int],
+                 dim: int, *, reuse: Callable[[int], Rows] | None = None):
         super().__init__(name="embed-catalog-writer", daemon=True)
         self.out_dir = out_dir
         self.table = table            # the catalogue: product_id, category, image_path, extras (strings)
         self.manifest = manifest
-        self.shard_size = manifest["shard_size"]
+        self.shard_size = manifest.shard_size
         self.remaining = dict(shard_rows)   # shard -> rows still to come from the engine (0: all reused)
         self.dim = dim
         self.reuse = reuse
@@ -72,10 +74,8 @@ class ShardWriter(threading.Thread):
     def abandon(self) -> None:
         """Stop the thread without finishing shards (the main loop failed)."""
         if self.is_alive():
-            try:
+            with contextlib.suppress(queue.Full):
                 self.queue.put(None, timeout=10)
-            except queue.Full:
-                pass
             self.join(timeout=10)
 
     # writer thread side
@@ -94,7 +94,9 @@ class ShardWriter(threading.Thread):
         if ready is not None:
             ready.synchronize()       # the device -> host copy of `embeddings` has landed
         rows = np.asarray(rows, dtype=np.int64)
-        embeddings = np.asarray(embeddings, np.float32) if embeddings is not None else np.zeros((0, self.dim), np.float32)
+        if embeddings is None:
+            embeddings = np.zeros((0, self.dim), np.float32)
+        embeddings = np.asarray(embeddings, np.float32)
         hashes = np.asarray(hashes, dtype=object)
         counts: dict[int, int] = {}
         for row, reason in rejects:
@@ -125,7 +127,7 @@ class ShardWriter(threading.Thread):
         rows, emb, hashes = rows[order], emb[order], hashes[order]
         pid, path = self.table.column("product_id"), self.table.column("image_path")
         entry = write_shard(self.out_dir, k, self.table.take(pa.array(rows, pa.int64())), emb,
-                            checkpoint_sha256=self.manifest["checkpoint_sha256"],
+                            checkpoint_sha256=self.manifest.checkpoint_sha256,
                             rejects=[(pid[r].as_py(), path[r].as_py(), reason) for r, reason in rejects],
                             image_sha256=hashes.tolist())
         record_shard(self.out_dir, self.manifest, entry)

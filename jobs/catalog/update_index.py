@@ -36,19 +36,18 @@ def update_index_command(index_dir: str, embeddings_dir: str | None, remove: str
     """Apply catalogue changes to the index as a new version (no retraining); report drift and rebuild advice."""
     info = update_index(index_dir, embeddings_dir, remove=read_ids(remove), keep_versions=keep_versions,
                         log=lambda m: click.echo(f"  {m}", err=True))
-    up = info["update"]
-    click.echo(f"index: {index_dir} {up['from_version']} -> {info['version']}: {up['upserted']} added or replaced, "
-               f"{up['dropped']} rows dropped, n={info['n']} ({up['seconds']:.1f}s)")
-    click.echo(f"  recall@{info['recall'].get('k', 20)} after the update: {info['recall']['after_update']:.4f} "
-               f"(at the build: {info['recall'].get('value', float('nan')):.4f})")
-    drift = f"  churn since the last full build {up['churn_since_build']:.1%}"
-    if up.get("imbalance") is not None:
-        drift += f", list imbalance {up['imbalance']:.2f} (build {up.get('build_imbalance')})"
-    if up.get("new_rows_centroid_score") is not None:
-        drift += (f", new rows' centroid score {up['new_rows_centroid_score']:.3f} "
-                  f"(build {up.get('build_centroid_score')})")
+    up, rec = info.update, info.recall
+    click.echo(f"index: {index_dir} {up.from_version} -> {info.version}: {up.upserted} added or replaced, "
+               f"{up.dropped} rows dropped, n={info.n} ({up.seconds:.1f}s)")
+    at_build = rec.value if rec.value is not None else float("nan")
+    click.echo(f"  recall@{rec.k} after the update: {rec.after_update:.4f} (at the build: {at_build:.4f})")
+    drift = f"  churn since the last full build {up.churn_since_build:.1%}"
+    if up.imbalance is not None:
+        drift += f", list imbalance {up.imbalance:.2f} (build {up.build_imbalance})"
+    if up.new_rows_centroid_score is not None:
+        drift += f", new rows' centroid score {up.new_rows_centroid_score:.3f} (build {up.build_centroid_score})"
     click.echo(drift)
-    if up["rebuild_due"]:
-        click.echo("  a full rebuild is due: " + "; ".join(up["rebuild_reasons"]) + " (run `ctl build-index`)")
+    if up.rebuild_due:
+        click.echo("  a full rebuild is due: " + "; ".join(up.rebuild_reasons) + " (run `ctl build-index`)")
     else:
         click.echo("  no rebuild due")

@@ -27,6 +27,23 @@ class ManifestError(ArtifactError):
     """A catalogue manifest that is missing, unreadable or breaks the contract."""
 
 
+# The required columns, first and in this order; every other column is metadata (any type) after them.
+CATALOG_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in REQUIRED_CATALOG_COLUMNS])
+
+
+def write_catalog_table(path: str | os.PathLike, table: pa.Table) -> None:
+    """The one writer of a catalogue manifest: the required columns as strings, first, then the rest, written
+    atomically. Raises ManifestError when a required column is missing."""
+    missing = [c for c in REQUIRED_CATALOG_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"{path}: a catalogue needs the column(s) {', '.join(missing)}")
+    required = [table.column(f.name).cast(f.type) for f in CATALOG_SCHEMA]
+    extras = [c for c in table.column_names if c not in REQUIRED_CATALOG_COLUMNS]
+    columns = required + [table.column(c) for c in extras]
+    schema = pa.schema([*CATALOG_SCHEMA, *(table.schema.field(c) for c in extras)])
+    write_parquet_atomic(path, pa.Table.from_arrays(columns, schema=schema))
+
+
 def write_catalog(root: str | os.PathLike) -> tuple[int, int]:
     """Rewrite DIR/catalog.parquet from DIR/products.parquet and the fetcher's DIR/images.parquet.
 
@@ -44,7 +61,7 @@ def write_catalog(root: str | os.PathLike) -> tuple[int, int]:
          "category": products.column("category"),
          **{c: products.column(c) for c in rest}}
     ).filter(mask)
-    write_parquet_atomic(root / CATALOG, catalog)
+    write_catalog_table(root / CATALOG, catalog)
     return len(catalog), len(products) - len(catalog)
 
 

@@ -5,14 +5,14 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import requests
-from tqdm import tqdm
 
 from common.config import JobConfig
+from common.progress import progress_bar
 from jobs.data.downloads import USER_AGENT, FetchError, download, inspect_image, rewrite_url
 from jobs.data.image_cache import CacheEntry, Failure, ImageCache
 from jobs.data.rate_limit import RateLimiter
@@ -140,8 +140,8 @@ class Fetcher:
                 result.remembered += 1
             else:
                 todo.append(url)
-        bar = tqdm(total=len(todo), unit="img", desc="fetch", disable=None if progress is None else not progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=len(todo), unit="img", desc="fetch",
+                           disable=None if progress is None else not progress)
         pool = ThreadPoolExecutor(max_workers=self.config.workers, thread_name_prefix="fetch")
         try:
             futures = [pool.submit(self.fetch_one, url) for url in todo]

@@ -17,6 +17,7 @@ from jobs.training.calibrate import METHODS as CLASSIFIER_METHODS
 from jobs.training.calibrate import calibrate_run
 from jobs.training.config import TrainConfig
 from jobs.training.presence import evaluate_presence
+from jobs.training.run_layout import RunLayout
 from jobs.training.train import strategy_for
 from jobs.training.training_data import Readable, cache_features, prepare_data, usable_queries
 from pipeline.calibration import (
@@ -108,7 +109,7 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     """
     run_dir = Path(run_dir)
     started = time.time()
-    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint = RunLayout(run_dir).checkpoint
     ckpt = load_checkpoint(checkpoint, with_backbone=False)
     saved = dict(ckpt.config)
     data_dir = Path(data_dir or saved.get("data", defaults.SAMPLE_DIR))

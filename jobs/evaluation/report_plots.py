@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common.files import atomic_path  # noqa: E402
 from common.naming import short_category  # noqa: E402
 from pipeline.distances import attention_weights  # noqa: E402
 from pipeline.evaluation import CategoryEmbedding, QueryEmbeddings, candidate_columns, distance_matrices  # noqa: E402
@@ -17,6 +18,16 @@ from pipeline.images import load_image  # noqa: E402
 from pipeline.metrics import positive_rank  # noqa: E402
 from pipeline.scene_crops import exclude_product  # noqa: E402
 from retrieval.contact_sheet import attention_overlay  # noqa: E402
+
+
+def save_figure(fig, out_png, *, dpi: int) -> None:
+    """Write the figure as a PNG atomically (a reader never sees half a plot), then free it."""
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def methods_bar_chart(report: dict, out_png) -> None:
@@ -39,9 +50,7 @@ def methods_bar_chart(report: dict, out_png) -> None:
                  f"same-category negatives for HR@K")
     ax.legend(ncol=len(methods), fontsize=8, loc="upper left")
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=110)
 
 
 def spread_of_ranks(ranks, n: int) -> list[int]:
@@ -65,7 +74,7 @@ def attention_figure(dataset, queries, emb: QueryEmbeddings, category_embedding:
     fig, axes = plt.subplots(len(picked), top + 2, figsize=(2.0 * (top + 3), 2.4 * len(picked)), squeeze=False,
                              gridspec_kw={"width_ratios": [2] + [1] * (top + 1)})
     with torch.no_grad():
-        for row, qi in zip(axes, picked):
+        for row, qi in zip(axes, picked, strict=False):
             query, dist = queries[qi], hybrid[qi]
             pair = dataset.pairs[query.pair_index]
             scene = exclude_product(load_image(dataset.scenes[pair.scene_id]), pair.bbox, exclusion)
@@ -83,7 +92,7 @@ def attention_figure(dataset, queries, emb: QueryEmbeddings, category_embedding:
             row[1].imshow(load_image(dataset.products[query.product_id].image_path))
             row[1].set_title(f"missing item\nrank {rank + 1} of {len(candidates)}", fontsize=8)
             row[1].axis("off")
-            for ax, idx in zip(row[2:], order[:top]):
+            for ax, idx in zip(row[2:], order[:top], strict=False):
                 ax.imshow(load_image(dataset.products[candidates[idx]].image_path))
                 hit = idx == 0
                 ax.set_title(("✓ " if hit else "") + f"d_h={d[idx]:.2f}", fontsize=8, color="green" if hit else "black")
@@ -91,9 +100,7 @@ def attention_figure(dataset, queries, emb: QueryEmbeddings, category_embedding:
     fig.suptitle("Scene with the product left out, attention of its category, and the top hybrid-ranked products "
                  "(scenes from the best-ranked missing item to the worst)", fontsize=9)
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=90)
     return drawn
 
 
@@ -121,6 +128,4 @@ def reliability_diagram(report: dict, out_png) -> None:
     hist.set_xlabel("calibrated probability (Platt, fitted on validation)")
     hist.set_ylabel("share")
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=110)

@@ -94,7 +94,7 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
     info = retriever.index.info
     return {
         "index_dir": str(index_dir), "index_version": retriever.index.version, "n_products": len(retriever),
-        "factory": info.get("factory"),
+        "factory": info.factory,
         "products_per_category": {c: int(len(retriever.index.rows_for_category(c))) for c in retriever.categories},
         "n_queries": len(exhaustive), "skipped": skipped, "candidates": candidates,
         "two_stage": ranking_figures(two_stage), "exhaustive": ranking_figures(exhaustive),

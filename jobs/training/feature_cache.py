@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from common import defaults
 from common.errors import InputError
 from common.files import atomic_path, write_json_atomic
+from common.progress import progress_bar
 from jobs.workers import default_workers, lower_priority
 from pipeline.backbones import Backbone, pooled
 from pipeline.images import ImageError, image_to_tensor, load_image
@@ -160,7 +160,7 @@ def compute_features(
     n_parts = (len(items) + PART_SIZE - 1) // PART_SIZE
     todo = [p for p in range(n_parts) if not (cache_dir / f"part-{p:05d}.npz").is_file()]
     todo_rows = [i for p in todo for i in range(p * PART_SIZE, min((p + 1) * PART_SIZE, len(items)))]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo_rows), desc=desc, unit="img", disable=not todo)
+    bar = progress_bar(total=len(items), initial=len(items) - len(todo_rows), desc=desc, unit="img", disable=not todo)
     # One loader over every missing row (workers start once); a part is written as soon as it is full.
     loader = DataLoader(_ItemImages([items[i] for i in todo_rows], backbone.input_size, exclusion),
                         batch_size=batch_size, num_workers=workers, pin_memory=device != "cpu",

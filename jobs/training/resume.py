@@ -13,8 +13,6 @@ from jobs.training.config import TrainConfig
 from jobs.training.strategy import StepStrategy
 from pipeline.embedder import StyleEmbedder
 
-STATE_FILE = "training_state.pt"
-
 
 @dataclass
 class Progress:

@@ -9,18 +9,18 @@ from typing import Callable
 import click
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import InputError
-from common.files import write_json_atomic
+from common.progress import progress_bar
 from jobs.training.calibrate import calibrate_run
 from jobs.training.config import LR_SCHEDULES, MODES, TrainConfig
 from jobs.training.finetune import FineTune
 from jobs.training.frozen import FrozenHeads
 from jobs.training.presence import train_presence
-from jobs.training.resume import STATE_FILE, Progress, load_state, save_state
+from jobs.training.resume import Progress, load_state, save_state
+from jobs.training.run_layout import RunLayout, TrainSummary
 from jobs.training.schedule import selection_score, set_epoch_lr
 from jobs.training.strategy import StepStrategy
 from jobs.training.training_data import Readable, TrainingData, prepare_data, trainable_pairs, usable_queries
@@ -59,11 +59,11 @@ def hybrid_validation(queries: list[Query],
 
 
 def fit(strategy: StepStrategy, embedder: StyleEmbedder, optimizer: torch.optim.Optimizer,
-        pools: dict[int, list[str]], validate: Validate, *, out_dir: Path, checkpoint_config: dict,
+        pools: dict[int, list[str]], validate: Validate, *, run: RunLayout, checkpoint_config: dict,
         done: Progress, progress: bool = True) -> Progress:
     """Train epochs `done.epoch` .. cfg.epochs - 1; after each, validate, keep the best checkpoint, save state."""
     cfg = strategy.cfg
-    bar = tqdm(range(done.epoch, cfg.epochs), desc=strategy.name, unit="epoch", disable=not progress,
+    bar = progress_bar(range(done.epoch, cfg.epochs), desc=strategy.name, unit="epoch", disable=not progress,
                initial=done.epoch, total=cfg.epochs)
     for epoch in bar:
         embedder.train()
@@ -84,16 +84,16 @@ def fit(strategy: StepStrategy, embedder: StyleEmbedder, optimizer: torch.optim.
                         val_fitb=f"{val.get('fitb_expected', float('nan')):.3f}")
         score = selection_score(val, record["loss"], cfg.select_on)
         if done.best is None or score > tuple(done.best["score"]):
-            sha = save_checkpoint(out_dir / "checkpoint.pt", embedder, config=checkpoint_config,
+            sha = save_checkpoint(run.checkpoint, embedder, config=checkpoint_config,
                                   extra={"epoch": epoch + 1, "val": val})
             done.best = {"score": list(score), "epoch": epoch + 1, "sha256": sha}
         done.epoch = epoch + 1
-        save_state(out_dir / STATE_FILE, cfg=cfg, embedder=embedder, optimizer=optimizer, strategy=strategy,
+        save_state(run.state, cfg=cfg, embedder=embedder, optimizer=optimizer, strategy=strategy,
                    progress=done)
     return done
 
 
-def complete_checkpoint(strategy: StepStrategy, data: TrainingData, readable: Readable, out_dir: Path,
+def complete_checkpoint(strategy: StepStrategy, data: TrainingData, readable: Readable, run: RunLayout,
                         device: torch.device) -> tuple[str, dict]:
     """Once the style heads are chosen: the category-presence head, trained on their checkpoint's backbone
     features and saved into it, then the classifier's calibration beside it (calibration.json).
@@ -102,20 +102,21 @@ def complete_checkpoint(strategy: StepStrategy, data: TrainingData, readable: Re
     the checkpoint choice and every ranking figure are those of a run without them.
     Returns the final checkpoint's sha256 and what the summary records of both.
     """
-    path = out_dir / "checkpoint.pt"
-    ckpt = load_checkpoint(path, with_backbone=strategy.trains_backbone, device=device)
-    presence = train_presence(ckpt.embedder, data, out_dir, strategy.cfg, device)
-    sha = save_checkpoint(path, ckpt.embedder, config=ckpt.config, extra={**ckpt.extra, "presence": presence})
-    calibrations = calibrate_run(out_dir, data, strategy.cfg, strategy, ckpt.embedder, readable, checkpoint_sha256=sha)
+    ckpt = load_checkpoint(run.checkpoint, with_backbone=strategy.trains_backbone, device=device)
+    presence = train_presence(ckpt.embedder, data, run.root, strategy.cfg, device)
+    sha = save_checkpoint(run.checkpoint, ckpt.embedder, config=ckpt.config, extra={**ckpt.extra, "presence": presence})
+    calibrations = calibrate_run(run.root, data, strategy.cfg, strategy, ckpt.embedder, readable, checkpoint_sha256=sha)
     return sha, {"presence": presence, "classifier_val": calibrations.info.get("val", {})}
 
 
-def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool = False, progress: bool = True) -> dict:
+def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool = False,
+          progress: bool = True) -> TrainSummary:
     """Train on the pairs of `data_dir`; write checkpoint.pt (best on validation), config.json, split.json,
     training_state.pt (for --resume) and train_summary.json; return the summary."""
     cfg = (config or TrainConfig()).check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    run = RunLayout(out_dir)
     started = time.time()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -128,22 +129,21 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
     if not pools:
         raise InputError(f"{data_dir}: no training pair has a readable scene, positive and negatives")
     val_queries = usable_queries(data, data.val_pairs, cfg.seed, readable)[: cfg.val_queries]
-    state_path = out_dir / STATE_FILE
     done = Progress()
-    if resume and state_path.is_file():
-        done = load_state(state_path, cfg=cfg, embedder=embedder, optimizer=optimizer, strategy=strategy)
+    if resume and run.state.is_file():
+        done = load_state(run.state, cfg=cfg, embedder=embedder, optimizer=optimizer, strategy=strategy)
     done = fit(strategy, embedder, optimizer, pools, hybrid_validation(val_queries, strategy.query_embeddings),
-               out_dir=out_dir, checkpoint_config={**cfg.to_dict(), "data": str(data_dir)}, done=done,
+               run=run, checkpoint_config={**cfg.to_dict(), "data": str(data_dir)}, done=done,
                progress=progress)
     best = done.best
     sha, extras = (best.get("sha256"), {}) if best is None else \
-        complete_checkpoint(strategy, data, readable, out_dir, device)
-    summary = {"checkpoint": str(out_dir / "checkpoint.pt"), "best_epoch": best["epoch"] if best else None,
-               "checkpoint_sha256": sha, "history": done.history, **extras,
-               "n_train_pairs": len(pools), "n_val_queries": len(val_queries),
-               "triplets_per_second": round(done.triplets / max(done.train_seconds, 1e-9), 1),
-               "seconds": round(time.time() - started, 1), "device": str(device)}
-    write_json_atomic(out_dir / "train_summary.json", summary)
+        complete_checkpoint(strategy, data, readable, run, device)
+    summary = TrainSummary(checkpoint=str(run.checkpoint), best_epoch=best["epoch"] if best else None,
+                           checkpoint_sha256=sha, history=done.history, **extras,
+                           n_train_pairs=len(pools), n_val_queries=len(val_queries),
+                           triplets_per_second=round(done.triplets / max(done.train_seconds, 1e-9), 1),
+                           seconds=round(time.time() - started, 1), device=str(device))
+    run.write_summary(summary)
     return summary
 
 
@@ -182,7 +182,7 @@ def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epo
                       lr_schedule=lr_schedule, negatives=negatives, exclusion=exclusion, device=device,
                       workers=workers)
     summary = train(data_dir, out_dir, config=cfg, resume=resume)
-    last = summary["history"][-1] if summary["history"] else {}
-    click.echo(f"trained {len(summary['history'])} epochs in {summary['seconds']} s on {summary['device']}; "
-               f"best epoch {summary['best_epoch']} -> {summary['checkpoint']} "
+    last = summary.history[-1] if summary.history else {}
+    click.echo(f"trained {len(summary.history)} epochs in {summary.seconds} s on {summary.device}; "
+               f"best epoch {summary.best_epoch} -> {summary.checkpoint} "
                f"(last loss {last.get('loss', float('nan')):.3f})")

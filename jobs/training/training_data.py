@@ -7,9 +7,10 @@ from pathlib import Path
 from common.errors import InputError
 from common.seeds import seed_from_key
 from jobs.data.datasets import load_dataset
-from jobs.data.splits import load_or_make_split
+from jobs.data.splits import SceneSplit
 from jobs.training.config import TrainConfig
 from jobs.training.feature_cache import CacheItem, FeatureTable, compute_features, decodable
+from jobs.training.run_layout import RunLayout
 from pipeline.backbones import build_backbone
 from pipeline.evaluation import Query, build_queries
 from pipeline.negatives import negative_pools
@@ -20,7 +21,7 @@ class TrainingData:
     """The dataset, its split and (frozen mode, evaluation) the cached backbone features."""
 
     dataset: object
-    split: dict
+    split: SceneSplit
     train_pairs: list[int]
     val_pairs: list[int]
     test_pairs: list[int]
@@ -36,7 +37,7 @@ def prepare_data(data_dir, out_dir, cfg: TrainConfig) -> TrainingData:
     dataset = load_dataset(data_dir)
     if not dataset.pairs:
         raise InputError(f"{data_dir}: the dataset has no usable scene-product pairs")
-    split = load_or_make_split(Path(out_dir) / "split.json", [p.scene_id for p in dataset.pairs], seed=cfg.seed)
+    split = RunLayout(out_dir).split_for([p.scene_id for p in dataset.pairs], seed=cfg.seed)
     part_of = {s: name for name, ids in split.items() for s in ids}
     parts = {"train": [], "val": [], "test": []}
     for j, pair in enumerate(dataset.pairs):

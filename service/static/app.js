@@ -36,6 +36,9 @@ async function loadCategories() {
   state.categories = data.categories;
   $("#index-info").textContent = `${data.products.toLocaleString()} products in ${data.categories.length} ` +
     `categories · index ${data.index_version || "(flat)"}`;
+  const notice = data.model && data.model.notice;   // a model trained on the sample's rendered looks says so
+  $("#model-notice").textContent = notice || "";
+  $("#model-notice").hidden = !notice;
   const list = $("#category-list");
   list.replaceChildren(...data.categories.map((c) => {
     const label = document.createElement("label");

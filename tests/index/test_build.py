@@ -3,13 +3,13 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 import common.files
 from index.build import BuildError, build_index
 from index.embedding_shards import EmbeddingsError
-from index.layout import FILES, POINTER_FILE, current_version, list_versions
+from index.layout import FILES, POINTER_FILE, IndexInfo, current_version, list_versions
+from index.rows import read_table
 from index.store import ProductIndex
 from tests.catalogue_vectors import clustered, write_embeddings
 
@@ -28,22 +28,22 @@ def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch)
     monkeypatch.setattr(common.files.os, "replace", spy)
     out = tmp_path / "idx"
     info = build_index(emb_dir, out, **FAST)
-    assert info["version"] == "v000001" and current_version(out) == "v000001"
+    assert info.version == "v000001" and current_version(out) == "v000001"
     build = out / "v000001"
     assert sorted(p.name for p in out.iterdir()) == sorted([".lock", POINTER_FILE, "v000001"])
     assert sorted(p.name for p in build.iterdir()) == sorted(FILES)
     assert renamed[-2:] == ["info.json", POINTER_FILE] and set(renamed) == {*FILES, POINTER_FILE}
 
     on_disk = json.loads((build / "info.json").read_text())
-    assert on_disk == json.loads(json.dumps(info))
-    assert info["n"] == 1500 and info["dim"] == 16 and info["metric"] == "inner_product"
-    assert info["factory"] == "Flat" and info["checkpoint_sha256"] == "a" * 64
-    assert info["backbone"] == "efficientnet-lite0"
-    assert info["counts_per_category"] == {c: int((cats == c).sum()) for c in sorted(set(cats))}
-    assert info["recall"]["k"] == 20 and info["recall"]["value"] == 1.0
-    assert info["memory"]["budget_bytes"] > 0 and info["build_seconds"] > 0
+    assert on_disk == json.loads(json.dumps(info.to_dict())) and IndexInfo.read(build) == info
+    assert info.n == 1500 and info.dim == 16 and info.metric == "inner_product"
+    assert info.factory == "Flat" and info.checkpoint_sha256 == "a" * 64
+    assert info.backbone == "efficientnet-lite0"
+    assert info.counts_per_category == {c: int((cats == c).sum()) for c in sorted(set(cats))}
+    assert info.recall.k == 20 and info.recall.value == 1.0
+    assert info.memory.budget_bytes > 0 and info.build_seconds > 0
 
-    ids = pq.read_table(build / "ids.parquet")
+    ids = read_table(build, info.format_version)
     assert ids.column_names == ["product_id", "category", "image_path", "brand"]
     assert ids.column("product_id").to_pylist()[:2] == ["p000000", "p000001"]
     emb = np.load(build / "embeddings.f16.npy", mmap_mode="r")
@@ -61,7 +61,7 @@ def test_a_rebuild_is_a_new_version_and_an_open_index_keeps_working(make_catalog
         build_index(second, out, **FAST)
     assert [b.name for b in list_versions(out)] == ["v000002", "v000003", "v000004"]
     index = ProductIndex.load(out)
-    assert (index.version, index.n, index.info["checkpoint_sha256"]) == ("v000004", 800, "b" * 64)
+    assert (index.version, index.n, index.info.checkpoint_sha256) == ("v000004", 800, "b" * 64)
     np.testing.assert_allclose(index.embeddings([0, 799]), xb2[[0, 799]], atol=1e-3)
     # The reader that loaded v1 before it was pruned still answers from v1 (its files stay mapped).
     assert serving.version == "v000001" and serving.n == 1200
@@ -134,7 +134,7 @@ def test_only_listed_shards_count(make_catalogue, tmp_path):
     manifest = json.loads((emb_dir / "_manifest.json").read_text())
     manifest["shards"] = manifest["shards"][:2]            # part-00002 is on disk but not finished
     (emb_dir / "_manifest.json").write_text(json.dumps(manifest))
-    assert build_index(emb_dir, tmp_path / "idx", **FAST)["n"] == 200
+    assert build_index(emb_dir, tmp_path / "idx", **FAST).n == 200
 
 
 def test_bad_factory_and_budget_are_build_errors(make_catalogue, tmp_path):
@@ -149,5 +149,5 @@ def test_build_is_reproducible_with_a_seed(make_catalogue, tmp_path):
     emb_dir, _, _ = make_catalogue(3000, 16, n_clusters=30)
     a = build_index(emb_dir, tmp_path / "a", factory="IVF16,Flat", seed=1, **FAST)
     b = build_index(emb_dir, tmp_path / "b", factory="IVF16,Flat", seed=1, **FAST)
-    assert a["search_params"] == b["search_params"] and a["recall"]["value"] == b["recall"]["value"]
-    assert a["recall"]["value"] >= 0.9 and a["index_kind"] == "ivf"
+    assert a.search_params == b.search_params and a.recall.value == b.recall.value
+    assert a.recall.value >= 0.9 and a.index_kind == "ivf"

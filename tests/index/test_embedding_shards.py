@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 
 from index.embedding_shards import (
-    FORMAT,
     MANIFEST,
     REJECTS,
     EmbeddingsError,
+    EmbeddingsManifest,
     clear_output,
     finished_shards,
     holds_output,
@@ -32,14 +32,14 @@ def _rows(start, stop, **extra):
 
 
 def _folder(root, xb, shard=4, complete=True, rejects=None):
-    manifest = {"format": FORMAT, "checkpoint_sha256": "c" * 64, "backbone": "efficientnet-lite0",
-                "dim": xb.shape[1], "shard_size": shard, "complete": False, "shards": []}
+    manifest = EmbeddingsManifest(checkpoint_sha256="c" * 64, backbone="efficientnet-lite0", dim=xb.shape[1],
+                                  shard_size=shard)
     for k, start in enumerate(range(0, len(xb), shard)):
         stop = min(len(xb), start + shard)
         entry = write_shard(root, k, _rows(start, stop, brand=[f"b{i}" for i in range(start, stop)]),
                             xb[start:stop], checkpoint_sha256="c" * 64, rejects=(rejects or {}).get(k, []))
         record_shard(root, manifest, entry)
-    manifest["complete"] = complete
+    manifest.complete = complete
     write_manifest(root, manifest)
     return manifest
 
@@ -62,8 +62,8 @@ def test_rejects_are_kept_per_shard_and_merged_in_order(tmp_path):
     xb, _ = clustered(6, 4)
     manifest = _folder(tmp_path, xb, shard=3, rejects={0: [("x0", "/a.jpg", "not an image")],
                                                       1: [("x1", "/b.jpg", "truncated image")]})
-    assert [(s["rows"], s["rejected"]) for s in manifest["shards"]] == [(3, 1), (3, 1)]
-    assert (manifest["embedded"], manifest["rejected"]) == (6, 2)
+    assert [(s.rows, s.rejected) for s in manifest.shards] == [(3, 1), (3, 1)]
+    assert (manifest.embedded, manifest.rejected) == (6, 2)
     merge_rejects(tmp_path, manifest)
     lines = [json.loads(line) for line in (tmp_path / REJECTS).read_text().splitlines()]
     assert [r["product_id"] for r in lines] == ["x0", "x1"] and lines[1]["reason"] == "truncated image"
@@ -76,7 +76,7 @@ def test_rejects_are_kept_per_shard_and_merged_in_order(tmp_path):
 def test_finished_shards_are_those_listed_and_present(tmp_path):
     xb, _ = clustered(8, 4)
     manifest = _folder(tmp_path, xb, complete=False)
-    (tmp_path / manifest["shards"][1]["name"]).unlink()
+    (tmp_path / manifest.shards[1].name).unlink()
     assert list(finished_shards(tmp_path, load_manifest(tmp_path))) == [0]
     assert load_manifest(tmp_path / "absent") is None
 
@@ -92,7 +92,7 @@ def test_finished_shards_are_those_listed_and_present(tmp_path):
 ])
 def test_the_reader_refuses_broken_folders(tmp_path, breakage, message):
     xb, _ = clustered(8, 4)
-    manifest = _folder(tmp_path, xb)
+    manifest = _folder(tmp_path, xb).to_json()      # broken as the JSON file a reader finds
     breakage(tmp_path, manifest)
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(EmbeddingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -117,3 +117,23 @@ def test_the_writer_refuses_misaligned_rows_and_clear_removes_only_the_contract(
     assert holds_output(tmp_path)
     clear_output(tmp_path)
     assert not holds_output(tmp_path) and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_manifest_round_trips_and_an_older_manifest_loads_with_its_defaults(tmp_path):
+    xb, _ = clustered(8, 4)
+    written = _folder(tmp_path, xb)
+    assert load_manifest(tmp_path) == written and written.version == 2
+    saved = json.loads((tmp_path / MANIFEST).read_text())
+    assert (saved["embedded"], saved["rejected"], saved["jpeg_draft"]) == (8, 0, False)
+    # A manifest from before the version and --jpeg-draft were recorded, with a field this version dropped.
+    for key in ("version", "jpeg_draft"):
+        del saved[key]
+    saved["a_retired_field"] = 1
+    (tmp_path / MANIFEST).write_text(json.dumps(saved))
+    old = load_manifest(tmp_path)
+    assert (old.version, old.jpeg_draft, old.embedded, [s.rows for s in old.shards]) == (1, False, 8, [4, 4])
+    assert EmbeddingsManifest.from_json(old.to_json()) == old
+    saved["shards"][0]["rows"] = -1
+    (tmp_path / MANIFEST).write_text(json.dumps(saved))
+    with pytest.raises(EmbeddingsError, match="bad shard entry"):
+        load_manifest(tmp_path)

@@ -23,7 +23,7 @@ def test_versions_are_numbered_published_and_resolved(tmp_path):
     with pytest.raises(IndexDirError, match="refusing to publish"):
         publish(root, second)
     publish(root, _finish(second, 2))
-    assert current_version(root) == "v000002" and read_info(root) == {"n": 2}
+    assert current_version(root) == "v000002" and read_info(root).n == 2
     assert (root / POINTER_FILE).read_text() == "v000002\n"
 
 

@@ -1,16 +1,15 @@
 """Sharded build (local processes, Ray tasks) and on-disk inverted lists against the single-process build."""
 from __future__ import annotations
 
-import json
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from index.build import BuildError, build_index
 from index.embedding_shards import read_manifest
-from index.layout import IVFDATA_FILE
+from index.layout import CATEGORY_ROWS_FILE, IVFDATA_FILE, IndexInfo
+from index.rows import read_table
 from index.sharded import split_shards
 from index.store import ProductIndex
 
@@ -44,11 +43,11 @@ def test_sharded_and_ondisk_builds_equal_the_single_process_build(make_catalogue
     single = build_index(emb_dir, tmp_path / "single", factory=factory, **FAST)
     sharded = build_index(emb_dir, tmp_path / "sharded", factory=factory, workers=2, **FAST)
     ondisk = build_index(emb_dir, tmp_path / "ondisk", factory=factory, workers=3, ondisk=True, **FAST)
-    assert (single["phases"]["groups"], sharded["phases"]["groups"], ondisk["phases"]["groups"]) == (1, 2, 3)
-    assert ondisk["ondisk"] and not sharded["ondisk"] and (tmp_path / "ondisk" / "v000001" / IVFDATA_FILE).is_file()
+    assert (single.phases["groups"], sharded.phases["groups"], ondisk.phases["groups"]) == (1, 2, 3)
+    assert ondisk.ondisk and not sharded.ondisk and (tmp_path / "ondisk" / "v000001" / IVFDATA_FILE).is_file()
     for info in (sharded, ondisk):
-        assert info["search_params"] == single["search_params"]
-        assert info["recall"]["value"] == single["recall"]["value"]
+        assert info.search_params == single.search_params
+        assert info.recall.value == single.recall.value
     ref = _answers(tmp_path / "single", xq)
     for name in ("sharded", "ondisk"):
         got = _answers(tmp_path / name, xq)
@@ -66,9 +65,11 @@ def test_sharded_and_ondisk_builds_equal_the_single_process_build(make_catalogue
                 np.testing.assert_array_equal(ids_a, ids_b)
         build = tmp_path / name / "v000001"
         assert not (build / ".parts").exists()
-        assert pq.read_table(build / "ids.parquet").equals(pq.read_table(tmp_path / "single" / "v000001" / "ids.parquet"))
-    info = json.loads((tmp_path / "ondisk" / "v000001" / "info.json").read_text())
-    assert IVFDATA_FILE in info["files"] and info["memory"]["ivfdata_bytes"] > 0
+        assert read_table(build, 2).equals(read_table(tmp_path / "single" / "v000001", 2))
+        np.testing.assert_array_equal(np.load(build / CATEGORY_ROWS_FILE),
+                                      np.load(tmp_path / "single" / "v000001" / CATEGORY_ROWS_FILE))
+    info = IndexInfo.read(tmp_path / "ondisk" / "v000001")
+    assert IVFDATA_FILE in info.files and info.memory.ivfdata_bytes > 0
 
 
 def test_an_ondisk_build_loads_after_the_folder_moves(make_catalogue, tmp_path):
@@ -86,7 +87,7 @@ def test_ondisk_needs_an_ivf_index_and_flat_falls_back_to_one_process(make_catal
         build_index(emb_dir, tmp_path / "idx", factory="Flat", ondisk=True, **FAST)
     logs = []
     info = build_index(emb_dir, tmp_path / "idx", factory="Flat", workers=2, log=logs.append, **FAST)
-    assert info["parallel"] is None and any("adding in one process" in m for m in logs)
+    assert info.parallel is None and any("adding in one process" in m for m in logs)
     with pytest.raises(BuildError, match="workers must be a positive integer"):
         build_index(emb_dir, tmp_path / "idx", workers=0)
 
@@ -100,7 +101,7 @@ def test_ray_tasks_build_the_same_index(make_catalogue, tmp_path):
         info = build_index(emb_dir, tmp_path / "ray", factory="IVF16,Flat", engine="ray", workers=2, **FAST)
     finally:
         ray.shutdown()
-    assert info["parallel"]["engine"] == "ray" and info["phases"]["groups"] == 2
+    assert info.parallel["engine"] == "ray" and info.phases["groups"] == 2
     for a, b in zip(_answers(tmp_path / "single", xb[:50])[1:], _answers(tmp_path / "ray", xb[:50])[1:]):
         np.testing.assert_array_equal(a, b)
-    assert info["recall"]["value"] == single["recall"]["value"]
+    assert info.recall.value == single.recall.value

@@ -129,7 +129,7 @@ def test_metadata_accessors(catalogue, built):
     assert x.dtype == np.float32 and x.shape == (3, D_DIM)
     np.testing.assert_allclose(x, xb[rows], atol=1e-3)
     assert index.table.column("category").to_pylist() == list(cats)
-    assert index.info["factory"] == "Flat"
+    assert index.info.factory == "Flat"
     with pytest.raises(ValueError, match="rows must lie in"):
         index.embeddings([N])
 
@@ -162,8 +162,8 @@ def test_missing_and_inconsistent_dirs_are_refused(tmp_path, catalogue, built):
     np.save(build / "embeddings.f16.npy", np.zeros((5, D_DIM), np.float16))
     with pytest.raises(IndexDirError, match="inconsistent"):
         ProductIndex.load(copy)
-    (build / "ids.parquet").unlink()
-    with pytest.raises(IndexDirError, match="lacks ids.parquet"):
+    (build / "ids.arrow").unlink()
+    with pytest.raises(IndexDirError, match="lacks ids.arrow"):
         ProductIndex.load(copy)
 
 

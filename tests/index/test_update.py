@@ -10,7 +10,7 @@ import pytest
 
 import index.update as update_module
 from index.build import build_index
-from index.embedding_shards import FORMAT, record_shard, write_delta, write_manifest, write_shard
+from index.embedding_shards import EmbeddingsManifest, record_shard, write_delta, write_manifest, write_shard
 from index.layout import current_version, list_versions
 from index.store import ProductIndex
 from index.update import UpdateError, update_index
@@ -23,8 +23,8 @@ D = 16
 def write_folder(root, ids, xb, cats, *, shard_rows=500, incremental=None, sha="a" * 64):
     """An embeddings folder holding exactly these products (through the contract's writer)."""
     root.mkdir(parents=True)
-    manifest = {"format": FORMAT, "checkpoint_sha256": sha, "backbone": "efficientnet-lite0", "dim": xb.shape[1],
-                "complete": True, "shards": [], **({"incremental": incremental} if incremental else {})}
+    manifest = EmbeddingsManifest(checkpoint_sha256=sha, backbone="efficientnet-lite0", dim=xb.shape[1], complete=True,
+                                  incremental=incremental or None)
     for k, s in enumerate(range(0, len(ids), shard_rows)):
         e = min(len(ids), s + shard_rows)
         rows = pa.table({"product_id": pa.array(ids[s:e]), "category": pa.array(list(cats[s:e])),
@@ -57,7 +57,7 @@ def catalogues(tmp_path):
 
 def by_product(index_dir, xq, k):
     index = ProductIndex.load(index_dir)
-    inner = faiss.extract_index_ivf(index.faiss_index) if index.info["index_kind"] != "flat" else None
+    inner = faiss.extract_index_ivf(index.faiss_index) if index.info.index_kind != "flat" else None
     if inner is not None:
         inner.nprobe = inner.nlist                          # every list: the exhaustive answer
     D_, I = index.faiss_index.search(xq, k) if inner is not None else index.search(xq, k)
@@ -70,9 +70,9 @@ def test_update_equals_a_build_from_scratch_on_the_final_catalogue(catalogues, t
     c = catalogues
     build_index(c["a"], tmp_path / "idx", factory=factory, ondisk=ondisk, **FAST)
     info = update_index(tmp_path / "idx", c["up"], remove=c["removed"])
-    assert info["n"] == c["n_b"] and info["version"] == "v000002" and current_version(tmp_path / "idx") == "v000002"
-    assert info["update"]["upserted"] == 180 and info["update"]["dropped"] == 120
-    assert info.get("ondisk", False) == ondisk
+    assert info.n == c["n_b"] and info.version == "v000002" and current_version(tmp_path / "idx") == "v000002"
+    assert info.update.upserted == 180 and info.update.dropped == 120
+    assert info.ondisk == ondisk
     build_index(c["b"], tmp_path / "scratch", factory=factory, **FAST)
     got, D_got = by_product(tmp_path / "idx", c["xq"], 20)
     ref, D_ref = by_product(tmp_path / "scratch", c["xq"], 20)
@@ -80,7 +80,7 @@ def test_update_equals_a_build_from_scratch_on_the_final_catalogue(catalogues, t
     np.testing.assert_allclose(D_got, D_ref, rtol=0, atol=1e-6)
     index = ProductIndex.load(tmp_path / "idx")
     assert set(index.product_ids) == set(ProductIndex.load(tmp_path / "scratch").product_ids)
-    assert index.info["counts_per_category"] == ProductIndex.load(tmp_path / "scratch").info["counts_per_category"]
+    assert index.info.counts_per_category == ProductIndex.load(tmp_path / "scratch").info.counts_per_category
 
 
 def test_a_removed_product_is_never_returned(catalogues, tmp_path):
@@ -108,7 +108,7 @@ def test_a_delta_folder_applies_its_adds_changes_and_removals(catalogues, tmp_pa
     manifest["incremental"] = {"base": str(c["a"]), "added": 0, "changed": 0, "removed": len(delta_ids)}
     (c["b"] / "_manifest.json").write_text(json.dumps(manifest))
     info = update_index(tmp_path / "idx", c["b"])
-    assert info["update"]["upserted"] == 0 and info["update"]["dropped"] == 60 and info["n"] == 2220
+    assert info.update.upserted == 0 and info.update.dropped == 60 and info.n == 2220
     assert len(ids_b) == c["n_b"]
 
 
@@ -127,7 +127,7 @@ def test_a_crash_mid_update_leaves_the_old_version_serving(catalogues, tmp_path,
     assert current_version(tmp_path / "idx") == "v000001"
     assert not (tmp_path / "idx" / "v000002" / "info.json").exists()
     assert by_product(tmp_path / "idx", c["xq"], 10)[0] == before
-    assert update_index(tmp_path / "idx", c["up"], remove=c["removed"])["version"] == "v000002"
+    assert update_index(tmp_path / "idx", c["up"], remove=c["removed"]).version == "v000002"
     assert [b.name for b in list_versions(tmp_path / "idx")] == ["v000001", "v000002"]
 
 
@@ -135,19 +135,19 @@ def test_drift_report_says_when_a_rebuild_is_due(catalogues, tmp_path):
     c = catalogues
     build_index(c["a"], tmp_path / "idx", factory="IVF16,Flat", **FAST)
     ids = ProductIndex.load(tmp_path / "idx").product_ids.tolist()
-    first = update_index(tmp_path / "idx", remove=ids[:100])["update"]
-    assert first["churn_since_build"] == pytest.approx(100 / 2280, abs=1e-4)
-    assert not first["rebuild_due"], first
-    assert first["imbalance"] > 0 and first["build_imbalance"] > 0
-    second = update_index(tmp_path / "idx", remove=ids[100:500])["update"]
-    assert second["churn_since_build"] == pytest.approx(500 / 2280, abs=1e-4)
-    assert second["rebuild_due"] and "since the last full build" in second["rebuild_reasons"][0]
+    first = update_index(tmp_path / "idx", remove=ids[:100]).update
+    assert first.churn_since_build == pytest.approx(100 / 2280, abs=1e-4)
+    assert not first.rebuild_due, first
+    assert first.imbalance > 0 and first.build_imbalance > 0
+    second = update_index(tmp_path / "idx", remove=ids[100:500]).update
+    assert second.churn_since_build == pytest.approx(500 / 2280, abs=1e-4)
+    assert second.rebuild_due and "since the last full build" in second.rebuild_reasons[0]
     # the changed products' new vectors come from clusters the centroids never saw
     build_index(c["a"], tmp_path / "idx2", factory="IVF16,Flat", **FAST)
-    third = update_index(tmp_path / "idx2", c["up"], remove=c["removed"])["update"]
-    assert third["churn_since_build"] == pytest.approx(240 / 2280, abs=1e-4)   # 120 added, 60 changed, 60 removed
-    assert third["rebuild_due"] and "further from their centroids" in third["rebuild_reasons"][0]
-    assert third["new_rows_centroid_score"] < third["build_centroid_score"]
+    third = update_index(tmp_path / "idx2", c["up"], remove=c["removed"]).update
+    assert third.churn_since_build == pytest.approx(240 / 2280, abs=1e-4)   # 120 added, 60 changed, 60 removed
+    assert third.rebuild_due and "further from their centroids" in third.rebuild_reasons[0]
+    assert third.new_rows_centroid_score < third.build_centroid_score
 
 
 def test_refusals(catalogues, tmp_path):

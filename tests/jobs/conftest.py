@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.training.run_layout import TrainSummary
 from tests.jobs.training.tiny_run import tiny_run, tiny_sample
 
 
@@ -14,5 +15,5 @@ def sample(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
+def trained(tmp_path_factory) -> tuple[Path, TrainSummary]:
     return tiny_run(tmp_path_factory)

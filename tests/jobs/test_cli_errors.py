@@ -1,10 +1,12 @@
 """The CLI error convention: every failure is one line on stderr with the right exit code, no traceback."""
+import logging
+
 import click
 import pytest
 from click.testing import CliRunner
 
 from common.errors import ArtifactError, InputError
-from jobs.cli_errors import OneLineCommand, OneLineGroup
+from jobs.cli_errors import PROJECT_PACKAGES, OneLineCommand, OneLineGroup, render_logs
 
 
 @click.group("tool", cls=OneLineGroup)
@@ -67,3 +69,20 @@ def test_a_single_command_names_itself():
 def test_a_bug_is_not_dressed_up_as_a_user_error():
     result = CliRunner().invoke(tool, ["sub", "run", "--fail", "crash"])
     assert isinstance(result.exception, ZeroDivisionError)
+
+
+def test_the_cli_renders_library_logs_one_line_each_and_leaves_a_host_s_handlers_alone(monkeypatch, capsys):
+    root, ours, theirs = logging.getLogger(), logging.getLogger("jobs.catalog.x"), logging.getLogger("thirdparty.y")
+    monkeypatch.setattr(root, "handlers", [])          # as in a console script: nothing renders logs yet
+    for logger in (root, *(logging.getLogger(name) for name in PROJECT_PACKAGES)):
+        monkeypatch.setattr(logger, "level", logger.level)
+    render_logs("ctl")
+    ours.info("decoded %d images\non the cpu side", 5)
+    ours.debug("not shown")
+    theirs.info("not shown either")
+    theirs.warning("a library's warning")
+    assert capsys.readouterr().err.splitlines() == ["ctl: decoded 5 images on the cpu side",
+                                                    "ctl: warning: a library's warning"]
+    installed = list(root.handlers)
+    render_logs("ctl")                          # a handler is there now: nothing is added twice
+    assert root.handlers == installed and len(installed) == 1

@@ -45,8 +45,8 @@ def test_a_taken_port(world):
 def test_bad_flags(world, tmp_path):
     base = ["--index-dir", str(world.index_dir), "--checkpoint", str(world.checkpoint)]
     assert_one_line_error(serve(*base, "--examples", str(tmp_path / "nowhere")), 2, "--examples", "not a folder")
-    for flag, value in (("--workers", "0"), ("--max-batch", "0"), ("--queue-size", "0"), ("--device", "tpu"),
-                        ("--max-upload-mb", "0"), ("--max-wait-ms", "-1")):
+    for flag, value in (("--threads", "0"), ("--max-batch", "0"), ("--decode-threads", "0"), ("--queue-size", "0"), ("--device", "tpu"),
+                        ("--max-upload-mb", "0")):
         result = serve(*base, flag, value)
         assert result.exit_code == 2 and flag in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

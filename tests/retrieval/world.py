@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from index.build import build_index
-from index.embedding_shards import FORMAT, record_shard, write_shard
+from index.embedding_shards import EmbeddingsManifest, record_shard, write_shard
 from pipeline.calibration import Calibrations, Platt
 from pipeline.checkpoint import save_checkpoint
 from pipeline.distances import global_distance, hybrid_distance, local_distance
@@ -67,8 +67,8 @@ def write_embedding_shard(out_dir: Path, product_ids, categories, image_paths, e
         "image_path": pa.array([str(p) for p in image_paths], pa.string()),
         "brand": pa.array([f"brand-{i % 3}" for i in range(len(product_ids))], pa.string()),
     })
-    manifest = {"format": FORMAT, "checkpoint_sha256": sha256, "backbone": "efficientnet-lite0", "dim": emb.shape[1],
-                "n_input": len(product_ids), "n_shards": 1, "complete": True, "shards": []}
+    manifest = EmbeddingsManifest(checkpoint_sha256=sha256, backbone="efficientnet-lite0", dim=emb.shape[1],
+                                  n_input=len(product_ids), n_shards=1, complete=True)
     record_shard(out_dir, manifest, write_shard(out_dir, 0, rows, emb, checkpoint_sha256=sha256))
 
 

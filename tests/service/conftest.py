@@ -27,18 +27,21 @@ def index_copy(world, tmp_path):
 
 @pytest.fixture
 def serve(served_retriever, world):
-    """serve(**settings) -> a started TestClient (model workers and watcher running) over the world's index."""
+    """serve(**settings) -> a started TestClient (model executor warmed up, watcher running) over the world's index."""
     with contextlib.ExitStack() as stack:
-        def start(*, retriever=None, index_dir=None, raise_server_exceptions=True, **settings):
-            settings = {"workers": 1, "threads": 1, "watch_interval_s": 0, **settings}
+        def start(*, retriever=None, index_dir=None, raise_server_exceptions=True, wait_ready=True, **settings):
+            settings = {"threads": 1, "watch_interval_s": 0, **settings}
             app = create_app(retriever or served_retriever, index_dir or world.index_dir, ServeSettings(**settings))
-            return stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))
+            client = stack.enter_context(TestClient(app, raise_server_exceptions=raise_server_exceptions))
+            if wait_ready:
+                assert client.app.state.service.executor.warm.wait(60), "the executor never warmed up"
+            return client
         yield start
 
 
 @pytest.fixture(scope="module")
 def client(served_retriever, world):
-    """One started service per test module, for the tests that change nothing (2 workers, no watcher)."""
-    app = create_app(served_retriever, world.index_dir, ServeSettings(workers=2, threads=1, watch_interval_s=0))
+    """One started service per test module, for the tests that change nothing (batches up to 4, no watcher)."""
+    app = create_app(served_retriever, world.index_dir, ServeSettings(threads=1, max_batch=4, watch_interval_s=0))
     with TestClient(app) as started:
         yield started

@@ -1,6 +1,7 @@
 """The HTTP API through FastAPI's test client: every endpoint, its answers against Retriever, every bad input."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 from index.store import ProductIndex
 from pipeline.images import load_image
 from service.product_images import ProductImageError, ProductImages
+from service.state import SAMPLE_MODEL_NOTICE
 from tests.pipeline.test_images import png_header
 from tests.retrieval.world import CATEGORIES, PER_CATEGORY
 
@@ -35,9 +37,10 @@ def assert_error(response, status, *fragments):
 
 
 def assert_same_hits(api_hits, hits):
-    """The API's hits are Hit.to_dict() of the library's, distances to float rounding (a traced backbone, other thread counts)."""
+    """The API's hits are Hit.to_dict() of the library's, distances to float rounding (a traced backbone, other
+    thread counts)."""
     assert [h["product_id"] for h in api_hits] == [h.product_id for h in hits]
-    for got, hit in zip(api_hits, hits):
+    for got, hit in zip(api_hits, hits, strict=True):
         want = hit.to_dict()
         assert set(got) == HIT_FIELDS
         assert {k: got[k] for k in ("rank", "product_id", "category", "image", "metadata")} == \
@@ -72,9 +75,9 @@ def test_health_ready_and_metrics(serve, world):
     assert 'ctl_index_reloads_total{result="refused"} 0.0' in text
 
 
-def test_readyz_is_503_when_the_workers_are_stopped(serve):
+def test_readyz_is_503_when_the_executor_is_stopped(serve):
     client = serve()
-    client.app.state.pool.stop()
+    client.app.state.service.executor.stop()
     assert client.get("/readyz").json()["status"] == "not ready"
     assert client.get("/readyz").status_code == 503
     r = client.post("/v1/look", files=upload(png_header(4, 4)))
@@ -85,6 +88,21 @@ def test_categories(client):
     body = client.get("/v1/categories").json()
     assert body["index_version"] == "v000001" and body["products"] == PER_CATEGORY * len(CATEGORIES)
     assert body["categories"] == [{"category": c, "name": c, "products": PER_CATEGORY} for c in sorted(CATEGORIES)]
+    assert body["model"] == {"training_data": "unknown", "notice": None}    # an older checkpoint: no notice
+
+
+def test_a_model_trained_on_the_sample_says_so(serve, served_retriever):
+    client = serve()
+    sample = served_retriever.with_index(served_retriever.index)
+    sample.checkpoint = dataclasses.replace(sample.checkpoint,
+                                            extra={**sample.checkpoint.extra, "training_data": {"kind": "sample"}})
+    client.app.state.service.executor.swap(sample)
+    model = client.get("/v1/categories").json()["model"]
+    assert model["training_data"] == "sample" and model["notice"] == SAMPLE_MODEL_NOTICE
+    assert "rendered looks" in model["notice"] and "ctl data stl" in model["notice"]
+    assert client.get("/readyz").json()["model"]["training_data"] == "sample"
+    page = client.get("/static/app.js").text
+    assert "model-notice" in page and "model-notice" in client.get("/").text
 
 
 def test_the_page_and_its_files(client):
@@ -127,7 +145,7 @@ def test_look_per_category_equals_retrieve_with_that_category(client, world, k, 
     assert [c["category"] for c in body["categories"]] == sorted(CATEGORIES)
     image = load_image(scene)
     want = retriever.look(image, k=k, candidates=candidates)
-    for got, look in zip(body["categories"], want):
+    for got, look in zip(body["categories"], want, strict=True):
         assert set(got) == {"category", "present", "presence_probability", "attention", "hits"}
         assert got["present"] == look.present and got["presence_probability"] == look.presence_probability
         np.testing.assert_allclose(got["attention"], look.attention, atol=5e-5)
@@ -166,7 +184,7 @@ def test_product_image_by_id(client, world):
 
 def test_the_images_of_an_answer_are_served_without_scanning_the_catalogue(serve, world):
     client = serve()
-    images = client.app.state.images
+    images = client.app.state.service.images
     look = client.post("/v1/look", params={"k": 2, "include_present": True}, files=upload(world.scenes[0])).json()
     answered = [h["product_id"] for c in look["categories"] for h in c["hits"]]
     for pid in answered:
@@ -282,8 +300,8 @@ def test_an_unexpected_failure_is_a_json_500_without_a_trace(serve, served_retri
 
     def fail(*args, **kwargs):
         raise RuntimeError("secret internals")
-    broken.look = fail
-    client.app.state.pool.swap(broken)
+    broken.look_batch = fail
+    client.app.state.service.executor.swap(broken)
     body = assert_error(client.post("/v1/look", files=upload(jpeg_bytes(world))), 500, "internal error")
     assert "secret" not in body["message"]
     assert client.post("/v1/retrieve", files=upload(jpeg_bytes(world))).status_code == 200

@@ -31,7 +31,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_SECONDS = 120
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency (pip install -e '.[dev]')")
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is a test dependency (pip install -e '.[dev]')")
 if not CHROMIUM.is_file():
     if os.environ.get("CTL_REQUIRE_BROWSER"):
         raise RuntimeError(f"CTL_REQUIRE_BROWSER is set but {CHROMIUM} is missing (apt-get install chromium)")
@@ -135,7 +136,8 @@ def test_the_page_completes_a_look(server, page, artefacts, world, tmp_path):
         assert cards.count() == min(k, c["products"])
         title = cards.first.get_attribute("title")
         assert "score" in title and "global d_g" in title and "local d_l" in title
-    page.wait_for_function("() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => [...document.querySelectorAll('.card img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
 
     # the heatmap of the first category, then of another
     assert page.get_attribute("#heatmap", "data-category") == categories[0]

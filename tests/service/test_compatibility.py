@@ -7,7 +7,8 @@ from fastapi.testclient import TestClient
 
 from pipeline.images import load_image
 from retrieval.retriever import Retriever
-from service.app import MAX_PRODUCTS, create_app
+from service.app import create_app
+from service.scene_routes import MAX_PRODUCTS
 from service.settings import ServeSettings
 from tests.retrieval.world import PLATT
 from tests.service.test_api import assert_error, upload
@@ -23,7 +24,7 @@ def library(presence_paths):
 def app_client(presence_paths):
     ckpt, index_dir = presence_paths
     app = create_app(Retriever.load(checkpoint=ckpt, index_dir=index_dir), index_dir,
-                     ServeSettings(workers=1, threads=1, watch_interval_s=0))
+                     ServeSettings(threads=1, watch_interval_s=0))
     with TestClient(app) as client:
         yield client
 
@@ -37,7 +38,7 @@ def test_compatibility_equals_the_library(app_client, library, world):
     want = library.compatibility(load_image(world.scenes[1]), ids).to_dict(scene="s1.jpg")
     assert set(body) == {"scene", "threshold", "products"} and body["threshold"] == PLATT.threshold
     assert body["scene"] == "s1.jpg" and [p["product_id"] for p in body["products"]] == ids
-    for got, exp in zip(body["products"], want["products"]):
+    for got, exp in zip(body["products"], want["products"], strict=True):
         assert set(got) == set(exp) and got["completes_look"] == exp["completes_look"]
         for key in ("hybrid_distance", "global_distance", "local_distance", "probability", "score"):
             assert got[key] == pytest.approx(exp[key], abs=5e-5)     # traced backbone: rounding

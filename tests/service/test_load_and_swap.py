@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from index.layout import INDEX_FILE, publish
+from index.layout import FILES, INDEX_FILE, publish
 from index.store import ProductIndex
 from pipeline.images import load_image
-from service.settings import ServeSettings
+from service.settings import ServeSettings, usable_cores
 from tests.retrieval.world import N_PRODUCTS, build_test_index, write_embedding_shard
 
 TOKEN = "s3cret-token"
@@ -30,15 +30,15 @@ class Gate:
     def __init__(self, client, retriever):
         self.entered, self.opened, self.batches = threading.Event(), threading.Event(), []
         gated_retriever = retriever.with_index(retriever.index)
-        encode = gated_retriever.encode_scenes
+        encode = gated_retriever.scenes_from_pixels
 
-        def gated(images, **kwargs):
+        def gated(pixels, images, **kwargs):
             self.batches.append(len(images))
             self.entered.set()
             assert self.opened.wait(30), "the test never opened the gate"
-            return encode(images, **kwargs)
-        gated_retriever.encode_scenes = gated
-        client.app.state.pool.swap(gated_retriever)
+            return encode(pixels, images, **kwargs)
+        gated_retriever.scenes_from_pixels = gated
+        client.app.state.service.executor.swap(gated_retriever)
 
     def hold(self, executor, client, *args, **kwargs):
         """Send the request that occupies the worker; return its future once the worker holds it."""
@@ -73,12 +73,12 @@ def watcher_checks(client) -> list:
 # -- the queue ------------------------------------------------------------------------------------------
 
 def test_a_full_queue_answers_503_with_retry_after(serve, served_retriever, world):
-    client = serve(workers=1, queue_size=1)
+    client = serve(queue_size=1)
     gate = Gate(client, served_retriever)
     with ThreadPoolExecutor(2) as ex:
         running = gate.hold(ex, client, "/v1/retrieve", files=files(world))     # the one worker is busy
         waiting = ex.submit(client.post, "/v1/retrieve", files=files(world))
-        wait_for(lambda: client.app.state.pool.depth() == 1, what="the second query to queue")
+        wait_for(lambda: client.app.state.service.executor.depth() == 1, what="the second query to queue")
         refused = client.post("/v1/retrieve", files=files(world))
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["retry-after"]) >= 1
@@ -92,13 +92,13 @@ def test_a_full_queue_answers_503_with_retry_after(serve, served_retriever, worl
 
 
 def test_micro_batching_answers_each_query_as_alone(serve, served_retriever, world, retriever):
-    client = serve(workers=1, max_batch=8, max_wait_ms=0)
+    client = serve(max_batch=8)
     gate = Gate(client, served_retriever)
     with ThreadPoolExecutor(5) as ex:
         first = gate.hold(ex, client, "/v1/retrieve", params={"k": 5}, files=files(world, 0))
         rest = [ex.submit(client.post, "/v1/retrieve", params={"k": 5}, files=files(world, i % 2))
                 for i in range(1, 5)]
-        wait_for(lambda: client.app.state.pool.depth() == 4, what="four queued queries")
+        wait_for(lambda: client.app.state.service.executor.depth() == 4, what="four queued queries")
         gate.opened.set()
         answers = [first.result()] + [f.result() for f in rest]
     assert gate.batches == [1, 4]                          # the four that waited went through one forward
@@ -113,25 +113,26 @@ def test_micro_batching_answers_each_query_as_alone(serve, served_retriever, wor
     assert "ctl_batch_size_count 2.0" in text and "ctl_batch_size_sum 5.0" in text
 
 
-def test_a_bad_image_in_a_batch_fails_alone(serve, served_retriever, world):
-    client = serve(workers=1, max_batch=4, max_wait_ms=0)
+def test_a_bad_image_fails_alone_without_waiting_for_the_model(serve, served_retriever, world):
+    client = serve(max_batch=4)
     gate = Gate(client, served_retriever)
     with ThreadPoolExecutor(3) as ex:
         first = gate.hold(ex, client, "/v1/retrieve", files=files(world))
         good = ex.submit(client.post, "/v1/retrieve", files=files(world, 1))
         bad = ex.submit(client.post, "/v1/retrieve", files={"image": ("x.txt", b"text", "text/plain")})
-        wait_for(lambda: client.app.state.pool.depth() == 2, what="two queued queries")
+        # The bad upload is refused by the decode pool while the model is busy: it never waits for a batch.
+        assert bad.result(timeout=30).status_code == 415
+        wait_for(lambda: client.app.state.service.executor.depth() == 1, what="the good query to queue")
         gate.opened.set()
         assert first.result().status_code == 200 and good.result().status_code == 200
-        assert bad.result().status_code == 415
 
 
 def test_settings_per_device():
     cpu = ServeSettings.for_device("cpu")
-    assert (cpu.threads, cpu.max_batch, cpu.max_wait_ms) == (1, 1, 0.0) and cpu.workers >= 1
+    assert cpu.threads == usable_cores() and cpu.max_batch >= 1 and not cpu.pad_batches and not cpu.pipeline
     gpu = ServeSettings.for_device(torch.device("cuda"))
-    assert gpu.max_batch > 1 and gpu.max_wait_ms > 0
-    assert ServeSettings.for_device("cpu", max_batch=4, workers=None).max_batch == 4
+    assert gpu.max_batch > 1 and gpu.pad_batches and gpu.pipeline
+    assert ServeSettings.for_device("cpu", max_batch=8, threads=None).max_batch == 8
     with pytest.raises(TypeError, match="unknown settings"):
         ServeSettings.for_device("cpu", batch=4)
 
@@ -153,7 +154,7 @@ def ids(response):
 
 
 def test_hot_swap_with_requests_in_flight(serve, served_retriever, world, index_copy, tmp_path):
-    client = serve(workers=2, index_dir=index_copy, watch_interval_s=0.05)
+    client = serve(max_batch=4, index_dir=index_copy, watch_interval_s=0.05)
     stop, results = threading.Event(), [[] for _ in range(3)]
 
     def fire(i):
@@ -205,7 +206,7 @@ def truncate(path):
 @pytest.mark.parametrize("damage, fragment", [
     (lambda d: truncate(d / INDEX_FILE), "index.faiss"),
     (lambda d: truncate(d / "embeddings.f16.npy"), "mmap length is greater than file size"),
-    (lambda d: (d / "ids.parquet").write_bytes(b"PAR1 garbage"), "ids.parquet"),
+    (lambda d: (d / "ids.arrow").write_bytes(b"ARROW1 garbage"), "ids.arrow"),
     (lambda d: (d / "embeddings.f16.npy").unlink(), "lacks embeddings.f16.npy"),
 ], ids=["index", "embeddings", "ids", "missing-file"])
 def test_a_corrupt_new_build_is_refused_and_the_old_keeps_serving(serve, world, index_copy, damage, fragment):
@@ -284,7 +285,7 @@ def test_a_rebuilt_flat_directory_is_swapped_by_its_info_json(serve, served_retr
                    watch_interval_s=0.05)
     assert client.get("/readyz").json()["index_version"] is None
     publish_new_build(world, served_retriever, tmp_path / "versioned", tmp_path)
-    for name in ("index.faiss", "ids.parquet", "embeddings.f16.npy", "info.json"):   # info.json last
+    for name in FILES:   # info.json last
         shutil.copyfile(tmp_path / "versioned" / "v000001" / name, flat / (name + ".tmp"))
         (flat / (name + ".tmp")).replace(flat / name)
     wait_for(lambda: ids(client.post("/v1/retrieve", params={"k": 2}, files=files(world)))[0].startswith("new-"),

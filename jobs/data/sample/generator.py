@@ -11,12 +11,12 @@ import click
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-from tqdm import tqdm
 
-from common.defaults import SAMPLE_DIR
+from common.defaults import SAMPLE_DIR, SEED
 from common.errors import InputError
 from common.files import atomic_path, write_json_atomic, write_text_atomic
-from common.parquet import write_parquet_atomic
+from common.progress import progress_bar
+from jobs.data.catalog_manifest import write_catalog_table
 from jobs.data.layouts import (
     CATALOG,
     DONE_FILE,
@@ -69,7 +69,7 @@ def _is_done(out: Path, params: dict) -> dict | None:
     return marker
 
 
-def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = 0, scenes: int = 300, products: int = 2500,
+def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = SEED, scenes: int = 300, products: int = 2500,
              categories: int = 8, image_size: int = 256, workers: int | None = None, progress: bool = True,
              distractors: int | None = None) -> dict:
     """Write the sample dataset into `out` (a no-op when it already holds one with the same params).
@@ -114,7 +114,7 @@ def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = 0, scenes: int 
     tasks += [("product", p, seed, image_size, out / sample_product_image(p.product_id)) for p in catalogue]
     workers = max(1, workers or os.cpu_count() or 1)
     bboxes: dict[int, list] = {}
-    with tqdm(total=len(tasks), desc="sample-data", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(tasks), desc="sample-data", unit="img", disable=not progress) as bar:
         if workers == 1:
             results = map(_run_task, tasks)
             for kind, index, boxes in results:
@@ -134,7 +134,7 @@ def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = 0, scenes: int 
     # manifests last: a crash before this point leaves no complete-looking dataset
     lines = []
     for s in plans:
-        for placed, box in zip(s.items, bboxes[s.index]):
+        for placed, box in zip(s.items, bboxes[s.index], strict=False):
             lines.append(json.dumps({"product": placed.product_id, "scene": s.scene_id,
                                      "bbox": [round(float(v), 5) for v in box]}))
     write_text_atomic(out / SAMPLE_PAIRS, "\n".join(lines) + "\n")
@@ -156,7 +156,7 @@ def _write_catalog(path: Path, catalogue: list[ProductPlan]) -> None:
         "image_path": pa.array([sample_product_image(p.product_id).as_posix() for p in rows], pa.string()),
         "category": pa.array([CATEGORIES[p.item.category][1] for p in rows], pa.string()),
     })
-    write_parquet_atomic(path, table)
+    write_catalog_table(path, table)
 
 
 def _remove_stale(out: Path, scene_ids: set[str], product_ids: set[str]) -> None:
@@ -171,7 +171,7 @@ def _remove_stale(out: Path, scene_ids: set[str], product_ids: set[str]) -> None
 
 @click.command("sample-data")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=SAMPLE_DIR, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=SEED, show_default=True)
 @click.option("--scenes", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--products", type=click.IntRange(min=1), default=2500, show_default=True,
               help="catalogue size, products in scenes included")

@@ -16,7 +16,7 @@ def test_cli_builds_and_prints_a_summary(make_catalogue, tmp_path):
     assert "n=1200" in result.output and "factory=Flat" in result.output and "recall@20=1.0000" in result.output
     assert f"shoes={int((cats == 'shoes').sum())}" in result.output
     info = read_info(out)
-    assert info["memory"]["budget_bytes"] == 10**9 and info["recall"]["target"] == 0.95
+    assert info.memory.budget_bytes == 10**9 and info.recall.target == 0.95
     assert ProductIndex.load(out).n == 1200
 
 
@@ -48,4 +48,4 @@ def test_registered_in_ctl(make_catalogue, tmp_path):
     emb_dir, _, _ = make_catalogue(300, 8)
     result = CliRunner().invoke(main, ["build-index", "--embeddings", str(emb_dir), "--out", str(tmp_path / "idx")])
     assert result.exit_code == 0, result.output
-    assert read_info(tmp_path / "idx")["n"] == 300
+    assert read_info(tmp_path / "idx").n == 300

@@ -17,7 +17,7 @@ from PIL import Image
 
 from common.errors import NothingProducedError
 from index.embedding_shards import MANIFEST
-from jobs.catalog.embed_catalog import embed_catalog_command
+from jobs.catalog.embed_catalog import EmbedCatalogError, embed_catalog_command
 from jobs.cli import main as ctl
 from pipeline.images import image_to_tensor
 from tests.jobs.catalog.catalogs import (
@@ -77,6 +77,16 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     again = run(manifest, ckpt, out)
     assert again["noop"] and again["embedded"] == 23
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_the_manifest_records_the_draft_setting_and_a_run_with_the_other_one_is_refused(tmp_path, ckpt):
+    manifest = make_catalog(tmp_path / "cat", 6)
+    out = tmp_path / "emb"
+    assert run(manifest, ckpt, out, jpeg_draft=True)["jpeg_draft"]
+    assert json.loads((out / MANIFEST).read_text())["jpeg_draft"] is True
+    with pytest.raises(EmbedCatalogError, match="written with --jpeg-draft .* use another --out or --overwrite"):
+        run(manifest, ckpt, out)
+    assert run(manifest, ckpt, out, jpeg_draft=True)["noop"]
 
 
 def test_killed_run_resumes_to_the_same_shards(tmp_path, ckpt):

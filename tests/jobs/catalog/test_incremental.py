@@ -2,8 +2,6 @@
 the result equals a full run, and the updated index never returns a removed product (ProductIndex, Retriever)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +9,7 @@ from click.testing import CliRunner
 
 from index.build import build_index
 from index.embedding_shards import DELTA
+from index.layout import IndexInfo
 from index.store import ProductIndex
 from jobs.catalog.update_index import update_index_command
 from jobs.cli import main as ctl
@@ -112,8 +111,8 @@ def test_incremental_flags_and_update_index_errors(tmp_path, ckpt):
     result = runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "idx"), "--remove", "p0001,p0002"])
     assert result.exit_code == 0, result.output
     assert ProductIndex.load(tmp_path / "idx").n == 2 and "a full rebuild is due" in result.output
-    info = json.loads((tmp_path / "idx" / "v000002" / "info.json").read_text())
-    assert info["update"]["dropped"] == 2
+    info = IndexInfo.read(tmp_path / "idx" / "v000002")
+    assert info.update.dropped == 2
 
 
 @pytest.mark.parametrize("engine", ["local"])

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.errors import ArtifactError
-from jobs.data.catalog_manifest import ManifestError, read_catalog, write_catalog
+from jobs.data.catalog_manifest import CATALOG_SCHEMA, ManifestError, read_catalog, write_catalog, write_catalog_table
 from jobs.data.layouts import CATALOG, IMAGES, PRODUCTS
 from tests.jobs.data.files import image
 
@@ -78,3 +78,17 @@ def test_an_empty_url_catalogue_points_at_the_fetcher(tmp_path):
     with pytest.raises(ManifestError, match=f"no product with a local image; run `ctl data fetch {tmp_path}`") as e:
         read_catalog(tmp_path)
     assert isinstance(e.value, ArtifactError) and isinstance(e.value, ValueError)
+
+
+def test_the_catalogue_writer_puts_the_required_string_columns_first_and_refuses_a_table_without_them(tmp_path):
+    path = tmp_path / CATALOG
+    write_catalog_table(path, pa.table({"price": [3.5], "category": ["shoes"], "product_id": pa.array([7]),
+                                        "image_path": ["/img/7.jpg"]}))
+    written = pq.read_schema(path)
+    assert written.names == ["product_id", "image_path", "category", "price"]
+    assert [written.field(f.name).type for f in CATALOG_SCHEMA] == [pa.string()] * 3
+    assert read_catalog(path).column("product_id").to_pylist() == ["7"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ManifestError, match="needs the column.s. image_path"):
+        write_catalog_table(tmp_path / "bad.parquet", pa.table({"product_id": ["a"], "category": ["c"]}))
+    assert not (tmp_path / "bad.parquet").exists()

@@ -1,10 +1,10 @@
 """What the run learns beyond the rankings, on a sample large enough to learn: which categories a scene shows,
 and a calibrated "does this product complete the scene?"."""
-import json
 
 import numpy as np
 import pytest
 
+from jobs.training.run_layout import RunLayout
 from pipeline.calibration import load_calibrations
 from pipeline.checkpoint import load_checkpoint
 
@@ -19,8 +19,8 @@ def test_the_presence_head_beats_the_category_frequency_on_held_out_scenes(learn
     assert sum(c["ap"] > c["frequency"] for c in per if not np.isnan(c["ap"])) >= 6
     ckpt = load_checkpoint(run / "checkpoint.pt", with_backbone=False)
     assert ckpt.has_presence and ckpt.extra["presence"]["threshold"] == 0.5
-    summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["checkpoint_sha256"] == ckpt.sha256 and summary["presence"]["val_mean_ap"] > 0.6
+    summary = RunLayout(run).read_summary()
+    assert summary.checkpoint_sha256 == ckpt.sha256 and summary.presence["val_mean_ap"] > 0.6
 
 
 def test_the_classifier_separates_held_out_pairs_and_its_probability_falls_with_the_distance(learned):

@@ -1,9 +1,12 @@
 """Report pictures: the attention figure's rows and ranks, the shared overlay, the methods chart."""
+from pathlib import Path
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from jobs.evaluation import report_plots
-from jobs.evaluation.report_plots import attention_figure, methods_bar_chart, spread_of_ranks
+from jobs.evaluation.report_plots import attention_figure, methods_bar_chart, save_figure, spread_of_ranks
 from jobs.training.frozen import cached_query_embeddings
 from jobs.training.training_data import Readable, cache_features, prepare_data, usable_queries
 from pipeline.checkpoint import load_checkpoint
@@ -56,3 +59,20 @@ def test_methods_bar_chart_writes_a_png(tmp_path):
     assert data[:4] == b"\x89PNG"
     width, height = np.frombuffer(data[16:24], dtype=">u4")
     assert (width, height) == (880, 440)                 # 8 x 4 inches at 110 dpi
+
+
+def test_a_plot_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "report.png"
+    out.write_bytes(b"the previous plot")
+    fig = plt.figure()
+
+    def cut_short(path, **kw):
+        Path(path).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", cut_short)
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, out, dpi=50)
+    assert out.read_bytes() == b"the previous plot" and list(tmp_path.iterdir()) == [out]
+    save_figure(plt.figure(), out, dpi=50)
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and list(tmp_path.iterdir()) == [out]

@@ -7,7 +7,7 @@ import torch
 from jobs.data.sample import generate
 from jobs.evaluation.evaluate import run_evaluation
 from jobs.training.finetune import TripletImages
-from jobs.training.resume import STATE_FILE
+from jobs.training.run_layout import STATE_FILE
 from jobs.training.train import train
 from jobs.training.training_data import Readable, cache_features, prepare_data, trainable_pairs, usable_queries
 from pipeline.backbones import build_backbone
@@ -49,7 +49,7 @@ def test_triplet_images_are_seeded_per_epoch_with_the_positive_first(micro, tmp_
 
 def test_finetune_trains_the_backbone_end_to_end_and_evaluates(finetuned, micro):
     out, summary = finetuned
-    assert summary["best_epoch"] in (1, 2) and summary["triplets_per_second"] > 0
+    assert summary.best_epoch in (1, 2) and summary.triplets_per_second > 0
     assert json.loads((out / "config.json").read_text())["mode"] == "finetune"
     tuned = load_checkpoint(out / "checkpoint.pt").embedder.backbone.state_dict()
     start = build_backbone(name=FT.backbone, weights=FT.backbone_weights).state_dict()
@@ -61,16 +61,16 @@ def test_finetune_trains_the_backbone_end_to_end_and_evaluates(finetuned, micro)
     data = prepare_data(micro, out, FT)
     cache_features(data, out, FT, "cpu")
     readable = Readable.from_features(data.scenes, data.products)
-    assert summary["n_train_pairs"] == len(trainable_pairs(data, readable))
-    assert summary["n_val_queries"] == len(usable_queries(data, data.val_pairs, FT.seed, readable)[:FT.val_queries])
+    assert summary.n_train_pairs == len(trainable_pairs(data, readable))
+    assert summary.n_val_queries == len(usable_queries(data, data.val_pairs, FT.seed, readable)[:FT.val_queries])
 
 
 def test_finetune_one_epoch_then_resume_to_two_equals_two_straight_epochs(finetuned, micro, tmp_path):
     out, straight = finetuned
     train(micro, tmp_path, config=FT.replace(epochs=1), progress=False)
     resumed = train(micro, tmp_path, config=FT, resume=True, progress=False)
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
-    assert resumed["history"] == straight["history"] and resumed["best_epoch"] == straight["best_epoch"]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    assert resumed.history == straight.history and resumed.best_epoch == straight.best_epoch
     final = torch.load(tmp_path / STATE_FILE, weights_only=False)["model"]
     reference = torch.load(out / STATE_FILE, weights_only=False)["model"]
     assert final.keys() == reference.keys()

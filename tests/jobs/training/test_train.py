@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from jobs.cli import main as ctl
 from jobs.training.config import MODES
-from jobs.training.resume import STATE_FILE, Progress
+from jobs.training.resume import Progress
+from jobs.training.run_layout import STATE_FILE, RunLayout
 from jobs.training.train import STRATEGIES, fit, strategy_for, train
 from jobs.training.training_data import prepare_data, trainable_pairs
 from pipeline.checkpoint import load_checkpoint
@@ -20,14 +21,14 @@ TRAINING = Path(__file__).resolve().parents[3] / "jobs" / "training"
 def test_training_writes_checkpoint_config_and_a_scene_split(trained):
     out, summary = trained
     ckpt = load_checkpoint(out / "checkpoint.pt", with_backbone=False)
-    assert ckpt.sha256 == summary["checkpoint_sha256"]
-    assert ckpt.extra["epoch"] == summary["best_epoch"]
+    assert ckpt.sha256 == summary.checkpoint_sha256
+    assert ckpt.extra["epoch"] == summary.best_epoch
     assert json.loads((out / "config.json").read_text())["dim"] == 16
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
-    assert len(summary["history"]) == CFG.epochs
-    assert summary["history"][-1]["loss"] < summary["history"][0]["loss"]
-    assert summary["n_train_pairs"] > 0 and summary["n_val_queries"] > 0 and summary["triplets_per_second"] > 0
+    assert len(summary.history) == CFG.epochs
+    assert summary.history[-1]["loss"] < summary.history[0]["loss"]
+    assert summary.n_train_pairs > 0 and summary.n_val_queries > 0 and summary.triplets_per_second > 0
 
 
 def _heads(run):
@@ -38,14 +39,14 @@ def test_training_is_reproducible_and_resume_equals_a_straight_run(trained, tmp_
     out, summary = trained
     straight = copy_run(out, tmp_path / "straight", cache_only=True)
     again = train(sample, straight, config=CFG, progress=False)
-    assert again["history"] == summary["history"]
+    assert again.history == summary.history
     first, second = _heads(out), _heads(straight)
     assert all(torch.equal(first[k], second[k]) for k in first)
 
     resumed = copy_run(out, tmp_path / "resumed", cache_only=True)
     train(sample, resumed, config=CFG.replace(epochs=1), progress=False)
     done = train(sample, resumed, config=CFG, resume=True, progress=False)
-    assert done["history"] == summary["history"] and done["best_epoch"] == summary["best_epoch"]
+    assert done.history == summary.history and done.best_epoch == summary.best_epoch
     final = torch.load(resumed / STATE_FILE, weights_only=False)["model"]
     reference = torch.load(out / STATE_FILE, weights_only=False)["model"]
     assert all(torch.equal(final[k], reference[k]) for k in reference)
@@ -66,7 +67,7 @@ def test_the_loop_keeps_the_epoch_its_validation_callable_scores_best(trained, t
         seen.append(model)
         return next(scripted)
 
-    done = fit(strategy, embedder, optimizer, pools, validate, out_dir=run, checkpoint_config=cfg.to_dict(),
+    done = fit(strategy, embedder, optimizer, pools, validate, run=RunLayout(run), checkpoint_config=cfg.to_dict(),
                done=Progress(), progress=False)
     assert seen == [embedder] * 3
     assert done.best["epoch"] == 2 and [h["val_hr@10"] for h in done.history] == [0.1, 0.6, 0.3]

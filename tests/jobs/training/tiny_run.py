@@ -5,12 +5,12 @@ Both are made once per test session under pytest's base temp folder and reused f
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from jobs.data.sample import generate
 from jobs.training.config import TrainConfig
+from jobs.training.run_layout import RunLayout, TrainSummary
 from jobs.training.train import train
 
 CFG = TrainConfig(epochs=3, batch_size=16, dim=16, hidden=32, scene_views=1, product_views=0, negatives=2,
@@ -23,12 +23,12 @@ def tiny_sample(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+def tiny_run(tmp_path_factory) -> tuple[Path, TrainSummary]:
     """(run folder, summary) of CFG trained on the tiny sample; do not write into the folder (copy_run)."""
     sample = tiny_sample(tmp_path_factory)
     out = tmp_path_factory.getbasetemp() / "tiny-run"
-    if (out / "train_summary.json").is_file():
-        return out, json.loads((out / "train_summary.json").read_text())
+    if RunLayout(out).summary.is_file():
+        return out, RunLayout(out).read_summary()
     return out, train(sample, out, config=CFG, progress=False)
 
 

@@ -1,0 +1,350 @@
+"""One model executor per device: uploads decoded in a thread pool, then batched from one queue by one model thread.
+
+A scene query is admitted (or refused at once with `QueueFull` when `queue_size` queries are already
+waiting: answered 503 with Retry-After), decoded and resized in the decode pool (Pillow releases the GIL,
+so decoding runs beside the forward), then put on the ready queue. The model thread takes whatever is
+ready, up to `max_batch`, the moment it is free: no batching window. A lone query is run at once; while a
+batch is in flight the next ones pile up and go through together. Each batch is one backbone forward
+(`Retriever.encode_pixels`, padded up to the next of `buckets` on an accelerator so that only those
+shapes ever run), then per group of queries with the same parameters one batched stage 1 and stage 2
+(`Retriever.retrieve_batch`, `look_batch`, `compatibility_batch`). With `pipeline` the stages run on a
+second thread, so the next forward overlaps them (for a GPU: the CPU work of stage 2 no longer leaves
+the device idle).
+
+Before it takes a query the model thread warms every batch size it will run (forward and both stages),
+and `ready` stays False until it has: no shape is compiled, tuned or allocated for the first time while
+a client waits. The retriever can be swapped while queries run (`swap`): a batch reads it once, so each
+query is answered wholly by the old index or the new one.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from common import defaults
+from common.errors import CtlError
+from pipeline.images import image_to_tensor, load_image
+from retrieval.results import Scene
+from retrieval.retriever import Retriever
+from service.metrics import STAGES, ServiceMetrics
+
+log = logging.getLogger("ctl.serve")
+
+
+class QueueFull(CtlError):
+    """Every queue slot is taken: the client should come back after `retry_after` seconds."""
+
+    def __init__(self, depth: int, retry_after: int):
+        super().__init__(f"the server is busy: {depth} scene queries are waiting; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ServiceStopped(CtlError):
+    """The server is shutting down and takes no more scene queries."""
+
+
+class Clock:
+    """The executor's time source (a test gives a fake one to see that no query waits for company)."""
+
+    @staticmethod
+    def now() -> float:
+        return time.perf_counter()
+
+    @staticmethod
+    def wait(condition: threading.Condition) -> None:
+        """Wait (holding `condition`) until notified: the executor's one wait, only while nothing is ready."""
+        condition.wait()
+
+
+@dataclass
+class Query:
+    """One scene query: the uploaded bytes and how to answer it together with others of the same `group`.
+
+    `answer(retriever, scenes, timings)` answers a list of scenes that share this query's parameters in
+    one batched call (e.g. ``Retriever.retrieve_batch``) and returns one result per scene, in order.
+    """
+
+    image: bytes
+    answer: Callable[[Retriever, list[Scene], dict], list]
+    group: Hashable = None
+    future: Future = field(default_factory=Future)
+    enqueued: float = 0.0
+    timings: dict = field(default_factory=dict)   # seconds per stage: queue, decode, forward, stage1, stage2
+    picture: Image.Image | None = None            # the decoded RGB scene
+    pixels: torch.Tensor | None = None            # 3 x S x S uint8, resized for the backbone
+
+
+@dataclass(frozen=True)
+class Answer:
+    result: object                      # what the query's answer function returned for its scene
+    version: str | None                 # the index build that answered
+    timings: dict[str, float]
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int | None:
+    """The smallest bucket holding n scenes (None: no buckets, run n as it is)."""
+    if not buckets:
+        return None
+    return next((b for b in buckets if b >= n), max(n, buckets[-1]))
+
+
+def power_buckets(max_batch: int) -> tuple[int, ...]:
+    """1, 2, 4, ... up to max_batch (max_batch itself last when it is not a power of two)."""
+    sizes = [1 << j for j in range(max_batch.bit_length()) if 1 << j <= max_batch]
+    return tuple(sorted({*sizes, max_batch}))
+
+
+class ModelExecutor:
+    """The device's one model thread (`threads` torch threads), fed by a decode pool and a bounded queue."""
+
+    def __init__(self, retriever: Retriever, *, threads: int, max_batch: int, queue_size: int,
+                 buckets: Sequence[int] = (), decode_threads: int = 2, pipeline: bool = False,
+                 metrics: ServiceMetrics | None = None, clock: Clock | None = None):
+        for name, value in (("threads", threads), ("max_batch", max_batch), ("queue_size", queue_size),
+                            ("decode_threads", decode_threads)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        self._retriever = retriever
+        self.threads, self.max_batch, self.queue_size = int(threads), int(max_batch), int(queue_size)
+        self.buckets = tuple(sorted({int(b) for b in buckets if 0 < int(b) <= self.max_batch}))
+        if self.buckets and self.buckets[-1] != self.max_batch:
+            self.buckets = (*self.buckets, self.max_batch)
+        self.decode_threads, self.pipeline = int(decode_threads), bool(pipeline)
+        self.metrics = metrics or ServiceMetrics()
+        self.metrics.watch_queue(self.depth, self.queue_size)
+        self.clock = clock or Clock()
+        self._ready: collections.deque[Query] = collections.deque()
+        self._cond = threading.Condition()
+        self._admitted = 0                 # admitted and not yet in a batch (decoding or ready)
+        self._stop = threading.Event()
+        self._started = False
+        self._threads: list[threading.Thread] = []
+        self._decoder: ThreadPoolExecutor | None = None
+        self._finishing: queue.Queue = queue.Queue(maxsize=2)
+        self._seconds_per_query = 0.1      # running mean of the model work per query, for Retry-After
+        self.warm = threading.Event()
+        self.warmed_sizes: tuple[int, ...] = ()
+        self.warmup_seconds: float | None = None
+
+    # -- the retriever being served ------------------------------------------------------------------
+    @property
+    def retriever(self) -> Retriever:
+        return self._retriever
+
+    def swap(self, retriever: Retriever) -> Retriever:
+        """Serve `retriever` from the next batch on; queries already running finish on the old one."""
+        old, self._retriever = self._retriever, retriever
+        return old
+
+    def batch_sizes(self) -> tuple[int, ...]:
+        """Every batch shape the backbone will run: the buckets, or without them 1 and max_batch."""
+        return self.buckets or tuple(sorted({1, self.max_batch}))
+
+    # -- life cycle ------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stop.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Running and warmed up: every batch size has been through the forward and both stages."""
+        return self.running and self.warm.is_set()
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._stop.clear()
+        self._started = True
+        self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        self._threads = [threading.Thread(target=self._model_loop, name="model-executor", daemon=True)]
+        if self.pipeline:
+            self._threads.append(threading.Thread(target=self._finish_loop, name="model-stages", daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch being run, refuse what is still queued, and join the threads."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True)   # decodes in progress end on the ready queue
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+        with self._cond:
+            left, self._admitted = list(self._ready), 0
+            self._ready.clear()
+        for q in left:
+            if q.future.set_running_or_notify_cancel():
+                q.future.set_exception(ServiceStopped("the server is shutting down"))
+
+    # -- queries -----------------------------------------------------------------------------------------
+    def depth(self) -> int:
+        """Queries admitted and not yet in a batch (being decoded or waiting for the model thread)."""
+        return self._admitted
+
+    def retry_after(self) -> int:
+        """Whole seconds until the queue has likely drained by one query's worth of room (at least 1)."""
+        return max(1, math.ceil(self.depth() * self._seconds_per_query))
+
+    def submit(self, query: Query) -> Future:
+        """Admit a query; QueueFull at once when every slot is taken, ServiceStopped when shutting down."""
+        if not self.running:
+            raise ServiceStopped("the server is not running its model executor (starting or shutting down)")
+        with self._cond:
+            if self._admitted >= self.queue_size:
+                self.metrics.rejected.inc()
+                raise QueueFull(self._admitted, self.retry_after())
+            self._admitted += 1
+        query.enqueued = self.clock.now()
+        try:
+            self._decoder.submit(self._decode, query)
+        except RuntimeError:               # the pool was shut down between the check and now
+            with self._cond:
+                self._admitted -= 1
+            raise ServiceStopped("the server is shutting down") from None
+        return query.future
+
+    def _decode(self, query: Query) -> None:
+        """Decode and resize one upload (in the decode pool); a bad image is answered here, alone."""
+        start = self.clock.now()
+        try:
+            picture = load_image(query.image)
+            query.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
+            query.pixels = image_to_tensor(query.picture, self._retriever.input_size)
+        except Exception as exc:  # noqa: BLE001 - ImageError and any other: answered to this query alone
+            with self._cond:
+                self._admitted -= 1
+            if query.future.set_running_or_notify_cancel():
+                query.future.set_exception(exc)
+            return
+        query.timings["decode"] = self.clock.now() - start
+        self.put_ready(query)
+
+    def put_ready(self, query: Query) -> None:
+        """Hand a decoded query to the model thread."""
+        with self._cond:
+            self._ready.append(query)
+            self._cond.notify()
+
+    def take(self) -> list[Query]:
+        """The next batch: everything ready, up to max_batch, as soon as one query is. Blocks only while
+        nothing is ready (never to wait for company); [] when stopping."""
+        with self._cond:
+            while not self._ready and not self._stop.is_set():
+                self.clock.wait(self._cond)
+            batch = [self._ready.popleft() for _ in range(min(self.max_batch, len(self._ready)))]
+            self._admitted -= len(batch)
+        now = self.clock.now()
+        for q in batch:
+            q.timings["queue"] = now - q.enqueued - q.timings.get("decode", 0.0)
+        return batch
+
+    # -- the model thread ---------------------------------------------------------------------------------
+    def _model_loop(self) -> None:
+        torch.set_num_threads(self.threads)   # this thread's OpenMP team
+        if self._retriever.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True   # fixed shapes: each tuned once, at warm-up
+        try:
+            self.warm_up()
+            while not self._stop.is_set():
+                batch = self.take()
+                if batch:
+                    self.run_batch(batch)
+        except Exception:
+            log.exception("the model executor stopped: the service is not ready")
+            self._stop.set()
+        finally:
+            if self.pipeline:
+                self._finishing.put(None)
+
+    def warm_up(self) -> None:
+        """Every batch size through the forward and both stages of each endpoint, before `ready`."""
+        start = time.perf_counter()
+        retriever = self._retriever
+        grey = Image.new("RGB", (retriever.input_size, retriever.input_size), (128, 128, 128))
+        one = image_to_tensor(grey, retriever.input_size)
+        with torch.inference_mode():
+            for size in self.batch_sizes():
+                scenes = retriever.scenes_from_pixels(one.expand(size, -1, -1, -1).clone(), [grey] * size,
+                                                      pad_to=bucket_for(size, self.buckets))
+                retriever.retrieve_batch(scenes, k=defaults.K, candidates=defaults.CANDIDATES)
+                retriever.look_batch(scenes, k=defaults.LOOK_K, candidates=defaults.CANDIDATES)
+                if retriever.device.type == "cuda":
+                    torch.cuda.synchronize(retriever.device)
+        self.warmed_sizes = self.batch_sizes()
+        self.warmup_seconds = time.perf_counter() - start
+        self.warm.set()
+        log.info("model executor warm: batch sizes %s in %.1f s", list(self.warmed_sizes), self.warmup_seconds)
+
+    def run_batch(self, batch: list[Query]) -> None:
+        """One forward for the batch, then its stages (on the stages thread with `pipeline`)."""
+        retriever = self._retriever            # read once: the whole batch is answered by one index
+        started = time.perf_counter()
+        live = [q for q in batch if q.future.set_running_or_notify_cancel()]   # skip clients that went away
+        if not live:
+            return
+        forward_start = self.clock.now()
+        try:
+            pixels = torch.stack([q.pixels for q in live])
+            scenes = retriever.scenes_from_pixels(pixels, [q.picture for q in live],
+                                                  pad_to=bucket_for(len(live), self.buckets))
+        except Exception as exc:  # noqa: BLE001 - answered to the batch's queries, the executor goes on
+            log.exception("forward failed on a batch of %d", len(live))
+            for q in live:
+                q.future.set_exception(exc)
+            return
+        forward = self.clock.now() - forward_start
+        self.metrics.batch_size.observe(len(live))
+        for q in live:
+            q.timings["forward"] = forward
+        if self.pipeline:
+            self._finishing.put((retriever, live, scenes, started))
+        else:
+            self.finish(retriever, live, scenes, started)
+
+    def _finish_loop(self) -> None:
+        torch.set_num_threads(1)
+        while True:
+            item = self._finishing.get()
+            if item is None:
+                return
+            self.finish(*item)
+
+    def finish(self, retriever: Retriever, batch: list[Query], scenes: list[Scene], started: float) -> None:
+        """Stage 1 and 2 for each group of queries with the same parameters, one batched call per group."""
+        groups: dict[Hashable, list[int]] = {}
+        for j, q in enumerate(batch):
+            groups.setdefault(q.group if q.group is not None else ("alone", j), []).append(j)
+        for members in groups.values():
+            self._answer_group(retriever, [batch[j] for j in members], [scenes[j] for j in members])
+        per_query = (time.perf_counter() - started) / len(batch)
+        self._seconds_per_query += 0.1 * (per_query - self._seconds_per_query)
+
+    def _answer_group(self, retriever: Retriever, queries: list[Query], scenes: list[Scene]) -> None:
+        stages: dict[str, float] = {}
+        try:
+            results = queries[0].answer(retriever, scenes, stages)
+        except Exception as exc:  # noqa: BLE001 - one query's failure must not fail the others: each alone
+            if len(queries) > 1:
+                for q, scene in zip(queries, scenes, strict=True):
+                    self._answer_group(retriever, [q], [scene])
+                return
+            queries[0].future.set_exception(exc)
+            return
+        for q, result in zip(queries, results, strict=True):
+            q.timings.update(stages)
+            timings = {stage: q.timings[stage] for stage in STAGES if stage in q.timings}   # in the order they ran
+            self.metrics.observe_stages(timings)
+            q.future.set_result(Answer(result=result, version=retriever.index.version, timings=timings))
