@@ -11,7 +11,7 @@ from service.app import create_app
 from service.scene_routes import MAX_PRODUCTS
 from service.settings import ServeSettings
 from tests.retrieval.world import PLATT
-from tests.service.test_api import assert_error, upload
+from tests.service.service_helpers import assert_error, upload
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ from __future__ import annotations
 import io
 import json
 import signal
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from index.embedding_shards import MANIFEST
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
 from pipeline.checkpoint import save_checkpoint
 from pipeline.images import image_to_tensor, load_image
-from tests.helpers import random_embedder
+from tests.helpers import png_header, random_embedder
 
 ROOT = Path(__file__).resolve().parents[3]
 SIZE = 32          # network input size in these tests (the job's hidden --image-size), for speed
@@ -89,14 +87,6 @@ def kill_after_first_shard(proc, out: Path, kill, *, within: float) -> None:
         time.sleep(0.005)
     rc = proc.wait(timeout=60)
     assert rc == -signal.SIGKILL, f"the job ended before it could be killed (rc {rc}): {proc.stderr.read()[-2000:]!r}"
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (the pixel data is a stub)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def make_bad_catalog(root: Path) -> tuple[Path, dict[str, str]]:
