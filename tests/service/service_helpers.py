@@ -44,7 +44,7 @@ def wait_for(predicate, timeout=30.0, what="condition"):
 def watcher_checks(client) -> list:
     """The results of the index watcher's checks from now on, as they happen: a test waits for some to have
     run (wait_for) instead of sleeping for as long as it guesses they take."""
-    swapper, results = client.app.state.swapper, []
+    swapper, results = client.app.state.service.swapper, []
     check = swapper.check
 
     def counted(**kwargs):
