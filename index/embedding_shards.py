@@ -74,11 +74,11 @@ class ShardEntry:
 
     @classmethod
     def from_json(cls, saved: dict) -> ShardEntry:
-        name, rows = saved.get("name"), saved.get("rows")
+        name, rows = (saved.get("name"), saved.get("rows")) if isinstance(saved, dict) else (None, None)
         if not isinstance(name, str) or Path(name).name != name or not isinstance(rows, int) or rows < 0:
             raise EmbeddingsError(f"bad shard entry {saved!r} (want a file name and a row count)")
-        index = saved.get("index")
-        return cls(name, index if isinstance(index, int) else -1, rows, int(saved.get("rejected", 0)))
+        index, rejected = saved.get("index"), saved.get("rejected", 0)
+        return cls(name, index if isinstance(index, int) else -1, rows, rejected if isinstance(rejected, int) else 0)
 
 
 @dataclass(frozen=True)
@@ -313,34 +313,25 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
     missing = [key for key in ("checkpoint_sha256", "backbone", "dim", "complete", "shards") if key not in raw]
     if missing:
         raise EmbeddingsError(f"{mpath} lacks the field(s) {', '.join(missing)}")
-    if raw["complete"] is not True:
+    try:
+        saved = EmbeddingsManifest.from_json(raw)
+    except (EmbeddingsError, TypeError) as exc:
+        raise EmbeddingsError(f"{mpath}: {exc}") from None
+    if saved.complete is not True:
         raise EmbeddingsError(f"{mpath} says complete=false: the embed-catalog job has not finished "
                               "(resume it before building the index)")
-    dim = raw["dim"]
-    if not isinstance(dim, int) or dim <= 0:
-        raise EmbeddingsError(f"{mpath}: dim must be a positive integer, got {dim!r}")
-    shards = []
-    for entry in raw["shards"]:
-        name, rows = entry.get("name"), entry.get("rows")
-        if not isinstance(name, str) or Path(name).name != name or not isinstance(rows, int) or rows < 0:
-            raise EmbeddingsError(f"{mpath}: bad shard entry {entry!r} (want a file name and a row count)")
-        shards.append((name, rows))
+    if not isinstance(saved.dim, int) or isinstance(saved.dim, bool) or saved.dim <= 0:
+        raise EmbeddingsError(f"{mpath}: dim must be a positive integer, got {saved.dim!r}")
+    shards = tuple((s.name, s.rows) for s in saved.shards)      # in the manifest's order
     if not shards or sum(r for _, r in shards) == 0:
         raise EmbeddingsError(f"{mpath} lists no rows: nothing to index")
     extras: list[str] = []
     for name, rows in shards:
-        for col in _check_shard(root / name, dim, rows):
+        for col in _check_shard(root / name, saved.dim, rows):
             if col not in extras:
                 extras.append(col)
-    return Manifest(root, str(raw["checkpoint_sha256"]), str(raw["backbone"]), dim, tuple(shards), tuple(extras),
-                    raw.get("catalog_fingerprint"), _incremental(mpath, raw.get("incremental")))
-
-
-def _incremental(mpath: Path, saved) -> IncrementalRecord | None:
-    try:
-        return IncrementalRecord.from_json(saved)
-    except EmbeddingsError as exc:
-        raise EmbeddingsError(f"{mpath}: {exc}") from None
+    return Manifest(root, str(saved.checkpoint_sha256), str(saved.backbone), saved.dim, shards, tuple(extras),
+                    saved.catalog_fingerprint, saved.incremental)
 
 
 def _check_shard(path: Path, dim: int, rows: int) -> list[str]:
