@@ -107,7 +107,7 @@ def test_incremental_flags_and_update_index_errors(tmp_path, ckpt):
                            "does not exist", prefix="update-index")
     build_index(tmp_path / "o", tmp_path / "idx", **FAST)
     assert_one_line_error(runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "idx")]),
-                          "nothing to apply", prefix="update-index")
+                          "nothing to apply; give --embeddings and/or --remove", prefix="update-index")
     result = runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "idx"), "--remove", "p0001,p0002"])
     assert result.exit_code == 0, result.output
     assert ProductIndex.load(tmp_path / "idx").n == 2 and "a full rebuild is due" in result.output
