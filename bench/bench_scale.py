@@ -2,7 +2,8 @@
 
     python -m bench.bench_scale [--n 1000000] [--workers 2] [--dim 128] [--clusters 1000] [--queries 200]
                                 [--memory-budget 4GB] [--builds single,sharded,ondisk] [--json out.json]
-                                [--factory IVF1024,PQ8] [--workdir DIR --keep] [--formats old,new]
+                                [--factory IVF256,PQ8] [--workdir DIR --keep] [--formats old,new]
+                                [--target-recall 0.98] [--recall-queries 500 1000]
 
 Data: N unit vectors (d=128) around `--clusters` random centres, written as embed-catalog shards block by
 block (never all in RAM), and held-out queries from the same mixture; the exact top-20 of every query is
@@ -43,7 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index.build import build_index
+from common import defaults
+from index.build import BuildParams, build_index
 from index.embedding_shards import read_manifest
 from index.layout import IndexInfo, publish, read_info, resolve
 from index.parallel import process_map
@@ -118,9 +120,12 @@ def write_data(root: Path, n: int, d: int, n_clusters: int, nq: int, spread: flo
     return xq, heap.I, exact_ms
 
 
-def child_build(emb: str, out: str, budget: str, mode: str, workers: str, factory: str = "") -> None:
+def child_build(emb: str, out: str, budget: str, mode: str, workers: str, factory: str, tuning: str) -> None:
     kw = {"single": {}, "sharded": {"workers": int(workers)}, "ondisk": {"workers": int(workers), "ondisk": True}}[mode]
-    info = build_index(emb, out, memory_budget_bytes=budget, factory=factory or None, **kw)
+    target_recall, n_tune, n_eval = json.loads(tuning)
+    params = BuildParams(memory_budget_bytes=budget, factory=factory or None, target_recall=target_recall,
+                         n_tune_queries=n_tune, n_eval_queries=n_eval, **kw)
+    info = build_index(emb, out, params)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's peak
     print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": status("VmHWM")}))
 
@@ -238,8 +243,9 @@ def build_or_reuse(root: Path, mode: str, args) -> tuple[IndexInfo, float | None
     if args.keep and saved.is_file():
         built = json.loads(saved.read_text())
         return read_info(out), built.get("peak_rss_mb")
+    tuning = json.dumps([args.target_recall, *args.recall_queries])
     built = run_child("--_child-build", str(root / "emb"), str(out), args.memory_budget, mode, str(args.workers),
-                      args.factory or "")
+                      args.factory or "", tuning)
     saved.write_text(json.dumps(built))
     return IndexInfo.from_dict(built["info"]), built["peak_rss_mb"]
 
@@ -304,6 +310,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--builds", default="single,sharded,ondisk")
     ap.add_argument("--factory", default=None, help="force this FAISS factory string (default: the selection's)")
+    ap.add_argument("--target-recall", type=float, default=defaults.TARGET_RECALL,
+                    help="the build's tuning target (a low one stops at the cheapest knobs: a quick build)")
+    ap.add_argument("--recall-queries", type=int, nargs=2, default=(500, 1000), metavar=("TUNE", "EVAL"),
+                    help="the build's tuning and evaluation query counts")
     ap.add_argument("--formats", default="current", help="serve each build as 'current', or in 'old,new' (ABBA)")
     ap.add_argument("--add-scaling", action="store_true")
     ap.add_argument("--seed", type=int, default=0)

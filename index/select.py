@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import faiss
 import numpy as np

@@ -1,7 +1,6 @@
 """Sharded build (local processes, Ray tasks) and on-disk inverted lists against the single-process build."""
 from __future__ import annotations
 
-
 import faiss
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from index.rows import read_table
 from index.sharded import split_shards
 from index.store import ProductIndex
 
-FAST = dict(n_eval_queries=100, n_tune_queries=50)
+FAST = {"n_eval_queries": 100, "n_tune_queries": 50}
 
 
 def _answers(index_dir, xq, k=20):

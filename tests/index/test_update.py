@@ -1,4 +1,4 @@
-"""update_index: the same answers as a build from scratch on the final catalogue, removals never returned, crash-safe."""
+"""update_index: same answers as a build from scratch on the final catalogue, removals never returned, crash-safe."""
 from __future__ import annotations
 
 import json
@@ -23,7 +23,7 @@ from index.store import ProductIndex
 from index.update import UpdateError, update_index
 from tests.catalogue_vectors import CATEGORIES, clustered
 
-FAST = dict(n_eval_queries=100, n_tune_queries=50)
+FAST = {"n_eval_queries": 100, "n_tune_queries": 50}
 D = 16
 
 
