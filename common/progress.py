@@ -26,9 +26,10 @@ class _LineWriter:
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line and line != self.last:
+        done = line.split(" [", 1)[0]      # "desc: pct n/total": the closing redraw of a line already written
+        if line and done != self.last:
             self.stream.write(line + "\n")
-            self.last = line
+            self.last = done
 
     def flush(self) -> None:
         self.stream.flush()

@@ -26,6 +26,10 @@ class CheckpointError(ArtifactError):
     """A checkpoint that is missing, unreadable or does not match what it is used with."""
 
 
+MISSING_HINT = "train one first with {step:train}"
+WRONG_FILE_HINT = "pass the checkpoint.pt that {step:train} wrote"
+
+
 @dataclass
 class Checkpoint:
     embedder: StyleEmbedder
@@ -83,10 +87,10 @@ def _read_payload(source, path: Path, *, mmap: bool = False) -> dict:
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}); "
-                              "pass the checkpoint.pt that `ctl train` wrote") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})",
+                              hint=WRONG_FILE_HINT) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint; pass the checkpoint.pt that `ctl train` wrote")
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint", hint=WRONG_FILE_HINT)
     return payload
 
 
@@ -98,7 +102,7 @@ def check_checkpoint(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+        raise CheckpointError(f"no checkpoint at {path}", hint=MISSING_HINT)
     _read_payload(path, path, mmap=True)
     return sha256_of(path)
 
@@ -107,7 +111,7 @@ def has_presence_head(path: str | os.PathLike) -> bool:
     """Whether a checkpoint carries a category-presence head, without building its model (cheap)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+        raise CheckpointError(f"no checkpoint at {path}", hint=MISSING_HINT)
     return any(k.startswith("presence.") for k in _read_payload(path, path, mmap=True)["heads"])
 
 
@@ -115,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
     """Load a checkpoint; the backbone comes from its recorded weights (or the saved fine-tuned state)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+        raise CheckpointError(f"no checkpoint at {path}", hint=MISSING_HINT)
     raw = path.read_bytes()
     payload = _read_payload(io.BytesIO(raw), path)
     stored_backbone = "backbone_state" in payload
