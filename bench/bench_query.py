@@ -43,9 +43,11 @@ import torch
 from PIL import Image
 
 from common import defaults
+from common.errors import ArtifactError
 from common.files import sha256_of
 from index.build import build_index
 from index.layout import IndexDirError, read_info
+from jobs.training.run_layout import RunLayout
 from pipeline.backbones import BackboneWeightsError
 from pipeline.checkpoint import save_checkpoint
 from pipeline.embedder import build_embedder
@@ -107,9 +109,8 @@ def sample_artifacts(n_scenes: int) -> tuple[Path, Path, list[Path]] | None:
         return None
     scene_dir = defaults.SAMPLE_DIR.resolve() / "images" / "scenes"
     try:
-        test = json.loads((defaults.RUN_DIR / "split.json").read_text())["test"]
-        scenes = [scene_dir / f"{sid}.jpg" for sid in sorted(test)]
-    except (OSError, ValueError, KeyError):
+        scenes = [scene_dir / f"{sid}.jpg" for sid in sorted(RunLayout(defaults.RUN_DIR).read_split().test)]
+    except ArtifactError:
         scenes = sorted(scene_dir.glob("*.jpg"))
     scenes = [p for p in scenes if p.is_file()][:n_scenes]
     return (ckpt, index_dir, scenes) if scenes else None

@@ -2,6 +2,8 @@
 
     python -m bench.bench_scale [--n 1000000] [--workers 2] [--dim 128] [--clusters 1000] [--queries 200]
                                 [--memory-budget 4GB] [--builds single,sharded,ondisk] [--json out.json]
+                                [--factory IVF256,PQ8] [--workdir DIR --keep] [--formats old,new]
+                                [--target-recall 0.98] [--recall-queries 500 1000]
 
 Data: N unit vectors (d=128) around `--clusters` random centres, written as embed-catalog shards block by
 block (never all in RAM), and held-out queries from the same mixture; the exact top-20 of every query is
@@ -14,10 +16,18 @@ exact search, single-query latency cold (the build's files evicted from the page
 The exact baseline's single-query latency is measured on a block of up to 1M vectors and scaled by N
 (a linear scan). `--add-scaling` also times the add phase alone with 1 and with `--workers` processes of
 one thread each on the same trained index (pure scale-out).
+
+`--formats old,new` serves each build in both index formats, in fresh processes in the order old, new,
+new, old (ABBA: drift in the machine's load hits both alike): format 1 (row metadata read into RAM) and
+format 2 (memory-mapped row files), copies of the same build (index.rows.copy_as_format, big files
+hard-linked). `--keep` keeps the data and the builds in `--workdir` and reuses them on the next run, so a
+10M build is paid once; `--factory` forces the index (e.g. the cheapest IVF-PQ that still puts the lists
+on disk).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -34,10 +44,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from index.build import build_index
+from common import defaults
+from index.build import BuildParams, build_index
 from index.embedding_shards import read_manifest
-from index.layout import IndexInfo, resolve
+from index.layout import IndexInfo, publish, read_info, resolve
 from index.parallel import process_map
+from index.rows import copy_as_format
 from index.sharded import sharded_add
 from index.store import ProductIndex
 
@@ -108,9 +120,12 @@ def write_data(root: Path, n: int, d: int, n_clusters: int, nq: int, spread: flo
     return xq, heap.I, exact_ms
 
 
-def child_build(emb: str, out: str, budget: str, mode: str, workers: str) -> None:
+def child_build(emb: str, out: str, budget: str, mode: str, workers: str, factory: str, tuning: str) -> None:
     kw = {"single": {}, "sharded": {"workers": int(workers)}, "ondisk": {"workers": int(workers), "ondisk": True}}[mode]
-    info = build_index(emb, out, memory_budget_bytes=budget, **kw)
+    target_recall, n_tune, n_eval = json.loads(tuning)
+    params = BuildParams(memory_budget_bytes=budget, factory=factory or None, target_recall=target_recall,
+                         n_tune_queries=n_tune, n_eval_queries=n_eval, **kw)
+    info = build_index(emb, out, params)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the parent's peak
     print("RESULT " + json.dumps({"info": info.to_dict(), "peak_rss_mb": status("VmHWM")}))
 
@@ -127,11 +142,23 @@ def _evict(build: Path) -> None:
                 os.close(fd)
 
 
+def _warm_pyarrow() -> None:
+    """Fault in pyarrow's own pages (parquet and IPC readers, ~80 MB) before measuring, whatever the format reads."""
+    table = pa.table({"x": pa.array(["a"] * 100)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    pq.read_table(pa.BufferReader(sink.getvalue()))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    pa.ipc.open_file(pa.BufferReader(sink.getvalue())).read_all()
+
+
 def child_serve(out: str, data: str) -> None:
     npz = np.load(data)
     xq, I_ref = npz["xq"], npz["I_ref"]
     faiss.omp_set_num_threads(1)
-    pq.read_table(next(Path(out).glob("v*/ids.parquet"))).slice(0, 1)     # pyarrow's own pages first
+    _warm_pyarrow()
     build, _ = resolve(out)
     _evict(build)
     # the FAISS index alone (in-memory lists, or memory-mapped on-disk lists), then the whole ProductIndex
@@ -196,6 +223,78 @@ def loadavg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def prepare_data(root: Path, args) -> dict:
+    """Write the shards and queries into root (or reuse them with --keep); return their timings."""
+    saved = root / "data.json"
+    if args.keep and saved.is_file() and (root / "q.npz").is_file():
+        return {**json.loads(saved.read_text()), "reused": True}
+    t0 = time.perf_counter()
+    xq, I_ref, exact_ms = write_data(root / "emb", args.n, args.dim, args.clusters, args.queries, args.spread,
+                                     args.seed)
+    np.savez(root / "q.npz", xq=xq, I_ref=I_ref)
+    timing = {"exact_ms_1t": exact_ms, "data_s": time.perf_counter() - t0}
+    saved.write_text(json.dumps(timing))
+    return timing
+
+
+def build_or_reuse(root: Path, mode: str, args) -> tuple[IndexInfo, float | None]:
+    """Build `mode` in a child process (or, with --keep, reuse a finished build of it); (info, peak RSS MB)."""
+    out, saved = root / f"idx-{mode}", root / f"build-{mode}.json"
+    if args.keep and saved.is_file():
+        built = json.loads(saved.read_text())
+        return read_info(out), built.get("peak_rss_mb")
+    tuning = json.dumps([args.target_recall, *args.recall_queries])
+    built = run_child("--_child-build", str(root / "emb"), str(out), args.memory_budget, mode, str(args.workers),
+                      args.factory or "", tuning)
+    saved.write_text(json.dumps(built))
+    return IndexInfo.from_dict(built["info"]), built["peak_rss_mb"]
+
+
+def serve_formats(out: Path, data: Path, formats: list[str]) -> dict:
+    """Serve one build in each format (copies of it), ABBA when two; the figures of each format, averaged."""
+    if formats == ["current"]:
+        return {"current": run_child("--_child-serve", str(out), str(data))}
+    build, _ = resolve(out)
+    dirs = {}
+    for name in formats:
+        dirs[name] = out.parent / f"{out.name}-{name}"
+        shutil.rmtree(dirs[name], ignore_errors=True)
+        copy_as_format(build, dirs[name] / "v000001", {"old": 1, "new": 2}[name])
+        publish(dirs[name], dirs[name] / "v000001")
+    order = formats + formats[::-1]
+    runs = {name: [] for name in formats}
+    for name in order:
+        runs[name].append(run_child("--_child-serve", str(dirs[name]), str(data)))
+    for path in dirs.values():
+        shutil.rmtree(path)
+    served = {}
+    for name, rs in runs.items():
+        mean = {k: float(np.mean([r[k] for r in rs])) for k, v in rs[0].items() if isinstance(v, (int, float))}
+        served[name] = {**rs[0], **mean, "runs": [{k: r[k] for k in ("anon_load_mb", "warm_p50_ms", "warm_p99_ms")}
+                                                  for r in rs]}
+    return served
+
+
+def report(mode: str, info: IndexInfo, peak_rss_mb, load: str, served: dict) -> dict:
+    r = {"factory": info.factory, "params": info.search_params, "build_s": info.build_seconds,
+         "phases": info.phases, "peak_rss_mb": peak_rss_mb, "load_during": load, "build_recall": info.recall.value,
+         "formats": served}
+    print(f"  {mode}: {r['factory']} {r['params']} build {r['build_s']:.0f}s (add {r['phases']['add_seconds']:.0f}s, "
+          f"train {r['phases']['train_seconds']:.0f}s), peak RSS {r['peak_rss_mb'] or float('nan'):.0f} MB, "
+          f"load avg {load}", flush=True)
+    for name, s in served.items():
+        print(f"    {name} format: anon loaded {s['anon_load_mb']:.1f} MB, recall@20 {s['recall']:.4f}, warm "
+              f"{s['warm_p50_ms']:.3f}/{s['warm_p99_ms']:.3f} ms, cold p99 {s['cold_p99_ms']:.2f} ms, runs "
+              f"{s.get('runs', '')}", flush=True)
+    if {"old", "new"} <= set(served):
+        r["new_over_old"] = {k: served["new"][k] / served["old"][k] for k in ("warm_p50_ms", "warm_p99_ms")}
+        r["anon_saved_mb"] = served["old"]["anon_load_mb"] - served["new"]["anon_load_mb"]
+        ratio = r["new_over_old"]
+        print(f"    new / old warm p50 {ratio['warm_p50_ms']:.3f}, p99 {ratio['warm_p99_ms']:.3f}; "
+              f"anonymous memory saved {r['anon_saved_mb']:.1f} MB", flush=True)
+    return r
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("--_child-"):
         {"--_child-build": child_build, "--_child-serve": child_serve,
@@ -210,11 +309,20 @@ def main() -> None:
     ap.add_argument("--memory-budget", default="4GB")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--builds", default="single,sharded,ondisk")
+    ap.add_argument("--factory", default=None, help="force this FAISS factory string (default: the selection's)")
+    ap.add_argument("--target-recall", type=float, default=defaults.TARGET_RECALL,
+                    help="the build's tuning target (a low one stops at the cheapest knobs: a quick build)")
+    ap.add_argument("--recall-queries", type=int, nargs=2, default=(500, 1000), metavar=("TUNE", "EVAL"),
+                    help="the build's tuning and evaluation query counts")
+    ap.add_argument("--formats", default="current", help="serve each build as 'current', or in 'old,new' (ABBA)")
     ap.add_argument("--add-scaling", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the shards and indexes go (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep data and builds in --workdir and reuse them")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.keep and args.workdir is None:
+        ap.error("--keep needs --workdir")
     meta = {"machine": f"{os.cpu_count()} cores ({platform.machine()}), "
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
             "faiss": faiss.__version__, "date": dt.datetime.now().isoformat(timespec="minutes"), "n": args.n,
@@ -223,34 +331,24 @@ def main() -> None:
     results = {"meta": meta, "builds": {}}
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench_scale_", dir=args.workdir) as tmp:
-        tmp = Path(tmp)
-        t0 = time.perf_counter()
-        xq, I_ref, exact_ms = write_data(tmp / "emb", args.n, args.dim, args.clusters, args.queries, args.spread,
-                                         args.seed)
-        np.savez(tmp / "q.npz", xq=xq, I_ref=I_ref)
-        results["exact_ms_1t"] = exact_ms
-        results["data_s"] = time.perf_counter() - t0
-        print(f"  data {results['data_s']:.0f}s; exact scan {exact_ms:.1f} ms/query (1 thread)", flush=True)
-        for mode in args.builds.split(","):
-            out = tmp / f"idx-{mode}"
+    with contextlib.ExitStack() as stack:
+        root = args.workdir if args.keep else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="bench_scale_", dir=args.workdir)))
+        results.update(prepare_data(root, args))
+        print(f"  data {results['data_s']:.0f}s; exact scan {results['exact_ms_1t']:.1f} ms/query (1 thread)",
+              flush=True)
+        modes = args.builds.split(",")
+        for mode in modes:
             load = loadavg()
-            built = run_child("--_child-build", str(tmp / "emb"), str(out), args.memory_budget, mode, str(args.workers))
-            info = IndexInfo.from_dict(built["info"])
-            serve = run_child("--_child-serve", str(out), str(tmp / "q.npz"))
-            r = {"factory": info.factory, "params": info.search_params, "build_s": info.build_seconds,
-                 "phases": info.phases, "peak_rss_mb": built["peak_rss_mb"], "load_during": load,
-                 "build_recall": info.recall.value, **serve}
-            results["builds"][mode] = r
-            print(f"  {mode}: {r['factory']} {r['params']} build {r['build_s']:.0f}s (add {r['phases']['add_seconds']:.0f}s,"
-                  f" train {r['phases']['train_seconds']:.0f}s), peak RSS {r['peak_rss_mb']:.0f} MB, anon loaded "
-                  f"{r['anon_load_mb']:.0f} MB, recall@20 {r['recall']:.4f}, warm {r['warm_p50_ms']:.3f}/"
-                  f"{r['warm_p99_ms']:.3f} ms, cold p99 {r['cold_p99_ms']:.2f} ms, load avg {load}", flush=True)
+            info, peak = build_or_reuse(root, mode, args)
+            served = serve_formats(root / f"idx-{mode}", root / "q.npz", args.formats.split(","))
+            results["builds"][mode] = report(mode, info, peak, load, served)
             if args.add_scaling and mode == "single":
-                results["add_scaling"] = run_child("--_child-addscale", str(tmp / "emb"), str(out), str(args.workers))
+                results["add_scaling"] = run_child("--_child-addscale", str(root / "emb"), str(root / f"idx-{mode}"),
+                                                   str(args.workers))
                 print(f"  add phase, 1 thread per process: {results['add_scaling']}", flush=True)
-            if mode != args.builds.split(",")[-1]:
-                shutil.rmtree(out)
+            if mode != modes[-1] and not args.keep:
+                shutil.rmtree(root / f"idx-{mode}")
     meta["load_end"] = loadavg()
     print(json.dumps(results, indent=1))
     if args.json:

@@ -37,6 +37,7 @@ PRESENCE_THRESHOLD = 0.5   # a category with presence probability >= this is jud
 MEMORY_BUDGET = "4GB"
 TARGET_RECALL = 0.98
 RECALL_K = 20
+RECALL_QUERY_NOISE = 0.5   # recall queries: database rows plus noise of about this norm, renormalised
 INDEX_INTENT = "balanced"
 
 # -- catalogue embedding -----------------------------------------------------------------------------

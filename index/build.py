@@ -1,12 +1,14 @@
-"""Build an index directory from embedding shards: select, train, add (one process or sharded), tune, measure recall, write."""
+"""Build an index directory from embedding shards: select, train, add (one process or sharded), tune, write."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import faiss
 import numpy as np
@@ -64,116 +66,186 @@ class BuildError(InputError):
     """The index cannot be built as asked (budget too small, bad factory string, ...)."""
 
 
-def build_index(embeddings_dir: str | Path, out_dir: str | Path, *,
-                memory_budget_bytes: int | str = defaults.MEMORY_BUDGET, target_recall: float = defaults.TARGET_RECALL,
-                seed: int = 0, factory: str | None = None, intent: str = "balanced",
-                n_eval_queries: int = 1000, n_tune_queries: int = 500, query_noise: float = 0.5,
-                keep_versions: int = KEEP_VERSIONS, workers: int = 1, engine: str = "local",
-                ray_address: str | None = None, ondisk: bool = False,
-                log: Callable[[str], None] | None = None) -> IndexInfo:
+@dataclass(frozen=True)
+class BuildParams:
+    """How to build an index: what to choose, how far to tune it, how to add, how many builds to keep.
+
+    `memory_budget_bytes` and `intent` drive the automatic choice (index.select) unless `factory` forces
+    one; the search knobs are tuned to `target_recall` on `n_tune_queries` perturbed rows and the recall
+    reported on `n_eval_queries` others (noise of norm ~`query_noise`). With `workers` > 1, `engine`
+    "ray" or `ondisk`, an IVF index is filled by parallel workers and merged (index.sharded); `ondisk`
+    keeps its inverted lists in index.ivfdata, memory-mapped when loaded.
+    """
+
+    memory_budget_bytes: int | str = defaults.MEMORY_BUDGET
+    target_recall: float = defaults.TARGET_RECALL
+    seed: int = defaults.SEED
+    factory: str | None = None
+    intent: str = defaults.INDEX_INTENT
+    n_eval_queries: int = 1000
+    n_tune_queries: int = 500
+    query_noise: float = defaults.RECALL_QUERY_NOISE
+    keep_versions: int = KEEP_VERSIONS
+    workers: int = 1
+    engine: str = "local"
+    ray_address: str | None = None
+    ondisk: bool = False
+
+    def checked(self) -> BuildParams:
+        """These parameters with the budget in bytes; BuildError naming the first one that is wrong."""
+        if not 0.0 < self.target_recall <= 1.0:
+            raise BuildError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        if self.n_eval_queries < 1 or self.n_tune_queries < 1 or self.query_noise < 0:
+            raise BuildError(f"need n_eval_queries >= 1, n_tune_queries >= 1 and query_noise >= 0, got "
+                             f"{self.n_eval_queries}, {self.n_tune_queries}, {self.query_noise}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise BuildError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.engine not in INDEX_ENGINES:
+            raise BuildError(f"engine must be one of {', '.join(INDEX_ENGINES)}, got {self.engine!r}")
+        try:
+            return dataclasses.replace(self, memory_budget_bytes=parse_bytes(self.memory_budget_bytes))
+        except ValueError as e:
+            raise BuildError(str(e)) from None
+
+    @property
+    def parallel_add(self) -> bool:
+        return self.workers > 1 or self.engine == "ray" or self.ondisk
+
+
+def build_index(embeddings_dir: str | Path, out_dir: str | Path, params: BuildParams | None = None, *,
+                log: Callable[[str], None] | None = None, **overrides) -> IndexInfo:
     """Build a new version of the index directory `out_dir` and point readers at it; return its info.
 
-    The build goes into the next numbered folder (index.faiss, ids.parquet, embeddings.f16.npy, then
+    `params` (BuildParams; its fields may also be given as keywords, which override it) say how. The
+    build goes into the next numbered folder (index.faiss, the row metadata, embeddings.f16.npy, then
     info.json); the pointer moves only once it is complete, and builds older than the newest
-    `keep_versions` are pruned (see index.layout).
-
-    With `workers` > 1, `engine` "ray" or `ondisk`, an IVF index is trained once here and filled by
-    parallel workers (local processes, or Ray tasks on `ray_address`), then merged (index.sharded);
-    `ondisk` keeps the inverted lists in index.ivfdata beside index.faiss, memory-mapped when loaded.
-
-    Shards are streamed batch by batch. Recall@20 is measured on `n_eval_queries` perturbed database rows
-    (noise of norm ~`query_noise`, renormalised) against exact inner-product search; the search
-    parameters are tuned on a separate set of `n_tune_queries` so the reported recall is not fitted.
+    `keep_versions` are pruned (see index.layout). Shards are streamed batch by batch.
     """
     say = log or (lambda _msg: None)
     t_start = time.perf_counter()
-    if not 0.0 < target_recall <= 1.0:
-        raise BuildError(f"target_recall must be in (0, 1], got {target_recall}")
-    if n_eval_queries < 1 or n_tune_queries < 1 or query_noise < 0:
-        raise BuildError(f"need n_eval_queries >= 1, n_tune_queries >= 1 and query_noise >= 0, got "
-                         f"{n_eval_queries}, {n_tune_queries}, {query_noise}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise BuildError(f"workers must be a positive integer, got {workers!r}")
-    if engine not in INDEX_ENGINES:
-        raise BuildError(f"engine must be one of {', '.join(INDEX_ENGINES)}, got {engine!r}")
-    try:
-        memory_budget_bytes = parse_bytes(memory_budget_bytes)
-    except ValueError as e:
-        raise BuildError(str(e)) from None
+    params = dataclasses.replace(params or BuildParams(), **overrides).checked()
     manifest = read_manifest(embeddings_dir)
-    n, d = manifest.n, manifest.dim
-    try:
-        spec = spec_for_factory(factory, n, d) if factory else select_index(
-            n, d, memory_budget_bytes=memory_budget_bytes, intent=intent)
-    except ValueError as e:
-        raise BuildError(str(e)) from None
-    try:
-        index = faiss.index_factory(d, spec.factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError:
-        raise BuildError(f"FAISS cannot make an index from factory string {spec.factory!r} (d={d})") from None
-    say(f"{n} vectors, d={d}: {spec.factory} ({spec.reason})")
-    sharded = workers > 1 or engine == "ray" or ondisk
-    if sharded and not supports_sharded_add(index):
-        if ondisk:
-            raise BuildError(f"--ondisk needs an IVF index (inverted lists); {spec.factory} has none: choose "
-                             "an IVF factory or a smaller --memory-budget")
-        say(f"{spec.factory} is not an IVF index: adding in one process")
-        sharded = False
-    parallel = {"workers": workers, "engine": engine, "ray_address": ray_address, "ondisk": ondisk} if sharded else None
-
+    spec, index = _choose(manifest, params)
+    say(f"{manifest.n} vectors, d={manifest.dim}: {spec.factory} ({spec.reason})")
+    parallel = _parallel_plan(index, spec, params, say)
     root = Path(out_dir)
     _check_out_dir(root, Path(embeddings_dir))
     with build_lock(root):
         out = new_version_dir(root)
-        info = _build(out, manifest, spec, index, embeddings_dir=embeddings_dir, memory_budget_bytes=memory_budget_bytes,
-                      target_recall=target_recall, seed=seed, factory=factory, intent=intent,
-                      n_eval_queries=n_eval_queries, n_tune_queries=n_tune_queries, query_noise=query_noise,
-                      say=say, t_start=t_start, parallel=parallel)
+        info = _Build(out, manifest, spec, index, params, parallel, say, t_start, str(embeddings_dir)).run()
         publish(root, out)
-        pruned = prune(root, keep_versions)
+        pruned = prune(root, params.keep_versions)
     say(f"wrote {out} in {info.build_seconds:.1f}s (index {format_bytes(info.memory.index_file_bytes)})"
         + (f"; pruned {', '.join(pruned)}" if pruned else ""))
     return info
 
 
-def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *, embeddings_dir, memory_budget_bytes,
-           target_recall, seed, factory, intent, n_eval_queries, n_tune_queries, query_noise, say, t_start,
-           parallel=None) -> IndexInfo:
-    """Fill the build folder `out` and finish it with info.json."""
+def _choose(manifest: Manifest, params: BuildParams) -> tuple[IndexSpec, faiss.Index]:
+    """The index to build (forced by `factory` or selected from size and budget) and its empty FAISS index."""
     n, d = manifest.n, manifest.dim
-    rng = np.random.default_rng(seed)
-    phases = {}
-    with contextlib.ExitStack() as stack:
-        emb_tmp = stack.enter_context(atomic_path(out / EMBEDDINGS_FILE))
-        index_tmp = stack.enter_context(atomic_path(out / INDEX_FILE))
+    try:
+        spec = spec_for_factory(params.factory, n, d) if params.factory else select_index(
+            n, d, memory_budget_bytes=params.memory_budget_bytes, intent=params.intent)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
+    try:
+        return spec, faiss.index_factory(d, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        raise BuildError(f"FAISS cannot make an index from factory string {spec.factory!r} (d={d})") from None
 
-        t0 = time.perf_counter()
-        emb = _write_f16(manifest, emb_tmp)
-        table = read_metadata(manifest)
-        row_metadata = write_row_metadata(out, table)
-        counts, cat_names, cat_codes = row_metadata.counts(), list(row_metadata.categories), row_metadata.codes()
-        del table, row_metadata
 
-        k = min(defaults.RECALL_K, n)
-        xq = _perturbed_queries(emb, n_tune_queries + n_eval_queries, query_noise, rng)
-        phases["write_f16_ids_seconds"] = round(time.perf_counter() - t0, 3)
-        t_train = time.perf_counter()
-        _train(index, spec, emb, n, rng, seed)
-        phases["train_seconds"] = round(time.perf_counter() - t_train, 3)
-        say(f"trained in {phases['train_seconds']:.1f}s; adding vectors")
+def _parallel_plan(index: faiss.Index, spec: IndexSpec, params: BuildParams, say) -> dict | None:
+    """How the vectors are added: None for one process, else workers, engine, Ray address and on-disk lists."""
+    if not params.parallel_add:
+        return None
+    if not supports_sharded_add(index):
+        if params.ondisk:
+            raise BuildError(f"on-disk inverted lists need an IVF index; {spec.factory} has none",
+                             hint="choose an IVF {option:factory} or a smaller {option:memory_budget}, "
+                                  "or leave out {option:ondisk}")
+        say(f"{spec.factory} is not an IVF index: adding in one process")
+        return None
+    return {"workers": params.workers, "engine": params.engine, "ray_address": params.ray_address,
+            "ondisk": params.ondisk}
+
+
+@dataclass
+class _Prepared:
+    """What the build reads once and every later phase uses."""
+
+    emb: np.ndarray                 # the float16 embeddings (memory-mapped, being written)
+    counts: dict[str, int]
+    cat_names: list[str]
+    cat_codes: np.ndarray
+    xq: np.ndarray                  # tuning queries, then evaluation queries
+    k: int
+
+
+@dataclass
+class _Build:
+    """One build into the folder `out`: write the row files and float16 embeddings, train, add, tune, finish."""
+
+    out: Path
+    manifest: Manifest
+    spec: IndexSpec
+    index: faiss.Index
+    params: BuildParams
+    parallel: dict | None
+    say: Callable[[str], None]
+    t_start: float
+    embeddings_dir: str
+    phases: dict = field(default_factory=dict)
+
+    def run(self) -> IndexInfo:
+        """Fill the build folder and finish it with info.json (last: its presence marks the build complete)."""
+        rng = np.random.default_rng(self.params.seed)
+        with contextlib.ExitStack() as stack:
+            emb_tmp = stack.enter_context(atomic_path(self.out / EMBEDDINGS_FILE))
+            index_tmp = stack.enter_context(atomic_path(self.out / INDEX_FILE))
+            data = self._prepare(emb_tmp, rng)
+            I_ref = self._fill(data, rng)
+            tuned = self._tune(data, I_ref)
+            tuned["ivf"] = _ivf_stats(self.index, data.emb, rng)
+            _set_index_params(self.index, tuned["params"])
+            faiss.write_index(self.index, str(index_tmp))
+        info = self._info(data, tuned)
+        info.write(self.out)
+        return info
+
+    def _prepare(self, emb_tmp: Path, rng) -> _Prepared:
         t0 = time.perf_counter()
-        if parallel is None:
-            I_ref = _add_and_ground_truth(index, manifest, xq, k)
-            phases.update(add_seconds=round(time.perf_counter() - t0, 3), merge_seconds=0.0, groups=1)
-        else:
-            I_ref, timings = _sharded_add(index, manifest, xq, k, out, parallel)
-            phases.update(timings)
-            say(f"added in {timings['groups']} groups by {parallel['engine']} workers in {timings['add_seconds']:.1f}s, "
-                f"merged in {timings['merge_seconds']:.1f}s" + (" (inverted lists on disk)" if parallel["ondisk"] else ""))
+        n, p = self.manifest.n, self.params
+        emb = _write_f16(self.manifest, emb_tmp)
+        row_metadata = write_row_metadata(self.out, read_metadata(self.manifest))
+        xq = _perturbed_queries(emb, p.n_tune_queries + p.n_eval_queries, p.query_noise, rng)
+        self.phases["write_f16_ids_seconds"] = round(time.perf_counter() - t0, 3)
+        return _Prepared(emb, row_metadata.counts(), list(row_metadata.categories), row_metadata.codes(), xq,
+                         min(defaults.RECALL_K, n))
+
+    def _fill(self, data: _Prepared, rng) -> np.ndarray:
+        """Train, then add every row (here or by parallel workers); the exact top-k of the queries, found on the way."""
+        t0 = time.perf_counter()
+        _train(self.index, self.spec, data.emb, self.manifest.n, rng, self.params.seed)
+        self.phases["train_seconds"] = round(time.perf_counter() - t0, 3)
+        self.say(f"trained in {self.phases['train_seconds']:.1f}s; adding vectors")
+        t0 = time.perf_counter()
+        if self.parallel is None:
+            I_ref = _add_and_ground_truth(self.index, self.manifest, data.xq, data.k)
+            self.phases.update(add_seconds=round(time.perf_counter() - t0, 3), merge_seconds=0.0, groups=1)
+            return I_ref
+        I_ref, timings = _sharded_add(self.index, self.manifest, data.xq, data.k, self.out, self.parallel)
+        self.phases.update(timings)
+        self.say(f"added in {timings['groups']} groups by {self.parallel['engine']} workers in "
+                 f"{timings['add_seconds']:.1f}s, merged in {timings['merge_seconds']:.1f}s"
+                 + (" (inverted lists on disk)" if self.parallel["ondisk"] else ""))
+        return I_ref
+
+    def _tune(self, data: _Prepared, I_ref: np.ndarray) -> dict:
+        """Search knobs reaching the target recall (tuned on one query set, measured on the other)."""
         t_tune = time.perf_counter()
-
-        xq_tune, xq_eval = xq[:n_tune_queries], xq[n_tune_queries:]
-        I_tune, I_eval = I_ref[:n_tune_queries], I_ref[n_tune_queries:]
+        index, spec, emb, k, p = self.index, self.spec, data.emb, data.k, self.params
+        xq_tune, xq_eval = data.xq[:p.n_tune_queries], data.xq[p.n_tune_queries:]
+        I_tune, I_eval = I_ref[:p.n_tune_queries], I_ref[p.n_tune_queries:]
 
         def run(x, kk, params):
             return search(index, x, kk, params, embeddings=emb)[1]
@@ -181,71 +253,58 @@ def _build(out: Path, manifest: Manifest, spec: IndexSpec, index: faiss.Index, *
         if spec.kind == "flat" or not candidate_params(spec, k=k):
             tuning = Tuning(dict(spec.search_params), 1.0, True, [])
         else:
-            tuning = tune_search_params(run, spec, xq_tune, I_tune, k=k, target_recall=target_recall)
+            tuning = tune_search_params(run, spec, xq_tune, I_tune, k=k, target_recall=p.target_recall)
         params = tuning.search_params
         t0 = time.perf_counter()
         I_eval_found = run(xq_eval, k, params)
         batch_ms = (time.perf_counter() - t0) * 1e3 / max(1, len(xq_eval))
         recall = recall_at_k(I_eval_found, I_eval, k)
         single_ms = _single_query_ms(run, xq_eval[:100], k, params)
-        say(f"{spec.factory} {params}: recall@{k}={recall:.4f} (target {target_recall}), "
-            f"{single_ms:.3f} ms/query")
-        cat_params, cat_report = _tune_category_params(index, spec, emb, cat_names, cat_codes, params,
-                                                       xq_tune, xq_eval[:500], k, target_recall)
+        self.say(f"{spec.factory} {params}: recall@{k}={recall:.4f} (target {p.target_recall}), "
+                 f"{single_ms:.3f} ms/query")
+        cat_params, cat_report = _tune_category_params(index, spec, emb, data.cat_names, data.cat_codes, params,
+                                                       xq_tune, xq_eval[:500], k, p.target_recall)
         if cat_report:
-            say(f"category search {cat_params}: recall@{k}={cat_report.value:.4f} "
-                f"on {', '.join(cat_report.categories)}")
-        phases["tune_seconds"] = round(time.perf_counter() - t_tune, 3)
-        ivf_stats = _ivf_stats(index, emb, rng)
-        _set_index_params(index, params)
-        faiss.write_index(index, str(index_tmp))
-        del emb
-    index_bytes = (out / INDEX_FILE).stat().st_size
-    ivfdata = out / IVFDATA_FILE
-    info = IndexInfo(
-        format_version=FORMAT_VERSION,
-        checkpoint_sha256=manifest.checkpoint_sha256,
-        backbone=manifest.backbone,
-        dim=d,
-        metric="inner_product",
-        factory=spec.factory,
-        index_kind=spec.kind,
-        search_params=params,
-        category_search_params=cat_params,
-        rerank=int(params.get("rerank_factor", 0) or 0) > 1,
-        n=n,
-        counts_per_category=counts,
-        extra_columns=list(manifest.extra_columns),
-        build_seconds=round(time.perf_counter() - t_start, 3),
-        recall=RecallReport(
-            k=k, value=round(recall, 5), target=target_recall, target_met=bool(recall >= target_recall),
-            queries=len(xq_eval), query_noise=query_noise,
-            method="perturbed database rows (renormalised) vs exact inner-product top-k; "
-                   "params tuned on a separate query set",
-            tuning_recall=round(tuning.recall, 5), tuning_trials=tuning.trials),
-        category_recall=cat_report,
-        latency_ms=LatencyReport(single_query_median=round(single_ms, 4), batch_per_query=round(batch_ms, 4),
-                                 threads=faiss.omp_get_max_threads()),
-        memory=MemoryReport(budget_bytes=int(memory_budget_bytes), estimated_index_bytes=int(spec.estimated_bytes),
-                            index_file_bytes=index_bytes,
-                            ivfdata_bytes=ivfdata.stat().st_size if ivfdata.exists() else 0,
-                            embeddings_f16_bytes=(out / EMBEDDINGS_FILE).stat().st_size),
-        ondisk=ivfdata.exists(),
-        phases=phases,
-        parallel=None if parallel is None else {k: v for k, v in parallel.items() if k != "ray_address"},
-        ivf=ivf_stats,
-        source=SourceInfo(embeddings_dir=str(embeddings_dir), catalog_fingerprint=manifest.catalog_fingerprint),
-        selection_reason=spec.reason,
-        intent=intent if not factory else "forced",
-        seed=seed,
-        embeddings_dir=str(embeddings_dir),
-        faiss_version=faiss.__version__,
-        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        files=list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []),
-        version=out.name,
-    )
-    info.write(out)   # last: its presence marks the build complete
-    return info
+            self.say(f"category search {cat_params}: recall@{k}={cat_report.value:.4f} "
+                     f"on {', '.join(cat_report.categories)}")
+        self.phases["tune_seconds"] = round(time.perf_counter() - t_tune, 3)
+        return {"params": params, "tuning": tuning, "recall": recall, "queries": len(xq_eval),
+                "single_ms": single_ms, "batch_ms": batch_ms, "cat_params": cat_params, "cat_report": cat_report}
+
+    def _info(self, data: _Prepared, tuned: dict) -> IndexInfo:
+        out, spec, p, params, recall = self.out, self.spec, self.params, tuned["params"], tuned["recall"]
+        ivfdata = out / IVFDATA_FILE
+        return IndexInfo(
+            format_version=FORMAT_VERSION, checkpoint_sha256=self.manifest.checkpoint_sha256,
+            backbone=self.manifest.backbone, dim=self.manifest.dim, metric="inner_product", factory=spec.factory,
+            index_kind=spec.kind, search_params=params, category_search_params=tuned["cat_params"],
+            rerank=int(params.get("rerank_factor", 0) or 0) > 1, n=self.manifest.n,
+            counts_per_category=data.counts, extra_columns=list(self.manifest.extra_columns),
+            build_seconds=round(time.perf_counter() - self.t_start, 3),
+            recall=RecallReport(
+                k=data.k, value=round(recall, 5), target=p.target_recall, target_met=bool(recall >= p.target_recall),
+                queries=tuned["queries"], query_noise=p.query_noise,
+                method="perturbed database rows (renormalised) vs exact inner-product top-k; "
+                       "params tuned on a separate query set",
+                tuning_recall=round(tuned["tuning"].recall, 5), tuning_trials=tuned["tuning"].trials),
+            category_recall=tuned["cat_report"],
+            latency_ms=LatencyReport(single_query_median=round(tuned["single_ms"], 4),
+                                     batch_per_query=round(tuned["batch_ms"], 4), threads=faiss.omp_get_max_threads()),
+            memory=MemoryReport(budget_bytes=int(p.memory_budget_bytes),
+                                estimated_index_bytes=int(spec.estimated_bytes),
+                                index_file_bytes=(out / INDEX_FILE).stat().st_size,
+                                ivfdata_bytes=ivfdata.stat().st_size if ivfdata.exists() else 0,
+                                embeddings_f16_bytes=(out / EMBEDDINGS_FILE).stat().st_size),
+            ondisk=ivfdata.exists(), phases=self.phases,
+            parallel=None if self.parallel is None else {k: v for k, v in self.parallel.items() if k != "ray_address"},
+            ivf=tuned["ivf"],
+            source=SourceInfo(embeddings_dir=self.embeddings_dir,
+                              catalog_fingerprint=self.manifest.catalog_fingerprint),
+            selection_reason=spec.reason, intent=p.intent if not p.factory else "forced", seed=p.seed,
+            embeddings_dir=self.embeddings_dir, faiss_version=faiss.__version__,
+            created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            files=list(FILES) + ([IVFDATA_FILE] if ivfdata.exists() else []), version=out.name,
+        )
 
 
 def _check_out_dir(out: Path, embeddings_dir: Path) -> None:

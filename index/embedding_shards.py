@@ -54,6 +54,9 @@ class EmbeddingsError(ArtifactError):
     """The embeddings folder cannot be used (missing, incomplete, inconsistent); the message says why."""
 
 
+START_OVER = "use {option:overwrite} to start over"
+
+
 # ---------------------------------------------------------------------------------------------
 # The manifest's schema (every reader and writer of _manifest.json goes through these two types)
 
@@ -71,11 +74,32 @@ class ShardEntry:
 
     @classmethod
     def from_json(cls, saved: dict) -> ShardEntry:
-        name, rows = saved.get("name"), saved.get("rows")
+        name, rows = (saved.get("name"), saved.get("rows")) if isinstance(saved, dict) else (None, None)
         if not isinstance(name, str) or Path(name).name != name or not isinstance(rows, int) or rows < 0:
             raise EmbeddingsError(f"bad shard entry {saved!r} (want a file name and a row count)")
-        index = saved.get("index")
-        return cls(name, index if isinstance(index, int) else -1, rows, int(saved.get("rejected", 0)))
+        index, rejected = saved.get("index"), saved.get("rejected", 0)
+        return cls(name, index if isinstance(index, int) else -1, rows, rejected if isinstance(rejected, int) else 0)
+
+
+@dataclass(frozen=True)
+class IncrementalRecord:
+    """What an incremental run (`embed-catalog --incremental --base DIR`) records of its base and its delta."""
+
+    base: str                                  # the base folder, resolved
+    base_fingerprint: str | None = None        # which catalogue the base was made from (index/update checks it)
+    reembedded: int = 0                        # images embedded again (the rest were copied from the base)
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+    @classmethod
+    def from_json(cls, saved: dict | None) -> IncrementalRecord | None:
+        if saved is None:
+            return None
+        if not isinstance(saved, dict) or "base" not in saved:
+            raise EmbeddingsError(f"bad incremental record {saved!r} (want at least its base folder)")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 @dataclass
@@ -106,7 +130,7 @@ class EmbeddingsManifest:
     columns: list[str] = field(default_factory=list)
     complete: bool = False
     shards: list[ShardEntry] = field(default_factory=list)
-    incremental: dict | None = None            # {"base", "base_fingerprint", "reembedded", "added", ...}
+    incremental: IncrementalRecord | None = None
     format: str = FORMAT
     version: int = MANIFEST_VERSION
 
@@ -132,9 +156,10 @@ class EmbeddingsManifest:
             raise EmbeddingsError("the manifest lacks the field checkpoint_sha256")
         if not isinstance(saved.get("shards", []), list):
             raise EmbeddingsError("the manifest's shards are not a list")
-        known = {f.name for f in dataclasses.fields(cls)} - {"shards", "version"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"shards", "version", "incremental"}
         fields = {k: v for k, v in saved.items() if k in known}
         return cls(**fields, shards=[ShardEntry.from_json(s) for s in saved.get("shards", [])],
+                   incremental=IncrementalRecord.from_json(saved.get("incremental")),
                    version=int(saved.get("version", 1)))
 
 
@@ -203,13 +228,13 @@ def load_manifest(out_dir: str | Path) -> EmbeddingsManifest | None:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise EmbeddingsError(f"{path} is not valid JSON ({exc}); use --overwrite to start over") from None
+        raise EmbeddingsError(f"{path} is not valid JSON ({exc})", hint=START_OVER) from None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise EmbeddingsError(f"{path} is not an embed-catalog manifest; use --overwrite to start over")
+        raise EmbeddingsError(f"{path} is not an embed-catalog manifest", hint=START_OVER)
     try:
         return EmbeddingsManifest.from_json(saved)
     except (EmbeddingsError, TypeError, ValueError) as exc:
-        raise EmbeddingsError(f"{path}: {exc}; use --overwrite to start over") from None
+        raise EmbeddingsError(f"{path}: {exc}", hint=START_OVER) from None
 
 
 def finished_shards(out_dir: Path, manifest: EmbeddingsManifest | None) -> dict[int, ShardEntry]:
@@ -259,7 +284,7 @@ class Manifest:
     shards: tuple[tuple[str, int], ...]     # (file name, rows) in manifest order
     extra_columns: tuple[str, ...] = ()
     catalog_fingerprint: str | None = None  # of the catalogue rows embedded (None for hand-made folders)
-    incremental: dict | None = None         # {"base", "base_fingerprint", "added", "changed", "removed"}
+    incremental: IncrementalRecord | None = None   # made by an incremental run: its base and delta counts
 
     @property
     def n(self) -> int:
@@ -273,7 +298,7 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
     """Load `_manifest.json`, refuse incomplete or inconsistent folders, check every listed shard's schema."""
     root = Path(embeddings_dir)
     if not root.is_dir():
-        raise EmbeddingsError(f"embeddings folder {root} does not exist (run `ctl embed-catalog` first)")
+        raise EmbeddingsError(f"embeddings folder {root} does not exist", hint="run {step:embed-catalog} first")
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise EmbeddingsError(f"{mpath} is missing: {root} is not a finished embed-catalog output")
@@ -288,27 +313,25 @@ def read_manifest(embeddings_dir: str | Path) -> Manifest:
     missing = [key for key in ("checkpoint_sha256", "backbone", "dim", "complete", "shards") if key not in raw]
     if missing:
         raise EmbeddingsError(f"{mpath} lacks the field(s) {', '.join(missing)}")
-    if raw["complete"] is not True:
+    try:
+        saved = EmbeddingsManifest.from_json(raw)
+    except (EmbeddingsError, TypeError) as exc:
+        raise EmbeddingsError(f"{mpath}: {exc}") from None
+    if saved.complete is not True:
         raise EmbeddingsError(f"{mpath} says complete=false: the embed-catalog job has not finished "
                               "(resume it before building the index)")
-    dim = raw["dim"]
-    if not isinstance(dim, int) or dim <= 0:
-        raise EmbeddingsError(f"{mpath}: dim must be a positive integer, got {dim!r}")
-    shards = []
-    for entry in raw["shards"]:
-        name, rows = entry.get("name"), entry.get("rows")
-        if not isinstance(name, str) or Path(name).name != name or not isinstance(rows, int) or rows < 0:
-            raise EmbeddingsError(f"{mpath}: bad shard entry {entry!r} (want a file name and a row count)")
-        shards.append((name, rows))
+    if not isinstance(saved.dim, int) or isinstance(saved.dim, bool) or saved.dim <= 0:
+        raise EmbeddingsError(f"{mpath}: dim must be a positive integer, got {saved.dim!r}")
+    shards = tuple((s.name, s.rows) for s in saved.shards)      # in the manifest's order
     if not shards or sum(r for _, r in shards) == 0:
         raise EmbeddingsError(f"{mpath} lists no rows: nothing to index")
     extras: list[str] = []
     for name, rows in shards:
-        for col in _check_shard(root / name, dim, rows):
+        for col in _check_shard(root / name, saved.dim, rows):
             if col not in extras:
                 extras.append(col)
-    return Manifest(root, str(raw["checkpoint_sha256"]), str(raw["backbone"]), dim, tuple(shards), tuple(extras),
-                    raw.get("catalog_fingerprint"), raw.get("incremental"))
+    return Manifest(root, str(saved.checkpoint_sha256), str(saved.backbone), saved.dim, shards, tuple(extras),
+                    saved.catalog_fingerprint, saved.incremental)
 
 
 def _check_shard(path: Path, dim: int, rows: int) -> list[str]:

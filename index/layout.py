@@ -102,21 +102,21 @@ def resolve(index_dir: str | Path) -> tuple[Path, str | None]:
     """(folder holding the current build's files, its version name or None for a flat directory)."""
     root = Path(index_dir)
     if not root.is_dir():
-        raise IndexDirError(f"index directory {root} does not exist (run `ctl build-index` first)")
+        raise IndexDirError(f"index directory {root} does not exist", hint="run {step:build-index} first")
     name = current_version(root)
     if name is not None:
         build = root / name
         if not is_complete(build):
-            raise IndexDirError(f"{root / POINTER_FILE} names {name}, which is missing or has no {INFO_FILE}; "
-                                "rerun `ctl build-index`")
+            raise IndexDirError(f"{root / POINTER_FILE} names {name}, which is missing or has no {INFO_FILE}",
+                                hint="rerun {step:build-index}")
         return build, name
     if (root / INFO_FILE).is_file():
         return root, None
     if any(root.glob(f".{INFO_FILE}.*.tmp")) or (root / INDEX_FILE).exists() or list_versions(root):
-        raise IndexDirError(f"{root} has no {INFO_FILE}: the index is missing or only half built; "
-                            "rerun `ctl build-index`")
-    raise IndexDirError(f"{root} is not an index directory (no {POINTER_FILE} or {INFO_FILE}); "
-                        "run `ctl build-index`")
+        raise IndexDirError(f"{root} has no {INFO_FILE}: the index is missing or only half built",
+                            hint="rerun {step:build-index}")
+    raise IndexDirError(f"{root} is not an index directory (no {POINTER_FILE} or {INFO_FILE})",
+                        hint="run {step:build-index}")
 
 
 def build_lock(index_dir: Path):
@@ -202,7 +202,7 @@ class RecallReport(_Section):
     target: float | None = None
     target_met: bool | None = None
     queries: int | None = None
-    query_noise: float = 0.5
+    query_noise: float = defaults.RECALL_QUERY_NOISE
     method: str | None = None
     tuning_recall: float | None = None
     tuning_trials: list | None = None

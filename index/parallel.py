@@ -1,9 +1,9 @@
-"""Run one function over a list of keyword-argument dicts: in this process, in spawned local processes, or as Ray tasks."""
+"""Run one function over a list of keyword-argument dicts: in this process, in spawned processes, or as Ray tasks."""
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable
 
 from tqdm import tqdm
 

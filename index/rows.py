@@ -114,19 +114,25 @@ def open_row_metadata(build_dir: Path, format_version: int, counts: dict[str, in
     return RowMetadata(table, categories, rows, bounds)
 
 
-def copy_as_format_1(build_dir: Path, dst_dir: Path) -> Path:
-    """A copy of a format-2 build that format-1 readers load (ids.parquet, no memory-mapped row files).
+def copy_as_format(build_dir: Path, dst_dir: Path, format_version: int) -> Path:
+    """A copy of a build in another format: 1 (ids.parquet, read into RAM) or 2 (memory-mapped row files).
 
-    For a rollback to a release that reads only format 1, and for comparing the two formats on the same
-    index (bench/bench_scale.py). The index, lists and embeddings are hard-linked, not copied."""
+    For a rollback to a release that reads only format 1, an upgrade of a format-1 build, and comparing
+    the two formats on one index (bench/bench_scale.py). The index, lists and embeddings are hard-linked."""
+    if format_version not in (1, 2):
+        raise ValueError(f"format_version must be 1 or 2, got {format_version}")
     info = IndexInfo.read(build_dir)
     dst_dir.mkdir(parents=True)
     for name in os.listdir(build_dir):
-        if name in (*row_files(2), INFO_FILE) or name.startswith("."):
+        if name in (*row_files(1), *row_files(2), INFO_FILE) or name.startswith("."):
             continue
         os.link(build_dir / name, dst_dir / name)
-    pq.write_table(read_table(build_dir, info.format_version), dst_dir / LEGACY_IDS_FILE)
-    kept = [f for f in FILES if f not in row_files(2)]
-    info.replace(format_version=1, files=[*kept[:1], LEGACY_IDS_FILE, *kept[1:]]
-                 + ([IVFDATA_FILE] if info.ondisk else [])).write(dst_dir)
+    table = read_table(build_dir, info.format_version)
+    if format_version == 1:
+        pq.write_table(table, dst_dir / LEGACY_IDS_FILE)
+    else:
+        write_row_metadata(dst_dir, table)
+    files = [f for f in FILES if f not in row_files(2)]
+    files[1:1] = row_files(format_version)
+    info.replace(format_version=format_version, files=files + ([IVFDATA_FILE] if info.ondisk else [])).write(dst_dir)
     return dst_dir

@@ -95,8 +95,9 @@ def sharded_add(index: faiss.Index, manifest: Manifest, xq: np.ndarray, k: int, 
         trained = parts_dir / "trained.faiss"
         faiss.write_index(index, str(trained))
         plan = split_shards(manifest, groups)
-        tasks = [dict(trained_path=str(trained), manifest=sub, first_row=first, out_path=str(parts_dir / f"group-{g:04d}.faiss"),
-                      xq=xq, k=k, threads=threads) for g, (sub, first) in enumerate(plan)]
+        tasks = [{"trained_path": str(trained), "manifest": sub, "first_row": first,
+                  "out_path": str(parts_dir / f"group-{g:04d}.faiss"), "xq": xq, "k": k, "threads": threads}
+                 for g, (sub, first) in enumerate(plan)]
         t0 = time.perf_counter()
         results = map_fn(add_group, tasks)
         t_add = time.perf_counter() - t0

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -58,7 +58,7 @@ class UpdateError(InputError):
 
 
 def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None, *, remove: Iterable[str] = (),
-                 keep_versions: int = KEEP_VERSIONS, n_eval_queries: int = 200, seed: int = 0,
+                 keep_versions: int = KEEP_VERSIONS, n_eval_queries: int = 200, seed: int = defaults.SEED,
                  log: Callable[[str], None] | None = None) -> IndexInfo:
     """Write a new version of `index_dir` with the folder's products upserted and `remove` dropped; return its info."""
     say = log or (lambda _msg: None)
@@ -66,7 +66,7 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
     manifest = read_manifest(embeddings_dir) if embeddings_dir is not None else None
     remove = [str(r) for r in remove]
     if manifest is None and not remove:
-        raise UpdateError("nothing to apply: give --embeddings and/or --remove")
+        raise UpdateError("nothing to apply", hint="give {option:embeddings_dir} and/or {option:remove}")
     root = Path(index_dir)
     resolve(root)                     # a missing or broken index is named before the lock creates the folder
     with build_lock(root):
@@ -86,8 +86,8 @@ def update_index(index_dir: str | Path, embeddings_dir: str | Path | None = None
         index = _read_for_update(build, old_info)
         kind = index_kind(index)
         if kind not in ("flat", "ivf"):
-            raise UpdateError(f"a {old_info.factory} index cannot drop or replace vectors; "
-                              "run `ctl build-index` on the new embeddings instead")
+            raise UpdateError(f"a {old_info.factory} index cannot drop or replace vectors",
+                              hint="run {step:build-index} on the new embeddings instead")
         out = new_version_dir(root)
         xu = _upsert_vectors(manifest, meta, upserts, old_info.dim)
         with atomic_path(out / EMBEDDINGS_FILE) as emb_tmp, atomic_path(out / INDEX_FILE) as index_tmp:
@@ -137,7 +137,7 @@ def _changes(manifest, old_info: IndexInfo, remove: list[str]) -> tuple[list[str
         raise UpdateError(f"{manifest.root} holds {manifest.dim}-d embeddings, the index {old_info.dim}-d")
     delta = read_delta(manifest)
     source = old_info.source.catalog_fingerprint
-    base = (manifest.incremental or {}).get("base_fingerprint")
+    base = manifest.incremental.base_fingerprint if manifest.incremental else None
     if delta is not None and source and base and source != base:
         raise UpdateError(f"{manifest.root} holds the changes since another catalogue than the one this index "
                           "was built or last updated from; apply the deltas in order, or rebuild")
@@ -156,7 +156,8 @@ def _changes(manifest, old_info: IndexInfo, remove: list[str]) -> tuple[list[str
         upserts = meta.column("product_id").to_pylist()
     overlap = set(upserts) & set(remove)
     if overlap:
-        raise UpdateError(f"product {sorted(overlap)[0]!r} is both in the embeddings to add and in --remove")
+        raise UpdateError(f"product {sorted(overlap)[0]!r} is both in the embeddings to add and among the removals",
+                          hint="leave it out of {option:remove}")
     return upserts, remove, meta
 
 

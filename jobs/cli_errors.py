@@ -7,6 +7,10 @@ work starts. Both end here, printed the same way by every console script:
     PROG [SUBCOMMAND]: error: MESSAGE         a CtlError (exit 1 or 2, its exit_code)
     PROG: error: MESSAGE (see PROG --help)    a usage error: bad flag or value (exit 2)
 
+A CtlError's hint (common.errors.Hint) names library parameters and operations; here they become the
+flags and commands a user types: option `memory_budget` -> `--memory-budget`, step `build-index` ->
+`` `ctl build-index` `` (FLAG_OF and COMMAND_OF hold the names that differ).
+
 Library layers report everything else through `logging`; the console scripts render it (:func:`render_logs`):
 
     PROG: warning: MESSAGE                    a warning from any library
@@ -20,6 +24,27 @@ import sys
 import click
 
 from common.errors import CtlError
+
+# library parameter -> CLI flag, where the flag is not the parameter's name with dashes
+FLAG_OF = {"embeddings_dir": "--embeddings", "out_dir": "--out", "memory_budget_bytes": "--memory-budget",
+           "checkpoint": "--checkpoint"}
+# library operation -> the command that runs it, where it is not `ctl NAME`
+COMMAND_OF: dict[str, str] = {}
+
+
+def cli_flag(option: str) -> str:
+    """The CLI flag of a library parameter (memory_budget -> --memory-budget)."""
+    return FLAG_OF.get(option, "--" + option.replace("_", "-"))
+
+
+def cli_command(step: str) -> str:
+    """The command a user types for a library operation (build-index -> `ctl build-index`)."""
+    return f"`{COMMAND_OF.get(step, 'ctl ' + step)}`"
+
+
+def cli_message(exc: CtlError) -> str:
+    """The error's one line in the CLI's words: its hint's options as flags, its steps as commands."""
+    return one_line(exc.render(option=cli_flag, step=cli_command))
 
 
 def one_line(message) -> str:
@@ -66,7 +91,7 @@ class OneLineErrors:
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except CtlError as exc:
-            click.echo(f"{getattr(exc, 'command_path', None) or prog}: error: {one_line(exc)}", err=True)
+            click.echo(f"{getattr(exc, 'command_path', None) or prog}: error: {cli_message(exc)}", err=True)
             sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else prog

@@ -17,12 +17,12 @@ from common.files import sha256_of
 from common.naming import match_category, short_category
 from index.build import build_index
 from index.embedding_shards import MANIFEST
-from index.layout import IndexDirError, read_info, resolve
+from index.layout import INFO_FILE, IndexDirError, read_info, resolve
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, EmbedCatalogError, embed_catalog
 from jobs.cli_errors import OneLineCommand
 from jobs.data.layouts import CATALOG, DONE_FILE, SCENE_DIR
 from jobs.data.sample import generate
-from jobs.evaluation.evaluate import format_comparisons, format_extras, run_evaluation
+from jobs.evaluation.evaluate import format_comparisons, format_extras, report_files, run_evaluation
 from jobs.evaluation.evaluate import format_table as metrics_table
 from jobs.retrieve_cli import format_look, format_table, write_look_sheet, write_sheet
 from jobs.training.config import TrainConfig
@@ -98,13 +98,14 @@ def stage_train(sample_dir: Path, run_dir: Path, checkpoint: Path, seed: int, de
 
 
 def stage_evaluate(run_dir: Path, sha: str, device: str) -> None:
-    report = _read_json(run_dir / "report.json")
+    report_file = run_dir / report_files("test")["report"]
+    report = _read_json(report_file)
     if report is None or report.get("checkpoint_sha256") != sha:
         started = time.perf_counter()
         report = run_evaluation(run_dir, device=device)
-        done = f"wrote {run_dir / 'report.json'} ({_seconds(started)})"
+        done = f"wrote {report_file} ({_seconds(started)})"
     else:
-        done = f"up to date ({run_dir / 'report.json'})"
+        done = f"up to date ({report_file})"
     _stage(3, "evaluate", done + f" ({report.get('n_queries', '?')} held-out test queries)")
     methods = report.get("methods")
     if methods:
@@ -138,7 +139,7 @@ def _index_is_current(emb_dir: Path, index_dir: Path, sha: str) -> bool:
         info = read_info(index_dir)
     except IndexDirError:
         return False
-    return info.checkpoint_sha256 == sha and _mtime(build / "info.json") >= _mtime(emb_dir / MANIFEST)
+    return info.checkpoint_sha256 == sha and _mtime(build / INFO_FILE) >= _mtime(emb_dir / MANIFEST)
 
 
 def stage_index(emb_dir: Path, index_dir: Path, sha: str) -> None:
@@ -235,5 +236,8 @@ def demo_command(seed: int, k: int, device: str) -> None:
     if product is not None:
         click.echo(f"  {retrieve} --scene {q(str(scene))} --product {q(product)}   # does it complete the look?")
     click.echo(f"  {retrieve} --scene YOUR_PHOTO.jpg --format json")
+    click.echo("      (note: the demo's model learnt from the generated sample only, so on a real photo its")
+    click.echo("      presence and recommendations mean little; for real photos train on real looks:")
+    click.echo("      `ctl data stl` + `ctl data fetch`, or your own catalogue with `ctl data catalog`)")
     click.echo("  make evaluate   # FITB and HR@K of hybrid vs global vs local distances on the test split")
     click.echo("  make bench      # query latency against one backbone forward, and job throughput")

@@ -16,10 +16,18 @@ from pipeline.embedder import PresenceHead, StyleEmbedder, build_embedder
 
 FORMAT = "complete-the-look/checkpoint-v1"
 CONFIG_FILE = "config.json"   # the run's config, written beside the checkpoint as JSON
+# What a model trained on the generated sample can and cannot do, in words a command or the page can show.
+SAMPLE_MODEL_NOTE = ("this model learnt from the generated sample looks only (rendered shapes and patterns): "
+                     "on a real photo its presence and recommendations mean little. Train on real looks for that: "
+                     "`ctl data stl` + `ctl data fetch` (Shop the Look), or your own catalogue (`ctl data catalog`)")
 
 
 class CheckpointError(ArtifactError):
     """A checkpoint that is missing, unreadable or does not match what it is used with."""
+
+
+MISSING_HINT = "train one first with {step:train}"
+WRONG_FILE_HINT = "pass the checkpoint.pt that {step:train} wrote"
 
 
 @dataclass
@@ -35,6 +43,11 @@ class Checkpoint:
     def has_presence(self) -> bool:
         """Whether the checkpoint carries a category-presence head."""
         return self.embedder.presence is not None
+
+    @property
+    def hybrid_form(self) -> str:
+        """"fitted" (per-category local weights from validation) or "paper" (d_h = (d_g + d_l) / 2)."""
+        return str(self.extra.get("hybrid", {}).get("form", "paper"))
 
     @property
     def training_data(self) -> str:
@@ -74,10 +87,10 @@ def _read_payload(source, path: Path, *, mmap: bool = False) -> dict:
     try:
         payload = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}); "
-                              "pass the checkpoint.pt that `ctl train` wrote") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__})",
+                              hint=WRONG_FILE_HINT) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint; pass the checkpoint.pt that `ctl train` wrote")
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint", hint=WRONG_FILE_HINT)
     return payload
 
 
@@ -89,7 +102,7 @@ def check_checkpoint(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+        raise CheckpointError(f"no checkpoint at {path}", hint=MISSING_HINT)
     _read_payload(path, path, mmap=True)
     return sha256_of(path)
 
@@ -98,7 +111,7 @@ def has_presence_head(path: str | os.PathLike) -> bool:
     """Whether a checkpoint carries a category-presence head, without building its model (cheap)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+        raise CheckpointError(f"no checkpoint at {path}", hint=MISSING_HINT)
     return any(k.startswith("presence.") for k in _read_payload(path, path, mmap=True)["heads"])
 
 
@@ -106,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
     """Load a checkpoint; the backbone comes from its recorded weights (or the saved fine-tuned state)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; train one first (make train)")
+        raise CheckpointError(f"no checkpoint at {path}", hint=MISSING_HINT)
     raw = path.read_bytes()
     payload = _read_payload(io.BytesIO(raw), path)
     stored_backbone = "backbone_state" in payload
@@ -128,6 +141,12 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
                      "counts as missing from the scene; retrain with `ctl train` to add it")
     missing, unexpected = embedder.load_state_dict(payload["heads"], strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
+    if "presence.threshold" in missing:    # a presence head older than per-category thresholds: 0.5 for all
+        missing.remove("presence.threshold")
+    if "hybrid_local_weight" in missing:   # older than fitted hybrid weights: the paper's form, w = 1/2
+        missing.remove("hybrid_local_weight")
+        notes.append(f"{path} has no fitted hybrid weights (trained before them): its hybrid distance is the "
+                     "paper's (d_g + d_l) / 2")
     if missing or unexpected:
         raise CheckpointError(f"{path}: head weights do not match the model (missing {missing}, unexpected {unexpected})")
     if with_backbone and stored_backbone:

@@ -15,8 +15,10 @@ all its rows are in, so the output folder is the contract of :mod:`index.embeddi
 ``ctl build-index``) whatever the engine. Resume: a shard counts as finished only once the manifest
 lists it, so a run killed at any point and started again redoes at most the shards it was working on.
 A rerun over a complete output is a no-op. Output made with another checkpoint, catalogue, --limit,
-shard size, image size or --base is refused unless --overwrite. A run that embeds nothing at all
-(every image rejected) fails after writing its rejects.
+shard size, image size, --jpeg-draft setting or --base is refused unless --overwrite. What to do with
+the output folder (start, overwrite, resume, nothing, refuse) is decided by :func:`plan_run`, a pure
+function of the folder's manifest and the run asked for, before the model is loaded. A run that embeds
+nothing at all (every image rejected) fails after writing its rejects.
 
 ``--incremental --base DIR`` (:mod:`jobs.catalog.incremental`) embeds only the products that are new
 or whose image bytes changed since DIR, copies the other embeddings, and records the delta.
@@ -44,12 +46,14 @@ from common.files import exclusive_lock, sha256_of
 from common.progress import progress_bar
 from index.embedding_shards import (
     BASE_COLUMNS,
+    CHANGES,
     EMBEDDING,
     IMAGE_HASH,
     MANIFEST,
     REJECTS,
     SHARD_GLOB,
     EmbeddingsManifest,
+    IncrementalRecord,
     Manifest,
     ShardEntry,
     clear_output,
@@ -283,7 +287,7 @@ def _summary(out_dir: Path, manifest: EmbeddingsManifest, *, seconds: float, pro
         "decode": manifest.decode,
         "jpeg_draft": manifest.jpeg_draft,
         "compile_seconds": compile_seconds,  # torch.compile and its warm-up batch, outside images_per_s
-        "incremental": manifest.incremental,
+        "incremental": None if manifest.incremental is None else dataclasses.asdict(manifest.incremental),
         "checkpoint_sha256": manifest.checkpoint_sha256,
     }
 
@@ -306,9 +310,8 @@ def _record_delta(out_dir: Path, manifest: EmbeddingsManifest, base_folder: Base
     else:
         ids, kinds = delta(base_folder.table, new_rows)
     write_delta(out_dir, ids, kinds)
-    manifest.incremental = {"base": str(base.resolve()), "base_fingerprint": manifest.base_fingerprint,
-                            "reembedded": reembedded,
-                            **{kind: kinds.count(kind) for kind in ("added", "changed", "removed")}}
+    manifest.incremental = IncrementalRecord(str(base.resolve()), manifest.base_fingerprint, reembedded,
+                                             **{kind: kinds.count(kind) for kind in CHANGES})
 
 
 def _run(job: EmbedJob, out_dir: Path, manifest: EmbeddingsManifest, shard_rows: dict[int, int], *, reuse,

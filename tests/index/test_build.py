@@ -1,4 +1,4 @@
-"""build_index writes a new build folder (four files, info.json last), then moves the pointer; bad inputs are refused."""
+"""build_index writes a new build folder (its files, info.json last), then moves the pointer; bad inputs are refused."""
 import json
 import os
 
@@ -13,7 +13,7 @@ from index.rows import read_table
 from index.store import ProductIndex
 from tests.catalogue_vectors import clustered, write_embeddings
 
-FAST = dict(n_eval_queries=100, n_tune_queries=50)
+FAST = {"n_eval_queries": 100, "n_tune_queries": 50}
 
 
 def test_build_writes_all_files_info_last(make_catalogue, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from index.embedding_shards import (
     REJECTS,
     EmbeddingsError,
     EmbeddingsManifest,
+    IncrementalRecord,
     clear_output,
     finished_shards,
     holds_output,
@@ -133,6 +134,8 @@ def test_manifest_round_trips_and_an_older_manifest_loads_with_its_defaults(tmp_
     old = load_manifest(tmp_path)
     assert (old.version, old.jpeg_draft, old.embedded, [s.rows for s in old.shards]) == (1, False, 8, [4, 4])
     assert EmbeddingsManifest.from_json(old.to_json()) == old
+    saved["incremental"] = {"base": "/emb/v1", "added": 2, "a_later_count": 1}   # typed, tolerant too
+    assert EmbeddingsManifest.from_json(saved).incremental == IncrementalRecord("/emb/v1", added=2)
     saved["shards"][0]["rows"] = -1
     (tmp_path / MANIFEST).write_text(json.dumps(saved))
     with pytest.raises(EmbeddingsError, match="bad shard entry"):

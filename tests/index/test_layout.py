@@ -3,8 +3,19 @@ import threading
 
 import pytest
 
-from index.layout import (INFO_FILE, POINTER_FILE, IndexDirError, build_lock, current_version, list_versions,
-                          new_version_dir, prune, publish, read_info, resolve)
+from index.layout import (
+    INFO_FILE,
+    POINTER_FILE,
+    IndexDirError,
+    build_lock,
+    current_version,
+    list_versions,
+    new_version_dir,
+    prune,
+    publish,
+    read_info,
+    resolve,
+)
 
 
 def _finish(build, n):

@@ -9,7 +9,7 @@ import pytest
 
 from index.build import build_index
 from index.layout import CATEGORY_ROWS_FILE, LEGACY_IDS_FILE, IndexInfo, publish, row_files
-from index.rows import copy_as_format_1, read_table
+from index.rows import copy_as_format, read_table
 from index.store import IndexDirError, ProductIndex
 from index.update import update_index
 from tests.catalogue_vectors import CATEGORIES, clustered, write_embeddings
@@ -27,7 +27,7 @@ def world(tmp_path_factory):
     build_index(emb_dir, root / "idx", factory="IVF16,Flat", **FAST)
     old = root / "old"
     old.mkdir()
-    copy_as_format_1(root / "idx" / "v000001", old / "v000001")
+    copy_as_format(root / "idx" / "v000001", old / "v000001", 1)
     publish(old, old / "v000001")
     return {"xb": xb, "cats": cats, "new": root / "idx", "old": old, "emb": emb_dir}
 
@@ -77,3 +77,15 @@ def test_rows_that_disagree_with_the_table_are_refused(world, tmp_path):
     np.save(tmp_path / "idx" / "v000001" / CATEGORY_ROWS_FILE, np.arange(5, dtype=np.int64))
     with pytest.raises(IndexDirError, match="inconsistent"):
         ProductIndex.load(tmp_path / "idx")
+
+
+def test_a_format_1_build_upgraded_to_format_2_is_the_same_index(world, tmp_path):
+    up = tmp_path / "up"
+    up.mkdir()
+    copy_as_format(world["old"] / "v000001", up / "v000001", 2)
+    publish(up, up / "v000001")
+    a, b = ProductIndex.load(up), ProductIndex.load(world["new"])
+    assert a.info.format_version == 2 and a.info.files == b.info.files and a.table.equals(b.table)
+    xq = world["xb"][:20]
+    c = CATEGORIES[0]
+    np.testing.assert_array_equal(a.search(xq, 5, category=c)[1], b.search(xq, 5, category=c)[1])

@@ -1,7 +1,6 @@
 """Sharded build (local processes, Ray tasks) and on-disk inverted lists against the single-process build."""
 from __future__ import annotations
 
-
 import faiss
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from index.rows import read_table
 from index.sharded import split_shards
 from index.store import ProductIndex
 
-FAST = dict(n_eval_queries=100, n_tune_queries=50)
+FAST = {"n_eval_queries": 100, "n_tune_queries": 50}
 
 
 def _answers(index_dir, xq, k=20):
@@ -83,8 +82,9 @@ def test_an_ondisk_build_loads_after_the_folder_moves(make_catalogue, tmp_path):
 
 def test_ondisk_needs_an_ivf_index_and_flat_falls_back_to_one_process(make_catalogue, tmp_path):
     emb_dir, _, _ = make_catalogue(1000, 8)
-    with pytest.raises(BuildError, match="--ondisk needs an IVF index"):
+    with pytest.raises(BuildError, match="on-disk inverted lists need an IVF index") as refused:
         build_index(emb_dir, tmp_path / "idx", factory="Flat", ondisk=True, **FAST)
+    assert refused.value.hint.options == ["factory", "memory_budget", "ondisk"] and "--" not in str(refused.value)
     logs = []
     info = build_index(emb_dir, tmp_path / "idx", factory="Flat", workers=2, log=logs.append, **FAST)
     assert info.parallel is None and any("adding in one process" in m for m in logs)

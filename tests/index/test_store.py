@@ -12,7 +12,7 @@ from index.select import recall_at_k
 from index.store import CheckpointMismatchError, IndexDirError, ProductIndex
 from tests.catalogue_vectors import CATEGORIES, clustered, write_embeddings
 
-FAST = dict(n_eval_queries=100, n_tune_queries=60)
+FAST = {"n_eval_queries": 100, "n_tune_queries": 60}
 N, D_DIM = 3000, 32
 
 

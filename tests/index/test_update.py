@@ -1,4 +1,4 @@
-"""update_index: the same answers as a build from scratch on the final catalogue, removals never returned, crash-safe."""
+"""update_index: same answers as a build from scratch on the final catalogue, removals never returned, crash-safe."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,20 @@ import pytest
 
 import index.update as update_module
 from index.build import build_index
-from index.embedding_shards import EmbeddingsManifest, record_shard, write_delta, write_manifest, write_shard
+from index.embedding_shards import (
+    EmbeddingsManifest,
+    IncrementalRecord,
+    record_shard,
+    write_delta,
+    write_manifest,
+    write_shard,
+)
 from index.layout import current_version, list_versions
 from index.store import ProductIndex
 from index.update import UpdateError, update_index
 from tests.catalogue_vectors import CATEGORIES, clustered
 
-FAST = dict(n_eval_queries=100, n_tune_queries=50)
+FAST = {"n_eval_queries": 100, "n_tune_queries": 50}
 D = 16
 
 
@@ -24,7 +31,7 @@ def write_folder(root, ids, xb, cats, *, shard_rows=500, incremental=None, sha="
     """An embeddings folder holding exactly these products (through the contract's writer)."""
     root.mkdir(parents=True)
     manifest = EmbeddingsManifest(checkpoint_sha256=sha, backbone="efficientnet-lite0", dim=xb.shape[1], complete=True,
-                                  incremental=incremental or None)
+                                  incremental=IncrementalRecord.from_json(incremental))
     for k, s in enumerate(range(0, len(ids), shard_rows)):
         e = min(len(ids), s + shard_rows)
         rows = pa.table({"product_id": pa.array(ids[s:e]), "category": pa.array(list(cats[s:e])),
@@ -161,6 +168,6 @@ def test_refusals(catalogues, tmp_path):
     other = write_folder(tmp_path / "other", ["x1"], np.eye(1, D, dtype=np.float32), ["shoes"], sha="b" * 64)
     with pytest.raises(UpdateError, match="checkpoint"):
         update_index(tmp_path / "idx", other)
-    with pytest.raises(UpdateError, match="both in the embeddings to add and in --remove"):
+    with pytest.raises(UpdateError, match="both in the embeddings to add and among the removals"):
         update_index(tmp_path / "idx", c["up"], remove=["p02300"])
     assert current_version(tmp_path / "idx") == "v000001"

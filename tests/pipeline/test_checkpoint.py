@@ -86,8 +86,9 @@ def test_bad_files_are_named_as_such_by_both_loaders(tmp_path, content, message)
 
 def test_a_missing_checkpoint_says_how_to_make_one(tmp_path):
     for load in (load_checkpoint, check_checkpoint):
-        with pytest.raises(CheckpointError, match="make train"):
+        with pytest.raises(CheckpointError, match="train one first") as missing:
             load(tmp_path / "missing.pt")
+        assert missing.value.hint.steps == ["train"]
 
 
 def test_the_presence_head_travels_and_an_older_checkpoint_loads_without_it_and_says_so(tmp_path):
