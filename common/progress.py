@@ -11,6 +11,7 @@ from tqdm import tqdm
 LOG_STEP = 0.10              # in a log, a line each time another 10% of the total is done
 LOG_INTERVAL_S = 60.0        # ... or, when the total is unknown, at most a line a minute
 LOG_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+LOG_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 class _LineWriter:
@@ -64,4 +65,4 @@ def progress_bar(iterable: Iterable | None = None, *, total: float | None = None
     else:
         pace = {"mininterval": LOG_INTERVAL_S, "maxinterval": math.inf}
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=_LineWriter(stream),
-                bar_format=LOG_FORMAT, **pace, **options)
+                bar_format=LOG_FORMAT if total else LOG_FORMAT_NO_TOTAL, **pace, **options)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrieval.retriever import Retriever
 from tests.catalogue_vectors import CATEGORIES, clustered, write_embeddings
+from tests.retrieval.world import World, exhaustive, make_presence_world, make_world
 
 
 @pytest.fixture
@@ -30,3 +32,32 @@ def no_leaked_torch_threads():
     if after != before:
         torch.set_num_threads(before)
         pytest.fail(f"the test left torch.get_num_threads() at {after} (was {before})")
+
+
+# The retrieval world (tests/retrieval/world.py): built once per session, for retrieval, service and job tests.
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> World:
+    return make_world(tmp_path_factory.mktemp("retrieval-world"))
+
+
+@pytest.fixture(scope="session")
+def retriever(world) -> Retriever:
+    return Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
+
+
+@pytest.fixture(scope="session")
+def scenes(world, retriever):
+    """Each test scene encoded once (one backbone forward each)."""
+    return [retriever.encode_scene(path) for path in world.scenes]
+
+
+@pytest.fixture(scope="session")
+def oracles(world, retriever, scenes):
+    return [exhaustive(retriever, scene) for scene in scenes]
+
+
+@pytest.fixture(scope="session")
+def presence_paths(world, retriever, tmp_path_factory):
+    """(checkpoint, index dir) of the world's model with a presence head and a calibration (make_presence_world)."""
+    return make_presence_world(world, retriever, tmp_path_factory.mktemp("presence-world"))

@@ -1,5 +1,8 @@
-"""Shared test helpers: a random-weight embedder whose embeddings actually differ between images."""
+"""Shared test helpers: a random-weight embedder whose embeddings actually differ between images, a PNG header."""
 from __future__ import annotations
+
+import struct
+import zlib
 
 import torch
 
@@ -23,3 +26,11 @@ def random_embedder(categories, *, dim: int, seed: int = 0):
     with torch.no_grad():
         embedder.backbone(torch.randint(0, 256, (4, 3, 96, 96), dtype=torch.uint8, generator=g))
     return embedder.eval()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (the pixel data is a stub)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

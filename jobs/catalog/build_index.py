@@ -22,7 +22,8 @@ from jobs.cli_errors import OneLineCommand
 @click.option("--factory", default=None, help="Force a FAISS factory string (e.g. 'IVF1024,Flat', 'HNSW32,Flat').")
 @click.option("--intent", type=click.Choice(INTENTS), default=defaults.INDEX_INTENT, show_default=True,
               help="Automatic choice: IVF (balanced), HNSW (low_latency) or Flat (exact).")
-@click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed for training samples and queries.")
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True,
+              help="Seed for training samples and queries.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Add the shards in this many parallel groups (IVF indexes), each into a copy of the trained index.")
 @click.option("--engine", type=click.Choice(INDEX_ENGINES), default="local", show_default=True,
@@ -30,7 +31,8 @@ from jobs.cli_errors import OneLineCommand
 @click.option("--address", "ray_address", default=None,
               help="ray: the cluster to join [RAY_ADDRESS, else a local instance].")
 @click.option("--ondisk", is_flag=True,
-              help="Keep the inverted lists in index.ivfdata beside the index, memory-mapped (indexes larger than RAM).")
+              help="Keep the inverted lists in index.ivfdata beside the index, memory-mapped (indexes larger than "
+                   "RAM).")
 def build_index_command(embeddings_dir: str, out_dir: str, memory_budget: str, target_recall: float,
                         factory: str | None, intent: str, seed: int, workers: int, engine: str,
                         ray_address: str | None, ondisk: bool) -> None:

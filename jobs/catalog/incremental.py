@@ -97,7 +97,8 @@ def reusable_rows(table: pa.Table, hashes: np.ndarray, base: BaseFolder) -> np.n
     if not base.has_hashes:
         return np.full(len(table), -1, np.int64)
     base_hash = base.table.column(IMAGE_HASH).to_numpy(zero_copy_only=False)
-    same = np.array([b >= 0 and h is not None and base_hash[b] == h for b, h in zip(base_row, hashes)], dtype=bool)
+    same = np.array([b >= 0 and h is not None and base_hash[b] == h
+                     for b, h in zip(base_row, hashes, strict=True)], dtype=bool)
     return np.where(same, base_row, -1)
 
 
@@ -130,7 +131,8 @@ def delta(base: pa.Table, new: pa.Table) -> tuple[list[str], list[str]]:
         changed |= _differs(new.column(col) if col in new.column_names else None,
                             aligned.column(col) if col in aligned.column_names else None, len(new))
     new_ids = new.column("product_id").to_pylist()
-    ids = [pid for pid, k in zip(new_ids, known) if not k] + [pid for pid, k, c in zip(new_ids, known, changed) if k and c]
+    ids = [pid for pid, k in zip(new_ids, known, strict=True) if not k]
+    ids += [pid for pid, k, c in zip(new_ids, known, changed, strict=True) if k and c]
     kinds = ["added"] * int((~known).sum()) + ["changed"] * int((known & changed).sum())
     gone = pc.invert(pc.is_in(base.column("product_id"), value_set=new.column("product_id")))
     removed = pc.filter(base.column("product_id"), gone).to_pylist()

@@ -105,8 +105,10 @@ def open_engine(job: EmbedJob) -> Iterator[Embedded]:
         # and embeds in turn and the network waits for every decode
         ds = ds.map_batches(_decode, fn_kwargs={"size": job.size, "nice": not gpus, "draft": job.config.jpeg_draft},
                             batch_size=batch_size, batch_format="numpy", num_cpus=DECODE_CPUS)
-        # the actors must leave CPU for the decode tasks, or the pipeline waits forever for a free CPU
-        actor_cpus = max(0.05, min(1.0, (ray.cluster_resources().get("CPU", 1) - DECODE_CPUS) / workers))
+        # the actors must leave CPU for the decode tasks, or the pipeline waits forever for a free CPU: on the
+        # smallest node, as Ray may place them all there (two 1-CPU nodes and 2 actors of 0.75 CPU hung)
+        node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+        actor_cpus = max(0.05, min(1.0, (min(node_cpus, default=1) - DECODE_CPUS) / workers))
         ds = ds.map_batches(ProductEmbedder, fn_constructor_args=(ray.put(Path(job.checkpoint_path).read_bytes()),),
                             fn_constructor_kwargs={"gpus": gpus, "threads": threads}, batch_size=batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),

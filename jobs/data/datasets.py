@@ -14,7 +14,6 @@ from typing import NamedTuple
 import pyarrow.parquet as pq
 
 from common.errors import ArtifactError
-
 from jobs.data.image_map import read_image_map, resolve_images
 from jobs.data.layouts import (
     PAIRS,
@@ -130,7 +129,7 @@ def _load_stl(root: Path, check_files: bool) -> Dataset:
     skipped: dict[str, int] = {}
 
     scenes: dict[str, Path] = {}
-    for sid, p in zip(scenes_t.column("scene_id").to_pylist(), resolve_images(scenes_t, images)):
+    for sid, p in zip(scenes_t.column("scene_id").to_pylist(), resolve_images(scenes_t, images), strict=False):
         path = root / p if p else None
         if path is not None and exists(path):
             scenes[sid] = path
@@ -138,7 +137,7 @@ def _load_stl(root: Path, check_files: bool) -> Dataset:
             _count(skipped, "scenes without local image")
     products: dict[str, Product] = {}
     for pid, cat, p in zip(products_t.column("product_id").to_pylist(), products_t.column("category").to_pylist(),
-                           resolve_images(products_t, images)):
+                           resolve_images(products_t, images), strict=False):
         path = root / p if p else None
         if path is not None and exists(path):
             products[pid] = Product(path, cat)
@@ -149,7 +148,7 @@ def _load_stl(root: Path, check_files: bool) -> Dataset:
 
     cols = [pairs_t.column(c).to_pylist() for c in pairs_t.column_names]
     pairs = []
-    for sid, pid, left, top, right, bottom in zip(*cols):
+    for sid, pid, left, top, right, bottom in zip(*cols, strict=False):
         if sid in scenes and pid in products:
             pairs.append(Pair(sid, pid, (left, top, right, bottom)))
         else:

@@ -48,13 +48,13 @@ def manifest_urls(root: Path, column: str = "image_url") -> list[str]:
 
 
 def fetch_dataset(root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                  config: FetchConfig = FetchConfig(), url_column: str = "image_url",
+                  config: FetchConfig | None = None, url_column: str = "image_url",
                   progress: bool | None = None) -> FetchResult:
     """Fetch every image URL of DIR's manifests; write images.parquet, fetch_report.json, catalog.parquet.
 
     NothingProducedError (after writing the report) when there were URLs and not one image is usable.
     """
-    root = Path(root)
+    root, config = Path(root), config or FetchConfig()
     urls = manifest_urls(root, url_column)
     cache = ImageCache(cache_dir if cache_dir is not None else root / IMAGE_CACHE)
     result = Fetcher(cache, config).run(urls, progress=progress)

@@ -5,8 +5,8 @@ A scene's or product's image is its own ``image_path`` when set, otherwise the m
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,11 +42,11 @@ def read_image_map(root: Path) -> dict[str, str]:
     if not (root / IMAGES).exists():
         return {}
     t = pq.read_table(root / IMAGES, columns=["url", "image_path"])
-    return dict(zip(t.column("url").to_pylist(), t.column("image_path").to_pylist()))
+    return dict(zip(t.column("url").to_pylist(), t.column("image_path").to_pylist(), strict=False))
 
 
 def resolve_images(table: pa.Table, images: Mapping[str, str]) -> list[str | None]:
     """Each row's local image as stored (its own image_path, else its fetched image_url), or None."""
     urls = table.column("image_url").to_pylist() if "image_url" in table.column_names else [None] * len(table)
     own = table.column("image_path").to_pylist() if "image_path" in table.column_names else [None] * len(table)
-    return [p if p else images.get(u) if u else None for p, u in zip(own, urls)]
+    return [p if p else images.get(u) if u else None for p, u in zip(own, urls, strict=False)]

@@ -10,8 +10,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple
+from typing import NamedTuple
 
 from common.errors import InputError
 

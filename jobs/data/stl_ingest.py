@@ -68,7 +68,7 @@ def _ingest(pairs_path: Path, categories_path: Path, out: Path, url_template: st
         raise PairFileError(f"{pairs_path}: no valid pair ({len(rejects)} line(s) rejected){first}")
 
     url = url_template.format
-    lines, pair_scenes, pair_products, pair_categories, boxes = zip(*records)
+    lines, pair_scenes, pair_products, pair_categories, boxes = zip(*records, strict=False)
     scene_products: dict[str, int] = Counter(pair_scenes)
     product_scenes: dict[str, int] = Counter(pair_products)
     scene_ids = sorted(scene_products)
@@ -91,7 +91,8 @@ def _ingest(pairs_path: Path, categories_path: Path, out: Path, url_template: st
         "scene_id": pa.array(pair_scenes, pa.string()),
         "product_id": pa.array(pair_products, pa.string()),
         "category": pa.array(pair_categories, pa.string()),
-        **{name: pa.array(col, pa.float64()) for name, col in zip(("left", "top", "right", "bottom"), zip(*boxes))},
+        **{name: pa.array(col, pa.float64())
+           for name, col in zip(("left", "top", "right", "bottom"), zip(*boxes, strict=True), strict=True)},
         "line": pa.array(lines, pa.int32()),
     })
 
@@ -102,7 +103,7 @@ def _ingest(pairs_path: Path, categories_path: Path, out: Path, url_template: st
         per_category[cat]["pairs"] = n
     for cat, n in Counter(categories[p] for p in product_scenes).items():
         per_category[cat]["products_in_pairs"] = n
-    for cat, n in Counter(c for c, _ in set(zip(pair_categories, pair_scenes))).items():
+    for cat, n in Counter(c for c, _ in set(zip(pair_categories, pair_scenes, strict=False))).items():
         per_category[cat]["scenes"] = n
 
     write_parquet_atomic(out / SCENES, scenes)
@@ -128,9 +129,10 @@ def format_summary(result: IngestResult) -> str:
     width = max([len(c) for c in result.per_category] + [8])
     rows = [f"{'category':<{width}}  {'products':>8}  {'in pairs':>8}  {'pairs':>7}  {'scenes':>7}"]
     for cat, c in result.per_category.items():
-        rows.append(f"{cat:<{width}}  {c['products']:>8}  {c['products_in_pairs']:>8}  {c['pairs']:>7}  {c['scenes']:>7}")
-    rows.append(f"{'total':<{width}}  {result.products:>8}  {sum(c['products_in_pairs'] for c in result.per_category.values()):>8}"
-                f"  {result.pairs:>7}  {result.scenes:>7}")
+        rows.append(f"{cat:<{width}}  {c['products']:>8}  {c['products_in_pairs']:>8}  {c['pairs']:>7}  "
+                    f"{c['scenes']:>7}")
+    in_pairs = sum(c["products_in_pairs"] for c in result.per_category.values())
+    rows.append(f"{'total':<{width}}  {result.products:>8}  {in_pairs:>8}  {result.pairs:>7}  {result.scenes:>7}")
     rejected = ", ".join(f"{n} {k}" for k, n in sorted(result.reject_counts.items())) or "none"
     rows.append(f"{result.items} lines read, {result.pairs} pairs kept, rejected: {rejected} "
                 f"({result.seconds:.2f} s)")

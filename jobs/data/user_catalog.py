@@ -161,7 +161,7 @@ def _from_table(src: Path, notes: list[str]) -> tuple[pa.Table, list[str], list[
         empty = [where[i] for i, v in enumerate(values) if v is None]
         if empty:
             raise CatalogError(f"{src}: empty {name} at {_examples(empty)}")
-    no_image = [where[i] for i, (p, u) in enumerate(zip(paths, urls)) if p is None and u is None]
+    no_image = [where[i] for i, (p, u) in enumerate(zip(paths, urls, strict=False)) if p is None and u is None]
     if no_image:
         raise CatalogError(f"{src}: neither image_path nor image_url at {_examples(no_image)}")
     bad_urls = [f"{where[i]} ({u})" for i, u in enumerate(urls)
@@ -194,7 +194,7 @@ def build_catalog(source: str | os.PathLike, out: str | os.PathLike, *, skip_mis
     ids = table.column("product_id").to_pylist()
     first: dict[str, str] = {}
     dupes = []
-    for pid, w in zip(ids, where):
+    for pid, w in zip(ids, where, strict=False):
         if pid in first:
             dupes.append(f"{pid!r} at {first[pid]} and {w}")
         else:

@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from jobs.retrieve_cli import main
-from tests.retrieval.test_look_and_compatibility import PLATT, presence_paths  # noqa: F401
-from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY, retriever, world  # noqa: F401
+from tests.retrieval.world import CATEGORIES, PER_CATEGORY, PLATT
 
 
 def run(world, *args, checkpoint=None, index_dir=None):
@@ -163,12 +162,12 @@ def test_help_is_fast_and_clean():
 
 # -- the whole look, and does a product complete the scene ---------------------------------------
 
-def run_presence(world, presence_paths, *args):  # noqa: F811
+def run_presence(world, presence_paths, *args):
     ckpt, index_dir = presence_paths
     return run(world, *args, checkpoint=ckpt, index_dir=index_dir)
 
 
-def test_look_table_groups_the_missing_categories(world, presence_paths):  # noqa: F811
+def test_look_table_groups_the_missing_categories(world, presence_paths):
     result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--look", "--k", "3")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -183,7 +182,7 @@ def test_look_table_groups_the_missing_categories(world, presence_paths):  # noq
     assert "already in the scene" in headers[1] and len(full.stdout.splitlines()) == 1 + 3 * (3 + 4)
 
 
-def test_look_json_has_exactly_the_documented_shape(world, presence_paths):  # noqa: F811
+def test_look_json_has_exactly_the_documented_shape(world, presence_paths):
     result = run_presence(world, presence_paths, "--scene", str(world.scenes[1]), "--look", "--include-present",
                           "--k", "2", "--format", "json")
     assert result.exit_code == 0, result.output
@@ -198,7 +197,7 @@ def test_look_json_has_exactly_the_documented_shape(world, presence_paths):  # n
                                      "global_distance", "local_distance", "image", "metadata"}
 
 
-def test_look_with_an_old_checkpoint_shows_every_category_and_notes_why(world):  # noqa: F811
+def test_look_with_an_old_checkpoint_shows_every_category_and_notes_why(world):
     result = run(world, "--scene", str(world.scenes[0]), "--look", "--k", "2")
     assert result.exit_code == 0, result.output
     assert "note: " in result.stderr and "no category-presence head" in result.stderr
@@ -206,7 +205,7 @@ def test_look_with_an_old_checkpoint_shows_every_category_and_notes_why(world): 
     assert sum(line in CATEGORIES for line in result.stdout.splitlines()) == 3
 
 
-def test_look_sheet_has_one_row_per_category(world, presence_paths, tmp_path):  # noqa: F811
+def test_look_sheet_has_one_row_per_category(world, presence_paths, tmp_path):
     out = tmp_path / "look.png"
     result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--look", "--include-present",
                           "--sheet", str(out))
@@ -215,7 +214,7 @@ def test_look_sheet_has_one_row_per_category(world, presence_paths, tmp_path):  
         assert img.format == "PNG" and img.height > 3 * 160 and img.width > 4 * 160
 
 
-def test_product_verdicts_as_table_and_json(world, presence_paths):  # noqa: F811
+def test_product_verdicts_as_table_and_json(world, presence_paths):
     ids = world.product_ids[:3]
     argv = ["--scene", str(world.scenes[0]), *[a for pid in ids for a in ("--product", pid)]]
     table = run_presence(world, presence_paths, *argv)
@@ -231,14 +230,14 @@ def test_product_verdicts_as_table_and_json(world, presence_paths):  # noqa: F81
         assert row["completes_look"] == (line.split()[-1] == "yes") == (row["probability"] >= data["threshold"])
 
 
-def test_product_without_a_calibration_prints_distances_and_a_note(world):  # noqa: F811
+def test_product_without_a_calibration_prints_distances_and_a_note(world):
     result = run(world, "--scene", str(world.scenes[0]), "--product", world.product_ids[0])
     assert result.exit_code == 0, result.output
     assert "no calibration for this checkpoint" in result.stdout and result.stdout.splitlines()[2].endswith("-")
     assert "note: no probability for 'completes the look'" in result.stderr
 
 
-def test_unknown_product_id_is_a_one_line_error(world, presence_paths):  # noqa: F811
+def test_unknown_product_id_is_a_one_line_error(world, presence_paths):
     result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--product", "nope")
     assert_one_line_error(result, "unknown product id 'nope'", code=2)
 
@@ -250,6 +249,6 @@ def test_unknown_product_id_is_a_one_line_error(world, presence_paths):  # noqa:
     (["--product", "p000", "--k", "3", "--sheet", "x.png"], "--k, --sheet do not apply"),
     (["--include-present"], "--include-present only applies to --look"),
 ])
-def test_bad_combinations_are_one_line_usage_errors(world, args, fragment):  # noqa: F811
+def test_bad_combinations_are_one_line_usage_errors(world, args, fragment):
     assert_one_line_error(run(world, "--scene", str(world.scenes[0]), *args), fragment, "see ctl-retrieve --help",
                           code=2)

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from jobs.cli import main
 from jobs.data.sample import generate
 from jobs.serve import folder_examples, listen, resolve_examples, run_examples
-from tests.retrieval.test_retriever import world  # noqa: F401
 
 
 def serve(*args):
@@ -26,14 +25,14 @@ def assert_one_line_error(result, code, *fragments):
         assert fragment in err, err
 
 
-def test_missing_index_or_checkpoint(world, tmp_path):  # noqa: F811
+def test_missing_index_or_checkpoint(world, tmp_path):
     assert_one_line_error(serve("--index-dir", str(tmp_path / "none"), "--checkpoint", str(world.checkpoint)), 1,
                           "does not exist")
     assert_one_line_error(serve("--index-dir", str(world.index_dir), "--checkpoint", str(tmp_path / "x.pt")), 1,
                           "x.pt")
 
 
-def test_a_taken_port(world):  # noqa: F811
+def test_a_taken_port(world):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
@@ -43,7 +42,7 @@ def test_a_taken_port(world):  # noqa: F811
     assert_one_line_error(result, 2, f"cannot listen on 127.0.0.1:{port}")
 
 
-def test_bad_flags(world, tmp_path):  # noqa: F811
+def test_bad_flags(world, tmp_path):
     base = ["--index-dir", str(world.index_dir), "--checkpoint", str(world.checkpoint)]
     assert_one_line_error(serve(*base, "--examples", str(tmp_path / "nowhere")), 2, "--examples", "not a folder")
     for flag, value in (("--threads", "0"), ("--max-batch", "0"), ("--decode-threads", "0"), ("--queue-size", "0"), ("--device", "tpu"),

@@ -6,56 +6,9 @@ import pytest
 import torch
 
 from common import defaults
-from pipeline.calibration import Calibrations, Platt
-from pipeline.checkpoint import save_checkpoint
-from pipeline.embedder import PresenceHead
 from retrieval.results import Scene
 from retrieval.retriever import RetrievalError, Retriever
-from tests.retrieval.test_retriever import (  # noqa: F401  (session fixtures)
-    CATEGORIES,
-    N_PRODUCTS,
-    build_test_index,
-    exhaustive,
-    oracles,
-    retriever,
-    scenes,
-    world,
-    write_embedding_shard,
-)
-
-# Presence biases (zero weights): shoes clearly present, handbag clearly missing, hat just above 0.5.
-BIASES = {"shoes": 3.0, "handbag": -3.0, "hat": 0.1}
-PLATT = Platt(a=-3.0, b=4.5, threshold=0.55)
-
-
-_PRESENCE_WORLDS: dict = {}
-
-
-@pytest.fixture(scope="session")
-def presence_paths(world, retriever, tmp_path_factory):  # noqa: F811
-    """(checkpoint, index dir) of the world's model with a presence head, its own index (same embeddings) and
-    a calibration file beside the checkpoint; built once per session, also when another module imports it."""
-    key = str(tmp_path_factory.getbasetemp())
-    if key in _PRESENCE_WORLDS:
-        return _PRESENCE_WORLDS[key]
-    root = tmp_path_factory.mktemp("presence-world")
-    model = world.model
-    head = PresenceHead(model.channels, len(model.categories))
-    head.bias.data = torch.tensor([BIASES[c] for c in model.categories])
-    embedder = type(model)(backbone=model.backbone, backbone_name=model.backbone_name, channels=model.channels,
-                           categories=model.categories, dim=model.dim, hidden=model.hidden)
-    embedder.load_state_dict(model.state_dict())
-    embedder.attach_presence(head)
-    ckpt = root / "run" / "checkpoint.pt"
-    sha = save_checkpoint(ckpt, embedder.eval(), config={"backbone_weights": "random"},
-                          extra={"presence": {"threshold": 0.5}})
-    emb = retriever.index.embeddings(np.arange(N_PRODUCTS))
-    write_embedding_shard(root / "emb", world.product_ids, world.categories,
-                          [world.root / "images" / f"{p}.png" for p in world.product_ids], emb, sha)
-    build_test_index(root / "emb", root / "index")
-    Calibrations(sha, {"hybrid": PLATT}, {}).save(ckpt.parent / "calibration.json")
-    _PRESENCE_WORLDS[key] = (ckpt, root / "index")
-    return _PRESENCE_WORLDS[key]
+from tests.retrieval.world import BIASES, CATEGORIES, PLATT, exhaustive
 
 
 @pytest.fixture(scope="session")
@@ -64,14 +17,14 @@ def presence_world(presence_paths) -> Retriever:
     return Retriever.load(checkpoint=ckpt, index_dir=index_dir)
 
 
-def test_encoded_scenes_carry_the_heads_presence_probabilities(presence_world, world):  # noqa: F811
+def test_encoded_scenes_carry_the_heads_presence_probabilities(presence_world, world):
     scene = presence_world.encode_scene(world.scenes[0])
     expected = torch.sigmoid(torch.tensor([BIASES[c] for c in presence_world.embedder.categories]))
     assert torch.allclose(scene.presence, expected, atol=1e-6)
     assert presence_world.notes == [] and presence_world.checkpoint.has_presence
 
 
-def test_the_whole_look_leaves_out_present_categories_and_lists_missing_ones_first(presence_world, world):  # noqa: F811
+def test_the_whole_look_leaves_out_present_categories_and_lists_missing_ones_first(presence_world, world):
     look = presence_world.look(world.scenes[0], k=3)
     assert [cl.category for cl in look] == ["handbag"]
     assert look.left_out == pytest.approx({"hat": float(torch.sigmoid(torch.tensor(0.1))),
@@ -90,7 +43,7 @@ def test_the_whole_look_leaves_out_present_categories_and_lists_missing_ones_fir
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_presence_filter_keeps_exactly_the_categories_below_the_threshold(retriever, scenes, seed):  # noqa: F811
+def test_presence_filter_keeps_exactly_the_categories_below_the_threshold(retriever, scenes, seed):
     """Any presence probabilities: shown = below the threshold (index order); left out = the rest."""
     rng = np.random.default_rng(seed)
     probs = rng.random(len(retriever.embedder.categories))
@@ -109,14 +62,14 @@ def test_presence_filter_keeps_exactly_the_categories_below_the_threshold(retrie
     assert all(cl.present == (p[cl.category] >= defaults.PRESENCE_THRESHOLD) for cl in everything)
 
 
-def test_without_a_presence_head_every_category_is_shown_and_the_retriever_says_why(retriever, scenes):  # noqa: F811
+def test_without_a_presence_head_every_category_is_shown_and_the_retriever_says_why(retriever, scenes):
     look = retriever.look(scenes[0], k=2)
     assert [cl.category for cl in look] == sorted(CATEGORIES) and look.left_out == {}
     assert all(cl.present is None and cl.presence_probability is None for cl in look)
     assert any("no category-presence head" in note for note in retriever.notes)
 
 
-def test_compatibility_gives_the_exhaustive_distances_and_the_calibrated_verdict(presence_world, world):  # noqa: F811
+def test_compatibility_gives_the_exhaustive_distances_and_the_calibrated_verdict(presence_world, world):
     scene = presence_world.encode_scene(world.scenes[1])
     oracle = exhaustive(presence_world, scene)
     ids = [world.product_ids[i] for i in (4, 0, 13, 4)]                  # any order, repeats allowed
@@ -137,13 +90,13 @@ def test_compatibility_gives_the_exhaustive_distances_and_the_calibrated_verdict
                                         "local_distance", "probability", "completes_look", "image"}
 
 
-def test_compatibility_without_a_calibration_gives_distances_only(retriever, scenes, world):  # noqa: F811
+def test_compatibility_without_a_calibration_gives_distances_only(retriever, scenes, world):
     result = retriever.compatibility(scenes[0], world.product_ids[:2])
     assert result.threshold is None and all(c.probability is None and c.completes is None for c in result)
     assert any("no calibration at" in note for note in retriever.notes)
 
 
-def test_unknown_product_ids_are_one_line_errors(presence_world, scenes, world):  # noqa: F811
+def test_unknown_product_ids_are_one_line_errors(presence_world, scenes, world):
     with pytest.raises(RetrievalError, match=r"unknown product id 'nope': not in the index of 21 products") as e:
         presence_world.compatibility(scenes[0], [world.product_ids[0], "nope"])
     assert "\n" not in str(e.value)

@@ -2,163 +2,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import torch
 from PIL import Image
 
-from index.build import build_index
-from index.embedding_shards import EmbeddingsManifest, record_shard, write_shard
 from index.store import CheckpointMismatchError, IndexDirError
-from pipeline.checkpoint import save_checkpoint
-from pipeline.distances import global_distance, hybrid_distance, local_distance
-from pipeline.images import image_to_tensor
 from retrieval.retriever import RetrievalError, Retriever
-from tests.helpers import random_embedder as shared_random_embedder
-
-CATEGORIES = ["shoes", "handbag", "hat"]
-PER_CATEGORY = 7
-N_PRODUCTS = PER_CATEGORY * len(CATEGORIES)
-DIM = 16
-PRODUCT_SIZE = 64  # product embeddings are computed on small images: the test only needs them to differ
-
-
-def random_embedder(categories, *, seed: int = 0):
-    return shared_random_embedder(categories, dim=DIM, seed=seed)
-
-
-def pattern_image(rng: np.random.Generator, size: int) -> Image.Image:
-    base = rng.integers(0, 256, 3)
-    cells = np.clip(base + rng.normal(0, 70, (6, 6, 3)), 0, 255).astype(np.uint8)
-    return Image.fromarray(cells).resize((size, size), Image.NEAREST)
-
-
-@dataclass
-class World:
-    root: Path
-    checkpoint: Path
-    sha256: str
-    index_dir: Path
-    embeddings_dir: Path
-    scenes: list[Path]
-    product_ids: list[str]
-    categories: list[str]  # per product
-    model: object  # the embedder saved in `checkpoint`
-
-    def other_checkpoint(self, path: Path, categories=None) -> Path:
-        """A checkpoint with another sha256 (and optionally another vocabulary), sharing this backbone."""
-        from pipeline.embedder import StyleEmbedder
-
-        model = self.model
-        if categories is not None:
-            model = StyleEmbedder(backbone=model.backbone, backbone_name=model.backbone_name, channels=model.channels,
-                                  categories=categories, dim=model.dim, hidden=model.hidden)
-        save_checkpoint(path, model.eval(), config={"backbone_weights": "random", "other": str(path)})
-        return path
-
-
-def write_embedding_shard(out_dir: Path, product_ids, categories, image_paths, emb: np.ndarray, sha256: str) -> None:
-    """One shard through the embeddings folder contract's own writer."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = pa.table({
-        "product_id": pa.array(product_ids, pa.string()),
-        "category": pa.array(categories, pa.string()),
-        "image_path": pa.array([str(p) for p in image_paths], pa.string()),
-        "brand": pa.array([f"brand-{i % 3}" for i in range(len(product_ids))], pa.string()),
-    })
-    manifest = EmbeddingsManifest(checkpoint_sha256=sha256, backbone="efficientnet-lite0", dim=emb.shape[1],
-                                  n_input=len(product_ids), n_shards=1, complete=True)
-    record_shard(out_dir, manifest, write_shard(out_dir, 0, rows, emb, checkpoint_sha256=sha256))
-
-
-def build_test_index(embeddings_dir: Path, index_dir: Path) -> None:
-    build_index(embeddings_dir, index_dir, n_eval_queries=50, n_tune_queries=50)
-
-
-def make_world(root: Path) -> World:
-    root.mkdir(parents=True, exist_ok=True)
-    embedder = random_embedder(CATEGORIES)
-    ckpt = root / "run" / "checkpoint.pt"
-    sha = save_checkpoint(ckpt, embedder, config={"backbone_weights": "random", "dim": DIM})
-    rng = np.random.default_rng(0)
-    img_dir = root / "images"
-    img_dir.mkdir()
-    product_ids, categories, paths, images = [], [], [], []
-    for i in range(N_PRODUCTS):
-        pid, cat = f"p{i:03d}", CATEGORIES[i % len(CATEGORIES)]
-        img = pattern_image(rng, PRODUCT_SIZE)
-        path = img_dir / f"{pid}.png"
-        img.save(path)
-        product_ids.append(pid), categories.append(cat), paths.append(path), images.append(img)
-    with torch.inference_mode():  # the saved model: a reload is identical (random weights travel in the file)
-        emb = embedder.encode_products(torch.stack([image_to_tensor(im, PRODUCT_SIZE) for im in images])).numpy()
-    emb_dir = root / "embeddings"
-    write_embedding_shard(emb_dir, product_ids, categories, paths, emb, sha)
-    index_dir = root / "index"
-    build_test_index(emb_dir, index_dir)
-    scenes = []
-    for j in range(2):
-        path = root / f"scene{j}.jpg"
-        pattern_image(rng, 240).save(path, quality=90)
-        scenes.append(path)
-    return World(root, ckpt, sha, index_dir, emb_dir, scenes, product_ids, categories, embedder)
-
-
-_WORLDS: dict = {}
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> World:
-    """Built once per session, also when another test module imports this fixture."""
-    key = str(tmp_path_factory.getbasetemp())
-    if key not in _WORLDS:
-        _WORLDS[key] = make_world(tmp_path_factory.mktemp("retrieval-world"))
-    return _WORLDS[key]
-
-
-@pytest.fixture(scope="session")
-def retriever(world) -> Retriever:
-    return Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
-
-
-@pytest.fixture(scope="session")
-def scenes(world, retriever):
-    """Each test scene encoded once (one backbone forward each)."""
-    return [retriever.encode_scene(path) for path in world.scenes]
-
-
-@pytest.fixture(scope="session")
-def oracles(world, retriever, scenes):
-    return [exhaustive(retriever, scene) for scene in scenes]
-
-
-def exhaustive(retriever: Retriever, scene) -> dict[str, dict[str, float]]:
-    """Oracle: every product's distances, one product at a time, from the index's stored embeddings."""
-    embedder = retriever.embedder
-    f_s, f_i = scene.f_s, scene.f_i
-    out = {}
-    ids = list(retriever.index.product_ids)
-    for row, pid in enumerate(ids):
-        cat = retriever.row_category(row)
-        f_p = torch.from_numpy(retriever.index.embeddings(np.array([row])).astype(np.float32)).view(1, 1, -1)
-        e_c = embedder.category_embeddings(embedder.category_indices([cat])).view(1, 1, -1)
-        with torch.inference_mode():
-            out[pid] = {
-                "category": cat,
-                "global": float(global_distance(f_s, f_p)),
-                "local": float(local_distance(f_i, f_p, e_c)),
-                "hybrid": float(hybrid_distance(f_s, f_i, f_p, e_c)),
-            }
-    return out
-
-
-def ranked(oracle: dict, key: str = "hybrid", among=None) -> list[str]:
-    ids = [pid for pid in oracle if among is None or pid in among]
-    return sorted(ids, key=lambda pid: (oracle[pid][key], oracle[pid]["global"]))
+from tests.retrieval.world import CATEGORIES, N_PRODUCTS, PER_CATEGORY, build_test_index, ranked, write_embedding_shard
 
 
 def assert_matches_oracle(result, oracle, expected_ids):
@@ -307,14 +159,14 @@ def test_look_per_category_equals_retrieve_with_that_category(retriever, scenes,
             flat = retriever.retrieve(scene, k=k, candidates=c, category=cl.category)
             assert [h.product_id for h in cl.hits] == [h.product_id for h in flat.hits]
             assert [h.rank for h in cl.hits] == list(range(1, len(flat.hits) + 1))
-            for a, b in zip(cl.hits, flat.hits):
+            for a, b in zip(cl.hits, flat.hits, strict=True):
                 assert a.hybrid_distance == pytest.approx(b.hybrid_distance, abs=1e-6)
                 assert a.global_distance == pytest.approx(b.global_distance, abs=1e-6)
             assert cl.candidates == flat.candidates
 
 
 def test_look_with_every_candidate_equals_the_exhaustive_ranking_per_category(retriever, scenes, oracles):
-    for scene, oracle in zip(scenes, oracles):
+    for scene, oracle in zip(scenes, oracles, strict=True):
         look = retriever.look(scene, k=PER_CATEGORY, candidates=N_PRODUCTS)
         for cl in look:
             among = {pid for pid, o in oracle.items() if o["category"] == cl.category}

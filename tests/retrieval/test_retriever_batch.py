@@ -9,15 +9,14 @@ import torch
 from pipeline.images import image_to_tensor, load_image
 from retrieval.results import Scene
 from retrieval.retriever import Retriever
-from tests.retrieval.test_look_and_compatibility import presence_paths  # noqa: F401
-from tests.retrieval.test_retriever import N_PRODUCTS, retriever, scenes, world  # noqa: F401
+from tests.retrieval.world import N_PRODUCTS
 
 
 def hits(result):
     return [(h.product_id, round(h.hybrid_distance, 5)) for h in result.hits]
 
 
-def test_padded_forward_equals_the_unpadded_rows(world, retriever):  # noqa: F811
+def test_padded_forward_equals_the_unpadded_rows(world, retriever):
     images = [load_image(p) for p in world.scenes]
     pixels = torch.stack([image_to_tensor(img, retriever.input_size) for img in images])
     alone = [retriever.encode_pixels(pixels[j:j + 1]) for j in range(len(images))]
@@ -29,7 +28,7 @@ def test_padded_forward_equals_the_unpadded_rows(world, retriever):  # noqa: F81
             torch.testing.assert_close(f_i[j:j + 1], one_i, atol=1e-5, rtol=0)
 
 
-def test_stage_one_batch_equals_one_search_per_scene(retriever, scenes):  # noqa: F811
+def test_stage_one_batch_equals_one_search_per_scene(retriever, scenes):
     f_s = torch.cat([s.f_s for s in scenes])
     for category in (None, retriever.categories[1]):
         batch = retriever.candidates_batch(f_s, 7, category=category)
@@ -38,7 +37,7 @@ def test_stage_one_batch_equals_one_search_per_scene(retriever, scenes):  # noqa
     assert [len(r) for r in retriever.candidates_batch(f_s, 0)] == [0, 0]
 
 
-def test_stage_two_batch_of_uneven_lists_equals_each_list_alone(retriever, scenes):  # noqa: F811
+def test_stage_two_batch_of_uneven_lists_equals_each_list_alone(retriever, scenes):
     rng = np.random.default_rng(0)
     lists = [rng.permutation(N_PRODUCTS)[:9], np.zeros(0, dtype=np.int64), rng.permutation(N_PRODUCTS)[:3]]
     three = [scenes[0], scenes[1], scenes[0]]
@@ -54,7 +53,7 @@ def test_stage_two_batch_of_uneven_lists_equals_each_list_alone(retriever, scene
 
 
 @pytest.mark.parametrize("params", [{"k": 4}, {"k": 3, "candidates": 5}, {"k": 2, "category": "hat"}])
-def test_retrieve_batch_equals_retrieve(retriever, scenes, params):  # noqa: F811
+def test_retrieve_batch_equals_retrieve(retriever, scenes, params):
     batch = [scenes[0], scenes[1], scenes[1], scenes[0]]
     t: dict = {}
     results = retriever.retrieve_batch(batch, timings=t, **params)
@@ -65,14 +64,14 @@ def test_retrieve_batch_equals_retrieve(retriever, scenes, params):  # noqa: F81
         assert result.category == want.category
 
 
-def test_batches_encode_the_images_they_are_given(world, retriever):  # noqa: F811
+def test_batches_encode_the_images_they_are_given(world, retriever):
     t: dict = {}
     results = retriever.retrieve_batch([world.scenes[0], world.scenes[1]], k=3, timings=t)
     assert set(t) == {"forward", "stage1", "stage2"}
     assert [hits(r) for r in results] == [hits(retriever.retrieve(p, k=3)) for p in world.scenes]
 
 
-def test_look_batch_with_a_different_plan_per_scene(presence_paths, world):  # noqa: F811
+def test_look_batch_with_a_different_plan_per_scene(presence_paths, world):
     ckpt, index_dir = presence_paths
     r = Retriever.load(checkpoint=ckpt, index_dir=index_dir)
     scene = r.encode_scene(world.scenes[0])
@@ -94,7 +93,7 @@ def test_look_batch_with_a_different_plan_per_scene(presence_paths, world):  # n
     assert [len(x.categories) for x in r.look_batch(three, k=1)] == [len(vocab), 0, missing]
 
 
-def test_compatibility_batch_equals_compatibility(presence_paths, world):  # noqa: F811
+def test_compatibility_batch_equals_compatibility(presence_paths, world):
     ckpt, index_dir = presence_paths
     r = Retriever.load(checkpoint=ckpt, index_dir=index_dir)
     encoded = r.encode_scenes(world.scenes)

@@ -8,14 +8,14 @@ import torch
 from index.store import CheckpointMismatchError, ProductIndex
 from pipeline.images import load_image
 from retrieval.retriever import RetrievalError, Retriever
-from tests.retrieval.test_retriever import N_PRODUCTS, build_test_index, retriever, scenes, world, write_embedding_shard  # noqa: F401
+from tests.retrieval.world import N_PRODUCTS, build_test_index, write_embedding_shard
 
 
 def test_encode_scenes_equals_one_scene_at_a_time(world, retriever):
     images = [load_image(p) for p in world.scenes] + [load_image(world.scenes[0]).convert("L")]
     batched = retriever.encode_scenes(images)
     assert len(batched) == len(images)
-    for image, scene in zip(images, batched):
+    for image, scene in zip(images, batched, strict=True):
         one = retriever.encode_scene(image)
         assert scene.f_s.shape == one.f_s.shape and scene.f_i.shape == one.f_i.shape
         torch.testing.assert_close(scene.f_s, one.f_s, atol=1e-5, rtol=0)
@@ -85,7 +85,8 @@ def test_a_traced_backbone_gives_the_eager_answers(world, tmp_path):
     traced.trace_backbone()                                   # idempotent
     assert traced.traced and not eager.traced
     images = [load_image(p) for p in world.scenes] + [load_image(world.scenes[0]).resize((99, 301))]
-    for one, other in zip(eager.encode_scenes(images), traced.encode_scenes(images)):   # batch 3 on a batch-1 trace
+    # batch 3 on a batch-1 trace
+    for one, other in zip(eager.encode_scenes(images), traced.encode_scenes(images), strict=True):
         torch.testing.assert_close(one.f_s, other.f_s, atol=5e-5, rtol=0)   # batch norms folded: float rounding
         torch.testing.assert_close(one.f_i, other.f_i, atol=5e-5, rtol=0)
     for image in images:

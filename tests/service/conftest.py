@@ -10,24 +10,23 @@ from fastapi.testclient import TestClient
 from retrieval.retriever import Retriever
 from service.app import create_app
 from service.settings import ServeSettings
-from tests.retrieval.test_retriever import retriever, world  # noqa: F401  (session fixtures)
 
 
 @pytest.fixture(scope="session")
-def served_retriever(world) -> Retriever:  # noqa: F811
+def served_retriever(world) -> Retriever:
     """The retriever the test apps serve: its backbone is traced by the first app (the default settings).
     Oracles compare against the retrieval tests' eager `retriever`."""
     return Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
 
 
 @pytest.fixture
-def index_copy(world, tmp_path):  # noqa: F811
+def index_copy(world, tmp_path):
     """A private copy of the world's index directory, for tests that publish new builds into it."""
     return shutil.copytree(world.index_dir, tmp_path / "index")
 
 
 @pytest.fixture
-def serve(served_retriever, world):  # noqa: F811
+def serve(served_retriever, world):
     """serve(**settings) -> a started TestClient (model executor warmed up, watcher running) over the world's index."""
     with contextlib.ExitStack() as stack:
         def start(*, retriever=None, index_dir=None, raise_server_exceptions=True, wait_ready=True, **settings):
@@ -41,7 +40,7 @@ def serve(served_retriever, world):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def client(served_retriever, world):  # noqa: F811
+def client(served_retriever, world):
     """One started service per test module, for the tests that change nothing (batches up to 4, no watcher)."""
     app = create_app(served_retriever, world.index_dir, ServeSettings(threads=1, max_batch=4, watch_interval_s=0))
     with TestClient(app) as started:

@@ -13,27 +13,12 @@ from index.store import ProductIndex
 from pipeline.images import load_image
 from service.product_images import ProductImageError, ProductImages
 from service.state import SAMPLE_MODEL_NOTICE
-from tests.pipeline.test_images import png_header
-from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY
+from tests.helpers import png_header
+from tests.retrieval.world import CATEGORIES, PER_CATEGORY
+from tests.service.service_helpers import assert_error, upload
 
 HIT_FIELDS = {"rank", "product_id", "category", "score", "hybrid_distance", "global_distance", "local_distance",
               "image", "metadata"}
-
-
-def upload(path_or_bytes, name="scene.jpg", content_type="image/jpeg"):
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
-    return {"image": (name, data, content_type)}
-
-
-def assert_error(response, status, *fragments):
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) >= {"status", "error", "message"} and body["status"] == status
-    assert "Traceback" not in response.text
-    for fragment in fragments:
-        assert fragment in body["message"], body["message"]
-    return body
 
 
 def assert_same_hits(api_hits, hits):

@@ -24,7 +24,6 @@ import pytest
 
 from common import defaults
 from jobs.serve import run_examples
-from tests.retrieval.test_retriever import world  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("CTL_CHROMIUM", "/usr/bin/chromium"))
@@ -45,7 +44,7 @@ def _die_with_parent():  # the server must not outlive a killed test run
 
 
 @pytest.fixture(scope="module")
-def artefacts(world, tmp_path_factory):  # noqa: F811
+def artefacts(world, tmp_path_factory):
     """(checkpoint, index dir, examples folder or 'auto')."""
     if os.environ.get("CTL_BROWSER_ARTEFACTS") == "demo":
         checkpoint, index_dir = ROOT / defaults.CHECKPOINT, ROOT / defaults.INDEX_DIR
@@ -118,7 +117,7 @@ INKED = """() => { const c = document.querySelector('#heatmap');
   let alpha = 0; for (let i = 3; i < d.length; i += 4) alpha += d[i]; return alpha; }"""
 
 
-def test_the_page_completes_a_look(server, page, artefacts, world, tmp_path):  # noqa: F811
+def test_the_page_completes_a_look(server, page, artefacts, world, tmp_path):
     page.goto(server)
     page.wait_for_selector("#category-list input")
     categories = page.eval_on_selector_all("#category-list input", "boxes => boxes.map(b => b.value)")

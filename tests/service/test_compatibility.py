@@ -10,19 +10,18 @@ from retrieval.retriever import Retriever
 from service.app import create_app
 from service.scene_routes import MAX_PRODUCTS
 from service.settings import ServeSettings
-from tests.retrieval.test_look_and_compatibility import PLATT, presence_paths  # noqa: F401
-from tests.retrieval.test_retriever import retriever, world  # noqa: F401
-from tests.service.test_api import assert_error, upload
+from tests.retrieval.world import PLATT
+from tests.service.service_helpers import assert_error, upload
 
 
 @pytest.fixture(scope="module")
-def library(presence_paths):  # noqa: F811
+def library(presence_paths):
     ckpt, index_dir = presence_paths
     return Retriever.load(checkpoint=ckpt, index_dir=index_dir)
 
 
 @pytest.fixture(scope="module")
-def app_client(presence_paths):  # noqa: F811
+def app_client(presence_paths):
     ckpt, index_dir = presence_paths
     app = create_app(Retriever.load(checkpoint=ckpt, index_dir=index_dir), index_dir,
                      ServeSettings(threads=1, watch_interval_s=0))
@@ -30,7 +29,7 @@ def app_client(presence_paths):  # noqa: F811
         yield client
 
 
-def test_compatibility_equals_the_library(app_client, library, world):  # noqa: F811
+def test_compatibility_equals_the_library(app_client, library, world):
     ids = [world.product_ids[i] for i in (4, 0, 13)]
     r = app_client.post("/v1/compatibility", params=[("product_id", p) for p in ids],
                         files=upload(world.scenes[1], "s1.jpg"))
@@ -47,7 +46,7 @@ def test_compatibility_equals_the_library(app_client, library, world):  # noqa: 
            ["queue", "decode", "forward", "stage2"]
 
 
-def test_compatibility_refusals_are_json(app_client, world):  # noqa: F811
+def test_compatibility_refusals_are_json(app_client, world):
     scene = upload(world.scenes[0])
     assert_error(app_client.post("/v1/compatibility", params={"product_id": "nope"}, files=scene), 422,
                  "unknown product id 'nope': not in the index of 21 products")
@@ -58,7 +57,7 @@ def test_compatibility_refusals_are_json(app_client, world):  # noqa: F811
                                  files=upload(b"hello\n", "notes.txt", "text/plain")), 415, "not an image")
 
 
-def test_look_leaves_out_present_categories_unless_asked(app_client, library, world):  # noqa: F811
+def test_look_leaves_out_present_categories_unless_asked(app_client, library, world):
     image = load_image(world.scenes[0])
     for params, include in (({}, False), ({"include_present": "true"}, True)):
         body = app_client.post("/v1/look", params={"k": 2, **params}, files=upload(world.scenes[0])).json()

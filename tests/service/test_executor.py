@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.executor import ModelExecutor, Query, bucket_for, power_buckets
-from tests.service.test_load_and_swap import Gate, files, wait_for
+from tests.service.service_helpers import Gate, files, wait_for
 
 
 class FakeClock:

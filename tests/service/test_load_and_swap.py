@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,45 +14,10 @@ from index.layout import FILES, INDEX_FILE, publish
 from index.store import ProductIndex
 from pipeline.images import load_image
 from service.settings import ServeSettings, usable_cores
-from tests.retrieval.test_retriever import N_PRODUCTS, build_test_index, write_embedding_shard
+from tests.retrieval.world import N_PRODUCTS, build_test_index, write_embedding_shard
+from tests.service.service_helpers import Gate, files, wait_for, watcher_checks
 
 TOKEN = "s3cret-token"
-
-
-def files(world, i=0):
-    return {"image": (f"s{i}.jpg", world.scenes[i].read_bytes(), "image/jpeg")}
-
-
-class Gate:
-    """Serve a retriever whose forward waits until the test opens the gate (to hold a worker busy)."""
-
-    def __init__(self, client, retriever):
-        self.entered, self.opened, self.batches = threading.Event(), threading.Event(), []
-        gated_retriever = retriever.with_index(retriever.index)
-        encode = gated_retriever.scenes_from_pixels
-
-        def gated(pixels, images, **kwargs):
-            self.batches.append(len(images))
-            self.entered.set()
-            assert self.opened.wait(30), "the test never opened the gate"
-            return encode(pixels, images, **kwargs)
-        gated_retriever.scenes_from_pixels = gated
-        client.app.state.service.executor.swap(gated_retriever)
-
-    def hold(self, executor, client, *args, **kwargs):
-        """Send the request that occupies the worker; return its future once the worker holds it."""
-        future = executor.submit(client.post, *args, **kwargs)
-        assert self.entered.wait(30)
-        return future
-
-
-def wait_for(predicate, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the queue ------------------------------------------------------------------------------------------
@@ -206,7 +170,9 @@ def test_a_corrupt_new_build_is_refused_and_the_old_keeps_serving(serve, world, 
     after = client.post("/v1/retrieve", params={"k": 4}, files=files(world))
     assert after.status_code == 200 and after.headers["x-index-version"] == "v000001"
     assert ids(after) == ids(before)
-    time.sleep(0.3)                                      # the watcher does not retry the same build
+    checks = watcher_checks(client)                      # the watcher does not retry the same build:
+    wait_for(lambda: len(checks) >= 3, what="three more watcher checks")
+    assert [c.result for c in checks[:3]] == ["refused"] * 3
     assert 'ctl_index_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
 
 
@@ -215,7 +181,9 @@ def test_a_garbled_pointer_is_refused_once(serve, world, index_copy):
     (index_copy / "CURRENT").write_text("../../etc\n")
     wait_for(lambda: client.get("/readyz").json()["last_reload_error"] is not None, what="the refusal")
     assert "cannot read the index directory" in client.get("/readyz").json()["last_reload_error"]
-    time.sleep(0.3)
+    checks = watcher_checks(client)
+    wait_for(lambda: len(checks) >= 3, what="three more watcher checks")
+    assert [c.result for c in checks[:3]] == ["refused"] * 3
     assert 'ctl_index_reloads_total{result="refused"} 1.0' in client.get("/metrics").text
     r = client.post("/v1/retrieve", params={"k": 2}, files=files(world))
     assert r.status_code == 200 and r.headers["x-index-version"] == "v000001"

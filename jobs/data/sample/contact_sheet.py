@@ -46,9 +46,9 @@ def render_contact_sheet(sample_dir: str | os.PathLike, out_png: str | os.PathLi
         sd = ImageDraw.Draw(scene)
         for k, pair in enumerate(by_scene[sid]):
             colour = _BOX_COLOURS[k % len(_BOX_COLOURS)]
-            l, t, rr, b = (v * scene_px for v in pair["bbox"])
-            sd.rectangle([l, t, rr - 1, b - 1], outline=colour, width=2)
-            sd.text((l + 3, t + 1), str(k + 1), fill=colour, font=font)
+            left, top, right, bottom = (v * scene_px for v in pair["bbox"])
+            sd.rectangle([left, top, right - 1, bottom - 1], outline=colour, width=2)
+            sd.text((left + 3, top + 1), str(k + 1), fill=colour, font=font)
         sheet.paste(scene, (pad, y))
         for k, pair in enumerate(by_scene[sid]):
             colour = _BOX_COLOURS[k % len(_BOX_COLOURS)]

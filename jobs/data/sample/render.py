@@ -80,9 +80,11 @@ def render_scene(plan: ScenePlan, *, seed: int, size: int, return_masks: bool = 
     rng = stream_rng(seed, SCENE_STREAM, plan.index, 1)
     bboxes, masks = [], []
     for placed in plan.items:
-        l, t, r, b = placed.box
-        img = item_image(placed.item, round((r - l) * size), round((b - t) * size), rng, rng.normal(0, 4))
-        left, top = round((l + r) / 2 * size - img.width / 2), round((t + b) / 2 * size - img.height / 2)
+        x_min, y_min, x_max, y_max = placed.box
+        img = item_image(placed.item, round((x_max - x_min) * size), round((y_max - y_min) * size), rng,
+                         rng.normal(0, 4))
+        left = round((x_min + x_max) / 2 * size - img.width / 2)
+        top = round((y_min + y_max) / 2 * size - img.height / 2)
         alpha = img.getchannel("A")
         a = np.asarray(alpha)
         drop_shadow(canvas, a, left + round(0.01 * size), top + round(0.015 * size), 0.012 * size + 0.5, 0.35)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -153,7 +153,8 @@ def _earrings(b, a, pt: Pt, p, W, H):
 def _scarf(b, a, pt: Pt, p, W, H):
     ys = np.linspace(0.0, 0.88, 12)
     left = [0.02 + 0.12 * (1 + math.sin(2 * math.pi * (1.2 * y + p[0]))) for y in ys]
-    poly = [pt(x, y) for x, y in zip(left, ys)] + [pt(x + 0.7, y) for x, y in zip(left[::-1], ys[::-1])]
+    poly = ([pt(x, y) for x, y in zip(left, ys, strict=True)]
+            + [pt(x + 0.7, y) for x, y in zip(left[::-1], ys[::-1], strict=True)])
     b.polygon(poly, fill=255)
     x0 = left[-1]
     for i in range(8):

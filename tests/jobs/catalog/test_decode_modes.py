@@ -15,22 +15,14 @@ from jobs.catalog.catalog_images import decode_row, load_catalog_table
 from jobs.catalog.embed_job import EmbedCatalogConfig, EmbedJob, StaticBatch, forward
 from jobs.catalog.local_engine import open_engine
 from pipeline.checkpoint import load_checkpoint
-from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401
-    SIZE,
-    ckpt,
-    embeddings_of,
-    make_bad_catalog,
-    make_catalog,
-    model,
-    one_thread,
-    read_shards,
-    run,
-)
+from tests.jobs.catalog.catalogs import SIZE, embeddings_of, make_bad_catalog, make_catalog, read_shards, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 
 
-def test_both_decoders_at_once_embed_like_the_cpu_path(tmp_path, ckpt, caplog):  # noqa: F811
+def test_both_decoders_at_once_embed_like_the_cpu_path(tmp_path, ckpt, caplog):
     manifest = make_catalog(tmp_path / "cat", 37)
     cpu = run(manifest, ckpt, tmp_path / "cpu", decode="cpu", workers=1)
     with caplog.at_level(logging.INFO, logger="jobs.catalog.local_engine"):
@@ -44,7 +36,7 @@ def test_both_decoders_at_once_embed_like_the_cpu_path(tmp_path, ckpt, caplog): 
     assert set(split) == {"pillow", "device"} and sum(split.values()) == 37 and min(split.values()) > 0
 
 
-def test_both_decoders_keep_the_cpu_paths_rejects(tmp_path, ckpt):  # noqa: F811
+def test_both_decoders_keep_the_cpu_paths_rejects(tmp_path, ckpt):
     manifest, reasons = make_bad_catalog(tmp_path / "cat")
     cpu = run(manifest, ckpt, tmp_path / "cpu", decode="cpu", shard_size=5, batch_size=2, workers=1)
     both = run(manifest, ckpt, tmp_path / "both", decode="both", shard_size=5, batch_size=2, workers=1)
@@ -57,7 +49,7 @@ def test_both_decoders_keep_the_cpu_paths_rejects(tmp_path, ckpt):  # noqa: F811
                                embeddings_of(read_shards(tmp_path / "cpu")), atol=1e-6)
 
 
-def test_an_engine_closed_before_its_first_batch_stops_every_decoder(tmp_path, ckpt):  # noqa: F811
+def test_an_engine_closed_before_its_first_batch_stops_every_decoder(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 40)
     table = load_catalog_table(manifest, None)
     config = EmbedCatalogConfig(batch_size=4, workers=2, device="cpu", decode="both", image_size=SIZE)
@@ -71,7 +63,7 @@ def test_an_engine_closed_before_its_first_batch_stops_every_decoder(tmp_path, c
     assert not any(t.is_alive() for t in pillow._threads) and not device._thread.is_alive()
 
 
-def test_a_padded_batch_embeds_like_the_unpadded_one(model):  # noqa: F811
+def test_a_padded_batch_embeds_like_the_unpadded_one(model):
     images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8)
     static = StaticBatch(8)
     with torch.inference_mode():
@@ -87,7 +79,7 @@ def test_a_padded_batch_embeds_like_the_unpadded_one(model):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_a_compiled_run_never_recompiles_and_embeds_like_the_eager_one(tmp_path, ckpt, monkeypatch):  # noqa: F811
+def test_a_compiled_run_never_recompiles_and_embeds_like_the_eager_one(tmp_path, ckpt, monkeypatch):
     import torch._dynamo
 
     manifest, reasons = make_bad_catalog(tmp_path / "cat")       # 13 rows, batch 4: a short last batch and

@@ -16,17 +16,9 @@ from jobs.catalog.device_decode import decode_on_device, device_decodable, pillo
 from jobs.catalog.device_side import prepare
 from jobs.catalog.embed_job import EmbedCatalogConfig
 from pipeline.images import image_to_tensor, load_image
-from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401
-    SIZE,
-    ckpt,
-    embeddings_of,
-    make_bad_catalog,
-    make_catalog,
-    model,
-    one_thread,
-    read_shards,
-    run,
-)
+from tests.jobs.catalog.catalogs import SIZE, embeddings_of, make_bad_catalog, make_catalog, read_shards, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 
@@ -107,7 +99,7 @@ def test_every_bad_image_falls_back_and_is_rejected_for_the_cpu_paths_reason(tmp
         assert torch.equal(batch.images[i], image_to_tensor(load_image(paths[row]), SIZE)), ids[row]
 
 
-def test_the_device_path_embeds_like_the_cpu_path(tmp_path, ckpt):  # noqa: F811
+def test_the_device_path_embeds_like_the_cpu_path(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 23)
     cpu = run(manifest, ckpt, tmp_path / "cpu", decode="cpu")
     device = run(manifest, ckpt, tmp_path / "device", decode="gpu", workers=2)
@@ -118,7 +110,7 @@ def test_the_device_path_embeds_like_the_cpu_path(tmp_path, ckpt):  # noqa: F811
     np.testing.assert_allclose(embeddings_of(b), embeddings_of(a), atol=1e-6)   # the same pixels in
 
 
-def test_the_device_path_keeps_the_cpu_paths_rejects(tmp_path, ckpt):  # noqa: F811
+def test_the_device_path_keeps_the_cpu_paths_rejects(tmp_path, ckpt):
     manifest, reasons = make_bad_catalog(tmp_path / "cat")
     summary = run(manifest, ckpt, tmp_path / "emb", decode="gpu", shard_size=5, workers=2)
     assert (summary["embedded"], summary["rejected"]) == (7, 6)
@@ -140,7 +132,7 @@ def test_decode_settings():
 
 
 @pytest.mark.slow
-def test_a_compiled_backbone_embeds_like_the_eager_one(tmp_path, ckpt):  # noqa: F811
+def test_a_compiled_backbone_embeds_like_the_eager_one(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 8)
     eager = run(manifest, ckpt, tmp_path / "eager", batch_size=8)
     compiled = run(manifest, ckpt, tmp_path / "compiled", batch_size=8, compile=True)

@@ -2,7 +2,6 @@
 the result equals a full run, and the updated index never returns a removed product (ProductIndex, Retriever)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -16,17 +15,18 @@ from jobs.catalog.update_index import update_index_command
 from jobs.cli import main as ctl
 from pipeline.checkpoint import load_checkpoint
 from retrieval.retriever import Retriever
-from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401 - ckpt, one_thread: fixtures used here
+from tests.jobs.catalog.catalogs import (
     CATEGORIES,
-    _assert_one_line_error,
-    _jpeg,
-    _write_manifest,
-    ckpt,
+    assert_one_line_error,
     embeddings_of,
-    one_thread,
+    new_checkpoint,
     read_shards,
     run,
+    write_jpeg,
+    write_manifest,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"n_eval_queries": 50, "n_tune_queries": 50}
 
@@ -36,7 +36,7 @@ def _catalogue(root, n=20):
     (root / "img").mkdir(parents=True)
     rows = []
     for i in range(n):
-        _jpeg(root / "img" / f"{i}.jpg", rng)
+        write_jpeg(root / "img" / f"{i}.jpg", rng)
         rows.append((f"p{i:04d}", f"img/{i}.jpg", CATEGORIES[i % 2]))
     return rows
 
@@ -44,19 +44,19 @@ def _catalogue(root, n=20):
 def test_incremental_embeds_only_the_changes_and_equals_a_full_run(tmp_path, ckpt):
     root = tmp_path / "cat"
     rows = _catalogue(root)
-    first = _write_manifest(root, rows)
+    first = write_manifest(root, rows)
     base = tmp_path / "emb1"
     run(first, ckpt, base, shard_size=8)
     # the next day: p0003 gone, p0005's image replaced, p0007 recategorised, p0100 new
     rng = np.random.default_rng(7)
-    _jpeg(root / "img" / "5.jpg", rng)
-    _jpeg(root / "img" / "new.jpg", rng)
+    write_jpeg(root / "img" / "5.jpg", rng)
+    write_jpeg(root / "img" / "new.jpg", rng)
     rows2 = [r for r in rows if r[0] != "p0003"]
     rows2 = [(p, path, "shoes" if p == "p0007" else c) for p, path, c in rows2] + [("p0100", "img/new.jpg", "bags")]
     (root / "v2").mkdir()
     for i, (p, path, c) in enumerate(rows2):
         rows2[i] = (p, str(root / path), c)
-    second = _write_manifest(root / "v2", rows2)
+    second = write_manifest(root / "v2", rows2)
 
     out = tmp_path / "emb2"
     summary = run(second, ckpt, out, shard_size=8, base=base)
@@ -64,7 +64,7 @@ def test_incremental_embeds_only_the_changes_and_equals_a_full_run(tmp_path, ckp
     assert (inc["reembedded"], inc["added"], inc["changed"], inc["removed"]) == (2, 1, 2, 1)
     assert summary["processed"] == 2 and summary["embedded"] == 20
     delta = pq.read_table(out / DELTA).to_pydict()
-    assert sorted(zip(delta["product_id"], delta["change"])) == [
+    assert sorted(zip(delta["product_id"], delta["change"], strict=True)) == [
         ("p0003", "removed"), ("p0005", "changed"), ("p0007", "changed"), ("p0100", "added")]
     full = tmp_path / "full"
     run(second, ckpt, full, shard_size=8)
@@ -94,20 +94,20 @@ def test_incremental_embeds_only_the_changes_and_equals_a_full_run(tmp_path, ckp
 def test_incremental_flags_and_update_index_errors(tmp_path, ckpt):
     runner = CliRunner()
     rows = _catalogue(tmp_path / "cat", 4)
-    manifest = _write_manifest(tmp_path / "cat", rows)
+    manifest = write_manifest(tmp_path / "cat", rows)
     args = ["--manifest", str(manifest), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--quiet",
             "--workers", "0", "--image-size", "32"]
-    _assert_one_line_error(runner.invoke(ctl, ["embed-catalog", *args, "--incremental"]), "--base",
-                           prefix="ctl")
+    assert_one_line_error(runner.invoke(ctl, ["embed-catalog", *args, "--incremental"]), "--base",
+                          prefix="ctl")
     run(manifest, ckpt, tmp_path / "o")
-    _assert_one_line_error(runner.invoke(ctl, ["embed-catalog", *args, "--incremental", "--base", str(tmp_path / "o")]),
-                           "same folder", prefix="ctl embed-catalog")
-    _assert_one_line_error(runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "none"),
+    assert_one_line_error(runner.invoke(ctl, ["embed-catalog", *args, "--incremental", "--base", str(tmp_path / "o")]),
+                          "same folder", prefix="ctl embed-catalog")
+    assert_one_line_error(runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "none"),
                                                                 "--remove", "p0001"]),
                            "does not exist", prefix="update-index")
     build_index(tmp_path / "o", tmp_path / "idx", **FAST)
-    _assert_one_line_error(runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "idx")]),
-                           "nothing to apply; give --embeddings and/or --remove", prefix="update-index")
+    assert_one_line_error(runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "idx")]),
+                          "nothing to apply; give --embeddings and/or --remove", prefix="update-index")
     result = runner.invoke(update_index_command, ["--index-dir", str(tmp_path / "idx"), "--remove", "p0001,p0002"])
     assert result.exit_code == 0, result.output
     assert ProductIndex.load(tmp_path / "idx").n == 2 and "a full rebuild is due" in result.output
@@ -117,10 +117,9 @@ def test_incremental_flags_and_update_index_errors(tmp_path, ckpt):
 
 @pytest.mark.parametrize("engine", ["local"])
 def test_a_base_from_another_checkpoint_is_refused(tmp_path, ckpt, engine):
-    from tests.jobs.catalog.test_embed_catalog import _new_checkpoint
     rows = _catalogue(tmp_path / "cat", 3)
-    manifest = _write_manifest(tmp_path / "cat", rows)
-    other = _new_checkpoint(tmp_path / "other.pt", seed=5)
+    manifest = write_manifest(tmp_path / "cat", rows)
+    other = new_checkpoint(tmp_path / "other.pt", seed=5)
     run(manifest, other, tmp_path / "base")
     with pytest.raises(Exception, match="another checkpoint"):
         run(manifest, ckpt, tmp_path / "new", base=tmp_path / "base", engine=engine)

@@ -20,7 +20,7 @@ from jobs.catalog.decode_merge import Merge, plan_tasks
 from jobs.catalog.pillow_decoders import PillowDecoders, chunk_size
 from jobs.catalog.shm_ring import SlotRing
 from pipeline.images import image_to_tensor, load_image
-from tests.jobs.catalog.test_embed_catalog import ROOT, SIZE, ckpt, make_bad_catalog, make_catalog  # noqa: F401
+from tests.jobs.catalog.catalogs import ROOT, SIZE, make_bad_catalog, make_catalog
 
 CPU = torch.device("cpu")
 
@@ -178,7 +178,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_killed_job_leaves_no_shared_memory_segment_and_no_worker(tmp_path, ckpt):  # noqa: F811
+def test_a_killed_job_leaves_no_shared_memory_segment_and_no_worker(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 240, seed=3)
     out = tmp_path / "emb"
     shm_before = set(os.listdir("/dev/shm"))

@@ -12,22 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 
 from index.embedding_shards import MANIFEST
-from tests.jobs.catalog.test_embed_catalog import (  # noqa: F401 - ckpt, one_thread: fixtures used here
+from tests.jobs.catalog.catalogs import (
     ROOT,
     SIZE,
-    _assert_one_line_error,
-    ckpt,
+    assert_one_line_error,
     embeddings_of,
     kill_after_first_shard,
     make_bad_catalog,
     make_catalog,
-    one_thread,
     read_shards,
     run,
 )
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install '.[ray]')")
-pytestmark = pytest.mark.timeout(300)      # a Ray pipeline that waits for resources fails instead of hanging
+# a Ray pipeline that waits for resources fails instead of hanging
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,8 @@ def test_killed_ray_run_resumes_to_the_clean_result(tmp_path, ckpt, local_ray):
     cmd = [sys.executable, "-m", "jobs.catalog.embed_catalog", "--manifest", str(manifest), "--checkpoint", str(ckpt),
            "--out", str(resumed), "--shard-size", "20", "--batch-size", "4", "--device", "cpu",
            "--image-size", str(SIZE), "--engine", "ray", "--workers", "1", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("RAY_ADDRESS", None)
     # its own session: the kill takes the driver and the local Ray instance it started, nothing else
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -104,7 +104,7 @@ def test_ray_flags_need_the_ray_engine(tmp_path, ckpt):
     from jobs.catalog.embed_catalog import embed_catalog_command
     manifest = make_catalog(tmp_path / "cat", 3)
     args = ["--manifest", str(manifest), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--quiet"]
-    _assert_one_line_error(CliRunner().invoke(embed_catalog_command, [*args, "--num-gpus-per-worker", "1"]),
-                           "--engine ray")
-    _assert_one_line_error(CliRunner().invoke(embed_catalog_command, [*args, "--engine", "ray", "--workers", "0"]),
-                           "--workers must be at least 1")
+    assert_one_line_error(CliRunner().invoke(embed_catalog_command, [*args, "--num-gpus-per-worker", "1"]),
+                          "--engine ray")
+    assert_one_line_error(CliRunner().invoke(embed_catalog_command, [*args, "--engine", "ray", "--workers", "0"]),
+                          "--workers must be at least 1")

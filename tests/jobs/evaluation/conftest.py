@@ -1,3 +1,13 @@
-"""Fixtures of the evaluation tests: the tiny sample and run the training tests share, and a sample that learns."""
-from tests.jobs.evaluation.learning_run import learned  # noqa: F401
-from tests.jobs.training.tiny_run import sample, trained  # noqa: F401
+"""Fixtures of the evaluation tests: a sample that learns (the tiny sample and run are tests/jobs/conftest.py's)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.evaluation.learning_run import learning_run
+
+
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory) -> tuple[Path, dict]:
+    return learning_run(tmp_path_factory)

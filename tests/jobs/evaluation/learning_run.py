@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from jobs.data.sample import generate
 from jobs.evaluation.evaluate import run_evaluation
 from jobs.training.config import TrainConfig
@@ -30,8 +28,3 @@ def learning_run(tmp_path_factory) -> tuple[Path, dict]:
     generate(root / "sample", seed=3, scenes=48, products=210, categories=8, image_size=64, workers=1, progress=False)
     train(root / "sample", run, config=LEARNING_CFG, progress=False)
     return run, run_evaluation(run, plots=False, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def learned(tmp_path_factory) -> tuple[Path, dict]:
-    return learning_run(tmp_path_factory)

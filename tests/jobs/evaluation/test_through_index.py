@@ -10,13 +10,13 @@ from jobs.evaluation.through_index import ranking_figures, smallest_cut, through
 from pipeline.evaluation import Query
 from pipeline.images import load_image
 from pipeline.scene_crops import exclude_product
-from tests.retrieval.test_retriever import CATEGORIES, PER_CATEGORY, exhaustive, ranked, retriever, world  # noqa: F401
+from tests.retrieval.world import CATEGORIES, PER_CATEGORY, exhaustive, ranked
 
 BOX = (0.1, 0.2, 0.45, 0.6)
 
 
 @pytest.fixture(scope="module")
-def queries(world):  # noqa: F811
+def queries(world):
     """Six pairs: in each scene, one positive of each category (duck-typed dataset and queries)."""
     scenes = {f"s{j}": path for j, path in enumerate(world.scenes)}
     chosen = [i for i in range(len(world.product_ids)) if i % 7 in (0, 4)][:6]
@@ -28,13 +28,13 @@ def queries(world):  # noqa: F811
     return dataset, qs
 
 
-def report(world, retriever, queries, **kw):  # noqa: F811
+def report(world, retriever, queries, **kw):
     dataset, qs = queries
     return through_index_report(dataset, qs, checkpoint=world.checkpoint, index_dir=world.index_dir, exclusion="mask",
                                 retriever=retriever, **kw)
 
 
-def test_the_exhaustive_ranking_is_the_oracles(world, retriever, queries):  # noqa: F811
+def test_the_exhaustive_ranking_is_the_oracles(world, retriever, queries):
     dataset, qs = queries
     ranks = []
     for q in qs:
@@ -49,20 +49,20 @@ def test_the_exhaustive_ranking_is_the_oracles(world, retriever, queries):  # no
                                                                "positive not in the index": 0}
 
 
-def test_with_every_product_as_candidate_two_stage_equals_exhaustive(world, retriever, queries):  # noqa: F811
+def test_with_every_product_as_candidate_two_stage_equals_exhaustive(world, retriever, queries):
     got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2)
     assert got["two_stage"] == got["exhaustive"] and got["two_stage_cut_positives"] == 0
     assert got["products_per_category"] == {c: PER_CATEGORY for c in CATEGORIES}
 
 
 @pytest.mark.parametrize("c", [1, 2, 3])
-def test_with_few_candidates_two_stage_is_never_higher(world, retriever, queries, c):  # noqa: F811
+def test_with_few_candidates_two_stage_is_never_higher(world, retriever, queries, c):
     got = report(world, retriever, queries, candidates=c, k=1, cut_factors=(1,))
     for metric, value in got["two_stage"].items():
         assert value <= got["exhaustive"][metric] + 1e-12, metric
 
 
-def test_the_candidate_cut_curve_rises_to_full_overlap(world, retriever, queries):  # noqa: F811
+def test_the_candidate_cut_curve_rises_to_full_overlap(world, retriever, queries):
     got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2, cut_factors=(1, 2, 5, 10))
     for name in ("per_category", "flat"):
         curve = got["candidate_cut"][name]

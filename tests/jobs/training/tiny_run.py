@@ -1,14 +1,12 @@
 """The tiny generated sample and frozen-mode run that the training and evaluation tests share.
 
-Both are made once per test session under pytest's base temp folder and reused from disk (the
-evaluation tests import these helpers too); a test that writes into a run works on a copy.
+Both are made once per test session under pytest's base temp folder and reused from disk (the fixtures
+`sample` and `trained` in tests/jobs/conftest.py); a test that writes into a run works on a copy.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-import pytest
 
 from jobs.data.sample import generate
 from jobs.training.config import TrainConfig
@@ -42,13 +40,3 @@ def copy_run(run: Path, dst: Path, *, cache_only: bool = False) -> Path:
     else:
         shutil.copytree(run, dst, dirs_exist_ok=True)
     return dst
-
-
-@pytest.fixture(scope="session")
-def sample(tmp_path_factory) -> Path:
-    return tiny_sample(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> tuple[Path, TrainSummary]:
-    return tiny_run(tmp_path_factory)

@@ -12,7 +12,7 @@ from jobs.cli import main
 from jobs.data.layouts import CATALOG, DONE_FILE, PRODUCT_DIR, SAMPLE_CATEGORIES, SAMPLE_PAIRS, SCENE_DIR
 from jobs.data.sample import generate, generator
 from jobs.data.sample.shapes import CATEGORIES
-from tests.jobs.data.sample.conftest import SMALL, read_pairs
+from tests.jobs.data.sample.small_sample import SMALL, read_pairs
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 

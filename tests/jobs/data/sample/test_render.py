@@ -9,7 +9,7 @@ from jobs.data.layouts import PRODUCT_DIR, SCENE_DIR
 from jobs.data.sample import generate
 from jobs.data.sample.plans import ScenePlan, plan_scene
 from jobs.data.sample.render import render_scene
-from tests.jobs.data.sample.conftest import SMALL, read_pairs
+from tests.jobs.data.sample.small_sample import SMALL, read_pairs
 
 
 def _pixels(path):
