@@ -16,7 +16,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser test test-slow lint sample-data train evaluate embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
+.PHONY: help install browser test test-slow lint sample-data train evaluate quality embed-catalog build-index demo update-demo serve bench gpu-wheels stl-fashion clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ embed-catalog: $(STAMP) | $(RUN)/checkpoint.pt ## embed the catalogue into parqu
 
 build-index: embed-catalog ## build the FAISS index from the embedding shards
 	$(BIN)/ctl build-index --embeddings $(EMB) --out $(IDX)
+
+quality: $(STAMP) | $(SAMPLE)/catalog.parquet ## the three-seed headline table (resumable; tens of minutes on 2 cores): data/quality/quality.md
+	$(BIN)/ctl quality --data $(SAMPLE) --out data/quality --seeds 0,1,2
 
 demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval
 	$(BIN)/ctl demo

@@ -15,6 +15,7 @@ JOBS = {
     "sample-data": "jobs.data.sample.generator:sample_data_command",
     "train": "jobs.training.train:train_command",
     "evaluate": "jobs.evaluation.evaluate:evaluate_command",
+    "quality": "jobs.evaluation.quality:quality_command",
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
     "build-index": "jobs.catalog.build_index:build_index_command",
     "update-index": "jobs.catalog.update_index:update_index_command",

@@ -236,5 +236,8 @@ def demo_command(seed: int, k: int, device: str) -> None:
     if product is not None:
         click.echo(f"  {retrieve} --scene {q(str(scene))} --product {q(product)}   # does it complete the look?")
     click.echo(f"  {retrieve} --scene YOUR_PHOTO.jpg --format json")
+    click.echo("      (note: the demo's model learnt from the generated sample only, so on a real photo its")
+    click.echo("      presence and recommendations mean little; for real photos train on real looks:")
+    click.echo("      `ctl data stl` + `ctl data fetch`, or your own catalogue with `ctl data catalog`)")
     click.echo("  make evaluate   # FITB and HR@K of hybrid vs global vs local distances on the test split")
     click.echo("  make bench      # query latency against one backbone forward, and job throughput")

@@ -17,6 +17,7 @@ from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
 from common.naming import short_category
 from jobs.cli_errors import OneLineCommand
+from pipeline.checkpoint import SAMPLE_MODEL_NOTE
 from pipeline.images import ImageError, load_image
 from retrieval.contact_sheet import render_look_sheet, render_sheet
 from retrieval.retriever import Retriever
@@ -180,6 +181,8 @@ def main(ctx, scene, look, include_present, products, k, candidates, category, f
     except OSError as exc:
         raise InputError(f"scene {scene}: cannot read ({exc.strerror or exc})") from None
     retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+    if retriever.checkpoint.training_data == "sample":
+        click.echo(f"note: {SAMPLE_MODEL_NOTE}", err=True)
     if products:
         result = retriever.compatibility(img, list(products))
         if result.threshold is None:

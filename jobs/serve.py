@@ -13,7 +13,7 @@ import uvicorn
 from common import defaults
 from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
-from jobs.cli_errors import OneLineCommand
+from jobs.cli_errors import OneLineCommand, release_logs
 from jobs.data.datasets import load_dataset
 from jobs.training.run_layout import RunLayout
 from retrieval.retriever import Retriever
@@ -88,7 +88,9 @@ def device_name(ctx, param, value: str) -> str:
               help="0 picks a free port (printed at start)")
 @click.option("--device", default="auto", show_default=True, callback=device_name, help="auto, cpu, cuda or cuda:N")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch threads of the model executor's forward [default: CPU every usable core, GPU 1]")
+              help="torch threads of the forward of a lone scene [default: CPU every usable core, GPU 1]")
+@click.option("--batch-threads", type=click.IntRange(min=1), default=None,
+              help="torch threads of the forward of a batch of several [default: CPU every usable core, GPU 1]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="most scenes per backbone forward: the executor batches what is waiting, never waits for "
                    "more [default: CPU 4, GPU 64]")
@@ -118,17 +120,19 @@ def device_name(ctx, param, value: str) -> str:
               show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="one log line per request")
 def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, threads: int | None,
-                  max_batch: int | None, pad_batches: bool | None, decode_threads: int | None,
-                  pipeline: bool | None, queue_size: int,
+                  batch_threads: int | None, max_batch: int | None, pad_batches: bool | None,
+                  decode_threads: int | None, pipeline: bool | None, queue_size: int,
                   max_upload_mb: float, watch_interval: float, reload_token: str | None, examples: str,
                   trace: bool, log_level: str, access_log: bool) -> None:
     """Serve the HTTP API (/v1/look, /v1/retrieve, ...) and the page at / until interrupted."""
     device = str(resolve_device(device))
     settings = ServeSettings.for_device(
-        device, threads=threads, max_batch=max_batch, pad_batches=pad_batches, decode_threads=decode_threads,
+        device, threads=threads, batch_threads=batch_threads, max_batch=max_batch, pad_batches=pad_batches,
+        decode_threads=decode_threads,
         pipeline=pipeline,
         queue_size=queue_size, max_upload_bytes=int(max_upload_mb * 2**20), watch_interval_s=watch_interval,
         reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint), trace=trace)
+    release_logs()   # a long-running server logs with times and levels, at --log-level
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
@@ -152,7 +156,8 @@ def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str,
     index = retriever.index
     click.echo(f"serving http://{url_host}:{bound_port} ({index.version or 'flat index'}, {index.n:,} products, "
                f"{len(retriever.categories)} categories; {device}: one model executor, {settings.threads} "
-               f"thread(s){', traced' if retriever.traced else ''}, batches up to {settings.max_batch}"
+               f"thread(s) alone / {settings.batch_threads or settings.threads} batched"
+               f"{', traced' if retriever.traced else ''}, batches up to {settings.max_batch}"
                f"{' padded' if settings.pad_batches else ''}, {settings.decode_threads} decode thread(s), "
                f"queue {settings.queue_size}; {len(settings.examples)} examples; admin reload "
                f"{'on' if settings.reload_token else 'off'})", err=True)

@@ -142,6 +142,20 @@ def best_f1_threshold(p, y, w=None) -> float:
     return float(ps[ends[int(np.argmax(f1))]])     # argmax takes the first: the highest threshold of the best
 
 
+def precision_threshold(p, y, *, precision: float, min_yes: int = 1) -> float | None:
+    """The lowest threshold t whose decision p >= t has precision >= `precision` while saying yes to at least
+    `min_yes` samples: the most recall at that precision. None when no threshold reaches it."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=bool)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"p and y must be vectors of one length, got {p.shape} and {y.shape}")
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    tp, said = np.cumsum(ys), np.arange(1, len(ps) + 1)
+    ends = np.r_[np.nonzero(np.diff(ps))[0], len(ps) - 1] if len(ps) else np.zeros(0, dtype=int)
+    ok = ends[(tp[ends] >= precision * said[ends]) & (said[ends] >= min_yes)]
+    return float(ps[ok[-1]]) if len(ok) else None
+
+
 def reliability(p, y, w=None, *, bins: int = BINS) -> list[dict]:
     """Per equal-width probability bin: its range, weight share, mean predicted probability and observed rate."""
     p, y, w = _check(p, y, w)

@@ -16,6 +16,10 @@ from pipeline.embedder import PresenceHead, StyleEmbedder, build_embedder
 
 FORMAT = "complete-the-look/checkpoint-v1"
 CONFIG_FILE = "config.json"   # the run's config, written beside the checkpoint as JSON
+# What a model trained on the generated sample can and cannot do, in words a command or the page can show.
+SAMPLE_MODEL_NOTE = ("this model learnt from the generated sample looks only (rendered shapes and patterns): "
+                     "on a real photo its presence and recommendations mean little. Train on real looks for that: "
+                     "`ctl data stl` + `ctl data fetch` (Shop the Look), or your own catalogue (`ctl data catalog`)")
 
 
 class CheckpointError(ArtifactError):
@@ -39,6 +43,11 @@ class Checkpoint:
     def has_presence(self) -> bool:
         """Whether the checkpoint carries a category-presence head."""
         return self.embedder.presence is not None
+
+    @property
+    def hybrid_form(self) -> str:
+        """"fitted" (per-category local weights from validation) or "paper" (d_h = (d_g + d_l) / 2)."""
+        return str(self.extra.get("hybrid", {}).get("form", "paper"))
 
     @property
     def training_data(self) -> str:
@@ -132,6 +141,12 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
                      "counts as missing from the scene; retrain with `ctl train` to add it")
     missing, unexpected = embedder.load_state_dict(payload["heads"], strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
+    if "presence.threshold" in missing:    # a presence head older than per-category thresholds: 0.5 for all
+        missing.remove("presence.threshold")
+    if "hybrid_local_weight" in missing:   # older than fitted hybrid weights: the paper's form, w = 1/2
+        missing.remove("hybrid_local_weight")
+        notes.append(f"{path} has no fitted hybrid weights (trained before them): its hybrid distance is the "
+                     "paper's (d_g + d_l) / 2")
     if missing or unexpected:
         raise CheckpointError(f"{path}: head weights do not match the model (missing {missing}, unexpected {unexpected})")
     if with_backbone and stored_backbone:

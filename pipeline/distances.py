@@ -1,10 +1,14 @@
-"""The one definition of the global, attention, local and hybrid distances and the triplet loss.
+"""The one definition of the global, attention, local and hybrid distances and the training losses.
 
 Shapes follow one batched convention so training (pairs, M=1 or 2), evaluation (one scene against
 its candidates) and serving (one scene against C candidates) share the same code:
   f_s: B x d scene-global embeddings      f_i: B x R x d scene-region embeddings
   f_p: B x M x d product embeddings       e_c: B x M x d category embedding of each product
 A distance comes back as B x M; attention weights as B x M x R.
+
+The hybrid distance is d_h = (1 - w) d_g + w d_l with a local weight w per candidate (B x M, or a
+scalar). The paper's form is w = 1/2 everywhere (PAPER_LOCAL_WEIGHT); a checkpoint may carry one w
+per category, fitted on validation (pipeline.evaluation.fit_local_weights).
 """
 from __future__ import annotations
 
@@ -57,16 +61,32 @@ def local_distance(f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor) -> t
     return (weights * pairwise_squared_l2(f_p, f_i)).sum(-1)
 
 
-def hybrid_distance(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor) -> torch.Tensor:
-    """d_h = (d_g + d_l) / 2 -> B x M."""
-    return 0.5 * (global_distance(f_s, f_p) + local_distance(f_i, f_p, e_c))
+PAPER_LOCAL_WEIGHT = 0.5
+# Squared distances on the unit sphere lie in [0, 4]: T = 0.1 turns a 0.2 gap (the triplet margin) into e^2.
+TEMPERATURE = 0.1
 
 
-def all_distances(f_s, f_i, f_p, e_c) -> dict[str, torch.Tensor]:
-    """Global, local and hybrid distances at once (the attention is computed once)."""
+def combine(d_g: torch.Tensor, d_l: torch.Tensor, local_weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """d_h = (1 - w) d_g + w d_l, w broadcast against B x M (None: the paper's 1/2)."""
+    if local_weight is None:
+        return PAPER_LOCAL_WEIGHT * (d_g + d_l)
+    w = torch.as_tensor(local_weight, dtype=d_g.dtype, device=d_g.device)
+    if w.ndim and w.shape != d_g.shape:
+        raise ValueError(f"local_weight must be a scalar or {tuple(d_g.shape)}, got {tuple(w.shape)}")
+    return (1.0 - w) * d_g + w * d_l
+
+
+def hybrid_distance(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor,
+                    local_weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """d_h = (1 - w) d_g + w d_l -> B x M (w: B x M local weights, a scalar, or None for the paper's 1/2)."""
+    return combine(global_distance(f_s, f_p), local_distance(f_i, f_p, e_c), local_weight)
+
+
+def all_distances(f_s, f_i, f_p, e_c, local_weight: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
+    """Global, local, hybrid (with `local_weight`) and paper (w = 1/2) distances at once (one attention)."""
     d_g = global_distance(f_s, f_p)
     d_l = local_distance(f_i, f_p, e_c)
-    return {"global": d_g, "local": d_l, "hybrid": 0.5 * (d_g + d_l)}
+    return {"global": d_g, "local": d_l, "hybrid": combine(d_g, d_l, local_weight), "paper": combine(d_g, d_l)}
 
 
 def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float = defaults.MARGIN) -> torch.Tensor:
@@ -76,3 +96,16 @@ def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float = defau
         raise ValueError(f"d_neg must be B or B x K with B={d_pos.shape[0]}, got shape {tuple(d_neg.shape)}")
     pos = d_pos if d_neg.ndim == 1 else d_pos.unsqueeze(1)
     return torch.relu(pos - d_neg + margin).mean()
+
+
+def softmax_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    """Multi-negative (InfoNCE) loss: mean over rows of -log softmax(-d / T)[positive]; d_pos: B, d_neg: B x K.
+
+    Every negative of a row pulls on the gradient in proportion to how close it is, where the triplet
+    loss sees each negative alone and stops at the margin.
+    """
+    _check("d_pos", d_pos, 1, "B")
+    _check("d_neg", d_neg, 2, "B x K")
+    _check_same("d_pos", d_pos.shape[0], "d_neg", d_neg.shape[0], "batch size B")
+    logits = -torch.cat([d_pos.unsqueeze(1), d_neg], dim=1) / temperature
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(d_pos), dtype=torch.long, device=d_pos.device))

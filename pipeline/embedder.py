@@ -9,6 +9,7 @@ from torch import nn
 
 from common import defaults
 from pipeline.backbones import BACKBONE_CHANNELS, Backbone, build_backbone, pooled
+from pipeline.distances import PAPER_LOCAL_WEIGHT
 
 
 class PresenceHead(nn.Module):
@@ -25,6 +26,9 @@ class PresenceHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_categories))
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("scale", torch.ones(channels))
+        # Per category: the probability at which it counts as present (fitted on validation for precision
+        # of "present"; 0.5 everywhere until then, and in checkpoints older than the fit).
+        self.register_buffer("threshold", torch.full((n_categories,), defaults.PRESENCE_THRESHOLD))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """N x C pooled features -> N x K logits."""
@@ -72,6 +76,9 @@ class StyleEmbedder(nn.Module):
         self.scene_local = nn.Linear(channels, dim)
         self.product = _mlp(channels, hidden, dim, dropout)
         self.category = nn.Embedding(len(self.categories), dim)
+        # The hybrid distance's local weight per category, d_h = (1 - w) d_g + w d_l: the paper's 1/2 until
+        # fitted on validation after training (a buffer, so it travels in the checkpoint with the heads).
+        self.register_buffer("hybrid_local_weight", torch.full((len(self.categories),), PAPER_LOCAL_WEIGHT))
         # Optional, and attached only after the style heads are trained (attach_presence): checkpoints
         # written before it existed load without it.
         self.presence: PresenceHead | None = None
@@ -124,6 +131,21 @@ class StyleEmbedder(nn.Module):
     def category_embeddings(self, index: torch.Tensor) -> torch.Tensor:
         """e_c for category indices of any shape -> shape + (d,)."""
         return F.normalize(self.category(index), dim=-1)
+
+    def local_weights(self, index: torch.Tensor) -> torch.Tensor:
+        """The hybrid distance's local weight w for category indices of any shape -> that shape."""
+        return self.hybrid_local_weight[index]
+
+    def local_weights_by_name(self) -> dict[str, float]:
+        """Category name -> the hybrid distance's local weight w."""
+        return {c: float(w) for c, w in zip(self.categories, self.hybrid_local_weight.tolist())}
+
+    def set_local_weights(self, weights: dict[str, float]) -> None:
+        """Set the hybrid distance's local weight per category name (each in [0, 1]; others unchanged)."""
+        for name, w in weights.items():
+            if not 0.0 <= w <= 1.0:
+                raise ValueError(f"local weight of {name!r} must be in [0, 1], got {w}")
+            self.hybrid_local_weight[self.category_to_index[name]] = float(w)
 
     def category_indices(self, names: Sequence[str]) -> torch.Tensor:
         unknown = sorted({n for n in names if n not in self.category_to_index})

@@ -14,15 +14,22 @@ import torch
 
 from common import defaults
 from common.seeds import seed_from_key
-from pipeline.distances import all_distances
+from pipeline.distances import PAPER_LOCAL_WEIGHT, all_distances
 from pipeline.metrics import expected_fitb, fitb_correct, hit_rates, paired_bootstrap, positive_rank
 from pipeline.negatives import negative_pools
 
-METHODS = ("hybrid", "global", "local", "backbone")
+METHODS = ("hybrid", "paper", "global", "local", "backbone")
 FITB_NEGATIVES = 3
 RANK_NEGATIVES = 999
 KS = (1, 10, 50)
-COMPARISONS = (("hybrid", "backbone"), ("hybrid", "global"), ("hybrid", "local"))
+COMPARISONS = (("hybrid", "backbone"), ("hybrid", "global"), ("hybrid", "local"), ("hybrid", "paper"),
+               ("paper", "global"), ("paper", "local"))
+# Fitting the hybrid's local weight on validation: a grid over [0, 1]; the paper's 1/2 is kept unless another
+# weight beats it by more than WEIGHT_TOLERANCE in mean per-query (expected FITB + hit@10), and a category
+# gets a weight of its own only with at least MIN_CATEGORY_QUERIES validation queries (else the global fit).
+WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+WEIGHT_TOLERANCE = 0.05
+MIN_CATEGORY_QUERIES = 15
 
 CategoryEmbedding = Callable[[str], torch.Tensor]
 
@@ -87,8 +94,12 @@ def category_lookup(embedder) -> CategoryEmbedding:
 
 
 def distance_matrices(emb: QueryEmbeddings, queries: list[Query], category_embedding: CategoryEmbedding,
-                      methods=METHODS, chunk: int = 32) -> dict[str, np.ndarray]:
+                      methods=METHODS, chunk: int = 32, local_weights: dict[str, float] | None = None
+                      ) -> dict[str, np.ndarray]:
     """Distances of each query to its candidates under each method -> {method: Q x P}, lower = closer.
+
+    "hybrid" uses `local_weights` (category name -> w, the checkpoint's; None or a missing category: the
+    paper's 1/2), "paper" always w = 1/2.
 
     Learned methods go through `pipeline.distances.all_distances`, queries grouped by category so each
     group is scored only against the union of its candidates; their entries for any other product are
@@ -115,12 +126,13 @@ def distance_matrices(emb: QueryEmbeddings, queries: list[Query], category_embed
                            for p in (queries[qi].product_id, *queries[qi].rank_negatives, *queries[qi].fitb_negatives)})
             f_p_all = emb.product_emb[cols]
             e_c_one = category_embedding(category)
+            w = (local_weights or {}).get(category, PAPER_LOCAL_WEIGHT)
             for start in range(0, len(members), chunk):
                 rows = members[start:start + chunk]
                 b = len(rows)
                 f_p = f_p_all.unsqueeze(0).expand(b, -1, -1)
                 e_c = e_c_one.reshape(1, 1, -1).expand(b, len(cols), -1)
-                d = all_distances(emb.scene_global[rows], emb.scene_regions[rows], f_p, e_c)
+                d = all_distances(emb.scene_global[rows], emb.scene_regions[rows], f_p, e_c, local_weight=w)
                 for m in learned:
                     out[m][np.ix_(rows, cols)] = d[m].numpy()
     return out
@@ -132,14 +144,14 @@ def candidate_columns(emb: QueryEmbeddings, query: Query) -> list[int]:
 
 
 def per_query_scores(queries: list[Query], emb: QueryEmbeddings, category_embedding: CategoryEmbedding,
-                     methods=METHODS, matrices: dict[str, np.ndarray] | None = None
-                     ) -> dict[str, dict[str, np.ndarray]]:
+                     methods=METHODS, matrices: dict[str, np.ndarray] | None = None,
+                     local_weights: dict[str, float] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Per method, one value per query: FITB hit (sampled negatives), expected FITB and the positive's rank.
 
     `matrices`: the queries' distance matrices when the caller has them already (distance_matrices).
     """
     if matrices is None:
-        matrices = distance_matrices(emb, queries, category_embedding, methods)
+        matrices = distance_matrices(emb, queries, category_embedding, methods, local_weights=local_weights)
     out = {}
     for method, dist in matrices.items():
         fitb, fitb_expected, ranks = [], [], []
@@ -180,9 +192,10 @@ def summarise(scores: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def score_queries(queries: list[Query], emb: QueryEmbeddings, category_embedding: CategoryEmbedding,
-                  methods=METHODS) -> dict:
+                  methods=METHODS, local_weights: dict[str, float] | None = None) -> dict:
     """FITB, expected FITB and HR@K per method. `category_embedding(name)` -> d tensor."""
-    return {m: summarise(s) for m, s in per_query_scores(queries, emb, category_embedding, methods).items()}
+    scores = per_query_scores(queries, emb, category_embedding, methods, local_weights=local_weights)
+    return {m: summarise(s) for m, s in scores.items()}
 
 
 def compare_methods(scores: dict[str, dict[str, np.ndarray]], seed: int = defaults.SEED) -> dict:
@@ -195,3 +208,51 @@ def compare_methods(scores: dict[str, dict[str, np.ndarray]], seed: int = defaul
                 "hr@10": paired_bootstrap(scores[a]["rank"] < 10, scores[b]["rank"] < 10, seed=seed),
             }
     return out
+
+
+def weight_grid_scores(d_global: np.ndarray, d_local: np.ndarray, queries: list[Query], emb: QueryEmbeddings,
+                       grid=WEIGHT_GRID) -> np.ndarray:
+    """Q x len(grid): each query's expected FITB + hit@10 under d_h = (1 - w) d_g + w d_l for each w of `grid`."""
+    out = np.zeros((len(queries), len(grid)))
+    for qi, query in enumerate(queries):
+        cols = candidate_columns(emb, query)
+        g, loc = d_global[qi, cols].astype(np.float64), d_local[qi, cols].astype(np.float64)
+        for wi, w in enumerate(grid):
+            d = (1.0 - w) * g + w * loc
+            out[qi, wi] = expected_fitb(d, FITB_NEGATIVES) + float(positive_rank(d) < 10)
+    return out
+
+
+def _pick_weight(scores: np.ndarray, grid, tolerance: float) -> float:
+    """The grid weight of the best mean score (the one nearest 1/2 among ties); 1/2 unless it wins by > tolerance."""
+    means = scores.mean(axis=0)
+    best = max(range(len(grid)), key=lambda i: (round(float(means[i]), 12), -abs(grid[i] - PAPER_LOCAL_WEIGHT)))
+    paper = min(range(len(grid)), key=lambda i: abs(grid[i] - PAPER_LOCAL_WEIGHT))
+    return float(grid[best]) if means[best] - means[paper] > tolerance else float(grid[paper])
+
+
+def fit_local_weights(d_global: np.ndarray, d_local: np.ndarray, queries: list[Query], emb: QueryEmbeddings, *,
+                      grid=WEIGHT_GRID, tolerance: float = WEIGHT_TOLERANCE,
+                      min_queries: int = MIN_CATEGORY_QUERIES) -> dict:
+    """The hybrid's local weight per category, fitted on (validation) queries' global and local matrices.
+
+    Returns {"weights": {category: w}, "global_weight": w over all queries, "per_category_fitted": [names],
+    "n_queries": {category: n}}; a category with fewer than `min_queries` queries takes the global weight.
+    """
+    if not queries:
+        raise ValueError("no queries to fit the hybrid weights on")
+    scores = weight_grid_scores(d_global, d_local, queries, emb, grid)
+    overall = _pick_weight(scores, grid, tolerance)
+    rows: dict[str, list[int]] = {}
+    for qi, query in enumerate(queries):
+        rows.setdefault(query.category, []).append(qi)
+    weights, own = {}, []
+    for category, members in sorted(rows.items()):
+        if len(members) >= min_queries:
+            weights[category] = _pick_weight(scores[members], grid, tolerance)
+            own.append(category)
+        else:
+            weights[category] = overall
+    return {"weights": weights, "global_weight": overall, "per_category_fitted": own,
+            "n_queries": {c: len(m) for c, m in sorted(rows.items())}, "grid": list(grid), "tolerance": tolerance,
+            "min_category_queries": min_queries, "score": "mean per-query expected FITB + hit@10"}

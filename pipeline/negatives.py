@@ -1,4 +1,4 @@
-"""Negatives of the paper's protocol: products of the positive's category that are not in the scene.
+"""Negatives of the paper's protocol: products of the positive's category that are not in the scene, and mining.
 
 Training and evaluation draw their negatives from pools made here, so "same category, not in this
 scene" has one definition. The dataset is duck-typed: `pairs` (scene_id, product_id) and
@@ -37,3 +37,32 @@ def draw_negatives(rng: np.random.Generator, pool: list[str], k: int) -> list[st
         raise ValueError("cannot draw negatives from an empty pool")
     picks = rng.choice(len(pool), size=k, replace=len(pool) < k)
     return [pool[i] for i in picks]
+
+
+def nearest_negatives(pools: dict[int, list[str]], distances: dict[int, np.ndarray], hardest: int
+                      ) -> dict[int, list[str]]:
+    """Hard-negative mining: for each pair, the `hardest` products of its pool nearest to its scene.
+
+    `distances[j]` holds the model's distance from pair j's scene to each product of `pools[j]`, in pool
+    order. Only the pool is searched (same category, not in the scene: never the positive), and ties keep
+    pool order (a stable sort), so the same model and pools mine the same negatives on every run.
+    """
+    if hardest < 1:
+        raise ValueError(f"hardest must be >= 1, got {hardest}")
+    out = {}
+    for j, pool in pools.items():
+        d = np.asarray(distances[j], dtype=np.float64)
+        if d.shape != (len(pool),):
+            raise ValueError(f"pair {j}: {d.shape[0] if d.ndim else 0} distances for a pool of {len(pool)}")
+        out[j] = [pool[i] for i in np.argsort(d, kind="stable")[:hardest]]
+    return out
+
+
+def draw_mined(rng: np.random.Generator, pool: list[str], hard: list[str], k: int) -> list[str]:
+    """`k` negatives: half (rounded up) from the mined `hard` ones, the rest at random from the whole `pool`.
+
+    Random ones stay in the mix: hard negatives alone include the look-alikes the labels cannot tell
+    apart (a false negative is the nearest "wrong" product more often than not).
+    """
+    n_hard = (k + 1) // 2
+    return draw_negatives(rng, hard, n_hard) + draw_negatives(rng, pool, k - n_hard)

@@ -4,11 +4,11 @@ Stage 1 searches the product index by inner product with the scene's global embe
 vectors d_g = ||f_s - f_p||^2 = 2 - 2 <f_s, f_p>, so the inner-product order is the d_g order.
 Stage 2 computes global, local and hybrid distances of the C candidates with
 :func:`pipeline.distances.all_distances` (the one definition of the distances), using each candidate's
-row-aligned embedding from ``embeddings.f16.npy`` and the checkpoint's embedding of its category, and
-keeps the k smallest hybrid distances.
+row-aligned embedding from ``embeddings.f16.npy``, the checkpoint's embedding of its category and its
+hybrid local weight w for that category, and keeps the k smallest hybrid distances.
 
 Score: ``score = 1 - d_h / 2``. For unit vectors ``1 - d_g / 2`` is the cosine similarity, so the
-score is the mean of the global cosine and the attention-weighted regional cosine: in [-1, 1],
+score is the (w-weighted) mean of the global cosine and the attention-weighted regional cosine: in [-1, 1],
 higher is better, and ordering by score is ordering by hybrid distance.
 """
 from __future__ import annotations
@@ -68,8 +68,12 @@ class Retriever:
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
         self._category_to_index = dict(embedder.category_to_index)
         self._bind(index)
-        self.presence_threshold = float(checkpoint.extra.get("presence", {}).get("threshold",
-                                                                               defaults.PRESENCE_THRESHOLD))
+        recorded = checkpoint.extra.get("presence", {}).get("threshold")
+        self.presence_threshold = float(recorded) if isinstance(recorded, (int, float)) else defaults.PRESENCE_THRESHOLD
+        # Per category, fitted on validation for precision of "present" (the head's buffer; 0.5 in older ones).
+        head = embedder.presence
+        self.presence_thresholds = dict.fromkeys(embedder.categories, self.presence_threshold) if head is None else \
+            dict(zip(embedder.categories, head.threshold.tolist(), strict=True))
         self.calibration, notes = _hybrid_calibration(checkpoint)
         self.notes = [*checkpoint.notes, *notes]   # what this checkpoint's run lacks, in words
 
@@ -241,7 +245,7 @@ class Retriever:
         rows = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
         width = max((len(r) for r in rows), default=0)
         if width == 0:
-            return [{name: np.zeros(0) for name in ("global", "local", "hybrid")} for _ in rows]
+            return [{name: np.zeros(0) for name in ("global", "local", "hybrid", "paper")} for _ in rows]
         filler = next(r[0] for r in rows if len(r))
         padded = np.stack([np.resize(r, width) if len(r) else np.full(width, filler) for r in rows])
         cat_idx = self._row_category[padded]
@@ -252,9 +256,13 @@ class Retriever:
                 f"({', '.join(self.embedder.categories)}); rebuild the index from a catalogue this model knows")
         emb = np.ascontiguousarray(self.index.embeddings(padded.reshape(-1)), dtype=np.float32)
         f_p = torch.from_numpy(emb).to(self.device).reshape(len(rows), width, -1)
-        e_c = self._category_table[torch.from_numpy(cat_idx).to(self.device)]
+        cat_rows = torch.from_numpy(cat_idx).to(self.device)
+        e_c = self._category_table[cat_rows]
         with torch.inference_mode():
-            d = all_distances(f_s.reshape(len(rows), -1), f_i.reshape(len(rows), f_i.shape[-2], -1), f_p, e_c)
+            # the checkpoint's hybrid: its local weight per category (the paper's 1/2 in an older checkpoint)
+            w = self.embedder.local_weights(cat_rows).float()
+            d = all_distances(f_s.reshape(len(rows), -1), f_i.reshape(len(rows), f_i.shape[-2], -1), f_p, e_c,
+                              local_weight=w)
         d = {name: value.double().cpu().numpy() for name, value in d.items()}
         return [{name: value[b, :len(r)] for name, value in d.items()} for b, r in enumerate(rows)]
 
@@ -363,8 +371,8 @@ class Retriever:
             {n: float(scene.presence[self._category_to_index[n]]) for n in names}
         if not presence or by_name:
             return names, presence, {}
-        missing = [n for n in names if presence[n] < self.presence_threshold]
-        present = [n for n in names if presence[n] >= self.presence_threshold]
+        missing = [n for n in names if presence[n] < self.presence_thresholds[n]]
+        present = [n for n in names if presence[n] >= self.presence_thresholds[n]]
         if include_present:
             return missing + present, presence, {}
         return missing, presence, {n: presence[n] for n in present}
@@ -403,7 +411,7 @@ class Retriever:
             p = presence.get(name)
             looks.append(CategoryLook(category=name, hits=self.hits_at(rows_c, d_c, order),
                                       attention=attention_grid(grids[j]), candidates=int(len(rows_c)),
-                                      present=None if p is None else p >= self.presence_threshold,
+                                      present=None if p is None else p >= self.presence_thresholds[name],
                                       presence_probability=p))
         return LookResult(categories=looks, scene=scene.image, left_out=left_out)
 

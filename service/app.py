@@ -36,7 +36,8 @@ from service.swap import IndexSwapper
 
 
 def create_executor(retriever: Retriever, settings: ServeSettings, metrics: ServiceMetrics) -> ModelExecutor:
-    return ModelExecutor(retriever, threads=settings.threads, max_batch=settings.max_batch,
+    return ModelExecutor(retriever, threads=settings.threads, batch_threads=settings.batch_threads,
+                         max_batch=settings.max_batch,
                          queue_size=settings.queue_size, decode_threads=settings.decode_threads,
                          buckets=power_buckets(settings.max_batch) if settings.pad_batches else (),
                          pipeline=settings.pipeline, metrics=metrics)

@@ -105,17 +105,25 @@ def power_buckets(max_batch: int) -> tuple[int, ...]:
 
 
 class ModelExecutor:
-    """The device's one model thread (`threads` torch threads), fed by a decode pool and a bounded queue."""
+    """The device's one model thread, fed by a decode pool and a bounded queue.
+
+    Its forward runs on `threads` torch threads for a lone scene and on `batch_threads` for a batch of
+    several (on a CPU, fewer threads for a batch leave cores to decoding and HTTP and spare an OpenMP
+    team spinning for a descheduled partner: ~10% less CPU per request on 2 busy cores, but less
+    throughput there, so both default to every core; docs/benchmarks-serve.md).
+    """
 
     def __init__(self, retriever: Retriever, *, threads: int, max_batch: int, queue_size: int,
-                 buckets: Sequence[int] = (), decode_threads: int = 2, pipeline: bool = False,
-                 metrics: ServiceMetrics | None = None, clock: Clock | None = None):
-        for name, value in (("threads", threads), ("max_batch", max_batch), ("queue_size", queue_size),
-                            ("decode_threads", decode_threads)):
+                 batch_threads: int | None = None, buckets: Sequence[int] = (), decode_threads: int = 2,
+                 pipeline: bool = False, metrics: ServiceMetrics | None = None, clock: Clock | None = None):
+        batch_threads = threads if batch_threads is None else batch_threads
+        for name, value in (("threads", threads), ("batch_threads", batch_threads), ("max_batch", max_batch),
+                            ("queue_size", queue_size), ("decode_threads", decode_threads)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._retriever = retriever
-        self.threads, self.max_batch, self.queue_size = int(threads), int(max_batch), int(queue_size)
+        self.threads, self.batch_threads = int(threads), int(batch_threads)
+        self.max_batch, self.queue_size = int(max_batch), int(queue_size)
         self.buckets = tuple(sorted({int(b) for b in buckets if 0 < int(b) <= self.max_batch}))
         if self.buckets and self.buckets[-1] != self.max_batch:
             self.buckets = (*self.buckets, self.max_batch)
@@ -277,6 +285,7 @@ class ModelExecutor:
         one = image_to_tensor(grey, retriever.input_size)
         with torch.inference_mode():
             for size in self.batch_sizes():
+                self._use_threads(size)
                 scenes = retriever.scenes_from_pixels(one.expand(size, -1, -1, -1).clone(), [grey] * size,
                                                       pad_to=bucket_for(size, self.buckets))
                 retriever.retrieve_batch(scenes, k=defaults.K, candidates=defaults.CANDIDATES)
@@ -288,6 +297,11 @@ class ModelExecutor:
         self.warm.set()
         log.info("model executor warm: batch sizes %s in %.1f s", list(self.warmed_sizes), self.warmup_seconds)
 
+    def _use_threads(self, batch_size: int) -> None:
+        threads = self.threads if batch_size == 1 else self.batch_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
     def run_batch(self, batch: list[Query]) -> None:
         """One forward for the batch, then its stages (on the stages thread with `pipeline`)."""
         retriever = self._retriever            # read once: the whole batch is answered by one index
@@ -296,6 +310,7 @@ class ModelExecutor:
         if not live:
             return
         forward_start = self.clock.now()
+        self._use_threads(len(live))
         try:
             pixels = torch.stack([q.pixels for q in live])
             scenes = retriever.scenes_from_pixels(pixels, [q.picture for q in live],

@@ -22,7 +22,8 @@ def usable_cores() -> int:
 class ServeSettings:
     """How the service runs: the model executor, its queue, limits, index watching, admin token, examples."""
 
-    threads: int = 1                  # torch threads of the model executor's forward
+    threads: int = 1                  # torch threads of the model executor's forward of a lone scene
+    batch_threads: int | None = None  # ... and of a batch of several (None: `threads`)
     max_batch: int = 1                # scenes per backbone forward (the executor batches what is waiting)
     pad_batches: bool = False         # pad each batch up to the next power of two (fixed shapes, warmed at start)
     decode_threads: int = 2           # threads decoding and resizing uploads beside the forward
@@ -40,11 +41,14 @@ class ServeSettings:
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:
         """The measured defaults for `device`, overridden by every value in `given` that is not None.
 
-        CPU: defaults.SERVE_CPU with the forward on every usable core; an accelerator: defaults.SERVE_GPU.
+        CPU: defaults.SERVE_CPU, the forward on every usable core (for a batch too: on 2 busy cores one
+        thread per batch cost ~10% less CPU but gave 30-50% less throughput at concurrency 4 and 16,
+        docs/benchmarks-serve.md); an accelerator: defaults.SERVE_GPU.
         """
         device = torch.device(device)
         if device.type == "cpu":
-            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "decode_threads": min(2, usable_cores())}
+            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "batch_threads": usable_cores(),
+                    "decode_threads": min(2, usable_cores())}
         else:
             base = {**defaults.SERVE_GPU, "decode_threads": max(2, min(8, usable_cores() // 2))}
         names = {f.name for f in fields(cls)}

@@ -114,7 +114,7 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     saved = dict(ckpt.config)
     data_dir = Path(data_dir or saved.get("data", defaults.SAMPLE_DIR))
     cfg = TrainConfig.from_dict(saved, ignore=("data",))
-    seed = cfg.seed if seed is None else seed
+    seed = cfg.split_seed if seed is None else seed
     dev = resolve_device(device)
     data = prepare_data(data_dir, run_dir, cfg)
     # Both modes: the frozen backbone's features score the untrained baseline and tell which images decode.
@@ -128,7 +128,8 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     embedder = load_checkpoint(checkpoint, device=dev).embedder if strategy.trains_backbone else ckpt.embedder
     emb = strategy.query_embeddings(embedder, queries)
     lookup = category_lookup(embedder)
-    matrices = distance_matrices(emb, queries, lookup, METHODS)
+    weights = embedder.local_weights_by_name()
+    matrices = distance_matrices(emb, queries, lookup, METHODS, local_weights=weights)
     scores = per_query_scores(queries, emb, lookup, matrices=matrices)
     calibrations, refitted = run_calibrations(run_dir, ckpt.sha256, lambda: calibrate_run(
         run_dir, data, cfg, strategy, embedder, readable, checkpoint_sha256=ckpt.sha256))
@@ -145,6 +146,8 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
             "calibration": calibrations.info.get("calibration"), "fitted_on": calibrations.info.get("fitted_on"),
             "threshold_rule": calibrations.info.get("threshold_rule"), "refitted_by_evaluate": refitted,
             "ece": f"expected calibration error over {BINS} equal-width probability bins, weighted"},
+        "hybrid": {"form": ckpt.hybrid_form, "local_weights": weights,
+                   "definition": "d_h = (1 - w_c) d_g + w_c d_l; 'paper' is w = 1/2"},
         "checkpoint_sha256": ckpt.sha256,
         "data": str(data_dir),
         "backbone": cfg.backbone,
@@ -157,7 +160,8 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     names = report_files(split)
     if plots:
         methods_bar_chart(report, run_dir / names["chart"])
-        attention_figure(data.dataset, queries, emb, lookup, run_dir / names["attention"], cfg.exclusion)
+        attention_figure(data.dataset, queries, emb, lookup, run_dir / names["attention"], cfg.exclusion,
+                         local_weights=weights)
         reliability_diagram(report, run_dir / names["reliability"])
     # Last, so a report.json on disk means the whole evaluation (plots included) finished.
     write_json_atomic(run_dir / names["report"], report)

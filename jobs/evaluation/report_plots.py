@@ -60,14 +60,16 @@ def spread_of_ranks(ranks, n: int) -> list[int]:
 
 
 def attention_figure(dataset, queries, emb: QueryEmbeddings, category_embedding: CategoryEmbedding, out_png,
-                     exclusion: str, n_scenes: int = 4, top: int = 5) -> list[tuple[int, int]]:
+                     exclusion: str, n_scenes: int = 4, top: int = 5,
+                     local_weights: dict[str, float] | None = None) -> list[tuple[int, int]]:
     """Per scene: the view the model saw with its category's attention, the positive, the top-ranked products.
 
     The scenes are picked from the best-ranked positive to the worst, so the picture shows both what
     works and what does not. Returns the (query index, 0-based rank of the positive) of each row.
     """
     # Every query is scored (rows of `emb` follow `queries`), then the figure's rows are chosen by rank.
-    hybrid = distance_matrices(emb, queries, category_embedding, methods=("hybrid",))["hybrid"]
+    hybrid = distance_matrices(emb, queries, category_embedding, methods=("hybrid",),
+                               local_weights=local_weights)["hybrid"]
     ranks = [positive_rank(hybrid[qi, candidate_columns(emb, q)]) for qi, q in enumerate(queries)]
     picked = spread_of_ranks(ranks, n_scenes)
     drawn = []

@@ -40,11 +40,12 @@ THRESHOLD_RULE = "the probability with the best F1 on the validation samples (ev
 
 
 def fit_calibrations(queries: list[Query], emb: QueryEmbeddings, category_embedding: CategoryEmbedding, *,
-                     checkpoint_sha256: str, split: str = "val") -> Calibrations:
+                     checkpoint_sha256: str, split: str = "val",
+                     local_weights: dict[str, float] | None = None) -> Calibrations:
     """Platt calibration and best-F1 threshold of the hybrid, global and local distances on `queries`."""
     if not queries:
         raise ValueError(f"no {split} queries to calibrate the classifier on")
-    matrices = distance_matrices(emb, queries, category_embedding, METHODS)
+    matrices = distance_matrices(emb, queries, category_embedding, METHODS, local_weights=local_weights)
     methods, figures = {}, {}
     for method in METHODS:
         d, y, w = classifier_samples(matrices[method], queries, emb)
@@ -69,8 +70,8 @@ def write_calibrations(run_dir, calibrations: Calibrations) -> Path:
 def calibrate_run(run_dir, data: TrainingData, cfg: TrainConfig, strategy: StepStrategy, embedder: StyleEmbedder,
                   readable: Readable, *, checkpoint_sha256: str) -> Calibrations:
     """Fit the calibrations on the run's validation queries (those training validated on) and write them."""
-    queries = usable_queries(data, data.val_pairs, cfg.seed, readable)[: cfg.val_queries]
+    queries = usable_queries(data, data.val_pairs, cfg.split_seed, readable)[: cfg.val_queries]
     calibrations = fit_calibrations(queries, strategy.query_embeddings(embedder, queries), category_lookup(embedder),
-                                    checkpoint_sha256=checkpoint_sha256)
+                                    checkpoint_sha256=checkpoint_sha256, local_weights=embedder.local_weights_by_name())
     write_calibrations(run_dir, calibrations)
     return calibrations

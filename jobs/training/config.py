@@ -12,6 +12,9 @@ from pipeline.scene_crops import EXCLUSION_MODES
 MODES = ("frozen", "finetune")
 LR_SCHEDULES = ("cosine", "constant")
 SELECT_ON = ("fitb+hr@10", "hr@10")
+HYBRID_FORMS = ("fitted", "paper")
+LOSSES = ("triplet", "softmax")
+MINING = ("random", "hard")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class TrainConfig(JobConfig):
     """Every setting of a run; saved as config.json beside the checkpoint."""
 
     seed: int = defaults.SEED
+    data_seed: int | None = None    # the split, the image views and the queries (None: `seed`); a fixed one
+                                    #   compares training seeds on the same data and shares their feature cache
     backbone: str = defaults.BACKBONE
     backbone_weights: str = defaults.BACKBONE_WEIGHTS
     mode: str = "frozen"            # frozen: heads on cached features; finetune: end to end
@@ -32,27 +37,44 @@ class TrainConfig(JobConfig):
     weight_decay: float = 1e-4
     margin: float = defaults.MARGIN
     negatives: int = 4              # same-category negatives per (scene, positive)
+    loss: str = "triplet"           # triplet (margin) | softmax (InfoNCE over the negatives, temperature)
+    temperature: float = 0.1
+    per_half_loss: bool = False     # also the loss on d_g and on d_l alone, beside the hybrid's
+    mining: str = "random"          # random | hard: after warmup_epochs, half the negatives from the model's
+    warmup_epochs: int = 5          #   own `hard_pool` nearest wrong products of the category (frozen mode)
+    hard_pool: int = 20
     scene_views: int = 1            # augmented views per training scene, besides the clean one
     product_views: int = 1          # augmented views per training positive, besides the clean one
     exclusion: str = defaults.EXCLUSION   # how the positive is left out of its scene: mask | crop
     lr_schedule: str = "cosine"     # cosine (decays to 0 over `epochs`) | constant
     select_on: str = "fitb+hr@10"   # validation score that picks the checkpoint: fitb+hr@10 | hr@10
     val_queries: int = 200
+    presence_masked: bool = True    # the presence head also learns from the masked training views (frozen mode)
+    hybrid: str = "fitted"          # fitted: a local weight per category from validation | paper: (d_g + d_l) / 2
     device: str = "auto"
     workers: int | None = None
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of everything on the data side: the scene split, the augmented views, the queries' negatives."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     def check(self) -> TrainConfig:
         """This config, or an InputError naming the first setting a run cannot use."""
         choices = {"mode": MODES, "backbone": BACKBONES, "exclusion": EXCLUSION_MODES,
-                   "lr_schedule": LR_SCHEDULES, "select_on": SELECT_ON}
+                   "lr_schedule": LR_SCHEDULES, "select_on": SELECT_ON, "hybrid": HYBRID_FORMS, "loss": LOSSES,
+                   "mining": MINING}
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise InputError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
         at_least = {"epochs": 1, "batch_size": 1, "negatives": 1, "dim": 1, "hidden": 0, "scene_views": 0,
-                    "product_views": 0, "val_queries": 0}
+                    "product_views": 0, "val_queries": 0,
+                    "warmup_epochs": 0, "hard_pool": 1}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise InputError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         return self

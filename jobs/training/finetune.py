@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from jobs.training.config import TrainConfig
 from jobs.training.feature_cache import CacheItem, prepare
-from jobs.training.strategy import StepStrategy, hybrid_triplet_loss
+from jobs.training.strategy import StepStrategy, ranking_loss
 from jobs.training.training_data import Readable, TrainingData, clean_rows, product_view, scene_view, view_seed
 from pipeline.backbones import Backbone, pooled
 from pipeline.embedder import StyleEmbedder, build_embedder
@@ -122,7 +122,7 @@ class FineTune(StepStrategy):
             f_s, f_i = embedder.encode_scenes(_to_device(scenes, self.device))
             f_p = embedder.encode_products(_to_device(products.flatten(0, 1), self.device)).reshape(b, m, -1)
             e_c = embedder.category_embeddings(cats.to(self.device))
-        return hybrid_triplet_loss(f_s, f_i, f_p, e_c, self.cfg.margin), b
+        return ranking_loss(f_s, f_i, f_p, e_c, self.cfg), b
 
     def query_embeddings(self, embedder, queries):
         return image_query_embeddings(embedder, self.data, queries, exclusion=self.cfg.exclusion, device=self.device)

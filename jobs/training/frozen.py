@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from jobs.training.strategy import StepStrategy, hybrid_triplet_loss
+from jobs.training.strategy import StepStrategy, ranking_loss
 from jobs.training.training_data import Readable, TrainingData, cache_features, clean_rows
 from pipeline.backbones import pooled
+from pipeline.distances import hybrid_distance
 from pipeline.embedder import StyleEmbedder, build_embedder
 from pipeline.evaluation import Query, QueryEmbeddings
-from pipeline.negatives import draw_negatives
+from pipeline.negatives import draw_mined, draw_negatives, nearest_negatives
 
 
 class TripletBatches:
@@ -23,7 +24,8 @@ class TripletBatches:
         self.scene_rows = data.scenes.rows_by_key()
         self.product_rows = data.products.rows_by_key()
 
-    def epoch(self, rng: np.random.Generator):
+    def epoch(self, rng: np.random.Generator, hard: dict[int, list[str]] | None = None):
+        """One epoch's batches; `hard` (pair -> mined negatives): half of each pair's negatives come from it."""
         ds = self.data.dataset
         order = rng.permutation(len(self.pairs))
         for start in range(0, len(order), self.batch_size):
@@ -35,8 +37,9 @@ class TripletBatches:
                 pos_rows.append(rng.choice(self.product_rows[pid]))
                 # Negatives are drawn from the same views (clean or augmented) as positives: were
                 # positives the only augmented products, "looks augmented" would separate them.
-                neg_rows.append([rng.choice(self.product_rows[p])
-                                 for p in draw_negatives(rng, self.pools[j], self.negatives)])
+                negatives = draw_negatives(rng, self.pools[j], self.negatives) if hard is None else \
+                    draw_mined(rng, self.pools[j], hard[j], self.negatives)
+                neg_rows.append([rng.choice(self.product_rows[p]) for p in negatives])
                 cats.append(self.category_index[ds.products[pid].category])
             yield (torch.from_numpy(self.data.scenes.features[scene_rows]),
                    torch.from_numpy(self.data.products.features[pos_rows]),
@@ -44,15 +47,42 @@ class TripletBatches:
                    torch.tensor(cats))
 
 
-def triplet_step(embedder: StyleEmbedder, scene_maps, pos_feats, neg_feats, cats, margin: float) -> torch.Tensor:
-    """Hybrid-distance triplet loss of one batch (features in, scalar loss out)."""
+def triplet_step(embedder: StyleEmbedder, scene_maps, pos_feats, neg_feats, cats, cfg) -> torch.Tensor:
+    """The ranking loss of one batch (features in, scalar loss out; jobs.training.strategy.ranking_loss)."""
     b, k = neg_feats.shape[:2]
     f_s, f_i = embedder.scene_from_features(scene_maps)
     # Positives, then negatives: two calls, so each draws its own dropout mask in this order.
     f_pos = embedder.product_from_features(pos_feats)
     f_neg = embedder.product_from_features(neg_feats.reshape(b * k, *neg_feats.shape[2:])).reshape(b, k, -1)
     f_p = torch.cat([f_pos.unsqueeze(1), f_neg], dim=1)
-    return hybrid_triplet_loss(f_s, f_i, f_p, embedder.category_embeddings(cats), margin)
+    return ranking_loss(f_s, f_i, f_p, embedder.category_embeddings(cats), cfg)
+
+
+def mine_hard_pools(embedder: StyleEmbedder, data: TrainingData, pools: dict[int, list[str]], hardest: int,
+                    chunk: int = 64) -> dict[int, list[str]]:
+    """Each training pair's `hardest` nearest wrong products (its pool) by the model's own hybrid distance,
+    from the clean cached views (eval mode, no gradient: nothing is drawn from any random stream)."""
+    scene_rows, product_rows = clean_rows(data.scenes), clean_rows(data.products)
+    pids = sorted({p for pool in pools.values() for p in pool})
+    column = {p: i for i, p in enumerate(pids)}
+    ds, pairs, distances = data.dataset, list(pools), {}
+    was_training = embedder.training
+    embedder.eval()
+    with torch.no_grad():
+        f_p = embedder.product_from_features(torch.from_numpy(data.products.features[[product_rows[p] for p in pids]]))
+        for start in range(0, len(pairs), chunk):
+            batch = pairs[start:start + chunk]
+            maps = torch.from_numpy(data.scenes.features[[scene_rows[str(j)] for j in batch]])
+            f_s, f_i = embedder.scene_from_features(maps)
+            cats = embedder.category_indices([ds.products[ds.pairs[j].product_id].category for j in batch])
+            e_c = embedder.category_embeddings(cats)
+            for b, j in enumerate(batch):
+                cols = [column[p] for p in pools[j]]
+                d = hybrid_distance(f_s[b:b + 1], f_i[b:b + 1], f_p[cols].unsqueeze(0),
+                                    e_c[b].expand(len(cols), -1).unsqueeze(0))
+                distances[j] = d[0].numpy()
+    embedder.train(was_training)
+    return nearest_negatives(pools, distances, hardest)
 
 
 def cached_query_embeddings(embedder: StyleEmbedder, data: TrainingData, queries: list[Query]) -> QueryEmbeddings:
@@ -97,11 +127,15 @@ class FrozenHeads(StepStrategy):
         if self._batches is None or self._batches.pools is not pools:
             self._batches = TripletBatches(self.data, pools, self.cfg.batch_size, self.cfg.negatives,
                                            embedder.category_to_index)
-        return self._batches.epoch(self.rng)
+        cfg = self.cfg
+        hard = None
+        if cfg.mining == "hard" and epoch >= cfg.warmup_epochs:   # random negatives while the model is still raw
+            hard = mine_hard_pools(embedder, self.data, pools, cfg.hard_pool)
+        return self._batches.epoch(self.rng, hard)
 
     def batch_loss(self, embedder, batch):
         scene_maps, pos, neg, cats = batch
-        return triplet_step(embedder, scene_maps.float(), pos.float(), neg.float(), cats, self.cfg.margin), len(cats)
+        return triplet_step(embedder, scene_maps.float(), pos.float(), neg.float(), cats, self.cfg), len(cats)
 
     def query_embeddings(self, embedder, queries):
         return cached_query_embeddings(embedder, self.data, queries)

@@ -7,7 +7,11 @@ mode they are cached beside the masked views (``cache/scenes-unmasked``: one C-v
 hundred backbone forwards on the sample); after fine-tuning they come from the fine-tuned backbone.
 
 It trains after the style heads are chosen, from zeros, full batch, with no random draw: it cannot
-change what the style heads learned or the random stream they learned with.
+change what the style heads learned or the random stream they learned with. In frozen mode it also
+learns from the feature cache's masked training views (the scene with one product left out, labelled
+without that product's category): views where a category is *missing* from a look that otherwise
+has it. Then each category gets its own threshold, fitted on the validation scenes for precision of
+"present" >= PRESENT_PRECISION: a category is left out of the look only when the model is that sure.
 """
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import defaults
 from jobs.training.config import TrainConfig
 from jobs.training.feature_cache import CacheItem, compute_features
 from jobs.training.training_data import TrainingData
-from pipeline.backbones import Backbone, build_backbone
+from pipeline.backbones import Backbone, build_backbone, pooled
+from pipeline.calibration import precision_threshold
 from pipeline.embedder import PresenceHead, StyleEmbedder
 from pipeline.metrics import average_precision
 
@@ -29,6 +33,8 @@ STEPS = 300
 LR = 1e-2
 WEIGHT_DECAY = 1e-2
 CACHE = "scenes-unmasked"
+PRESENT_PRECISION = 0.9   # precision of "present" each category's threshold is fitted for (on validation)
+MIN_PRESENT = 3           # ... saying "present" on at least this many validation scenes (not one lucky scene)
 
 
 def scene_labels(dataset, scene_ids: list[str], categories: list[str]) -> np.ndarray:
@@ -84,25 +90,73 @@ def fit_presence(features: np.ndarray, labels: np.ndarray, *, steps: int = STEPS
     return head.eval()
 
 
-def presence_scores(head: PresenceHead, features: np.ndarray, labels: np.ndarray, categories: list[str], *,
-                    threshold: float = defaults.PRESENCE_THRESHOLD) -> dict:
-    """Per category: average precision of the head's probabilities, the category's frequency (the AP of a
-    random ranking), and precision/recall of "present" (p >= threshold); their means over categories."""
+def probabilities(head: PresenceHead, features: np.ndarray) -> np.ndarray:
+    """S x K presence probabilities of pooled features."""
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(head.weight.device)
     with torch.no_grad():
-        probs = torch.sigmoid(head(x)).cpu().numpy()
+        return torch.sigmoid(head(x)).cpu().numpy()
+
+
+def presence_scores(head: PresenceHead, features: np.ndarray, labels: np.ndarray, categories: list[str], *,
+                    threshold: float | None = None) -> dict:
+    """Per category: average precision of the head's probabilities, the category's frequency (the AP of a
+    random ranking), and precision/recall of "present" (p >= its threshold: `threshold`, or None for the
+    head's own per-category ones); their means over categories."""
+    probs = probabilities(head, features)
+    thresholds = head.threshold.tolist() if threshold is None else [threshold] * len(categories)
     per = {}
     for k, name in enumerate(categories):
         y, p = labels[:, k], probs[:, k]
-        said = p >= threshold
+        said = p >= thresholds[k]
         per[name] = {"ap": average_precision(y, p), "frequency": float(y.mean()) if len(y) else float("nan"),
+                     "threshold": thresholds[k] if np.isfinite(thresholds[k]) else None,
                      "precision": float(y[said].mean()) if said.any() else None,
                      "recall": float(said[y > 0].mean()) if (y > 0).any() else None}
     scored = [v for v in per.values() if not np.isnan(v["ap"])]
-    return {"n_scenes": int(len(labels)), "threshold": threshold,
+    said_any = [v for v in per.values() if v["precision"] is not None]
+    recalled = [v for v in per.values() if v["recall"] is not None]
+    return {"n_scenes": int(len(labels)), "threshold": "per category" if threshold is None else threshold,
             "mean_ap": float(np.mean([v["ap"] for v in scored])) if scored else float("nan"),
             "mean_frequency": float(np.mean([v["frequency"] for v in scored])) if scored else float("nan"),
+            "mean_precision": float(np.mean([v["precision"] for v in said_any])) if said_any else None,
+            "mean_recall": float(np.mean([v["recall"] for v in recalled])) if recalled else None,
             "per_category": per}
+
+
+def fit_thresholds(head: PresenceHead, features: np.ndarray, labels: np.ndarray, categories: list[str], *,
+                   precision: float = PRESENT_PRECISION, min_present: int = MIN_PRESENT) -> dict:
+    """Set each category's threshold on `head` to the lowest one with precision of "present" >= `precision`
+    on these (validation) scenes; a category that cannot reach it is never judged present (threshold
+    infinite: it always stays in the look), and the returned record says so."""
+    probs = probabilities(head, features)
+    record = {}
+    for k, name in enumerate(categories):
+        t = precision_threshold(probs[:, k], labels[:, k] > 0, precision=precision, min_yes=min_present)
+        head.threshold[k] = float("inf") if t is None else t
+        record[name] = {"threshold": t} if t is not None else {
+            "threshold": None, "fallback": f"precision {precision} not reached on validation: never left out"}
+    return record
+
+
+def masked_views(data: TrainingData, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features of the cached clean masked views of the training pairs, each labelled with its scene's
+    categories less the left-out product's (unless another product of the scene has it): (N x C, N x K)."""
+    if data.scenes is None:
+        return np.zeros((0, 0), np.float32), np.zeros((0, len(categories)), np.float32)
+    ds, column = data.dataset, {c: k for k, c in enumerate(categories)}
+    by_scene: dict[str, list[str]] = {}
+    for pair in ds.pairs:
+        by_scene.setdefault(pair.scene_id, []).append(ds.products[pair.product_id].category)
+    rows = {it.key: i for i, it in enumerate(data.scenes.items) if it.augment_seed is None and data.scenes.valid[i]}
+    keep = [j for j in data.train_pairs if str(j) in rows]
+    labels = np.zeros((len(keep), len(categories)), np.float32)
+    for n, j in enumerate(keep):
+        pair = ds.pairs[j]
+        cats = list(by_scene[pair.scene_id])
+        cats.remove(ds.products[pair.product_id].category)
+        labels[n, [column[c] for c in cats]] = 1.0
+    maps = torch.from_numpy(data.scenes.features[[rows[str(j)] for j in keep]])
+    return pooled(maps.float()).numpy(), labels
 
 
 def split_rows(scene_ids: list[str], split: dict, part: str) -> np.ndarray:
@@ -117,11 +171,19 @@ def train_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg: Tr
     scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone)
     labels = scene_labels(data.dataset, scene_ids, embedder.categories)
     train_rows, val_rows = split_rows(scene_ids, data.split, "train"), split_rows(scene_ids, data.split, "val")
-    head = fit_presence(features[train_rows], labels[train_rows])
+    x, y = features[train_rows], labels[train_rows]
+    extra_x, extra_y = masked_views(data, embedder.categories) if backbone is None and cfg.presence_masked \
+        else (np.zeros((0, x.shape[1]), np.float32), np.zeros((0, y.shape[1]), np.float32))
+    head = fit_presence(np.concatenate([x, extra_x]), np.concatenate([y, extra_y]))
+    fitted = fit_thresholds(head, features[val_rows], labels[val_rows], embedder.categories)
     embedder.attach_presence(head)
     val = presence_scores(head, features[val_rows], labels[val_rows], embedder.categories)
-    return {"threshold": defaults.PRESENCE_THRESHOLD, "steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY,
-            "features": "pooled backbone map of the unmasked scene", "n_train_scenes": int(len(train_rows)),
+    return {"threshold": "per category", "thresholds": fitted, "threshold_rule":
+            f"lowest with precision of 'present' >= {PRESENT_PRECISION} on >= {MIN_PRESENT} validation scenes",
+            "steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY,
+            "features": "pooled backbone map of the unmasked scene" + (
+                "; and of the training pairs' masked views" if len(extra_x) else ""),
+            "n_train_scenes": int(len(train_rows)), "n_masked_views": int(len(extra_x)),
             "val_mean_ap": val["mean_ap"], "val_mean_frequency": val["mean_frequency"]}
 
 

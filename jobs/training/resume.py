@@ -46,7 +46,11 @@ def load_state(path: str | os.PathLike, *, cfg: TrainConfig, embedder: StyleEmbe
     state = torch.load(Path(path), map_location="cpu", weights_only=False)
     if TrainConfig.from_dict(state["config"]).replace(epochs=cfg.epochs) != cfg:
         raise InputError("--resume: the saved run used other settings; start a new --out or drop --resume")
-    embedder.load_state_dict(state["model"])
+    missing, unexpected = embedder.load_state_dict(state["model"], strict=False)
+    # a state saved before the hybrid weights existed: they are fitted after training anyway (1/2 until then)
+    if unexpected or set(missing) - {"hybrid_local_weight"}:
+        raise InputError(f"--resume: the saved model does not match this one (missing {sorted(missing)}, "
+                         f"unexpected {sorted(unexpected)}); start a new --out or drop --resume")
     optimizer.load_state_dict(state["optimizer"])
     if state.get("rng") is not None:
         strategy.load_rng_state(state["rng"])

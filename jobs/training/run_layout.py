@@ -32,6 +32,7 @@ class TrainSummary:
     checkpoint_sha256: str | None = None
     best_epoch: int | None = None
     history: list[dict] = field(default_factory=list)    # per epoch: loss and validation figures
+    hybrid: dict = field(default_factory=dict)            # the hybrid's fitted local weights (absent before them)
     presence: dict = field(default_factory=dict)          # the presence head's figures (absent before it)
     classifier_val: dict = field(default_factory=dict)    # the calibrated classifier on validation
     n_train_pairs: int = 0

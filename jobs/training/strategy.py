@@ -13,7 +13,7 @@ import torch
 
 from jobs.training.config import TrainConfig
 from jobs.training.training_data import Readable, TrainingData
-from pipeline.distances import hybrid_distance, triplet_loss
+from pipeline.distances import all_distances, hybrid_distance, softmax_loss, triplet_loss
 from pipeline.embedder import StyleEmbedder
 from pipeline.evaluation import Query, QueryEmbeddings
 
@@ -62,3 +62,18 @@ def hybrid_triplet_loss(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor,
     e_c = e_c.unsqueeze(1).expand(-1, f_p.shape[1], -1)
     d = hybrid_distance(f_s.float(), f_i.float(), f_p.float(), e_c.float())
     return triplet_loss(d[:, 0], d[:, 1:], margin)
+
+
+def ranking_loss(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_c: torch.Tensor, cfg: TrainConfig
+                 ) -> torch.Tensor:
+    """The loss `cfg` asks for: triplet (margin) or softmax (InfoNCE over the K negatives) on the paper's hybrid
+    distance, plus the same loss on each half when cfg.per_half_loss (so neither half rides on the other).
+
+    f_p is B x (1 + K) x d with the positive first, e_c is B x d (the positive's category); float32 throughout.
+    """
+    e_c = e_c.unsqueeze(1).expand(-1, f_p.shape[1], -1)
+    d = all_distances(f_s.float(), f_i.float(), f_p.float(), e_c.float())
+    names = ("paper", "global", "local") if cfg.per_half_loss else ("paper",)
+    if cfg.loss == "softmax":
+        return sum(softmax_loss(d[n][:, 0], d[n][:, 1:], cfg.temperature) for n in names)
+    return sum(triplet_loss(d[n][:, 0], d[n][:, 1:], cfg.margin) for n in names)

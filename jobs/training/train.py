@@ -14,8 +14,9 @@ from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
 from common.errors import InputError
 from common.progress import progress_bar
+from jobs.data.layouts import DONE_FILE
 from jobs.training.calibrate import calibrate_run
-from jobs.training.config import LR_SCHEDULES, MODES, TrainConfig
+from jobs.training.config import HYBRID_FORMS, LOSSES, LR_SCHEDULES, MINING, MODES, TrainConfig
 from jobs.training.finetune import FineTune
 from jobs.training.frozen import FrozenHeads
 from jobs.training.presence import train_presence
@@ -27,7 +28,14 @@ from jobs.training.training_data import Readable, TrainingData, prepare_data, tr
 from pipeline.backbones import BACKBONES
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.embedder import StyleEmbedder
-from pipeline.evaluation import Query, QueryEmbeddings, category_lookup, score_queries
+from pipeline.evaluation import (
+    Query,
+    QueryEmbeddings,
+    category_lookup,
+    distance_matrices,
+    fit_local_weights,
+    score_queries,
+)
 from pipeline.scene_crops import EXCLUSION_MODES
 
 STRATEGIES: dict[str, type[StepStrategy]] = {"frozen": FrozenHeads, "finetune": FineTune}
@@ -93,20 +101,41 @@ def fit(strategy: StepStrategy, embedder: StyleEmbedder, optimizer: torch.optim.
     return done
 
 
+def fit_hybrid(strategy: StepStrategy, data: TrainingData, readable: Readable, embedder: StyleEmbedder) -> dict:
+    """The hybrid distance's local weight per category, fitted on every usable validation query and set on
+    `embedder` (cfg.hybrid "fitted"); "paper" keeps w = 1/2. Returns what the checkpoint records."""
+    cfg = strategy.cfg
+    queries = usable_queries(data, data.val_pairs, cfg.split_seed, readable)
+    if cfg.hybrid == "paper" or not queries:
+        return {"form": "paper", "weights": embedder.local_weights_by_name(),
+                **({} if queries else {"note": "no validation queries to fit on"})}
+    emb = strategy.query_embeddings(embedder, queries)
+    matrices = distance_matrices(emb, queries, category_lookup(embedder), ("global", "local"))
+    fitted = fit_local_weights(matrices["global"], matrices["local"], queries, emb)
+    embedder.set_local_weights(fitted["weights"])
+    return {"form": "fitted", **fitted}
+
+
 def complete_checkpoint(strategy: StepStrategy, data: TrainingData, readable: Readable, run: RunLayout,
                         device: torch.device) -> tuple[str, dict]:
-    """Once the style heads are chosen: the category-presence head, trained on their checkpoint's backbone
-    features and saved into it, then the classifier's calibration beside it (calibration.json).
+    """Once the style heads are chosen: the hybrid's local weights (fitted on validation) and the category-presence
+    head, trained on their checkpoint's backbone features and saved into it, then the classifier's calibration
+    beside it (calibration.json, of the fitted hybrid).
 
-    Both come after the training loop and draw nothing from its random streams, so the style heads,
+    All come after the training loop and draw nothing from its random streams, so the style heads,
     the checkpoint choice and every ranking figure are those of a run without them.
-    Returns the final checkpoint's sha256 and what the summary records of both.
+    Returns the final checkpoint's sha256 and what the summary records of them.
     """
     ckpt = load_checkpoint(run.checkpoint, with_backbone=strategy.trains_backbone, device=device)
+    hybrid = fit_hybrid(strategy, data, readable, ckpt.embedder)
+    source = Path(ckpt.config.get("data", ""))
+    # The page and the CLIs warn when a model only ever saw the generated sample (its marker file says so).
+    learnt_from = {"kind": "sample" if (source / DONE_FILE).is_file() else "real", "data": str(source)}
     presence = train_presence(ckpt.embedder, data, run.root, strategy.cfg, device)
-    sha = save_checkpoint(run.checkpoint, ckpt.embedder, config=ckpt.config, extra={**ckpt.extra, "presence": presence})
+    sha = save_checkpoint(run.checkpoint, ckpt.embedder, config=ckpt.config,
+                          extra={**ckpt.extra, "hybrid": hybrid, "presence": presence, "training_data": learnt_from})
     calibrations = calibrate_run(run.root, data, strategy.cfg, strategy, ckpt.embedder, readable, checkpoint_sha256=sha)
-    return sha, {"presence": presence, "classifier_val": calibrations.info.get("val", {})}
+    return sha, {"hybrid": hybrid, "presence": presence, "classifier_val": calibrations.info.get("val", {})}
 
 
 def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool = False,
@@ -128,7 +157,7 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
     pools = trainable_pairs(data, readable)
     if not pools:
         raise InputError(f"{data_dir}: no training pair has a readable scene, positive and negatives")
-    val_queries = usable_queries(data, data.val_pairs, cfg.seed, readable)[: cfg.val_queries]
+    val_queries = usable_queries(data, data.val_pairs, cfg.split_seed, readable)[: cfg.val_queries]
     done = Progress()
     if resume and run.state.is_file():
         done = load_state(run.state, cfg=cfg, embedder=embedder, optimizer=optimizer, strategy=strategy)
@@ -173,14 +202,24 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default=TrainConfig.device, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="image decoding workers (default: chosen for the mode and the device)")
+@click.option("--loss", type=click.Choice(LOSSES), default=TrainConfig.loss, show_default=True,
+              help="triplet (margin) or softmax (InfoNCE over the negatives)")
+@click.option("--per-half-loss", is_flag=True, help="also train each half (global, local) with a loss of its own")
+@click.option("--mining", type=click.Choice(MINING), default=TrainConfig.mining, show_default=True,
+              help="hard: after --warmup-epochs, half the negatives are the model's own nearest wrong products")
+@click.option("--warmup-epochs", type=click.IntRange(min=0), default=TrainConfig.warmup_epochs, show_default=True)
+@click.option("--hybrid", type=click.Choice(HYBRID_FORMS), default=TrainConfig.hybrid, show_default=True,
+              help="fitted: a local weight per category from validation; paper: (d_g + d_l) / 2")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, hidden,
-                  dropout, lr_schedule, negatives, exclusion, device, workers, resume):
-    """Train the style embedding with a hybrid-distance triplet loss."""
+                  dropout, lr_schedule, negatives, exclusion, device, workers, loss, per_half_loss, mining,
+                  warmup_epochs, hybrid, resume):
+    """Train the style embedding with a hybrid-distance ranking loss (triplet or softmax)."""
     cfg = TrainConfig(seed=seed, mode=mode, backbone=backbone, backbone_weights=backbone_weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, dim=dim, hidden=hidden, dropout=dropout,
                       lr_schedule=lr_schedule, negatives=negatives, exclusion=exclusion, device=device,
-                      workers=workers)
+                      workers=workers, loss=loss, per_half_loss=per_half_loss, mining=mining,
+                      warmup_epochs=warmup_epochs, hybrid=hybrid)
     summary = train(data_dir, out_dir, config=cfg, resume=resume)
     last = summary.history[-1] if summary.history else {}
     click.echo(f"trained {len(summary.history)} epochs in {summary.seconds} s on {summary.device}; "

@@ -37,7 +37,7 @@ def prepare_data(data_dir, out_dir, cfg: TrainConfig) -> TrainingData:
     dataset = load_dataset(data_dir)
     if not dataset.pairs:
         raise InputError(f"{data_dir}: the dataset has no usable scene-product pairs")
-    split = RunLayout(out_dir).split_for([p.scene_id for p in dataset.pairs], seed=cfg.seed)
+    split = RunLayout(out_dir).split_for([p.scene_id for p in dataset.pairs], seed=cfg.split_seed)
     part_of = {s: name for name, ids in split.items() for s in ids}
     parts = {"train": [], "val": [], "test": []}
     for j, pair in enumerate(dataset.pairs):
@@ -82,13 +82,14 @@ def cache_features(data: TrainingData, out_dir, cfg: TrainConfig, device) -> Non
     for j in range(len(ds.pairs)):
         scene_items.append(scene_view(ds, j))
         if j in train_set:
-            scene_items += [scene_view(ds, j, view_seed(cfg.seed, "scene", str(j), v)) for v in range(cfg.scene_views)]
+            scene_items += [scene_view(ds, j, view_seed(cfg.split_seed, "scene", str(j), v))
+                            for v in range(cfg.scene_views)]
     positives = {ds.pairs[j].product_id for j in data.train_pairs}
     product_items = []
     for pid in sorted(ds.products):
         product_items.append(product_view(ds, pid))
         if pid in positives:
-            product_items += [product_view(ds, pid, view_seed(cfg.seed, "product", pid, v))
+            product_items += [product_view(ds, pid, view_seed(cfg.split_seed, "product", pid, v))
                               for v in range(cfg.product_views)]
     cache = Path(out_dir) / "cache"
     common = dict(exclusion=cfg.exclusion, workers=cfg.workers, device=str(device))

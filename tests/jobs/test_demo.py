@@ -33,7 +33,7 @@ def test_the_demo_runs_every_stage_then_finds_them_up_to_date(tiny_demo):
     assert "hybrid" in first.output and "hybrid - backbone" in first.output     # the results table
     assert "top 5 of 60 products" in first.output and (defaults.DEMO_DIR / "sheet.png").is_file()
     report = json.loads((defaults.RUN_DIR / "report.json").read_text())
-    assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
+    assert set(report["methods"]) == {"hybrid", "paper", "global", "local", "backbone"}
     test_scenes = json.loads((defaults.RUN_DIR / "split.json").read_text())["test"]
     assert any(sid in first.output for sid in test_scenes)        # the retrieval uses a held-out scene
 

@@ -108,3 +108,16 @@ def test_calibration_file_round_trip_and_refusals(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(CalibrationError, match="not a readable calibration file"):
         load_calibrations(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_precision_threshold_is_the_brute_force_lowest_threshold_reaching_the_precision(seed):
+    from pipeline.calibration import precision_threshold
+    rng = np.random.default_rng(seed)
+    y = rng.random(60) < 0.5
+    p = np.round(np.clip(0.5 * y + rng.random(60) * 0.6, 0, 1), 2)     # rounded: ties to handle
+    for target, min_yes in ((0.9, 1), (0.9, 5), (0.75, 3), (1.0, 1)):
+        ok = [t for t in np.unique(p) if (p >= t).sum() >= min_yes and y[p >= t].mean() >= target]
+        got = precision_threshold(p, y, precision=target, min_yes=min_yes)
+        assert got == (min(ok) if ok else None)
+    assert precision_threshold(np.array([0.9, 0.8]), np.array([False, False]), precision=0.9) is None

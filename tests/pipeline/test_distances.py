@@ -1,4 +1,5 @@
 """Distances and the triplet loss against explicit per-region, per-product loops."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ from pipeline.distances import (
     global_distance,
     hybrid_distance,
     local_distance,
+    softmax_loss,
     triplet_loss,
 )
 
@@ -100,3 +102,16 @@ def test_triplet_loss_matches_explicit_triplets():
 def test_bad_shapes_raise_value_error_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_softmax_loss_equals_an_explicit_log_softmax():
+    d_pos = torch.tensor([0.3, 1.2], dtype=torch.float64)
+    d_neg = torch.tensor([[0.5, 0.9, 2.0], [0.1, 1.5, 3.0]], dtype=torch.float64)
+    t = 0.1
+    expected = 0.0
+    for b in range(2):
+        logits = [-float(d_pos[b]) / t] + [-float(x) / t for x in d_neg[b]]
+        top = max(logits)
+        expected += -(logits[0] - top - np.log(sum(np.exp(v - top) for v in logits)))
+    assert float(softmax_loss(d_pos, d_neg, t)) == pytest.approx(expected / 2, rel=1e-9)
+    assert float(softmax_loss(torch.zeros(1), torch.full((1, 3), 4.0), 0.1)) < 1e-6   # far negatives: ~0 loss

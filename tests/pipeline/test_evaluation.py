@@ -102,7 +102,8 @@ def test_paired_comparisons_are_mean_differences_of_the_per_query_scores(setup):
     emb, cats, queries = setup
     scores = per_query_scores(queries, emb, cats.__getitem__)
     out = compare_methods(scores, seed=0)
-    assert set(out) == {"hybrid - backbone", "hybrid - global", "hybrid - local"}
+    assert set(out) == {"hybrid - backbone", "hybrid - global", "hybrid - local", "hybrid - paper",
+                        "paper - global", "paper - local"}
     gap = scores["hybrid"]["fitb_expected"] - scores["global"]["fitb_expected"]
     assert out["hybrid - global"]["fitb_expected"]["diff"] == pytest.approx(gap.mean())
     assert compare_methods({"hybrid": scores["hybrid"]}) == {}

@@ -62,6 +62,20 @@ def test_presence_filter_keeps_exactly_the_categories_below_the_threshold(retrie
     assert all(cl.present == (p[cl.category] >= defaults.PRESENCE_THRESHOLD) for cl in everything)
 
 
+def test_each_category_is_left_out_by_its_own_presence_threshold(retriever, scenes):
+    """Per-category thresholds (fitted on validation into the head): each category against its own."""
+    import copy
+    names = retriever.embedder.categories
+    mine = copy.copy(retriever)
+    mine.presence_thresholds = {c: 0.2 + 0.6 * i / max(len(names) - 1, 1) for i, c in enumerate(names)}
+    probs = torch.full((len(names),), 0.5)
+    scene = Scene(scenes[0].image, scenes[0].f_s, scenes[0].f_i, presence=probs)
+    look = mine.look(scene, k=2)
+    assert set(look.left_out) == {c for c in retriever.categories if mine.presence_thresholds[c] <= 0.5}
+    assert [cl.category for cl in look] == [c for c in retriever.categories if mine.presence_thresholds[c] > 0.5]
+    assert set(retriever.presence_thresholds) == set(names)
+
+
 def test_without_a_presence_head_every_category_is_shown_and_the_retriever_says_why(retriever, scenes):
     look = retriever.look(scenes[0], k=2)
     assert [cl.category for cl in look] == sorted(CATEGORIES) and look.left_out == {}

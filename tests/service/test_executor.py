@@ -137,12 +137,28 @@ def test_ready_only_after_every_batch_shape_is_warmed(serve, served_retriever, w
     assert seen[:4] == [1, 2, 4, 8]                # every shape through the forward before the first query
 
 
-def test_cpu_threads_are_the_executors(serve):
-    client = serve(threads=2, max_batch=2)
+def test_a_lone_scene_and_a_batch_take_their_own_thread_counts(serve, served_retriever, world):
+    client = serve(threads=2, batch_threads=1, max_batch=4)
     body = client.get("/readyz").json()
-    assert (body["threads"], body["max_batch"], body["buckets"], body["pipeline"]) == (2, 2, [], False)
-    assert body["warm_up"]["batch_sizes"] == [1, 2]
-    assert torch.get_num_threads() >= 1
+    assert (body["threads"], body["batch_threads"], body["max_batch"], body["buckets"], body["pipeline"]) == \
+           (2, 1, 4, [], False)
+    assert body["warm_up"]["batch_sizes"] == [1, 4]
+    gate = Gate(client, served_retriever)
+    seen = []
+    encode = gate_encode = client.app.state.service.executor.retriever.scenes_from_pixels
+
+    def counting(pixels, images, **kwargs):
+        seen.append((len(images), torch.get_num_threads()))
+        return encode(pixels, images, **kwargs)
+    client.app.state.service.executor.retriever.scenes_from_pixels = counting
+    del gate_encode
+    with ThreadPoolExecutor(4) as ex:
+        first = gate.hold(ex, client, "/v1/retrieve", files=files(world, 0))
+        rest = [ex.submit(client.post, "/v1/retrieve", files=files(world, 1)) for _ in range(3)]
+        wait_for(lambda: client.app.state.service.executor.depth() == 3, what="three queued queries")
+        gate.opened.set()
+        assert all(f.result().status_code == 200 for f in [first, *rest])
+    assert seen == [(1, 2), (3, 1)]
 
 
 def test_the_stages_thread_answers_as_the_model_thread_does(serve, world):

@@ -22,7 +22,7 @@ def run(trained, tmp_path):
 
 def test_evaluation_report_has_every_method_and_metric(run):
     report = run_evaluation(run, plots=True, device="cpu")
-    assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
+    assert set(report["methods"]) == {"hybrid", "paper", "global", "local", "backbone"}
     for metrics in report["methods"].values():
         assert set(metrics) == {"fitb", "fitb_expected", "hr@1", "hr@10", "hr@50"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
@@ -51,9 +51,9 @@ def test_a_checkpoint_with_an_unknown_and_a_missing_config_field_still_evaluates
     expected = run_evaluation(run, plots=False, device="cpu")
     ckpt = load_checkpoint(run / "checkpoint.pt", with_backbone=False)
     older = {k: v for k, v in ckpt.config.items() if k != "exclusion"}       # written before `exclusion` existed
-    newer = {**older, "temperature": 0.07}                                    # ... or by a newer version
+    newer = {**older, "future_knob": 0.07}                                    # ... or by a newer version
     save_checkpoint(run / "checkpoint.pt", ckpt.embedder, config=newer, extra=ckpt.extra)
-    with pytest.warns(ConfigWarning, match="temperature") as caught:
+    with pytest.warns(ConfigWarning, match="future_knob") as caught:
         report = run_evaluation(run, plots=False, device="cpu")
     assert all("data" not in str(w.message) for w in caught if w.category is ConfigWarning)
     assert report["protocol"]["scene_exclusion"] == "mask"                    # the missing field's default
@@ -67,13 +67,13 @@ def test_report_text_formats_every_method_and_comparison(run):
     assert [line.split()[0] for line in table[1:]] == list(report["methods"])
     assert f"{report['methods']['hybrid']['hr@10']:.3f}" in table[1]
     lines = format_comparisons(report["comparisons"]).splitlines()
-    assert len(lines) == 3 and lines[0].startswith("hybrid - backbone")
+    assert len(lines) == 6 and lines[0].startswith("hybrid - backbone")
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     runner = CliRunner()
     result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and "train one first with `ctl train`" in result.output
+    assert result.exit_code == 1 and "`ctl train`" in result.output   # the hint, rendered as a command
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path), "--split", "train"])
     assert result.exit_code == 2 and "--split" in result.output and "Traceback" not in result.output

@@ -18,7 +18,12 @@ def test_the_presence_head_beats_the_category_frequency_on_held_out_scenes(learn
     per = presence["per_category"].values()
     assert sum(c["ap"] > c["frequency"] for c in per if not np.isnan(c["ap"])) >= 6
     ckpt = load_checkpoint(run / "checkpoint.pt", with_backbone=False)
-    assert ckpt.has_presence and ckpt.extra["presence"]["threshold"] == 0.5
+    assert ckpt.has_presence and ckpt.extra["presence"]["threshold"] == "per category"
+    fitted = ckpt.extra["presence"]["thresholds"]
+    assert set(fitted) == set(ckpt.embedder.categories)
+    for k, name in enumerate(ckpt.embedder.categories):      # the head carries what the record says
+        t = fitted[name]["threshold"]
+        assert float(ckpt.embedder.presence.threshold[k]) == (float("inf") if t is None else pytest.approx(t))
     summary = RunLayout(run).read_summary()
     assert summary.checkpoint_sha256 == ckpt.sha256 and summary.presence["val_mean_ap"] > 0.6
 

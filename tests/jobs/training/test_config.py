@@ -23,9 +23,9 @@ def test_a_saved_config_reads_back_equal():
 
 
 def test_unknown_saved_fields_are_ignored_with_a_warning_and_missing_ones_defaulted():
-    saved = {**TrainConfig(dim=32).to_dict(), "temperature": 0.07, "data": "data/sample"}
+    saved = {**TrainConfig(dim=32).to_dict(), "future_knob": 0.07, "data": "data/sample"}
     del saved["exclusion"]
-    with pytest.warns(ConfigWarning, match="temperature") as caught:
+    with pytest.warns(ConfigWarning, match="future_knob") as caught:
         cfg = TrainConfig.from_dict(saved, ignore=("data",))
     assert "data" not in str(caught[0].message)
     assert cfg.dim == 32 and cfg.exclusion == TrainConfig().exclusion

@@ -56,7 +56,7 @@ def test_finetune_trains_the_backbone_end_to_end_and_evaluates(finetuned, micro)
     changed = [k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k])]
     assert changed, "fine-tuning left every backbone weight as it was"
     report = run_evaluation(out, plots=False, device="cpu")
-    assert set(report["methods"]) == {"hybrid", "global", "local", "backbone"}
+    assert set(report["methods"]) == {"hybrid", "paper", "global", "local", "backbone"}
     # Training read which images decode without the cache; evaluation computed the cache: the same filter.
     data = prepare_data(micro, out, FT)
     cache_features(data, out, FT, "cpu")

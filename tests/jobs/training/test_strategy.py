@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jobs.training.strategy import hybrid_triplet_loss
-from pipeline.distances import hybrid_distance
+from jobs.training.config import TrainConfig
+from jobs.training.strategy import hybrid_triplet_loss, ranking_loss
+from pipeline.distances import global_distance, hybrid_distance, local_distance, softmax_loss, triplet_loss
 
 
 def test_hybrid_triplet_loss_equals_a_loop_over_triplets():
@@ -26,3 +27,18 @@ def test_the_loss_is_float32_whatever_the_embeddings_precision():
     half = hybrid_triplet_loss(*(t.bfloat16() for t in (f_s, f_i, f_p, e_c)), margin=0.2)
     assert half.dtype == torch.float32
     assert float(half) == pytest.approx(float(hybrid_triplet_loss(f_s, f_i, f_p, e_c, 0.2)), abs=2e-2)
+
+
+def test_ranking_loss_is_the_configured_loss_on_the_hybrid_and_on_each_half_when_asked():
+    g = torch.Generator().manual_seed(1)
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    f_s, f_i, f_p, e_c = unit(3, 8), unit(3, 49, 8), unit(3, 5, 8), unit(3, 8)
+    assert torch.equal(ranking_loss(f_s, f_i, f_p, e_c, TrainConfig()), hybrid_triplet_loss(f_s, f_i, f_p, e_c, 0.2))
+    e = e_c.unsqueeze(1).expand(-1, 5, -1)
+    d = {"h": hybrid_distance(f_s, f_i, f_p, e), "g": global_distance(f_s, f_p), "l": local_distance(f_i, f_p, e)}
+    soft = TrainConfig(loss="softmax", per_half_loss=True, temperature=0.2)
+    expected = sum(softmax_loss(x[:, 0], x[:, 1:], 0.2) for x in d.values())
+    assert float(ranking_loss(f_s, f_i, f_p, e_c, soft)) == pytest.approx(float(expected), abs=1e-5)
+    halves = TrainConfig(per_half_loss=True)
+    expected = sum(triplet_loss(x[:, 0], x[:, 1:], 0.2) for x in d.values())
+    assert float(ranking_loss(f_s, f_i, f_p, e_c, halves)) == pytest.approx(float(expected), abs=1e-5)

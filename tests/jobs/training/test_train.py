@@ -23,6 +23,7 @@ def test_training_writes_checkpoint_config_and_a_scene_split(trained):
     ckpt = load_checkpoint(out / "checkpoint.pt", with_backbone=False)
     assert ckpt.sha256 == summary.checkpoint_sha256
     assert ckpt.extra["epoch"] == summary.best_epoch
+    assert ckpt.training_data == "sample" and ckpt.hybrid_form in ("fitted", "paper")   # the generator's marker
     assert json.loads((out / "config.json").read_text())["dim"] == 16
     split = json.loads((out / "split.json").read_text())
     assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
@@ -98,3 +99,23 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
         result = runner.invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *bad])
         assert result.exit_code == 2 and bad[0] in result.output and expected in result.output, result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_hard_mining_with_a_softmax_loss_is_reproducible_and_mines_from_each_pairs_pool(trained, tmp_path, sample):
+    from jobs.training.frozen import mine_hard_pools
+    out, _ = trained
+    cfg = CFG.replace(loss="softmax", per_half_loss=True, mining="hard", warmup_epochs=1, hard_pool=3)
+    first = train(sample, copy_run(out, tmp_path / "a", cache_only=True), config=cfg, progress=False)
+    second = train(sample, copy_run(out, tmp_path / "b", cache_only=True), config=cfg, progress=False)
+    assert first.history == second.history and len(first.history) == cfg.epochs
+    assert first.hybrid["form"] == "fitted"
+    run = tmp_path / "a"
+    data = prepare_data(sample, run, cfg)
+    strategy = strategy_for(cfg, data, torch.device("cpu"))
+    pools = trainable_pairs(data, strategy.prepare(run))
+    embedder = load_checkpoint(run / "checkpoint.pt", with_backbone=False).embedder
+    mined = mine_hard_pools(embedder, data, pools, 3)
+    assert mined == mine_hard_pools(embedder, data, pools, 3)
+    for j, got in mined.items():
+        assert len(got) == min(3, len(pools[j])) and set(got) <= set(pools[j])
+        assert data.dataset.pairs[j].product_id not in got

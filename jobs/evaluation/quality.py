@@ -1,0 +1,171 @@
+"""`ctl quality`: the headline table over several training seeds (mean and spread), each seed's paired intervals.
+
+Every (variant, seed) is a run folder under --out, trained and evaluated once: a finished run (its
+report.json) is read back, an interrupted one resumes, so the command can be stopped and started again.
+By default every run shares one data seed (the split, the augmented views, the queries: --data-seed),
+so the seeds differ in what training draws (initialisation, batches, negatives, dropout) and every
+run is measured on the same test queries; they then share one feature cache (hard links), and only
+the first run pays for it. --vary-data gives each seed its own split and cache instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from common.errors import InputError
+from common.files import write_json_atomic, write_text_atomic
+from jobs.evaluation.evaluate import run_evaluation
+from jobs.training.config import TrainConfig
+from jobs.training.run_layout import RunLayout
+from jobs.training.train import train
+
+# name -> settings over TrainConfig's defaults. "default" is what `make train` runs.
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "softmax": {"loss": "softmax", "negatives": 16},
+    "hard": {"mining": "hard"},
+    "softmax-hard": {"loss": "softmax", "negatives": 16, "mining": "hard"},
+    "per-half": {"per_half_loss": True},
+    "dim128": {"dim": 128},
+}
+METRICS = ("fitb_expected", "hr@10", "hr@50")
+HEADLINE = ("hybrid", "paper", "global", "local", "backbone")
+PAIRS = ("hybrid - global", "hybrid - local", "hybrid - paper")
+
+
+def link_cache(source: Path, run: Path) -> None:
+    """Give `run` the feature cache and split of `source` (same seed) as hard links: nothing is copied."""
+    if (run / "cache").exists() or not (source / "cache").is_dir():
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "cache", run / "cache", copy_function=os.link)
+    if (source / "split.json").is_file() and not (run / "split.json").exists():
+        shutil.copy2(source / "split.json", run / "split.json")
+
+
+def shared_cache(out: Path, seed: int, data_seed: int | None) -> Path | None:
+    """An earlier run under `out` whose data (and so feature cache) a run of `seed` shares: with one data seed,
+    any run of any variant made with it (its config says so); else a run of the same seed."""
+    for config in sorted(out.glob("*/seed-*/config.json")):
+        saved = json.loads(config.read_text())
+        same = saved.get("seed") == seed if data_seed is None else \
+            (saved.get("seed") if saved.get("data_seed") is None else saved.get("data_seed")) == data_seed
+        if same and (config.parent / "cache").is_dir():
+            return config.parent
+    return None
+
+
+def run_one(data_dir: Path, run: Path, cfg: TrainConfig, *, progress: bool) -> dict:
+    """Train (or resume) and evaluate one run; its report, read back when it is already there."""
+    if (run / "report.json").is_file():
+        return json.loads((run / "report.json").read_text())
+    if not RunLayout(run).summary.is_file():
+        train(data_dir, run, config=cfg, resume=True, progress=progress)
+    return run_evaluation(run, data_dir=data_dir, plots=False)
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation, min and max of one figure over seeds."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "per_seed": [float(x) for x in v]}
+
+
+def summarise_variant(reports: dict[int, dict]) -> dict:
+    """Over the seeds of one variant: every method's figures (mean and spread), each seed's paired intervals,
+    presence and the classifier."""
+    seeds = sorted(reports)
+    methods = {m: {k: spread([reports[s]["methods"][m][k] for s in seeds]) for k in METRICS}
+               for m in HEADLINE if all(m in reports[s]["methods"] for s in seeds)}
+    best_half = {k: spread([max(reports[s]["methods"]["global"][k], reports[s]["methods"]["local"][k])
+                            for s in seeds]) for k in METRICS}
+    comparisons = {pair: {s: reports[s]["comparisons"][pair] for s in seeds if pair in reports[s]["comparisons"]}
+                   for pair in PAIRS}
+    presence = {s: {"mean_ap": reports[s]["presence"].get("mean_ap"),
+                    "mean_precision": reports[s]["presence"].get("mean_precision"),
+                    "mean_recall": reports[s]["presence"].get("mean_recall")}
+                for s in seeds if reports[s].get("presence", {}).get("available")}
+    classifier = {k: spread([reports[s]["classifier"]["hybrid"][k] for s in seeds]) for k in ("roc_auc", "ece")}
+    weights = {s: reports[s].get("hybrid", {}).get("local_weights") for s in seeds}
+    return {"seeds": seeds, "n_queries": reports[seeds[0]]["n_queries"], "methods": methods,
+            "best_half": best_half, "comparisons": comparisons, "presence": presence,
+            "classifier_hybrid": classifier, "local_weights": weights}
+
+
+def format_quality(summary: dict) -> str:
+    """The markdown tables of a quality summary: per variant, methods (mean ± std over seeds) and intervals."""
+    lines = []
+    for name, v in summary["variants"].items():
+        lines += [f"### {name} (seeds {', '.join(map(str, v['seeds']))}; {v['n_queries']} test queries)", "",
+                  "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+        for method, figures in v["methods"].items():
+            cells = [f"{figures[k]['mean']:.3f} ± {figures[k]['std']:.3f}" for k in METRICS]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", "| paired difference | seed | fitb_expected [95% CI] | hr@10 [95% CI] |", "|---|---|---|---|"]
+        for pair, per_seed in v["comparisons"].items():
+            for seed, figures in per_seed.items():
+                cells = [f"{figures[k]['diff']:+.3f} [{figures[k]['ci95'][0]:+.3f}, {figures[k]['ci95'][1]:+.3f}]"
+                         for k in ("fitb_expected", "hr@10")]
+                lines.append(f"| {pair} | {seed} | " + " | ".join(cells) + " |")
+        c = v["classifier_hybrid"]
+        lines += ["", f"classifier (hybrid): ROC-AUC {c['roc_auc']['mean']:.3f} ± {c['roc_auc']['std']:.3f}, "
+                      f"ECE {c['ece']['mean']:.3f} ± {c['ece']['std']:.3f}", ""]
+    return "\n".join(lines)
+
+
+def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[str], epochs: int | None = None,
+                data_seed: int | None = 0, progress: bool = True) -> dict:
+    """Train and evaluate every (variant, seed); write quality.json and quality.md under `out`; return the summary."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if not Path(data_dir).is_dir():
+        raise InputError(f"{data_dir}: no such dataset folder (ctl sample-data writes data/sample)")
+    started, summary = time.time(), {"data": str(data_dir), "data_seed": data_seed, "variants": {}}
+    for name in variants:
+        reports = {}
+        for seed in seeds:
+            run = out / name / f"seed-{seed}"
+            source = shared_cache(out, seed, data_seed)
+            if source is not None:
+                link_cache(source, run)
+            cfg = TrainConfig(seed=seed, data_seed=data_seed, **VARIANTS[name])
+            cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
+            click.echo(f"[{time.time() - started:7.0f} s] {name} seed {seed} -> {run}", err=True)
+            reports[seed] = run_one(Path(data_dir), run, cfg, progress=progress)
+        summary["variants"][name] = {"settings": VARIANTS[name], **summarise_variant(reports)}
+        write_json_atomic(out / "quality.json", summary)      # after each variant: a partial table is kept
+    summary["seconds"] = round(time.time() - started, 1)
+    write_json_atomic(out / "quality.json", summary)
+    write_text_atomic(out / "quality.md", format_quality(summary) + "\n")
+    return summary
+
+
+@click.command("quality")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/sample"),
+              show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/quality"),
+              show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True, help="training seeds, comma-separated")
+@click.option("--variants", default="default", show_default=True,
+              help=f"comma-separated, from: {', '.join(VARIANTS)}")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="override every variant's epochs")
+@click.option("--data-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="one split, one set of views and queries for every run (one feature cache)")
+@click.option("--vary-data", is_flag=True, help="each training seed with its own split, views and queries instead")
+def quality_command(data_dir, out, seeds, variants, epochs, data_seed, vary_data):
+    """The headline table over several training seeds (resumable): every method, mean and spread, paired CIs."""
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"seeds must be integers separated by commas, got {seeds!r}") from None
+    summary = run_quality(data_dir, out, seeds=seed_list, variants=[v.strip() for v in variants.split(",")],
+                          epochs=epochs, data_seed=None if vary_data else data_seed)
+    click.echo(format_quality(summary))
+    click.echo(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")
