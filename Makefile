@@ -67,7 +67,7 @@ embed-catalog: $(STAMP) | $(RUN)/checkpoint.pt ## embed the catalogue into parqu
 build-index: embed-catalog ## build the FAISS index from the embedding shards
 	$(BIN)/ctl build-index --embeddings $(EMB) --out $(IDX)
 
-quality: $(STAMP) | $(SAMPLE)/catalog.parquet ## the three-seed headline table (resumable; hours on 2 cores): data/quality/quality.md
+quality: $(STAMP) | $(SAMPLE)/catalog.parquet ## the three-seed headline table (resumable; tens of minutes on 2 cores): data/quality/quality.md
 	$(BIN)/ctl quality --data $(SAMPLE) --out data/quality --seeds 0,1,2
 
 demo: $(STAMP) ## the whole path on the embedded sample: data, train, evaluate, embed, index, one retrieval

@@ -65,6 +65,9 @@ class _CliFormatter(logging.Formatter):
         return f"{self.prog}: {level}{one_line(record.getMessage())}"
 
 
+_rendering: list[logging.Handler] = []     # the handler render_logs installed, while it is installed
+
+
 def render_logs(prog: str) -> None:
     """Show what the library layers log on stderr, one line each: warnings from anything, info lines from the
     project's own packages. A host that already renders logs (a handler on the root logger: pytest, a program
@@ -78,6 +81,18 @@ def render_logs(prog: str) -> None:
     root.setLevel(logging.WARNING)
     for name in PROJECT_PACKAGES:
         logging.getLogger(name).setLevel(logging.INFO)
+    _rendering.append(handler)
+
+
+def release_logs() -> None:
+    """Undo render_logs, for a command that configures logging its own way (`ctl serve`: times, levels,
+    --log-level); a no-op when render_logs installed nothing."""
+    root = logging.getLogger()
+    while _rendering:
+        root.removeHandler(_rendering.pop())
+        root.setLevel(logging.WARNING)
+        for name in PROJECT_PACKAGES:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 class OneLineErrors:

@@ -13,7 +13,7 @@ import uvicorn
 from common import defaults
 from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
-from jobs.cli_errors import OneLineCommand
+from jobs.cli_errors import OneLineCommand, release_logs
 from jobs.data.datasets import load_dataset
 from jobs.training.run_layout import RunLayout
 from retrieval.retriever import Retriever
@@ -132,6 +132,7 @@ def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, devic
         pipeline=pipeline,
         queue_size=queue_size, max_upload_bytes=int(max_upload_mb * 2**20), watch_interval_s=watch_interval,
         reload_token=reload_token or None, examples=resolve_examples(examples, checkpoint), trace=trace)
+    release_logs()   # a long-running server logs with times and levels, at --log-level
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)

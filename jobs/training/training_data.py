@@ -82,7 +82,8 @@ def cache_features(data: TrainingData, out_dir, cfg: TrainConfig, device) -> Non
     for j in range(len(ds.pairs)):
         scene_items.append(scene_view(ds, j))
         if j in train_set:
-            scene_items += [scene_view(ds, j, view_seed(cfg.split_seed, "scene", str(j), v)) for v in range(cfg.scene_views)]
+            scene_items += [scene_view(ds, j, view_seed(cfg.split_seed, "scene", str(j), v))
+                            for v in range(cfg.scene_views)]
     positives = {ds.pairs[j].product_id for j in data.train_pairs}
     product_items = []
     for pid in sorted(ds.products):

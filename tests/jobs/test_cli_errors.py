@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from common.errors import ArtifactError, InputError
-from jobs.cli_errors import PROJECT_PACKAGES, OneLineCommand, OneLineGroup, render_logs
+from jobs.cli_errors import PROJECT_PACKAGES, OneLineCommand, OneLineGroup, release_logs, render_logs
 
 
 @click.group("tool", cls=OneLineGroup)
@@ -86,3 +86,7 @@ def test_the_cli_renders_library_logs_one_line_each_and_leaves_a_host_s_handlers
     installed = list(root.handlers)
     render_logs("ctl")                          # a handler is there now: nothing is added twice
     assert root.handlers == installed and len(installed) == 1
+    release_logs()                              # a command that configures logging itself (ctl serve)
+    assert root.handlers == [] and logging.getLogger("jobs").level == logging.NOTSET
+    logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(message)s")
+    assert [h.formatter._fmt for h in root.handlers] == ["%(levelname)s %(message)s"]

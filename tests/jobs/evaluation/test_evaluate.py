@@ -73,7 +73,7 @@ def test_report_text_formats_every_method_and_comparison(run):
 def test_cli_errors_are_one_line_without_traceback(tmp_path):
     runner = CliRunner()
     result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and "make train" in result.output
+    assert result.exit_code == 1 and "`ctl train`" in result.output   # the hint, rendered as a command
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(ctl, ["evaluate", "--run", str(tmp_path), "--split", "train"])
     assert result.exit_code == 2 and "--split" in result.output and "Traceback" not in result.output
