@@ -27,6 +27,7 @@ from bench.bench_serve import Bare, cpu_seconds, load, start_server, wait_ready
 CONFIGS = {
     "default": [],
     "threads1": ["--threads", "1"],
+    "batch-threads1": ["--batch-threads", "1"],
     "batch-threads2": ["--batch-threads", "2"],
     "batch1": ["--max-batch", "1"],
     "threads1-batch1": ["--threads", "1", "--max-batch", "1"],
