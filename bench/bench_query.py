@@ -133,8 +133,31 @@ def _ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
 
-def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
+def stage_times(retriever, scene: Path, *, k: int, candidates: int) -> list[float]:
+    """One query stage by stage, as Retriever.retrieve runs it (explains where the time goes), in seconds."""
+    backbone = retriever.embedder.backbone
+    t0 = time.perf_counter()
+    x = retriever.scene_tensor(load_image(scene))
+    t1 = time.perf_counter()
+    with torch.inference_mode():
+        fmap = backbone(x)
+        t2 = time.perf_counter()
+        with one_thread():
+            f_s, f_i = retriever.embedder.scene_from_features(fmap)
+    t3 = time.perf_counter()
+    with one_thread():
+        count = min(max(candidates, k), len(retriever))
+        rows = retriever.candidates(f_s, count)
+        t4 = time.perf_counter()
+        d = retriever.rerank(f_s, f_i, rows)
+        t5 = time.perf_counter()
+        order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
+        retriever.hits_at(rows, d, order)
+    t6 = time.perf_counter()
+    return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5]
 
+
+def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
     backbone = retriever.embedder.backbone
     pil = [load_image(p) for p in scenes]
     tensors = [retriever.scene_tensor(img) for img in pil]  # the very input the retriever feeds its backbone
@@ -177,27 +200,8 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
         t0 = time.perf_counter()
         retriever.look(encoded, k=look_k, candidates=candidates, include_present=True)
         t_after["look"].append(time.perf_counter() - t0)
-        # The same query, stage by stage, as Retriever.retrieve runs it (explains where the time goes).
-        t0 = time.perf_counter()
-        x = retriever.scene_tensor(load_image(scenes[j]))
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            fmap = backbone(x)
-            t2 = time.perf_counter()
-            with one_thread():
-                f_s, f_i = retriever.embedder.scene_from_features(fmap)
-        t3 = time.perf_counter()
-        with one_thread():
-            count = min(max(candidates, k), len(retriever))
-            rows = retriever.candidates(f_s, count)
-            t4 = time.perf_counter()
-            d = retriever.rerank(f_s, f_i, rows)
-            t5 = time.perf_counter()
-            order = np.lexsort((rows, d["global"], d["hybrid"]))[:k]
-            retriever.hits_at(rows, d, order)
-        t6 = time.perf_counter()
-        for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6)], strict=True):
-            stages[name].append(b - a)
+        for name, seconds in zip(stages, stage_times(retriever, scenes[j], k=k, candidates=candidates), strict=True):
+            stages[name].append(seconds)
     bare = _ms(t_bare)
     return {
         "queries": queries, "scenes": len(scenes), "k": k, "candidates": candidates,

@@ -90,8 +90,8 @@ def write_data(root: Path, n: int, d: int, n_clusters: int, nq: int, spread: flo
     for i, s in enumerate(range(0, n, SHARD_ROWS)):
         e = min(n, s + SHARD_ROWS)
         xb, labels = draw(e - s)
-        D, I = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(D, I + s)
+        D, neighbours = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(D, neighbours + s)
         if s < EXACT_BLOCK:
             first_block.append(xb)
         if e >= min(n, EXACT_BLOCK) and exact_ms is None:
@@ -156,7 +156,7 @@ def _warm_pyarrow() -> None:
 
 def child_serve(out: str, data: str) -> None:
     npz = np.load(data)
-    xq, I_ref = npz["xq"], npz["I_ref"]
+    xq, reference = npz["xq"], npz["reference"]
     faiss.omp_set_num_threads(1)
     _warm_pyarrow()
     build, _ = resolve(out)
@@ -177,20 +177,39 @@ def child_serve(out: str, data: str) -> None:
 
     def one(i):
         t = time.perf_counter()
-        _, I = index.search(xq[i:i + 1], K)
-        return (time.perf_counter() - t) * 1e3, I[0]
+        _, neighbours = index.search(xq[i:i + 1], K)
+        return (time.perf_counter() - t) * 1e3, neighbours[0]
 
     cold = [one(i) for i in range(len(xq))]
     warm = [one(i) for i in range(len(xq))]
-    I = np.vstack([r[1] for r in warm])
-    rec = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / K for a, b in zip(I, I_ref)]))
+    neighbours = np.vstack([r[1] for r in warm])
+    rec = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / K for a, b in zip(neighbours, reference, strict=True)]))
     cold_ms, warm_ms = np.array([c[0] for c in cold]), np.array([w[0] for w in warm])
+    anon_after = status("RssAnon") - anon0
+    category_ms = _category_latency(index, xq)
     print("RESULT " + json.dumps({
         "load_s": load_s, "anon_load_mb": anon_load, "rss_load_mb": rss_load, "faiss_index_anon_mb": index_anon,
-        "anon_after_mb": status("RssAnon") - anon0, "rss_after_mb": status("VmRSS") - rss0, "recall": rec,
+        "anon_after_mb": anon_after, "rss_after_mb": status("VmRSS") - rss0, "recall": rec,
+        "anon_after_category_mb": status("RssAnon") - anon0,
+        "category_warm_p50_ms": float(np.median(category_ms)),
+        "category_warm_p99_ms": float(np.percentile(category_ms, 99)),
         "cold_p50_ms": float(np.median(cold_ms)), "cold_p99_ms": float(np.percentile(cold_ms, 99)),
         "warm_p50_ms": float(np.median(warm_ms)), "warm_p99_ms": float(np.percentile(warm_ms, 99)),
         "disk_bytes": {p.name: p.stat().st_size for p in build.iterdir() if p.is_file()}}))
+
+
+def _category_latency(index: ProductIndex, xq: np.ndarray) -> np.ndarray:
+    """ms per single query filtered to the largest category (its rows: the row metadata), second pass of two."""
+    category = max(index.categories, key=lambda c: len(index.rows_for_category(c)))
+
+    def one(i):
+        t = time.perf_counter()
+        index.search(xq[i:i + 1], K, category=category)
+        return (time.perf_counter() - t) * 1e3
+
+    for i in range(len(xq)):
+        one(i)                      # the first pass builds the category's selector and list counts
+    return np.array([one(i) for i in range(len(xq))])
 
 
 def child_addscale(emb: str, out: str, workers: str) -> None:
@@ -229,9 +248,9 @@ def prepare_data(root: Path, args) -> dict:
     if args.keep and saved.is_file() and (root / "q.npz").is_file():
         return {**json.loads(saved.read_text()), "reused": True}
     t0 = time.perf_counter()
-    xq, I_ref, exact_ms = write_data(root / "emb", args.n, args.dim, args.clusters, args.queries, args.spread,
+    xq, reference, exact_ms = write_data(root / "emb", args.n, args.dim, args.clusters, args.queries, args.spread,
                                      args.seed)
-    np.savez(root / "q.npz", xq=xq, I_ref=I_ref)
+    np.savez(root / "q.npz", xq=xq, reference=reference)
     timing = {"exact_ms_1t": exact_ms, "data_s": time.perf_counter() - t0}
     saved.write_text(json.dumps(timing))
     return timing
@@ -250,8 +269,8 @@ def build_or_reuse(root: Path, mode: str, args) -> tuple[IndexInfo, float | None
     return IndexInfo.from_dict(built["info"]), built["peak_rss_mb"]
 
 
-def serve_formats(out: Path, data: Path, formats: list[str]) -> dict:
-    """Serve one build in each format (copies of it), ABBA when two; the figures of each format, averaged."""
+def serve_formats(out: Path, data: Path, formats: list[str], repeats: int = 1) -> dict:
+    """Serve one build in each format (copies of it), ABBA (`repeats` rounds) when two; their figures averaged."""
     if formats == ["current"]:
         return {"current": run_child("--_child-serve", str(out), str(data))}
     build, _ = resolve(out)
@@ -261,7 +280,7 @@ def serve_formats(out: Path, data: Path, formats: list[str]) -> dict:
         shutil.rmtree(dirs[name], ignore_errors=True)
         copy_as_format(build, dirs[name] / "v000001", {"old": 1, "new": 2}[name])
         publish(dirs[name], dirs[name] / "v000001")
-    order = formats + formats[::-1]
+    order = (formats + formats[::-1]) * repeats
     runs = {name: [] for name in formats}
     for name in order:
         runs[name].append(run_child("--_child-serve", str(dirs[name]), str(data)))
@@ -270,8 +289,8 @@ def serve_formats(out: Path, data: Path, formats: list[str]) -> dict:
     served = {}
     for name, rs in runs.items():
         mean = {k: float(np.mean([r[k] for r in rs])) for k, v in rs[0].items() if isinstance(v, (int, float))}
-        served[name] = {**rs[0], **mean, "runs": [{k: r[k] for k in ("anon_load_mb", "warm_p50_ms", "warm_p99_ms")}
-                                                  for r in rs]}
+        kept = ("anon_load_mb", "warm_p50_ms", "warm_p99_ms", "category_warm_p50_ms")
+        served[name] = {**rs[0], **mean, "runs": [{k: round(r[k], 4) for k in kept} for r in rs]}
     return served
 
 
@@ -284,13 +303,16 @@ def report(mode: str, info: IndexInfo, peak_rss_mb, load: str, served: dict) -> 
           f"load avg {load}", flush=True)
     for name, s in served.items():
         print(f"    {name} format: anon loaded {s['anon_load_mb']:.1f} MB, recall@20 {s['recall']:.4f}, warm "
-              f"{s['warm_p50_ms']:.3f}/{s['warm_p99_ms']:.3f} ms, cold p99 {s['cold_p99_ms']:.2f} ms, runs "
+              f"{s['warm_p50_ms']:.3f}/{s['warm_p99_ms']:.3f} ms, category {s['category_warm_p50_ms']:.3f}/"
+              f"{s['category_warm_p99_ms']:.3f} ms, cold p99 {s['cold_p99_ms']:.2f} ms, runs "
               f"{s.get('runs', '')}", flush=True)
     if {"old", "new"} <= set(served):
-        r["new_over_old"] = {k: served["new"][k] / served["old"][k] for k in ("warm_p50_ms", "warm_p99_ms")}
+        r["new_over_old"] = {k: served["new"][k] / served["old"][k]
+                             for k in ("warm_p50_ms", "warm_p99_ms", "category_warm_p50_ms", "category_warm_p99_ms")}
         r["anon_saved_mb"] = served["old"]["anon_load_mb"] - served["new"]["anon_load_mb"]
         ratio = r["new_over_old"]
-        print(f"    new / old warm p50 {ratio['warm_p50_ms']:.3f}, p99 {ratio['warm_p99_ms']:.3f}; "
+        print(f"    new / old warm p50 {ratio['warm_p50_ms']:.3f}, p99 {ratio['warm_p99_ms']:.3f}, category p50 "
+              f"{ratio['category_warm_p50_ms']:.3f}, p99 {ratio['category_warm_p99_ms']:.3f}; "
               f"anonymous memory saved {r['anon_saved_mb']:.1f} MB", flush=True)
     return r
 
@@ -315,6 +337,7 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, nargs=2, default=(500, 1000), metavar=("TUNE", "EVAL"),
                     help="the build's tuning and evaluation query counts")
     ap.add_argument("--formats", default="current", help="serve each build as 'current', or in 'old,new' (ABBA)")
+    ap.add_argument("--repeats", type=int, default=1, help="ABBA rounds of serving runs with --formats old,new")
     ap.add_argument("--add-scaling", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="where the shards and indexes go (default: a temp dir)")
@@ -341,7 +364,7 @@ def main() -> None:
         for mode in modes:
             load = loadavg()
             info, peak = build_or_reuse(root, mode, args)
-            served = serve_formats(root / f"idx-{mode}", root / "q.npz", args.formats.split(","))
+            served = serve_formats(root / f"idx-{mode}", root / "q.npz", args.formats.split(","), args.repeats)
             results["builds"][mode] = report(mode, info, peak, load, served)
             if args.add_scaling and mode == "single":
                 results["add_scaling"] = run_child("--_child-addscale", str(root / "emb"), str(root / f"idx-{mode}"),

@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 # Read once at import: os.umask can only be read by setting it, which would race with other threads.
 _UMASK = os.umask(0o022)

@@ -1,7 +1,7 @@
 """Category names: STL-style paths ("Apparel & Accessories|Shoes") and the short names users type."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def short_category(name: str) -> str:

@@ -2,6 +2,7 @@
 import hashlib
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -12,10 +13,9 @@ from common.files import atomic_path, sha256_of, write_bytes_atomic, write_json_
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
     target = tmp_path / "out.json"
     write_json_atomic(target, {"a": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half a file")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half a file")
+        raise RuntimeError("killed mid-write")
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -26,7 +26,7 @@ def test_the_rename_is_the_last_step(tmp_path, monkeypatch):
     real = os.replace
 
     def spy(src, dst):
-        seen.append((os.path.basename(src), os.path.basename(dst), open(src).read()))
+        seen.append((os.path.basename(src), os.path.basename(dst), Path(src).read_text()))
         return real(src, dst)
 
     monkeypatch.setattr(files.os, "replace", spy)

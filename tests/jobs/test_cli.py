@@ -25,6 +25,7 @@ def test_help_lists_every_job():
 
 
 def test_data_commands_start_without_importing_torch():
-    code = "import sys; from jobs.cli import main; main(['data', '--help'], standalone_mode=False); print('torch' in sys.modules)"
+    code = ("import sys; from jobs.cli import main; main(['data', '--help'], standalone_mode=False); "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("False")

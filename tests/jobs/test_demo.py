@@ -12,8 +12,9 @@ from jobs import demo
 from jobs.data.sample import generate
 from jobs.training.config import TrainConfig
 
-TINY_SAMPLE = dict(scenes=16, products=60, categories=3, image_size=96, workers=1, progress=False)
-TINY_TRAINING = dict(epochs=2, batch_size=16, dim=16, scene_views=0, product_views=0, negatives=2, workers=0)
+TINY_SAMPLE = {"scenes": 16, "products": 60, "categories": 3, "image_size": 96, "workers": 1, "progress": False}
+TINY_TRAINING = {"epochs": 2, "batch_size": 16, "dim": 16, "scene_views": 0, "product_views": 0, "negatives": 2,
+                 "workers": 0}
 
 
 @pytest.fixture

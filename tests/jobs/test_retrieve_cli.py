@@ -226,7 +226,7 @@ def test_product_verdicts_as_table_and_json(world, presence_paths):
     assert all(line.split()[-1] in ("yes", "no") for line in lines[2:])
     data = json.loads(run_presence(world, presence_paths, *argv, "--format", "json").stdout)
     assert set(data) == {"scene", "threshold", "products"} and [p["product_id"] for p in data["products"]] == ids
-    for row, line in zip(data["products"], lines[2:]):
+    for row, line in zip(data["products"], lines[2:], strict=True):
         assert row["completes_look"] == (line.split()[-1] == "yes") == (row["probability"] >= data["threshold"])
 
 

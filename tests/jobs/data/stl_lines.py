@@ -22,7 +22,7 @@ def pair(scene, product, bbox):
 LINES = [
     pair(S1, P1, [0.1, 0.2, 0.5, 0.9]),                 # 1 ok
     "",                                                 # 2 blank: skipped silently
-    '{"product": "%s", "scene": ' % P2,                 # 3 invalid JSON
+    f'{{"product": "{P2}", "scene": ',                 # 3 invalid JSON
     "[1, 2, 3]",                                        # 4 not an object
     json.dumps({"product": P2, "scene": S1}),           # 5 no bbox
     pair(S1, P2, [0.1, 0.2, 1.2, 0.9]),                 # 6 out of range

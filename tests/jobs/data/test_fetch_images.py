@@ -102,8 +102,8 @@ def test_nothing_fetched_is_one_line_and_exit_1_with_a_readable_report(server, t
                    tmp_path / "products.parquet")
     res = CliRunner().invoke(main, ["data", "fetch", str(tmp_path), "--retries", "0", "--rate", "0"])
     assert res.exit_code == 1
-    assert one_line_error(res) == (f"ctl data fetch: error: none of the 2 images could be fetched (1 not_an_image, 1 http_404); "
-                                   f"details in {tmp_path / 'fetch_report.json'}")
+    assert one_line_error(res) == ("ctl data fetch: error: none of the 2 images could be fetched "
+                                   f"(1 not_an_image, 1 http_404); details in {tmp_path / 'fetch_report.json'}")
     report = json.loads((tmp_path / "fetch_report.json").read_text())
     details = {f["reason"]: f["detail"] for f in report["failures"]}
     assert details["not_an_image"] == ("text/html, 33 bytes (UnidentifiedImageError: cannot identify image file; "

@@ -41,7 +41,7 @@ def test_permanent_failures_are_remembered_with_reason_and_time_then_forgotten(t
     url = "http://h/missing.jpg"
     assert cache.known_failure(url) is None
     cache.remember_failure(Failure(url, "http_404", "HTTP 404 Not Found", 1, 404, permanent=True))
-    [record_file] = [p for p in tmp_path.rglob("*.json")]
+    [record_file] = tmp_path.rglob("*.json")
     assert record_file.parent.parent.name == "failed"
     record = json.loads(record_file.read_text())
     assert {k: record[k] for k in ("url", "reason", "detail", "status", "attempts")} == {

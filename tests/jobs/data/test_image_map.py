@@ -17,8 +17,10 @@ def test_write_and_read_back(tmp_path):
     write_image_map(tmp_path, [inside, outside])
     table = pq.read_table(tmp_path / IMAGES)
     assert table.column_names == ["url", "image_path", "sha256", "bytes", "width", "height"]
-    assert table.schema.field("bytes").type == pa.int64() and table.schema.field("width").type == pa.int32()
-    assert read_image_map(tmp_path) == {"http://h/a.jpg": "cache/objects/aa/a.jpg", "http://h/b.jpg": "/elsewhere/b.png"}
+    assert table.schema.field("bytes").type == pa.int64()
+    assert table.schema.field("width").type == pa.int32()
+    expected = {"http://h/a.jpg": "cache/objects/aa/a.jpg", "http://h/b.jpg": "/elsewhere/b.png"}
+    assert read_image_map(tmp_path) == expected
     assert read_image_map(tmp_path / "nothing") == {}
 
 

@@ -86,20 +86,24 @@ def test_parquet_source_with_integer_ids(tmp_path):
 
 
 @pytest.mark.parametrize("csv, message", [
-    ("productid,image_path,category\n1,a.jpg,x\n", "missing column\\(s\\) product_id.*rename 'productid' to 'product_id'"),
+    ("productid,image_path,category\n1,a.jpg,x\n",
+     "missing column\\(s\\) product_id.*rename 'productid' to 'product_id'"),
     ("product_id,category\n1,x\n", "missing column\\(s\\) image_path or image_url"),
-    ("product_id,image_path,category\n1,a.jpg,x\n2,a.jpg,x\n1,a.jpg,y\n", "1 duplicate product_id\\(s\\): '1' at line 2 and line 4"),
+    ("product_id,image_path,category\n1,a.jpg,x\n2,a.jpg,x\n1,a.jpg,y\n",
+     "1 duplicate product_id\\(s\\): '1' at line 2 and line 4"),
     ("product_id,image_path,category\n1,a.jpg,\n", "empty category at line 2"),
     ("product_id,image_path,category\n1,,x\n", "neither image_path nor image_url at line 2"),
     ("product_id,image_url,category\n1,ftp://x/a.jpg,x\n", "image_url must start with http"),
-    ("product_id,image_path,category\n1,a.jpg,x\n2,gone.jpg,x\n", "1 image file\\(s\\) do not exist: line 3: .*gone.jpg"),
+    ("product_id,image_path,category\n1,a.jpg,x\n2,gone.jpg,x\n",
+     "1 image file\\(s\\) do not exist: line 3: .*gone.jpg"),
 ])
 def test_csv_problems_are_clear(tmp_path, csv, message):
     image(tmp_path / "a.jpg")
     (tmp_path / "cat.csv").write_text(csv)
     res = CliRunner().invoke(main, ["data", "catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2
-    assert re.search("^ctl data catalog: error: " + re.escape(str(tmp_path / "cat.csv")) + ": " + message, one_line_error(res))
+    prefix = "^ctl data catalog: error: " + re.escape(str(tmp_path / "cat.csv")) + ": "
+    assert re.search(prefix + message, one_line_error(res))
     assert not (tmp_path / "out" / "catalog.parquet").exists()
 
 

@@ -74,14 +74,14 @@ def test_formats(small):
     assert all(3 <= len(c) <= 5 and len(set(c)) == len(c) for c in per_scene.values())
     in_scenes = {p["product"] for p in pairs}
     assert len(in_scenes) == len(pairs)                       # one scene per product
-    assert 0 < SMALL["products"] - len(in_scenes)             # the catalogue holds products in no scene
+    assert SMALL["products"] - len(in_scenes) > 0             # the catalogue holds products in no scene
     assert len(_files(small / SCENE_DIR)) == SMALL["scenes"]
     assert len(_files(small / PRODUCT_DIR)) == SMALL["products"]
 
 
 def test_rerun_is_a_noop_and_other_params_regenerate(tmp_path):
     out = tmp_path / "s"
-    params = dict(seed=1, scenes=4, products=30, image_size=48, workers=1, progress=False)
+    params = {"seed": 1, "scenes": 4, "products": 30, "image_size": 48, "workers": 1, "progress": False}
     first = generate(out, **params)
     assert not first["skipped"]
     stamps = {p: p.stat().st_mtime_ns for p in _files(out)}
@@ -100,7 +100,7 @@ def test_rerun_is_a_noop_and_other_params_regenerate(tmp_path):
 
 def test_a_crash_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
     out = tmp_path / "s"
-    params = dict(seed=2, scenes=3, products=20, image_size=48, workers=1, progress=False)
+    params = {"seed": 2, "scenes": 3, "products": 20, "image_size": 48, "workers": 1, "progress": False}
     generate(out, **params)
     calls = []
 
@@ -123,10 +123,10 @@ def test_a_crash_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("params, message", [
-    (dict(scenes=10, products=12), "products \\(12\\) is smaller than the \\d+ products"),
-    (dict(categories=2), "categories must be in \\[3, 14\\]"),
-    (dict(image_size=16), "image_size must be >= 32"),
-    (dict(seed=-1), "seed must be >= 0"),
+    ({"scenes": 10, "products": 12}, "products \\(12\\) is smaller than the \\d+ products"),
+    ({"categories": 2}, "categories must be in \\[3, 14\\]"),
+    ({"image_size": 16}, "image_size must be >= 32"),
+    ({"seed": -1}, "seed must be >= 0"),
 ])
 def test_bad_parameters_are_input_errors(tmp_path, params, message):
     with pytest.raises(InputError, match=message):

@@ -18,7 +18,7 @@ def test_render_item_sizes_and_ranges(item):
     rgb, alpha = render_item(item, 50, 30, np.random.default_rng(0))
     assert rgb.shape == (30, 50, 3) and alpha.shape == (30, 50)
     assert rgb.dtype == alpha.dtype == np.float32
-    assert 0 <= rgb.min() and rgb.max() <= 1 and 0 <= alpha.min() and alpha.max() <= 1
+    assert rgb.min() >= 0 and rgb.max() <= 1 and alpha.min() >= 0 and alpha.max() <= 1
     assert 0.2 < (alpha > 0.5).mean() < 0.95
     tiny_rgb, tiny_alpha = render_item(item, 1, 2, np.random.default_rng(0))
     assert tiny_rgb.shape == (4, 4, 3) and tiny_alpha.shape == (4, 4)   # never under 4 px a side

@@ -47,8 +47,8 @@ def test_style_statistics_of_the_plans():
     distractors = [plan_distractor(0, j, 8).item for j in range(len(items))]
     rng = np.random.default_rng(0)
     i, j = rng.integers(len(items), size=(2, 1000))
-    random_pairs = np.mean([dist(items[a], items[b]) for a, b in zip(i, j)])
-    vs_distractors = np.mean([dist(items[a], distractors[b]) for a, b in zip(i, j)])
+    random_pairs = np.mean([dist(items[a], items[b]) for a, b in zip(i, j, strict=True)])
+    vs_distractors = np.mean([dist(items[a], distractors[b]) for a, b in zip(i, j, strict=True)])
     assert np.mean(same_zone) < 0.6 * np.mean(cross_zone) < 0.6 * random_pairs
     assert abs(vs_distractors - random_pairs) < 0.1 * random_pairs
     assert {d.pattern for d in distractors} == {it.pattern for it in items} == set(PATTERNS)

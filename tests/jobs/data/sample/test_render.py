@@ -33,7 +33,7 @@ def test_boxes_are_tight_around_the_items(small):
         bare, _, _ = render_scene(ScenePlan(**{**plan.__dict__, "items": ()}), seed=SMALL["seed"], size=size)
         diff = np.abs(img.astype(np.float32) - bare.astype(np.float32)).sum(axis=2)
         outside = diff[~np.any(np.stack(masks) > 0, axis=0)].mean()   # shadows only
-        for pair, mask in zip(pairs, masks):
+        for pair, mask in zip(pairs, masks, strict=True):
             left, top, right, bottom = (round(v * size) for v in pair["bbox"])
             on = mask > 127
             assert on[top:bottom, left:right].sum() >= 0.98 * on.sum()   # the item is inside its box

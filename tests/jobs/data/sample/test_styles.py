@@ -30,8 +30,9 @@ def test_an_item_varies_its_zone_style():
         assert all(0 <= c <= 1 for colour in item.colors for c in colour)
         assert abs(math.log(item.aspect / SHAPES[CATEGORIES[category][0]].aspect)) < 0.5
 
-        def nearest(zone_style):  # the dominant colour is one of the zone's first two, jittered
-            return min(np.abs(np.subtract(item.colors[0], colorsys.hsv_to_rgb(*c))).sum() for c in zone_style.colors[:2])
+        # the dominant colour is one of the zone's first two, jittered
+        def nearest(zone_style, dominant=item.colors[0]):
+            return min(np.abs(np.subtract(dominant, colorsys.hsv_to_rgb(*c))).sum() for c in zone_style.colors[:2])
         own.append(nearest(style))
         other.append(nearest(looks[k - 1].zones[zone]))
     assert np.median(own) < 0.25 * np.median(other)
