@@ -32,7 +32,7 @@ def _random_hsv8(rng: np.random.Generator, s: tuple[float, float], v: tuple[floa
     return _rgb8(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s), rng.uniform(*v)))
 
 
-_THEME_WASH = 0.4   # share of the theme colour in an "outfit" scene's background
+_THEME_WASH = 0.5   # share of the theme colour in an "outfit" scene's background
 
 
 def _scene_background(rng: np.random.Generator, plan: ScenePlan, out_size: int) -> Image.Image:
