@@ -90,8 +90,8 @@ def write_data(root: Path, n: int, d: int, n_clusters: int, nq: int, spread: flo
     for i, s in enumerate(range(0, n, SHARD_ROWS)):
         e = min(n, s + SHARD_ROWS)
         xb, labels = draw(e - s)
-        D, I = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(D, I + s)
+        D, neighbours = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(D, neighbours + s)
         if s < EXACT_BLOCK:
             first_block.append(xb)
         if e >= min(n, EXACT_BLOCK) and exact_ms is None:
@@ -156,7 +156,7 @@ def _warm_pyarrow() -> None:
 
 def child_serve(out: str, data: str) -> None:
     npz = np.load(data)
-    xq, I_ref = npz["xq"], npz["I_ref"]
+    xq, reference = npz["xq"], npz["reference"]
     faiss.omp_set_num_threads(1)
     _warm_pyarrow()
     build, _ = resolve(out)
@@ -177,13 +177,13 @@ def child_serve(out: str, data: str) -> None:
 
     def one(i):
         t = time.perf_counter()
-        _, I = index.search(xq[i:i + 1], K)
-        return (time.perf_counter() - t) * 1e3, I[0]
+        _, neighbours = index.search(xq[i:i + 1], K)
+        return (time.perf_counter() - t) * 1e3, neighbours[0]
 
     cold = [one(i) for i in range(len(xq))]
     warm = [one(i) for i in range(len(xq))]
-    I = np.vstack([r[1] for r in warm])
-    rec = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / K for a, b in zip(I, I_ref)]))
+    neighbours = np.vstack([r[1] for r in warm])
+    rec = float(np.mean([len(np.intersect1d(a[a >= 0], b)) / K for a, b in zip(neighbours, reference, strict=True)]))
     cold_ms, warm_ms = np.array([c[0] for c in cold]), np.array([w[0] for w in warm])
     anon_after = status("RssAnon") - anon0
     category_ms = _category_latency(index, xq)
@@ -248,9 +248,9 @@ def prepare_data(root: Path, args) -> dict:
     if args.keep and saved.is_file() and (root / "q.npz").is_file():
         return {**json.loads(saved.read_text()), "reused": True}
     t0 = time.perf_counter()
-    xq, I_ref, exact_ms = write_data(root / "emb", args.n, args.dim, args.clusters, args.queries, args.spread,
+    xq, reference, exact_ms = write_data(root / "emb", args.n, args.dim, args.clusters, args.queries, args.spread,
                                      args.seed)
-    np.savez(root / "q.npz", xq=xq, I_ref=I_ref)
+    np.savez(root / "q.npz", xq=xq, reference=reference)
     timing = {"exact_ms_1t": exact_ms, "data_s": time.perf_counter() - t0}
     saved.write_text(json.dumps(timing))
     return timing

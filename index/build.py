@@ -367,12 +367,12 @@ def _add_and_ground_truth(index: faiss.Index, manifest: Manifest, xq: np.ndarray
     heap = faiss.ResultHeap(len(xq), k, keep_max=True)
     for start, xb in iter_embeddings(manifest):
         index.add(xb)
-        D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
-        if I.shape[1] < k:
-            pad = k - I.shape[1]
+        D, neighbours = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+        if neighbours.shape[1] < k:
+            pad = k - neighbours.shape[1]
             D = np.hstack([D, np.full((len(xq), pad), -np.inf, np.float32)])
-            I = np.hstack([I, np.full((len(xq), pad), -1 - start, np.int64)])
-        heap.add_result(D, I + start)
+            neighbours = np.hstack([neighbours, np.full((len(xq), pad), -1 - start, np.int64)])
+        heap.add_result(D, neighbours + start)
     heap.finalize()
     I_ref = heap.I.copy()
     I_ref[~np.isfinite(heap.D)] = -1

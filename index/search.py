@@ -60,44 +60,44 @@ def make_params(index: faiss.Index, params: dict, *, k: int, sel=None):
     return p
 
 
-def pad_fix(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pad_fix(D: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Give every -1 slot the score -inf (FAISS uses -FLT_MAX for inner product)."""
     D = np.asarray(D, dtype=np.float32)
-    D[I < 0] = PAD_SCORE
-    return D, I
+    D[neighbours < 0] = PAD_SCORE
+    return D, neighbours
 
 
 def topk_from_scores(S: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k columns of a score matrix (descending), padded with (-inf, -1); columns map through `rows`."""
     nq, nb = S.shape
     D = np.full((nq, k), PAD_SCORE, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)
+    neighbours = np.full((nq, k), -1, dtype=np.int64)
     kk = min(k, nb)
     if kk == 0:
-        return D, I
+        return D, neighbours
     part = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
     top = np.take_along_axis(S, part, axis=1)
     order = np.argsort(-top, axis=1, kind="stable")
     cols = np.take_along_axis(part, order, axis=1)
     D[:, :kk] = np.take_along_axis(top, order, axis=1)
-    I[:, :kk] = cols if rows is None else np.asarray(rows, dtype=np.int64)[cols]
-    return D, I
+    neighbours[:, :kk] = cols if rows is None else np.asarray(rows, dtype=np.int64)[cols]
+    return D, neighbours
 
 
 def exact_search(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None = None,
                  block: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force inner product of xq against xb (any float dtype; computed in float32 by blocks)."""
     rows = np.arange(len(xb), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    D, I = topk_from_scores(np.empty((len(xq), 0), np.float32), k)
+    D, neighbours = topk_from_scores(np.empty((len(xq), 0), np.float32), k)
     for start in range(0, len(xb), block):
         xb_blk = np.asarray(xb[start:start + block], dtype=np.float32)
         Db, Ib = topk_from_scores(xq @ xb_blk.T, k, rows[start:start + block])
         if start == 0:
-            D, I = Db, Ib
+            D, neighbours = Db, Ib
             continue
         Dm, cols = topk_from_scores(np.hstack([D, Db]), k)
-        D, I = Dm, np.take_along_axis(np.hstack([I, Ib]), cols, axis=1)
-    return D, I
+        D, neighbours = Dm, np.take_along_axis(np.hstack([neighbours, Ib]), cols, axis=1)
+    return D, neighbours
 
 
 def flat_view(index: faiss.Index) -> np.ndarray | None:
@@ -120,22 +120,22 @@ def knn_ip(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None = Non
         return topk_from_scores(S, k, rows)
     kk = min(k, nb)
     D = np.full((nq, k), PAD_SCORE, dtype=np.float32)
-    I = np.full((nq, k), -1, dtype=np.int64)
+    neighbours = np.full((nq, k), -1, dtype=np.int64)
     if kk:
         D[:, :kk], local = faiss.knn(xq, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
-        I[:, :kk] = local if rows is None else np.where(local >= 0, np.asarray(rows)[np.maximum(local, 0)], -1)
-    return pad_fix(D, I)
+        neighbours[:, :kk] = local if rows is None else np.where(local >= 0, np.asarray(rows)[np.maximum(local, 0)], -1)
+    return pad_fix(D, neighbours)
 
 
-def rerank(xq: np.ndarray, I: np.ndarray, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank(xq: np.ndarray, neighbours: np.ndarray, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner products of each query with its candidates (rows of `embeddings`), best k kept."""
-    nq, kc = I.shape
-    valid = I >= 0
-    xb = np.asarray(embeddings[np.where(valid, I, 0).ravel()], dtype=np.float32).reshape(nq, kc, -1)
+    nq, kc = neighbours.shape
+    valid = neighbours >= 0
+    xb = np.asarray(embeddings[np.where(valid, neighbours, 0).ravel()], dtype=np.float32).reshape(nq, kc, -1)
     S = np.einsum("qd,qcd->qc", xq, xb)
     S[~valid] = PAD_SCORE
     D, cols = topk_from_scores(S, k)
-    I_out = np.where(cols >= 0, np.take_along_axis(I, np.maximum(cols, 0), axis=1), -1)
+    I_out = np.where(cols >= 0, np.take_along_axis(neighbours, np.maximum(cols, 0), axis=1), -1)
     D[I_out < 0] = PAD_SCORE
     return D, I_out
 
@@ -152,19 +152,19 @@ def search(index: faiss.Index, xq: np.ndarray, k: int, params: dict, *, embeddin
     kc = max(kc, 1)
     p = make_params(index, params, k=kc, sel=sel)
     if sel is None and assign is None and len(xq) < SMALL_BATCH and (view := flat_view(index)) is not None:
-        D, I = knn_ip(xq, view, kc)
+        D, neighbours = knn_ip(xq, view, kc)
     elif assign is not None:
-        D, I = _search_preassigned(index, xq, kc, assign, p)
+        D, neighbours = _search_preassigned(index, xq, kc, assign, p)
     elif p is None:
-        D, I = index.search(xq, kc)
+        D, neighbours = index.search(xq, kc)
     else:
-        D, I = index.search(xq, kc, params=p)
+        D, neighbours = index.search(xq, kc, params=p)
     if use_rerank:
-        D, I = rerank(xq, I, embeddings, k)
-    if I.shape[1] < k:
-        D = np.hstack([D, np.full((len(xq), k - I.shape[1]), PAD_SCORE, np.float32)])
-        I = np.hstack([I, np.full((len(xq), k - I.shape[1]), -1, np.int64)])
-    return pad_fix(D, I)
+        D, neighbours = rerank(xq, neighbours, embeddings, k)
+    if neighbours.shape[1] < k:
+        D = np.hstack([D, np.full((len(xq), k - neighbours.shape[1]), PAD_SCORE, np.float32)])
+        neighbours = np.hstack([neighbours, np.full((len(xq), k - neighbours.shape[1]), -1, np.int64)])
+    return pad_fix(D, neighbours)
 
 
 def bitmap_selector(rows: np.ndarray, n: int):
@@ -270,7 +270,7 @@ def _search_preassigned(index, xq, k, assign, p):
     p.nprobe = Iq.shape[1]             # C++ reads the width of the assignment from params.nprobe
     n = len(xt)
     D = np.empty((n, k), dtype=np.float32)
-    I = np.empty((n, k), dtype=np.int64)
+    neighbours = np.empty((n, k), dtype=np.int64)
     ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
-                             faiss.swig_ptr(D), faiss.swig_ptr(I), False, p)
-    return D, I
+                             faiss.swig_ptr(D), faiss.swig_ptr(neighbours), False, p)
+    return D, neighbours

@@ -158,11 +158,11 @@ def spec_for_factory(factory: str, n: int, d: int) -> IndexSpec:
     return IndexSpec(key, kind, params, "factory forced by the caller", est, nlist=nlist)
 
 
-def recall_at_k(I: np.ndarray, I_ref: np.ndarray, k: int) -> float:
+def recall_at_k(neighbours: np.ndarray, reference: np.ndarray, k: int) -> float:
     """Fraction of the exact top-k (ignoring -1 padding) found in the approximate top-k."""
-    I, I_ref = np.asarray(I)[:, :k], np.asarray(I_ref)[:, :k]
+    neighbours, reference = np.asarray(neighbours)[:, :k], np.asarray(reference)[:, :k]
     hits = total = 0
-    for row, ref in zip(I, I_ref):
+    for row, ref in zip(neighbours, reference, strict=True):
         ref = ref[ref >= 0]
         total += len(ref)
         hits += len(np.intersect1d(row[row >= 0], ref, assume_unique=True))
@@ -195,21 +195,21 @@ def candidate_params(spec: IndexSpec, *, k: int) -> list[dict]:
 
 
 def tune_search_params(search_fn: Callable[[np.ndarray, int, dict], np.ndarray], spec: IndexSpec,
-                       xq: np.ndarray, I_ref: np.ndarray, *, k: int = defaults.RECALL_K,
+                       xq: np.ndarray, reference: np.ndarray, *, k: int = defaults.RECALL_K,
                        target_recall: float = defaults.TARGET_RECALL,
                        candidates: Sequence[dict] | None = None) -> Tuning:
     """Try parameter settings cheapest first; keep the first whose recall@k reaches the target.
 
-    `search_fn(xq, k, params) -> I` runs the built index; `I_ref` is the exact top-k of `xq`.
+    `search_fn(xq, k, params) -> neighbours` runs the built index; `reference` is the exact top-k of `xq`.
     When no setting reaches the target, the setting with the best recall is kept (target_met False).
     """
     trials = []
     best = None
     for params in (candidates if candidates is not None else candidate_params(spec, k=k)):
         t0 = time.perf_counter()
-        I = search_fn(xq, k, params)
+        neighbours = search_fn(xq, k, params)
         ms = (time.perf_counter() - t0) * 1e3 / max(1, len(xq))
-        r = recall_at_k(I, I_ref, k)
+        r = recall_at_k(neighbours, reference, k)
         trials.append({"params": dict(params), "recall": round(r, 5), "ms_per_query": round(ms, 4)})
         if best is None or r > best[1]:
             best = (dict(params), r)

@@ -42,7 +42,7 @@ def split_shards(manifest: Manifest, groups: int) -> list[tuple[Manifest, int]]:
     cuts = sorted({int(np.argmin(np.abs(ends - manifest.n * g / groups))) + 1 for g in range(1, groups)})
     bounds = [0, *[c for c in cuts if 0 < c < len(sizes)], len(sizes)]
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         if b > a:
             out.append((dataclasses.replace(manifest, shards=manifest.shards[a:b]), int(ends[a - 1]) if a else 0))
     return out
@@ -61,11 +61,11 @@ def add_group(trained_path: str, manifest: Manifest, first_row: int, out_path: s
         for start, xb in iter_embeddings(manifest):
             ids = np.arange(first_row + start, first_row + start + len(xb), dtype=np.int64)
             index.add_with_ids(xb, ids)
-            D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
-            if I.shape[1] < k:
-                D = np.hstack([D, np.full((len(xq), k - I.shape[1]), -np.inf, np.float32)])
-                I = np.hstack([I, np.full((len(xq), k - I.shape[1]), -1, np.int64)])
-            heap.add_result(D, np.where(I >= 0, I + ids[0], -1))
+            D, neighbours = faiss.knn(xq, xb, min(k, len(xb)), metric=faiss.METRIC_INNER_PRODUCT)
+            if neighbours.shape[1] < k:
+                D = np.hstack([D, np.full((len(xq), k - neighbours.shape[1]), -np.inf, np.float32)])
+                neighbours = np.hstack([neighbours, np.full((len(xq), k - neighbours.shape[1]), -1, np.int64)])
+            heap.add_result(D, np.where(neighbours >= 0, neighbours + ids[0], -1))
         heap.finalize()
     finally:
         faiss.omp_set_num_threads(threads_before)

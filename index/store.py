@@ -174,9 +174,9 @@ class ProductIndex:
         per_list = None
         if self._kind == "ivf":
             per_list = self._category_list_counts()[:, self._categories.index(category)]
-        D, I = filtered_search(self.faiss_index, xq, k, self._category_params, sel=self._selector(category),
+        D, neighbours = filtered_search(self.faiss_index, xq, k, self._category_params, sel=self._selector(category),
                                embeddings=self._emb, per_list=per_list)
-        return self._fill_short_rows(xq, k, rows, D, I)
+        return self._fill_short_rows(xq, k, rows, D, neighbours)
 
     def _check_queries(self, xq) -> np.ndarray:
         xq = np.asarray(xq, dtype=np.float32)
@@ -218,13 +218,13 @@ class ProductIndex:
                     self._exact_cache_used += block.nbytes
         return knn_ip(xq, block, k, rows)
 
-    def _fill_short_rows(self, xq, k, rows, D, I):
+    def _fill_short_rows(self, xq, k, rows, D, neighbours):
         """Queries that came back with padding although the category has k rows get an exact search."""
-        short = (I < 0).any(axis=1) & (len(rows) > (I >= 0).sum(axis=1))
+        short = (neighbours < 0).any(axis=1) & (len(rows) > (neighbours >= 0).sum(axis=1))
         if short.any():
-            D[short], I[short] = exact_search(xq[short], self._emb[rows], k, rows)
-        D[I < 0] = PAD_SCORE
-        return D, I
+            D[short], neighbours[short] = exact_search(xq[short], self._emb[rows], k, rows)
+        D[neighbours < 0] = PAD_SCORE
+        return D, neighbours
 
     def __repr__(self) -> str:
         return (f"ProductIndex({str(self.index_dir)!r}, n={self.n}, dim={self.dim}, "

@@ -241,8 +241,8 @@ def _recall(index, emb, info: IndexInfo, nq: int, seed: int) -> dict:
                      xq.shape).astype(np.float32)
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
     I_ref = exact_search(xq, emb, k)[1]
-    I = search(index, xq, k, info.search_params, embeddings=emb)[1]
-    return {"after_update": round(recall_at_k(I, I_ref, k), 5), "after_update_queries": len(xq)}
+    neighbours = search(index, xq, k, info.search_params, embeddings=emb)[1]
+    return {"after_update": round(recall_at_k(neighbours, I_ref, k), 5), "after_update_queries": len(xq)}
 
 
 def _drift(index, xu: np.ndarray, info: IndexInfo, *, n_changes: int) -> dict:

@@ -97,7 +97,7 @@ def update_demo_command(k: int, seed: int) -> None:
         info = update_index(index_dir, CHANGED_EMBEDDINGS)
         up = info.update
         click.echo(f"[3/3] update-index   {up.from_version} -> {info.version}: {up.upserted} added or "
-                   f"replaced, {up.dropped} dropped, recall@20 {info.recall.after_update:.4f}, "
+                   f"replaced, {up.dropped} dropped, recall@{info.recall.k} {info.recall.after_update:.4f}, "
                    f"rebuild due: {'yes (' + '; '.join(up.rebuild_reasons) + ')' if up.rebuild_due else 'no'} "
                    f"({time.perf_counter() - t0:.1f} s)")
         scene = pick_scene(defaults.SAMPLE_DIR, defaults.RUN_DIR)

@@ -56,7 +56,9 @@ class Checkpoint:
         return str(self.extra.get("training_data", {}).get("kind", "unknown"))
 
 
-def save_checkpoint(path: str | os.PathLike, embedder: StyleEmbedder, *, config: dict, extra: dict | None = None) -> str:
+def save_checkpoint(
+    path: str | os.PathLike, embedder: StyleEmbedder, *, config: dict, extra: dict | None = None
+) -> str:
     """Write the checkpoint atomically (and config.json beside it); return its sha256."""
     payload = {
         "format": FORMAT,
@@ -115,7 +117,9 @@ def has_presence_head(path: str | os.PathLike) -> bool:
     return any(k.startswith("presence.") for k in _read_payload(path, path, mmap=True)["heads"])
 
 
-def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, *, with_backbone: bool = True, device: str | torch.device = "cpu"
+) -> Checkpoint:
     """Load a checkpoint; the backbone comes from its recorded weights (or the saved fine-tuned state)."""
     path = Path(path)
     if not path.is_file():
@@ -148,7 +152,9 @@ def load_checkpoint(path: str | os.PathLike, *, with_backbone: bool = True, devi
         notes.append(f"{path} has no fitted hybrid weights (trained before them): its hybrid distance is the "
                      "paper's (d_g + d_l) / 2")
     if missing or unexpected:
-        raise CheckpointError(f"{path}: head weights do not match the model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(
+            f"{path}: head weights do not match the model (missing {missing}, unexpected {unexpected})"
+        )
     if with_backbone and stored_backbone:
         embedder.backbone.load_state_dict(payload["backbone_state"])
     embedder.to(device).eval()

@@ -1,7 +1,7 @@
 """The style embedder: scene-global, scene-region, product and category embeddings in one unit-sphere space."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,9 @@ class PresenceHead(nn.Module):
 def _mlp(channels: int, hidden: int, dim: int, dropout: float) -> nn.Module:
     if hidden == 0:  # a linear head: far fewer weights to overfit a small set of pairs
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, dim))
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+    return nn.Sequential(
+        nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
+    )
 
 
 class StyleEmbedder(nn.Module):
@@ -138,7 +140,7 @@ class StyleEmbedder(nn.Module):
 
     def local_weights_by_name(self) -> dict[str, float]:
         """Category name -> the hybrid distance's local weight w."""
-        return {c: float(w) for c, w in zip(self.categories, self.hybrid_local_weight.tolist())}
+        return {c: float(w) for c, w in zip(self.categories, self.hybrid_local_weight.tolist(), strict=True)}
 
     def set_local_weights(self, weights: dict[str, float]) -> None:
         """Set the hybrid distance's local weight per category name (each in [0, 1]; others unchanged)."""

@@ -6,8 +6,8 @@ and embeddings arrive as a :class:`QueryEmbeddings`, however they were computed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

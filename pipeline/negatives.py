@@ -6,7 +6,7 @@ scene" has one definition. The dataset is duck-typed: `pairs` (scene_id, product
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -9,26 +9,26 @@ EXCLUSION_MODES = ("crop", "mask")
 
 
 def grow_box(bbox, margin: float, width: int, height: int) -> tuple[float, float, float, float]:
-    """Normalised [l, t, r, b] grown by `margin` x the image's longer side on every side, clamped to [0, 1]."""
+    """Normalised [left, top, right, bottom] grown by `margin` x the image's longer side, clamped to [0, 1]."""
     left, top, right, bottom = bbox
     dx, dy = margin * max(width, height) / width, margin * max(width, height) / height
     return (max(0.0, left - dx), max(0.0, top - dy), min(1.0, right + dx), min(1.0, bottom + dy))
 
 
 def bbox_to_pixels(bbox, width: int, height: int) -> tuple[int, int, int, int]:
-    """Normalised [l, t, r, b] -> integer pixel box clamped to the image."""
+    """Normalised [left, top, right, bottom] -> integer pixel box clamped to the image."""
     left, top, right, bottom = bbox
-    l = min(max(int(round(left * width)), 0), width)
-    t = min(max(int(round(top * height)), 0), height)
-    r = min(max(int(round(right * width)), l), width)
-    b = min(max(int(round(bottom * height)), t), height)
-    return l, t, r, b
+    x0 = min(max(int(round(left * width)), 0), width)
+    y0 = min(max(int(round(top * height)), 0), height)
+    x1 = min(max(int(round(right * width)), x0), width)
+    y1 = min(max(int(round(bottom * height)), y0), height)
+    return x0, y0, x1, y1
 
 
 def largest_region_outside(bbox, width: int, height: int) -> tuple[int, int, int, int]:
     """The largest of the four full-width/full-height bands beside the box (left, right, above, below)."""
-    l, t, r, b = bbox_to_pixels(bbox, width, height)
-    bands = [(0, 0, l, height), (r, 0, width, height), (0, 0, width, t), (0, b, width, height)]
+    x0, y0, x1, y1 = bbox_to_pixels(bbox, width, height)
+    bands = [(0, 0, x0, height), (x1, 0, width, height), (0, 0, width, y0), (0, y1, width, height)]
     return max(bands, key=lambda box: (box[2] - box[0]) * (box[3] - box[1]))
 
 
@@ -47,6 +47,6 @@ def exclude_product(scene: Image.Image, bbox, mode: str = defaults.EXCLUSION, mi
         if min(region[2] - region[0], region[3] - region[1]) >= min_side:
             return scene.crop(region)
     masked = scene.copy()
-    l, t, r, b = bbox_to_pixels(bbox, width, height)
-    masked.paste((124, 116, 104), (l, t, r, b))  # ImageNet mean colour: as neutral as a patch can be
+    x0, y0, x1, y1 = bbox_to_pixels(bbox, width, height)
+    masked.paste((124, 116, 104), (x0, y0, x1, y1))  # ImageNet mean colour: as neutral as a patch can be
     return masked

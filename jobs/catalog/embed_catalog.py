@@ -187,7 +187,8 @@ def embed_catalog(manifest: str | os.PathLike = defaults.CATALOG, checkpoint: st
     config = config or EmbedCatalogConfig()
     manifest, checkpoint, out_dir = Path(manifest), Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
-        raise EmbedCatalogError(f"no checkpoint at {checkpoint}; run `make train` first (or pass --checkpoint)")
+        raise EmbedCatalogError(f"no checkpoint at {checkpoint}; train one first (`ctl train` or `make train`) "
+                                "or pass --checkpoint")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     base = None if base is None else Path(base)

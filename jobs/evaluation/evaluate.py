@@ -182,7 +182,9 @@ def format_comparisons(comparisons: dict) -> str:
     """One line per paired comparison: mean difference and its 95% interval."""
     lines = []
     for name, metrics in comparisons.items():
-        parts = [f"{metric} {m['diff']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]" for metric, m in metrics.items()]
+        parts = [
+            f"{metric} {m['diff']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]" for metric, m in metrics.items()
+        ]
         lines.append(f"{name:<18}" + "   ".join(parts))
     return "\n".join(lines)
 

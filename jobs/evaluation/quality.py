@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict] = {
     "hard": {"mining": "hard"},
     "softmax-hard": {"loss": "softmax", "negatives": 16, "mining": "hard"},
     "per-half": {"per_half_loss": True},
-    "dim128": {"dim": 128},
+    "dim64": {"dim": 64},          # the default is 128
 }
 METRICS = ("fitb_expected", "hr@10", "hr@50")
 HEADLINE = ("hybrid", "paper", "global", "local", "backbone")

@@ -106,7 +106,9 @@ def decodable(items: list[CacheItem], size: int, exclusion: str, *, workers: int
 
 def _fingerprint(items: list[CacheItem], backbone: Backbone, exclusion: str, keep_map: bool) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([backbone.name, str(backbone.weights), exclusion, defaults.EXCLUSION_MARGIN, keep_map]).encode())
+    digest.update(
+        json.dumps([backbone.name, str(backbone.weights), exclusion, defaults.EXCLUSION_MARGIN, keep_map]).encode()
+    )
     for it in items:
         digest.update(json.dumps([it.key, it.image_path, it.bbox, it.augment_seed]).encode())
     return digest.hexdigest()
@@ -130,9 +132,8 @@ class FeatureTable:
 
 def _write_part(cache_dir: Path, part: int, rows: dict[int, tuple[np.ndarray, bool]]) -> None:
     order = sorted(rows)
-    with atomic_path(cache_dir / f"part-{part:05d}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, features=np.stack([rows[r][0] for r in order]), valid=np.array([rows[r][1] for r in order]))
+    with atomic_path(cache_dir / f"part-{part:05d}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, features=np.stack([rows[r][0] for r in order]), valid=np.array([rows[r][1] for r in order]))
 
 
 def compute_features(
@@ -171,7 +172,7 @@ def compute_features(
         for images, ok in loader:
             fmap = backbone(images.to(device).contiguous(memory_format=torch.channels_last))
             out = (fmap if keep_map else pooled(fmap)).float().cpu().numpy().astype(np.float16)
-            for feat, good in zip(out, ok.numpy()):
+            for feat, good in zip(out, ok.numpy(), strict=True):
                 row = todo_rows[position]
                 position += 1
                 part = row // PART_SIZE
@@ -183,4 +184,6 @@ def compute_features(
     parts = [np.load(cache_dir / f"part-{p:05d}.npz") for p in range(n_parts)]
     if not parts:
         raise InputError("no items to compute features for")
-    return FeatureTable(items, np.concatenate([p["features"] for p in parts]), np.concatenate([p["valid"] for p in parts]))
+    return FeatureTable(
+        items, np.concatenate([p["features"] for p in parts]), np.concatenate([p["valid"] for p in parts])
+    )

@@ -63,7 +63,7 @@ def image_query_embeddings(embedder: StyleEmbedder, data: TrainingData, queries:
     """
     ds = data.dataset
     pids = sorted({p for q in queries for p in (q.product_id, *q.rank_negatives)})
-    how = dict(size=embedder.backbone.input_size, exclusion=exclusion, device=device, batch_size=batch_size)
+    how = {"size": embedder.backbone.input_size, "exclusion": exclusion, "device": device, "batch_size": batch_size}
     was_training = embedder.training
     embedder.eval()
     scene_out = _encode([scene_view(ds, q.pair_index) for q in queries], embedder.encode_scenes, **how)
@@ -75,7 +75,9 @@ def image_query_embeddings(embedder: StyleEmbedder, data: TrainingData, queries:
     product_pooled = torch.zeros(len(pids), embedder.channels)
     if data.scenes is not None and data.products is not None:
         srows, prows = clean_rows(data.scenes), clean_rows(data.products)
-        scene_pooled = pooled(torch.from_numpy(data.scenes.features[[srows[str(q.pair_index)] for q in queries]]).float())
+        scene_pooled = pooled(
+            torch.from_numpy(data.scenes.features[[srows[str(q.pair_index)] for q in queries]]).float()
+        )
         product_pooled = torch.from_numpy(data.products.features[[prows[p] for p in pids]]).float()
     return QueryEmbeddings(f_s, f_i, scene_pooled, {p: i for i, p in enumerate(pids)}, f_p, product_pooled)
 

@@ -61,8 +61,8 @@ def scene_features(data: TrainingData, out_dir, cfg: TrainConfig, device, *,
     """
     scene_ids = sorted({sid for part in ("train", "val", "test") for sid in data.split[part]})
     items = unmasked_items(data.dataset, scene_ids)
-    how = dict(keep_map=False, exclusion=cfg.exclusion, workers=cfg.workers, device=str(device),
-               desc="unmasked scene features")
+    how = {"keep_map": False, "exclusion": cfg.exclusion, "workers": cfg.workers, "device": str(device),
+               "desc": "unmasked scene features"}
     if backbone is None:
         table = compute_features(items, build_backbone(name=cfg.backbone, weights=cfg.backbone_weights),
                                  Path(out_dir) / "cache" / CACHE, **how)
@@ -70,7 +70,7 @@ def scene_features(data: TrainingData, out_dir, cfg: TrainConfig, device, *,
         with tempfile.TemporaryDirectory(prefix="presence-") as tmp:
             table = compute_features(items, backbone, tmp, **how)
     keep = np.asarray(table.valid, dtype=bool)
-    return [sid for sid, ok in zip(scene_ids, keep) if ok], table.features[keep].astype(np.float32)
+    return [sid for sid, ok in zip(scene_ids, keep, strict=True) if ok], table.features[keep].astype(np.float32)
 
 
 def fit_presence(features: np.ndarray, labels: np.ndarray, *, steps: int = STEPS, lr: float = LR,

@@ -7,7 +7,8 @@ query embeddings are computed for validation and evaluation.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

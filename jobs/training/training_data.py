@@ -92,7 +92,7 @@ def cache_features(data: TrainingData, out_dir, cfg: TrainConfig, device) -> Non
             product_items += [product_view(ds, pid, view_seed(cfg.split_seed, "product", pid, v))
                               for v in range(cfg.product_views)]
     cache = Path(out_dir) / "cache"
-    common = dict(exclusion=cfg.exclusion, workers=cfg.workers, device=str(device))
+    common = {"exclusion": cfg.exclusion, "workers": cfg.workers, "device": str(device)}
     data.products = compute_features(product_items, backbone, cache / "products", keep_map=False,
                                      desc="product features", **common)
     data.scenes = compute_features(scene_items, backbone, cache / "scenes", keep_map=True,
@@ -121,8 +121,8 @@ class Readable:
         product_items = [product_view(ds, pid) for pid in sorted(ds.products)]
         scene_ok = decodable(scene_items, size, exclusion, workers=workers)
         product_ok = decodable(product_items, size, exclusion, workers=workers)
-        return cls(frozenset(it.key for it, ok in zip(scene_items, scene_ok) if ok),
-                   frozenset(it.key for it, ok in zip(product_items, product_ok) if ok))
+        return cls(frozenset(it.key for it, ok in zip(scene_items, scene_ok, strict=True) if ok),
+                   frozenset(it.key for it, ok in zip(product_items, product_ok, strict=True) if ok))
 
 
 def clean_rows(table: FeatureTable) -> dict[str, int]:

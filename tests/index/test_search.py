@@ -10,25 +10,25 @@ from tests.catalogue_vectors import clustered
 
 def brute_force(xq, xb, k):
     S = xq @ xb.T
-    I = np.argsort(-S, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(S, I, axis=1), I
+    neighbours = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(S, neighbours, axis=1), neighbours
 
 
 def test_exact_search_equals_numpy_across_blocks():
     xb, _ = clustered(1000, 16, seed=1)
     xq = xb[:7] + 0.01
     k = 10
-    D, I = exact_search(xq, xb, k, block=128)
+    D, neighbours = exact_search(xq, xb, k, block=128)
     Dref, Iref = brute_force(xq, xb, k)
-    np.testing.assert_array_equal(I, Iref)
+    np.testing.assert_array_equal(neighbours, Iref)
     np.testing.assert_allclose(D, Dref, rtol=1e-5)
 
 
 def test_exact_search_pads_when_fewer_rows_than_k():
     xb, _ = clustered(5, 8)
     rows = np.array([10, 20, 30, 40, 50])
-    D, I = exact_search(xb[:2], xb, 8, rows)
-    assert (I[:, :5] >= 10).all() and (I[:, 5:] == -1).all() and np.isneginf(D[:, 5:]).all()
+    D, neighbours = exact_search(xb[:2], xb, 8, rows)
+    assert (neighbours[:, :5] >= 10).all() and (neighbours[:, 5:] == -1).all() and np.isneginf(D[:, 5:]).all()
 
 
 def test_flat_index_equals_brute_force():
@@ -37,9 +37,9 @@ def test_flat_index_equals_brute_force():
     k = 20
     index = faiss.IndexFlatIP(32)
     index.add(xb)
-    D, I = search(index, xq, k, {})
+    D, neighbours = search(index, xq, k, {})
     Dref, Iref = brute_force(xq, xb, k)
-    np.testing.assert_array_equal(I, Iref)
+    np.testing.assert_array_equal(neighbours, Iref)
     np.testing.assert_allclose(D, Dref, rtol=1e-5)
 
 
@@ -53,8 +53,8 @@ def test_ivf_recall_floor_against_exact():
     index.train(xb)
     index.add(xb)
     _, Iref = brute_force(xq, xb, k)
-    _, I = search(index, xq, k, {"nprobe": 8})
-    assert recall_at_k(I, Iref, k) >= 0.95
+    _, neighbours = search(index, xq, k, {"nprobe": 8})
+    assert recall_at_k(neighbours, Iref, k) >= 0.95
     _, I_all = search(index, xq, k, {"nprobe": 32})          # every list probed: exact
     assert recall_at_k(I_all, Iref, k) == 1.0
 
@@ -63,12 +63,12 @@ def test_rerank_orders_candidates_by_exact_score():
     xb, _ = clustered(500, 16)
     xq = xb[:3]
     candidates = np.array([[5, 0, 7, -1], [1, 2, 3, 4], [-1, -1, 2, 0]])
-    D, I = rerank(xq, candidates, xb.astype(np.float16), 3)
+    D, neighbours = rerank(xq, candidates, xb.astype(np.float16), 3)
     for q in range(3):
         valid = candidates[q][candidates[q] >= 0]
         expect = valid[np.argsort(-(xb[valid] @ xq[q]), kind="stable")][:3]
-        np.testing.assert_array_equal(I[q, :len(expect)], expect)
-    assert I[2, 2] == -1 and np.isneginf(D[2, 2])
+        np.testing.assert_array_equal(neighbours[q, :len(expect)], expect)
+    assert neighbours[2, 2] == -1 and np.isneginf(D[2, 2])
 
 
 def test_filtered_ivf_search_returns_only_selected_rows():
@@ -83,10 +83,10 @@ def test_filtered_ivf_search_returns_only_selected_rows():
     sel, _bits = bitmap_selector(rows, len(xb))
     per_list = list_counts(index, codes, 3)[:, 1]
     assert per_list.sum() == len(rows)
-    D, I = filtered_search(index, xq, k, {"nprobe": 16}, sel=sel, per_list=per_list)
-    assert np.isin(I, rows).all()
+    D, neighbours = filtered_search(index, xq, k, {"nprobe": 16}, sel=sel, per_list=per_list)
+    assert np.isin(neighbours, rows).all()
     _, Iref = exact_search(xq, xb[rows], k, rows)
-    np.testing.assert_array_equal(I, Iref)                    # all lists probed: exact
+    np.testing.assert_array_equal(neighbours, Iref)                    # all lists probed: exact
 
 
 def test_filtered_search_refuses_index_without_selector_support():
@@ -107,7 +107,7 @@ def test_filtered_ivf_search_with_a_shortlist_still_finds_rare_rows():
     sel, _bits = bitmap_selector(rows, len(xb))
     per_list = list_counts(index, codes, 2)[:, 1]
     xq = xb[labels != 7][:20]
-    D, I = filtered_search(index, xq, 10, {"nprobe": 4}, sel=sel, per_list=per_list)
-    assert np.isin(I, rows).all() and (I >= 0).all()
+    D, neighbours = filtered_search(index, xq, 10, {"nprobe": 4}, sel=sel, per_list=per_list)
+    assert np.isin(neighbours, rows).all() and (neighbours >= 0).all()
     _, Iref = exact_search(xq, xb[rows], 10, rows)
-    assert recall_at_k(I, Iref, 10) >= 0.9
+    assert recall_at_k(neighbours, Iref, 10) >= 0.9

@@ -97,8 +97,8 @@ def test_parse_bytes_refuses_garbage():
 
 def test_recall_at_k_ignores_padding():
     I_ref = np.array([[1, 2, 3, -1], [4, 5, 6, 7]])
-    I = np.array([[3, 1, 9, 8], [4, 5, -1, -1]])
-    assert recall_at_k(I, I_ref, 4) == pytest.approx((2 + 2) / (3 + 4))
+    neighbours = np.array([[3, 1, 9, 8], [4, 5, -1, -1]])
+    assert recall_at_k(neighbours, I_ref, 4) == pytest.approx((2 + 2) / (3 + 4))
 
 
 def test_tuning_stops_at_first_setting_on_target():
@@ -106,9 +106,9 @@ def test_tuning_stops_at_first_setting_on_target():
 
     def search_fn(xq, k, params):          # recall grows with nprobe: 4 of 20 right per doubling
         good = min(20, 4 * int(np.log2(params["nprobe"]) + 1))
-        I = np.full((len(xq), k), 10_000)
-        I[:, :good] = I_ref[:, :good]
-        return I
+        neighbours = np.full((len(xq), k), 10_000)
+        neighbours[:, :good] = I_ref[:, :good]
+        return neighbours
 
     spec = IndexSpec("IVF64,Flat", "ivf", {"nprobe": 1}, nlist=64)
     xq = np.zeros((5, 8), np.float32)

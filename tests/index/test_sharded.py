@@ -17,11 +17,11 @@ FAST = {"n_eval_queries": 100, "n_tune_queries": 50}
 
 def _answers(index_dir, xq, k=20):
     index = ProductIndex.load(index_dir)
-    D, I = index.search(xq, k)
+    D, neighbours = index.search(xq, k)
     ivf = faiss.extract_index_ivf(index.faiss_index)
     ivf.nprobe = ivf.nlist
     D_all, I_all = index.faiss_index.search(xq, k)       # every list: the whole index, exactly as stored
-    return index, D, I, D_all, I_all
+    return index, D, neighbours, D_all, I_all
 
 
 def test_split_shards_covers_every_row_once_in_order(make_catalogue):
@@ -51,7 +51,7 @@ def test_sharded_and_ondisk_builds_equal_the_single_process_build(make_catalogue
     for name in ("sharded", "ondisk"):
         got = _answers(tmp_path / name, xq)
         assert got[0].mmap
-        for a, b in zip(ref[1:], got[1:]):
+        for a, b in zip(ref[1:], got[1:], strict=True):
             np.testing.assert_array_equal(a, b)
         # the same inverted lists, entry for entry
         ivf_a, ivf_b = (faiss.extract_index_ivf(x[0].faiss_index) for x in (ref, got))
@@ -102,6 +102,6 @@ def test_ray_tasks_build_the_same_index(make_catalogue, tmp_path):
     finally:
         ray.shutdown()
     assert info.parallel["engine"] == "ray" and info.phases["groups"] == 2
-    for a, b in zip(_answers(tmp_path / "single", xb[:50])[1:], _answers(tmp_path / "ray", xb[:50])[1:]):
+    for a, b in zip(_answers(tmp_path / "single", xb[:50])[1:], _answers(tmp_path / "ray", xb[:50])[1:], strict=True):
         np.testing.assert_array_equal(a, b)
     assert info.recall.value == single.recall.value

@@ -53,9 +53,9 @@ def test_flat_search_equals_brute_force(catalogue, built):
     _, xb, _, xq = catalogue
     k = 20
     index = ProductIndex.load(built("Flat"))
-    D, I = index.search(xq, k)
+    D, neighbours = index.search(xq, k)
     Dref, Iref = brute_force(xq, xb, k)
-    np.testing.assert_array_equal(I, Iref)
+    np.testing.assert_array_equal(neighbours, Iref)
     np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-6)
     D1, I1 = index.search(xq[0], k)                        # one query as a 1-d vector
     np.testing.assert_array_equal(I1[0], Iref[0])
@@ -68,10 +68,10 @@ def test_flat_category_search_equals_exact_per_category(catalogue, built, catego
     index = ProductIndex.load(built("Flat"))
     rows = np.flatnonzero(cats == category)
     np.testing.assert_array_equal(index.rows_for_category(category), rows)
-    D, I = index.search(xq, k, category=category)
+    D, neighbours = index.search(xq, k, category=category)
     Dref, Iref = brute_force(xq, xb, k, rows)
-    assert np.isin(I, rows).all()
-    np.testing.assert_array_equal(I, Iref)
+    assert np.isin(neighbours, rows).all()
+    np.testing.assert_array_equal(neighbours, Iref)
     np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-6)
 
 
@@ -87,11 +87,11 @@ def test_approximate_category_search_is_close_to_exact(catalogue, built, factory
         index.exact_category_max_rows = exact_up_to
         for category in CATEGORIES:
             rows = np.flatnonzero(cats == category)
-            D, I = index.search(xq, k, category=category)
-            assert np.isin(I, rows).all() and (I >= 0).all()
+            D, neighbours = index.search(xq, k, category=category)
+            assert np.isin(neighbours, rows).all() and (neighbours >= 0).all()
             assert (np.diff(D, axis=1) <= 1e-6).all()      # best first
             _, Iref = brute_force(xq, xb, k, rows)
-            assert recall_at_k(I, Iref, k) >= floor, (factory, exact_up_to, category)
+            assert recall_at_k(neighbours, Iref, k) >= floor, (factory, exact_up_to, category)
 
 
 def test_category_search_pads_when_category_is_small(tmp_path):
@@ -99,8 +99,8 @@ def test_category_search_pads_when_category_is_small(tmp_path):
     cats = np.array(["big"] * 197 + ["tiny"] * 3)
     build_index(write_embeddings(tmp_path / "emb", xb, cats), tmp_path / "idx", **FAST)
     index = ProductIndex.load(tmp_path / "idx")
-    D, I = index.search(xb[:2], 5, category="tiny")
-    assert (I[:, :3] >= 197).all() and (I[:, 3:] == -1).all() and np.isneginf(D[:, 3:]).all()
+    D, neighbours = index.search(xb[:2], 5, category="tiny")
+    assert (neighbours[:, :3] >= 197).all() and (neighbours[:, 3:] == -1).all() and np.isneginf(D[:, 3:]).all()
 
 
 def test_unknown_category_lists_the_known_ones(built):

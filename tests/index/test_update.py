@@ -67,9 +67,9 @@ def by_product(index_dir, xq, k):
     inner = faiss.extract_index_ivf(index.faiss_index) if index.info.index_kind != "flat" else None
     if inner is not None:
         inner.nprobe = inner.nlist                          # every list: the exhaustive answer
-    D_, I = index.faiss_index.search(xq, k) if inner is not None else index.search(xq, k)
+    D_, neighbours = index.faiss_index.search(xq, k) if inner is not None else index.search(xq, k)
     pids = index.product_ids
-    return [[pids[i] for i in row] for row in I], D_
+    return [[pids[i] for i in row] for row in neighbours], D_
 
 
 @pytest.mark.parametrize("factory, ondisk", [("Flat", False), ("IVF16,Flat", False), ("IVF16,Flat", True)])
@@ -96,11 +96,11 @@ def test_a_removed_product_is_never_returned(catalogues, tmp_path):
     update_index(tmp_path / "idx", remove=c["removed"])
     index = ProductIndex.load(tmp_path / "idx")
     gone = set(c["removed"])
-    _, I = index.search(c["removed_xb"], index.n)          # its own vector asks for it first
-    assert not gone & {index.product_ids[i] for i in I.ravel() if i >= 0}
+    _, neighbours = index.search(c["removed_xb"], index.n)          # its own vector asks for it first
+    assert not gone & {index.product_ids[i] for i in neighbours.ravel() if i >= 0}
     for category in index.categories:
-        _, I = index.search(c["removed_xb"][:5], 50, category=category)
-        assert not gone & {index.product_ids[i] for i in I.ravel() if i >= 0}
+        _, neighbours = index.search(c["removed_xb"][:5], 50, category=category)
+        assert not gone & {index.product_ids[i] for i in neighbours.ravel() if i >= 0}
 
 
 def test_a_delta_folder_applies_its_adds_changes_and_removals(catalogues, tmp_path):

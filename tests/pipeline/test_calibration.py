@@ -33,8 +33,8 @@ def test_platt_solves_the_weighted_likelihood_equations():
     platt = fit_platt(d, y, w)
     p = platt.probability(d)
     # The gradient of the weighted log-likelihood, one sample at a time.
-    g_b = sum(wi * (pi - yi) for wi, pi, yi in zip(w, p, y))
-    g_a = sum(wi * (pi - yi) * di for wi, pi, yi, di in zip(w, p, y, d))
+    g_b = sum(wi * (pi - yi) for wi, pi, yi in zip(w, p, y, strict=True))
+    g_a = sum(wi * (pi - yi) * di for wi, pi, yi, di in zip(w, p, y, d, strict=True))
     assert abs(g_b) < 1e-6 * w.sum() and abs(g_a) < 1e-3 * w.sum()
     assert platt.a < 0
     # A nearby (a, b) has a lower likelihood.
@@ -69,9 +69,9 @@ def test_best_f1_threshold_is_the_brute_force_best():
     t = best_f1_threshold(p, y, w)
 
     def f1(threshold):
-        tp = sum(wi for pi, yi, wi in zip(p, y, w) if pi >= threshold and yi)
-        fp = sum(wi for pi, yi, wi in zip(p, y, w) if pi >= threshold and not yi)
-        fn = sum(wi for pi, yi, wi in zip(p, y, w) if pi < threshold and yi)
+        tp = sum(wi for pi, yi, wi in zip(p, y, w, strict=True) if pi >= threshold and yi)
+        fp = sum(wi for pi, yi, wi in zip(p, y, w, strict=True) if pi >= threshold and not yi)
+        fn = sum(wi for pi, yi, wi in zip(p, y, w, strict=True) if pi < threshold and yi)
         return 2 * tp / (2 * tp + fp + fn)
     brute = max(f1(c) for c in p)
     assert f1(t) == pytest.approx(brute)

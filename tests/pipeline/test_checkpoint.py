@@ -64,7 +64,7 @@ def test_a_fine_tuned_backbone_travels_inside_the_file(tmp_path):
     path = tmp_path / "tuned.pt"
     save_checkpoint(path, tuned.eval(), config={})
     loaded = load_checkpoint(path).embedder
-    for (name, a), b in zip(tuned.backbone.state_dict().items(), loaded.backbone.state_dict().values()):
+    for (name, a), b in zip(tuned.backbone.state_dict().items(), loaded.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -85,10 +85,10 @@ def test_triplet_loss_matches_explicit_triplets():
     d_pos = torch.tensor([0.1, 0.9, 0.5])
     d_neg = torch.tensor([[0.5, 0.2], [1.5, 0.95], [0.1, 2.0]])
     margin = 0.2
-    expected = sum(max(0.0, float(p) - float(n) + margin) for p, row in zip(d_pos, d_neg) for n in row) / 6
+    expected = sum(max(0.0, float(p) - float(n) + margin) for p, row in zip(d_pos, d_neg, strict=True) for n in row) / 6
     assert triplet_loss(d_pos, d_neg, margin).item() == pytest.approx(expected)
     assert triplet_loss(d_pos, d_neg[:, 0], margin).item() == pytest.approx(
-        sum(max(0.0, float(p) - float(n) + margin) for p, n in zip(d_pos, d_neg[:, 0])) / 3)
+        sum(max(0.0, float(p) - float(n) + margin) for p, n in zip(d_pos, d_neg[:, 0], strict=True)) / 3)
 
 
 @pytest.mark.parametrize("call, name", [

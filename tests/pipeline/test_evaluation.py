@@ -38,7 +38,9 @@ def setup():
     queries = []
     for q in range(Q):
         chosen = [pids[i] for i in rng.permutation(P)[:20]]
-        queries.append(Query(q, f"s{q}", chosen[0], "shoes" if q % 2 else "bags", tuple(chosen[1:4]), tuple(chosen[1:])))
+        queries.append(
+            Query(q, f"s{q}", chosen[0], "shoes" if q % 2 else "bags", tuple(chosen[1:4]), tuple(chosen[1:]))
+        )
     return emb, cats, queries
 
 
@@ -61,7 +63,7 @@ def test_scores_equal_an_explicit_loop_over_candidates(setup):
     got = score_queries(queries, emb, cats.__getitem__, methods=("hybrid", "backbone"))
     fitb, fitb_expected, ranks = [], [], []
     for qi, q in enumerate(queries):
-        def d_h(p):
+        def d_h(p, qi=qi, q=q):
             return float(hybrid_distance(emb.scene_global[qi:qi + 1], emb.scene_regions[qi:qi + 1],
                                          emb.product_emb[emb.product_index[p]].reshape(1, 1, -1),
                                          cats[q.category].reshape(1, 1, -1)))

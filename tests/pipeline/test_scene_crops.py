@@ -16,8 +16,8 @@ def test_largest_region_is_the_biggest_band_and_misses_the_box():
 
 def test_crop_contains_no_pixel_of_the_product():
     scene = np.zeros((120, 160, 3), np.uint8)
-    l, t, r, b = bbox_to_pixels((0.4, 0.3, 0.7, 0.9), 160, 120)
-    scene[t:b, l:r] = 255
+    x0, y0, x1, y1 = bbox_to_pixels((0.4, 0.3, 0.7, 0.9), 160, 120)
+    scene[y0:y1, x0:x1] = 255
     out = np.asarray(exclude_product(Image.fromarray(scene), (0.4, 0.3, 0.7, 0.9), "crop"))
     assert out.size and out.max() == 0
 

@@ -105,3 +105,19 @@ def test_compatibility_batch_equals_compatibility(presence_paths, world):
         for a, b in zip(got.products, want.products, strict=True):
             assert (a.category, a.completes) == (b.category, b.completes)
             assert (a.hybrid_distance, a.probability) == pytest.approx((b.hybrid_distance, b.probability), abs=1e-6)
+
+
+def test_the_re_rank_weighs_each_product_by_its_categorys_fitted_local_weight(retriever, scenes):
+    import copy
+    fitted = copy.copy(retriever)
+    fitted.embedder = copy.deepcopy(retriever.embedder)
+    names = fitted.embedder.categories
+    weights = {c: round(0.1 + 0.8 * i / max(len(names) - 1, 1), 3) for i, c in enumerate(names)}
+    fitted.embedder.set_local_weights(weights)
+    rows = np.arange(N_PRODUCTS)
+    got = fitted.rerank_batch(scenes[0].f_s, scenes[0].f_i, [rows])[0]
+    w = np.array([weights[fitted.row_category(int(r))] for r in rows])
+    np.testing.assert_allclose(got["hybrid"], (1 - w) * got["global"] + w * got["local"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["paper"], 0.5 * (got["global"] + got["local"]), rtol=0, atol=1e-6)
+    plain = retriever.rerank(scenes[0].f_s, scenes[0].f_i, rows)      # the paper's form: w = 1/2 everywhere
+    np.testing.assert_allclose(plain["hybrid"], got["paper"], rtol=0, atol=1e-6)

@@ -27,6 +27,11 @@ contact_sheet (a picture of a few scenes with their products).
 # * Scenes add nuisance: a wall/floor background in unrelated colours, clutter shapes, a faint
 #   mannequin in "outfit" layouts, defocus blur, drop shadows, small item rotations, gradient
 #   lighting, brightness/contrast/colour-cast jitter and sensor noise.
+# * `--looks outfit` (the default stays `zones`, the above): each look also draws a whole-look cue
+#   (styles.OutfitCue, from a stream of its own, so the layout and zones are the zones sample's): an
+#   occasion pulls the saturation and value of every colour toward its regime, and a theme colour is
+#   the accent of both zones; the scene shows them too (a wash of the theme over the background, the
+#   occasion's light), so there is global evidence (the whole picture) beside the local (the zone).
 # Every random draw comes from a generator seeded by (seed, stream, item index), never from global
 # state, so the output does not depend on the number of workers or on the order of the work.
 

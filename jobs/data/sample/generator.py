@@ -29,7 +29,7 @@ from jobs.data.layouts import (
     sample_scene_image,
 )
 from jobs.data.sample.contact_sheet import render_contact_sheet
-from jobs.data.sample.plans import ProductPlan, plan_distractor, plan_scene
+from jobs.data.sample.plans import LOOK_KINDS, ProductPlan, plan_distractor, plan_scene
 from jobs.data.sample.render import render_product, render_scene
 from jobs.data.sample.shapes import CATEGORIES
 
@@ -52,9 +52,12 @@ def _run_task(task) -> tuple[str, int, list | None]:
     return kind, -1, None
 
 
-def _params(seed: int, scenes: int, products: int, categories: int, image_size: int) -> dict:
-    return {"seed": seed, "scenes": scenes, "products": products, "categories": categories,
-            "image_size": image_size, "version": GENERATOR_VERSION}
+def _params(seed: int, scenes: int, products: int, categories: int, image_size: int, looks: str) -> dict:
+    params = {"seed": seed, "scenes": scenes, "products": products, "categories": categories,
+              "image_size": image_size, "version": GENERATOR_VERSION}
+    if looks != "zones":   # a "zones" marker stays the original generator's, byte for byte
+        params["looks"] = looks
+    return params
 
 
 def _is_done(out: Path, params: dict) -> dict | None:
@@ -71,12 +74,14 @@ def _is_done(out: Path, params: dict) -> dict | None:
 
 def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = SEED, scenes: int = 300, products: int = 2500,
              categories: int = 8, image_size: int = 256, workers: int | None = None, progress: bool = True,
-             distractors: int | None = None) -> dict:
+             distractors: int | None = None, looks: str = "zones") -> dict:
     """Write the sample dataset into `out` (a no-op when it already holds one with the same params).
 
     `distractors`, when given, sets the catalogue to the products of the scenes plus that many products
     in no scene (instead of `products` in all). The scenes, pairs and first distractors do not depend on
     the catalogue size, so a larger catalogue holds the smaller one's products.
+    `looks` picks the look kind (plans.LOOK_KINDS): "zones" (local cues only, the original generator's
+    output) or "outfit" (a whole-look occasion and theme colour besides).
     InputError for a parameter out of range. Returns the _done.json marker with "skipped" added.
     """
     if seed < 0:
@@ -85,14 +90,16 @@ def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = SEED, scenes: i
         raise InputError(f"scenes must be >= 1, got {scenes}")
     if not 3 <= categories <= len(CATEGORIES):
         raise InputError(f"categories must be in [3, {len(CATEGORIES)}], got {categories}")
+    if looks not in LOOK_KINDS:
+        raise InputError(f"looks must be one of {', '.join(LOOK_KINDS)}, got {looks!r}")
     if image_size < 32:
         raise InputError(f"image_size must be >= 32, got {image_size}")
     if distractors is not None:
         if distractors < 0:
             raise InputError(f"distractors must be >= 0, got {distractors}")
-        products = sum(len(plan_scene(seed, i, categories).items) for i in range(scenes)) + distractors
+        products = sum(len(plan_scene(seed, i, categories, looks).items) for i in range(scenes)) + distractors
     out = Path(out)
-    params = _params(seed, scenes, products, categories, image_size)
+    params = _params(seed, scenes, products, categories, image_size, looks)
     marker = _is_done(out, params)
     if marker is not None:
         return {"skipped": True, **marker}
@@ -100,13 +107,13 @@ def generate(out: str | os.PathLike = SAMPLE_DIR, *, seed: int = SEED, scenes: i
     for name in (DONE_FILE, CATALOG, SAMPLE_PAIRS, SAMPLE_CATEGORIES):   # never leave old manifests over new images
         (out / name).unlink(missing_ok=True)
 
-    plans = [plan_scene(seed, i, categories) for i in range(scenes)]
+    plans = [plan_scene(seed, i, categories, looks) for i in range(scenes)]
     in_scenes = [ProductPlan(p.product_id, p.item, (0, s.index, j), s.index)
                  for s in plans for j, p in enumerate(s.items)]
     if products < len(in_scenes):
         raise InputError(f"products ({products}) is smaller than the {len(in_scenes)} products that appear in "
                          f"{scenes} scenes; raise products or lower scenes")
-    catalogue = in_scenes + [plan_distractor(seed, j, categories) for j in range(products - len(in_scenes))]
+    catalogue = in_scenes + [plan_distractor(seed, j, categories, looks) for j in range(products - len(in_scenes))]
 
     (out / SCENE_DIR).mkdir(parents=True, exist_ok=True)
     (out / PRODUCT_DIR).mkdir(parents=True, exist_ok=True)
@@ -181,12 +188,15 @@ def _remove_stale(out: Path, scene_ids: set[str], product_ids: set[str]) -> None
 @click.option("--categories", type=click.IntRange(3, len(CATEGORIES)), default=8, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32), default=256, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="processes [default: os.cpu_count()]")
+@click.option("--looks", type=click.Choice(LOOK_KINDS), default="zones", show_default=True,
+              help="zones: an item matches its zone of the scene (local cues); outfit: a whole-look occasion "
+                   "and theme colour shape every item and the scene too (global cues besides)")
 @click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="also draw a contact sheet PNG of a few scenes and their products")
 @click.option("--sheet-scenes", type=click.IntRange(min=1), default=4, show_default=True)
 @click.pass_context
-def sample_data_command(ctx, out, seed, scenes, products, distractors, categories, image_size, workers, sheet,
-                        sheet_scenes) -> None:
+def sample_data_command(ctx, out, seed, scenes, products, distractors, categories, image_size, workers, looks,
+                        sheet, sheet_scenes) -> None:
     """Generate the embedded sample of looks: scene and product images, pairs, categories and catalogue.
 
     Writes pairs.jsonl, categories.json and catalog.parquet (STL formats); a no-op if OUT already holds
@@ -195,7 +205,7 @@ def sample_data_command(ctx, out, seed, scenes, products, distractors, categorie
     if distractors is not None and ctx.get_parameter_source("products") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--products and --distractors both size the catalogue; give one")
     result = generate(out, seed=seed, scenes=scenes, products=products, categories=categories,
-                      image_size=image_size, workers=workers, distractors=distractors)
+                      image_size=image_size, workers=workers, distractors=distractors, looks=looks)
     counts = result["counts"]
     if result["skipped"]:
         click.echo(f"{out}: up to date ({counts['scenes']} scenes, {counts['products']} products); nothing to do")

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from jobs.data.sample.shapes import CATEGORIES, SHAPES
-from jobs.data.sample.styles import Item, make_item, sample_look
+from jobs.data.sample.styles import Item, OutfitCue, apply_cue, make_item, sample_cue, sample_look
 
 # Random streams: each is seeded with (seed, stream, index...).
-PLAN_STREAM, SCENE_STREAM, PRODUCT_STREAM, DISTRACTOR_STREAM = 1, 2, 3, 4
+PLAN_STREAM, SCENE_STREAM, PRODUCT_STREAM, DISTRACTOR_STREAM, CUE_STREAM = 1, 2, 3, 4, 5
+# "zones": local cues only (an item takes its zone's style); "outfit": a whole-look occasion besides (styles.py).
+LOOK_KINDS = ("zones", "outfit")
 
 
 def stream_rng(seed: int, stream: int, *index: int) -> np.random.Generator:
@@ -42,6 +44,7 @@ class ScenePlan:
     split: str                                # "rows" (upper/lower zones) or "columns" (left/right)
     frame: tuple[float, float, float, float]  # where the look sits in the picture (framing)
     items: tuple[PlacedItem, ...]
+    cue: OutfitCue | None = None              # "outfit" looks only
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,26 @@ def _overlap(a, b) -> float:
     return iw * ih / smaller
 
 
-def plan_scene(seed: int, index: int, n_categories: int) -> ScenePlan:
+def _look_and_cue(rng: np.random.Generator, seed: int, stream: int, index: int, looks: str):
+    """A look from `rng`; for "outfit" looks, its cue from a stream of its own (the other draws stay as in "zones")."""
+    look = sample_look(rng)
+    if looks == "zones":
+        return look, None
+    if looks != "outfit":
+        raise ValueError(f"looks must be one of {LOOK_KINDS}, got {looks!r}")
+    cue = sample_cue(stream_rng(seed, CUE_STREAM, stream, index))
+    return apply_cue(look, cue), cue
+
+
+def _id_parts(looks: str) -> tuple[str, ...]:
+    """Extra signature parts: none for "zones" (its ids are the original generator's), the kind otherwise."""
+    return () if looks == "zones" else (looks,)
+
+
+def plan_scene(seed: int, index: int, n_categories: int, looks: str = "zones") -> ScenePlan:
     """Draw one look and lay its 3-5 items out in the two zones of the scene."""
     rng = stream_rng(seed, PLAN_STREAM, index)
-    look = sample_look(rng)
+    look, cue = _look_and_cue(rng, seed, PLAN_STREAM, index, looks)
     k = int(rng.integers(3, min(5, n_categories) + 1))
     cats = [int(c) for c in rng.choice(n_categories, size=k, replace=False)]
     layout = "outfit" if rng.random() < 0.5 else "flatlay"
@@ -104,13 +123,15 @@ def plan_scene(seed: int, index: int, n_categories: int) -> ScenePlan:
                 box = cand
                 break
         boxes.append(box)
-        placed.append(PlacedItem(signature(seed, n_categories, "product", index, j), item, zone, box))
-    return ScenePlan(index, signature(seed, n_categories, "scene", index), layout, split, frame, tuple(placed))
+        product_id = signature(seed, n_categories, *_id_parts(looks), "product", index, j)
+        placed.append(PlacedItem(product_id, item, zone, box))
+    scene_id = signature(seed, n_categories, *_id_parts(looks), "scene", index)
+    return ScenePlan(index, scene_id, layout, split, frame, tuple(placed), cue)
 
 
-def plan_distractor(seed: int, index: int, n_categories: int) -> ProductPlan:
+def plan_distractor(seed: int, index: int, n_categories: int, looks: str = "zones") -> ProductPlan:
     """A catalogue product in no scene: one item of a fresh look from the same style distribution."""
     rng = stream_rng(seed, DISTRACTOR_STREAM, index)
-    look = sample_look(rng)
+    look, _ = _look_and_cue(rng, seed, DISTRACTOR_STREAM, index, looks)
     item = make_item(rng, look, int(rng.integers(2)), index % n_categories)
-    return ProductPlan(signature(seed, n_categories, "distractor", index), item, (1, index), None)
+    return ProductPlan(signature(seed, n_categories, *_id_parts(looks), "distractor", index), item, (1, index), None)

@@ -10,7 +10,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from jobs.data.sample.effects import add_noise, drop_shadow, point_table
 from jobs.data.sample.items import item_image
 from jobs.data.sample.plans import PRODUCT_STREAM, SCENE_STREAM, ProductPlan, ScenePlan, stream_rng
-from jobs.data.sample.styles import RGB
+from jobs.data.sample.styles import OCCASIONS, RGB
 
 
 def _tight_box(alpha: np.ndarray, left: int, top: int, size: int) -> list[int]:
@@ -30,6 +30,9 @@ def _rgb8(c: RGB) -> tuple[int, int, int]:
 
 def _random_hsv8(rng: np.random.Generator, s: tuple[float, float], v: tuple[float, float]) -> tuple[int, int, int]:
     return _rgb8(colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s), rng.uniform(*v)))
+
+
+_THEME_WASH = 0.5   # share of the theme colour in an "outfit" scene's background
 
 
 def _scene_background(rng: np.random.Generator, plan: ScenePlan, out_size: int) -> Image.Image:
@@ -67,6 +70,8 @@ def _scene_background(rng: np.random.Generator, plan: ScenePlan, out_size: int) 
                    fill=skin, width=max(1, int(0.05 * fw)))
             d.line([(cx + sgn * 0.07 * fw, fy0 + 0.54 * fh), (cx + sgn * 0.09 * fw, fy1)],
                    fill=skin, width=max(1, int(0.08 * fw)))
+    if plan.cue is not None:  # "outfit" looks: the whole scene takes the outfit's theme colour and occasion's light
+        img = Image.blend(img, Image.new("RGB", img.size, _rgb8(colorsys.hsv_to_rgb(*plan.cue.theme))), _THEME_WASH)
     return img.filter(ImageFilter.BoxBlur(1.0)).resize((out_size, out_size), Image.BICUBIC)
 
 
@@ -103,6 +108,8 @@ def render_scene(plan: ScenePlan, *, seed: int, size: int, return_masks: bool = 
     canvas = ImageChops.multiply(canvas, Image.fromarray((ramp * 255 + 0.5).astype(np.uint8)).convert("RGB"))
     contrast, brightness = rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.12) / (1 - depth / 4)
     cast = (1 + rng.normal(0, 0.03, 3)) * brightness
+    if plan.cue is not None:
+        cast = cast * np.asarray(OCCASIONS[plan.cue.occasion][2])
     canvas = canvas.point(point_table(contrast * cast, (1 - contrast) * 127.5 * cast))
     img = add_noise(canvas, rng, int(rng.integers(2, 6)))
     return img, bboxes, (masks if return_masks else None)

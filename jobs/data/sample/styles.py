@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -125,3 +125,42 @@ def make_item(rng: np.random.Generator, look: Look, zone: int, category: int) ->
         duty=z.duty,
         texture=look.texture,
     )
+
+
+# "outfit" looks (`ctl sample-data --looks outfit`): a whole-look occasion beside the zones' local cues.
+# Each occasion pulls every colour of the look toward its own saturation/value regime (weight 0.6), and a
+# theme hue of the whole outfit becomes the accent of both zones; the scene shows both (render.py: a wash of
+# the theme over the background, the occasion's light). Zone palettes and patterns are drawn as before.
+OCCASIONS: dict[str, tuple[float, float, RGB]] = {   # name: saturation, value, light cast (r, g, b gains)
+    "formal": (0.25, 0.28, (0.96, 0.98, 1.04)),
+    "sport": (0.85, 0.85, (1.0, 1.0, 1.0)),
+    "summer": (0.35, 0.92, (1.06, 1.01, 0.92)),
+    "winter": (0.45, 0.55, (0.93, 0.98, 1.08)),
+}
+_CUE_PULL = 0.6
+
+
+@dataclass(frozen=True)
+class OutfitCue:
+    """The whole-look attribute of an "outfit" look: its occasion and the theme colour shared by every item."""
+    occasion: str
+    theme: HSV
+
+
+def sample_cue(rng: np.random.Generator) -> OutfitCue:
+    occasion = tuple(OCCASIONS)[int(rng.integers(len(OCCASIONS)))]
+    s, v, _ = OCCASIONS[occasion]
+    theme = (float(rng.random()), _clip01(s + 0.25 + rng.normal(0, 0.05), 0.3), _clip01(v + rng.normal(0, 0.05), 0.2))
+    return OutfitCue(occasion, theme)
+
+
+def apply_cue(look: Look, cue: OutfitCue) -> Look:
+    """The look with every colour pulled toward the occasion's regime and the theme as both zones' accent."""
+    s_target, v_target, _ = OCCASIONS[cue.occasion]
+
+    def pull(c: HSV) -> HSV:
+        h, s, v = c
+        return (h, _clip01(s + _CUE_PULL * (s_target - s)), _clip01(v + _CUE_PULL * (v_target - v)))
+
+    zones = tuple(replace(z, colors=(pull(z.colors[0]), pull(z.colors[1]), cue.theme)) for z in look.zones)
+    return replace(look, zones=zones)

@@ -125,10 +125,13 @@ def test_damaged_cache_object_is_fetched_again(server, tmp_path):
 def test_global_rate_limit_spaces_requests(server, tmp_path):
     config = FAST.replace(rate=20.0, burst=1, workers=4)
     urls = [f"{server.url}/good/{i}.jpg" for i in range(6)]
+    started = time.monotonic()
     Fetcher(ImageCache(tmp_path), config).run(urls, progress=False)
-    times = sorted(t for p, ts in server.hits.items() for t in ts)
-    assert len(times) == 6
-    assert times[-1] - times[0] >= 5 / 20 * 0.9
+    elapsed = time.monotonic() - started
+    assert sum(len(ts) for ts in server.hits.values()) == 6
+    # One bucket for all 4 workers: 5 tokens after the first at 20/s. A lower bound on the whole run (load only
+    # adds time); the server's own hit times are not used, a busy server handles queued requests back to back.
+    assert elapsed >= 5 / 20 * 0.99
 
 
 def test_a_transient_failure_on_retry_forgets_the_permanent_one(server, tmp_path):

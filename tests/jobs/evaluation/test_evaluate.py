@@ -93,8 +93,9 @@ def test_evaluate_cli_prints_the_table(run):
 def test_the_report_holds_presence_and_classifier_figures_and_old_runs_get_a_calibration(run):
     report = run_evaluation(run, plots=True, device="cpu")
     presence = report["presence"]
-    assert presence["available"] and set(presence["per_category"]) == {
-        c for c in load_checkpoint(run / "checkpoint.pt", with_backbone=False).embedder.categories}
+    assert presence["available"] and set(presence["per_category"]) == set(
+        load_checkpoint(run / "checkpoint.pt", with_backbone=False).embedder.categories
+    )
     for method in ("hybrid", "global", "local"):
         figures = report["classifier"][method]
         assert {"roc_auc", "precision", "recall", "f1", "threshold", "ece", "reliability"} <= set(figures)

@@ -34,7 +34,7 @@ def test_the_classifier_separates_held_out_pairs_and_its_probability_falls_with_
     assert set(classifier) == {"hybrid", "global", "local"}
     # Measured 0.615 on the 29 test pairs of this sample (0.50-0.62 across settings and seeds: a small sample).
     assert classifier["hybrid"]["roc_auc"] > 0.58
-    for method, figures in classifier.items():
+    for _method, figures in classifier.items():
         assert 0.0 <= figures["ece"] <= 1.0 and 0.0 <= figures["precision"] <= 1.0
         assert sum(b["share"] for b in figures["reliability"]) == pytest.approx(1.0)
     calibrations = load_calibrations(run / "calibration.json", checkpoint_sha256=report["checkpoint_sha256"])

@@ -23,7 +23,7 @@ def queries(world):
     pairs = [Pair(f"s{n % 2}", world.product_ids[i], BOX) for n, i in enumerate(chosen)]
     dataset = SimpleNamespace(scenes=scenes, pairs=pairs)
     qs = [Query(j, p.scene_id, p.product_id, world.categories[i], (), ())
-          for j, (p, i) in enumerate(zip(pairs, chosen))]
+          for j, (p, i) in enumerate(zip(pairs, chosen, strict=True))]
     assert {q.category for q in qs} == set(CATEGORIES)
     return dataset, qs
 
@@ -52,7 +52,7 @@ def test_the_exhaustive_ranking_is_the_oracles(world, retriever, queries):
 def test_with_every_product_as_candidate_two_stage_equals_exhaustive(world, retriever, queries):
     got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2)
     assert got["two_stage"] == got["exhaustive"] and got["two_stage_cut_positives"] == 0
-    assert got["products_per_category"] == {c: PER_CATEGORY for c in CATEGORIES}
+    assert got["products_per_category"] == dict.fromkeys(CATEGORIES, PER_CATEGORY)
 
 
 @pytest.mark.parametrize("c", [1, 2, 3])

@@ -45,7 +45,7 @@ def test_an_epoch_yields_each_trainable_pair_once_with_negatives_from_its_pool(c
     assert all(set(negatives) <= allowed[positive] for positive, negatives in rows)
     first = [t[1].numpy() for t in batches.epoch(np.random.default_rng(0))]
     again = [t[1].numpy() for t in batches.epoch(np.random.default_rng(0))]
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 def test_cached_features_give_the_same_embeddings_as_images_through_the_model(cached):
@@ -58,6 +58,8 @@ def test_cached_features_give_the_same_embeddings_as_images_through_the_model(ca
     assert torch.allclose(from_cache.scene_global, from_images.scene_global, atol=2e-2)
     assert torch.allclose(from_cache.scene_regions, from_images.scene_regions, atol=2e-2)
     for pid, row in from_images.product_index.items():
-        assert torch.allclose(from_cache.product_emb[from_cache.product_index[pid]], from_images.product_emb[row], atol=2e-2)
+        assert torch.allclose(
+            from_cache.product_emb[from_cache.product_index[pid]], from_images.product_emb[row], atol=2e-2
+        )
         assert torch.equal(from_cache.product_pooled[from_cache.product_index[pid]], from_images.product_pooled[row])
     assert torch.equal(from_cache.scene_pooled, from_images.scene_pooled)

@@ -36,7 +36,9 @@ def test_a_saved_state_continues_exactly_where_it_stopped(tmp_path):
     optimizer.step()
     strategy = SeededStrategy(5)
     strategy.rng.random(3)
-    progress = Progress(epoch=2, history=[{"epoch": 1}, {"epoch": 2}], best={"epoch": 2}, triplets=40, train_seconds=1.5)
+    progress = Progress(
+        epoch=2, history=[{"epoch": 1}, {"epoch": 2}], best={"epoch": 2}, triplets=40, train_seconds=1.5
+    )
     save_state(tmp_path / "state.pt", cfg=cfg, embedder=embedder, optimizer=optimizer, strategy=strategy,
                progress=progress)
     expected = (strategy.rng.random(), torch.rand(1))     # what the saved run draws next

@@ -16,7 +16,7 @@ def test_cosine_schedule_matches_torchs_scheduler_and_constant_keeps_the_rate():
     cfg = TrainConfig(epochs=7, lr_schedule="cosine")
     for epoch in range(7):
         set_epoch_lr(ours, cfg, epoch)
-        for mine, torchs in zip(ours.param_groups, theirs.param_groups):
+        for mine, torchs in zip(ours.param_groups, theirs.param_groups, strict=True):
             assert mine["lr"] == pytest.approx(torchs["lr"], abs=1e-12)
         theirs.step()
         reference.step()
