@@ -1,8 +1,8 @@
 """What retrieval answers: hits with their distances, a flat result, a whole look per category, an encoded scene."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch

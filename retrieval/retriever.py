@@ -18,7 +18,7 @@ import copy
 import os
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -81,7 +81,9 @@ class Retriever:
         """Make `index` the one searched; refuse one built by another checkpoint or in another space."""
         index.require_checkpoint(self.checkpoint.sha256)
         if index.dim != self.embedder.dim:
-            raise RetrievalError(f"index embeddings have d={index.dim} but the checkpoint's space has d={self.embedder.dim}")
+            raise RetrievalError(
+                f"index embeddings have d={index.dim} but the checkpoint's space has d={self.embedder.dim}"
+            )
         # Row -> index into the checkpoint's category vocabulary, -1 where the checkpoint does not know it.
         row_category = np.full(index.n, -1, dtype=np.int64)
         for name in index.categories:
@@ -89,7 +91,7 @@ class Retriever:
         self.index = index
         self._row_category = row_category
 
-    def with_index(self, index: ProductIndex) -> "Retriever":
+    def with_index(self, index: ProductIndex) -> Retriever:
         """A retriever over another index that shares this one's checkpoint and model (nothing is reloaded).
 
         For swapping in a new build while this retriever keeps answering: this one is left untouched.
@@ -106,7 +108,7 @@ class Retriever:
         checkpoint: str | os.PathLike = defaults.CHECKPOINT,
         index_dir: str | os.PathLike = defaults.INDEX_DIR,
         device: str | torch.device = "cpu",
-    ) -> "Retriever":
+    ) -> Retriever:
         """Load the index (memory-mapped where FAISS allows) and the checkpoint; refuse a mismatched pair.
 
         Raises IndexDirError (missing or broken index), CheckpointError (missing or unreadable checkpoint),
@@ -127,7 +129,7 @@ class Retriever:
         return self.index.n
 
     # -- the two stages -----------------------------------------------------------------------------
-    def encode_scene(self, image: Image.Image | str | os.PathLike, *, timings: dict | None = None) -> "Scene":
+    def encode_scene(self, image: Image.Image | str | os.PathLike, *, timings: dict | None = None) -> Scene:
         """One backbone forward of a scene (a PIL image or a path): its global and regional embeddings.
 
         `timings`, when given, receives the seconds of the "forward" stage (backbone and heads).
@@ -268,7 +270,7 @@ class Retriever:
 
     def retrieve(
         self,
-        scene: "Image.Image | str | os.PathLike | Scene",
+        scene: Image.Image | str | os.PathLike | Scene,
         *,
         k: int = defaults.K,
         candidates: int = defaults.CANDIDATES,
@@ -316,10 +318,10 @@ class Retriever:
 
     def look(
         self,
-        scene: "Image.Image | str | os.PathLike | Scene",
+        scene: Image.Image | str | os.PathLike | Scene,
         *,
         k: int = defaults.LOOK_K,
-        categories: "list[str] | None" = None,
+        categories: list[str] | None = None,
         candidates: int = defaults.CANDIDATES,
         include_present: bool = False,
         timings: dict | None = None,
@@ -415,7 +417,7 @@ class Retriever:
                                       presence_probability=p))
         return LookResult(categories=looks, scene=scene.image, left_out=left_out)
 
-    def compatibility(self, scene: "Image.Image | str | os.PathLike | Scene", product_ids: Sequence[str], *,
+    def compatibility(self, scene: Image.Image | str | os.PathLike | Scene, product_ids: Sequence[str], *,
                       timings: dict | None = None) -> CompatibilityResult:
         """Does each product complete the scene? Its exact d_g, d_l, d_h (as stage 2 computes them), the
         probability of the run's calibration of d_h (calibration.json beside the checkpoint) and the
@@ -475,7 +477,7 @@ class Retriever:
         position = pc.index_in(column, value_set=pa.array(asked, type=pa.string()))
         rows = np.flatnonzero(position.is_valid().to_numpy(zero_copy_only=False))
         row_of: dict[str, int] = {}
-        for row, j in zip(rows.tolist(), position.drop_null().to_numpy(zero_copy_only=False).tolist()):
+        for row, j in zip(rows.tolist(), position.drop_null().to_numpy(zero_copy_only=False).tolist(), strict=True):
             row_of.setdefault(asked[j], row)
         unknown = [pid for pid in asked if pid not in row_of]
         if unknown:
@@ -507,7 +509,7 @@ class Retriever:
         """The products at rows[order] as ranked hits (rank 1 first), with their distances `d` and metadata."""
         records = self.index.table.take(pa.array(rows[order], type=pa.int64())).to_pylist()
         hits = []
-        for rank, (j, info) in enumerate(zip(order, records), start=1):
+        for rank, (j, info) in enumerate(zip(order, records, strict=True), start=1):
             hybrid = float(d["hybrid"][j])
             hits.append(Hit(
                 rank=rank, product_id=str(info.pop("product_id")), category=str(info.pop("category")),
