@@ -33,7 +33,11 @@ VARIANTS: dict[str, dict] = {
     "softmax-hard": {"loss": "softmax", "negatives": 16, "mining": "hard"},
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
+    "multiscale": {"backbone": "efficientnet-lite0-ms"},   # earlier stages' colour and texture beside the last map
 }
+# The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only
+# when these agree.
+CACHE_SETTINGS = ("backbone", "backbone_weights", "exclusion", "scene_views", "product_views")
 METRICS = ("fitb_expected", "hr@10", "hr@50")
 HEADLINE = ("hybrid", "paper", "global", "local", "backbone")
 PAIRS = ("hybrid - global", "hybrid - local", "hybrid - paper")
@@ -49,25 +53,30 @@ def link_cache(source: Path, run: Path) -> None:
         shutil.copy2(source / "split.json", run / "split.json")
 
 
-def shared_cache(out: Path, seed: int, data_seed: int | None) -> Path | None:
-    """An earlier run under `out` whose data (and so feature cache) a run of `seed` shares: with one data seed,
-    any run of any variant made with it (its config says so); else a run of the same seed."""
+def shared_cache(out: Path, cfg: TrainConfig, data_seed: int | None) -> Path | None:
+    """An earlier run under `out` whose data and feature cache the run of `cfg` shares: with one data seed,
+    any run of any variant made with it and the same CACHE_SETTINGS (its config says so); else a run of
+    the same seed."""
     for config in sorted(out.glob("*/seed-*/config.json")):
         saved = json.loads(config.read_text())
-        same = saved.get("seed") == seed if data_seed is None else \
+        same = saved.get("seed") == cfg.seed if data_seed is None else \
             (saved.get("seed") if saved.get("data_seed") is None else saved.get("data_seed")) == data_seed
+        same = same and all(saved.get(k, getattr(TrainConfig, k)) == getattr(cfg, k) for k in CACHE_SETTINGS)
         if same and (config.parent / "cache").is_dir():
             return config.parent
     return None
 
 
 def run_one(data_dir: Path, run: Path, cfg: TrainConfig, *, progress: bool) -> dict:
-    """Train (or resume) and evaluate one run; its report, read back when it is already there."""
-    if (run / "report.json").is_file():
-        return json.loads((run / "report.json").read_text())
+    """Train (or resume) and evaluate one run on test and on validation (`val`: what a choice between variants
+    may look at); the reports are read back when they are already there."""
     if not RunLayout(run).summary.is_file():
         train(data_dir, run, config=cfg, resume=True, progress=progress)
-    return run_evaluation(run, data_dir=data_dir, plots=False)
+    reports = {}
+    for split, name in (("test", "report.json"), ("val", "report-val.json")):
+        reports[split] = json.loads((run / name).read_text()) if (run / name).is_file() else \
+            run_evaluation(run, data_dir=data_dir, split=split, plots=False)
+    return {**reports["test"], "val": reports["val"]}
 
 
 def spread(values: list[float]) -> dict:
@@ -93,7 +102,9 @@ def summarise_variant(reports: dict[int, dict]) -> dict:
                 for s in seeds if reports[s].get("presence", {}).get("available")}
     classifier = {k: spread([reports[s]["classifier"]["hybrid"][k] for s in seeds]) for k in ("roc_auc", "ece")}
     weights = {s: reports[s].get("hybrid", {}).get("local_weights") for s in seeds}
-    return {"seeds": seeds, "n_queries": reports[seeds[0]]["n_queries"], "methods": methods,
+    val = {m: {k: spread([reports[s]["val"]["methods"][m][k] for s in seeds]) for k in METRICS}
+           for m in HEADLINE if all(m in reports[s].get("val", {}).get("methods", {}) for s in seeds)}
+    return {"seeds": seeds, "n_queries": reports[seeds[0]]["n_queries"], "methods": methods, "val_methods": val,
             "best_half": best_half, "comparisons": comparisons, "presence": presence,
             "classifier_hybrid": classifier, "local_weights": weights}
 
@@ -107,6 +118,12 @@ def format_quality(summary: dict) -> str:
         for method, figures in v["methods"].items():
             cells = [f"{figures[k]['mean']:.3f} ± {figures[k]['std']:.3f}" for k in METRICS]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if v.get("val_methods"):
+            lines += ["", "validation split (what a choice between variants may use):", "",
+                      "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+            for method, figures in v["val_methods"].items():
+                cells = [f"{figures[k]['mean']:.3f} ± {figures[k]['std']:.3f}" for k in METRICS]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "| paired difference | seed | fitb_expected [95% CI] | hr@10 [95% CI] |", "|---|---|---|---|"]
         for pair, per_seed in v["comparisons"].items():
             for seed, figures in per_seed.items():
@@ -132,11 +149,11 @@ def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[s
         reports = {}
         for seed in seeds:
             run = out / name / f"seed-{seed}"
-            source = shared_cache(out, seed, data_seed)
-            if source is not None:
-                link_cache(source, run)
             cfg = TrainConfig(seed=seed, data_seed=data_seed, **VARIANTS[name])
             cfg = cfg if epochs is None else cfg.replace(epochs=epochs)
+            source = shared_cache(out, cfg, data_seed)
+            if source is not None:
+                link_cache(source, run)
             click.echo(f"[{time.time() - started:7.0f} s] {name} seed {seed} -> {run}", err=True)
             reports[seed] = run_one(Path(data_dir), run, cfg, progress=progress)
         summary["variants"][name] = {"settings": VARIANTS[name], **summarise_variant(reports)}

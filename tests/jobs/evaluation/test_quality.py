@@ -1,8 +1,11 @@
 """`ctl quality`: the seeds' figures summarised (mean, spread, each seed's intervals) and the table written."""
+import json
+
 import numpy as np
 import pytest
 
-from jobs.evaluation.quality import format_quality, spread, summarise_variant
+from jobs.evaluation.quality import format_quality, shared_cache, spread, summarise_variant
+from jobs.training.config import TrainConfig
 
 
 def _report(seed):
@@ -16,6 +19,12 @@ def _report(seed):
             "presence": {"available": True, "mean_ap": 0.9, "mean_precision": 0.95, "mean_recall": 0.6},
             "classifier": {"hybrid": {"roc_auc": 0.8 + 0.01 * seed, "ece": 0.04}},
             "hybrid": {"local_weights": {"A": 0.5}}}
+
+
+def _with_val(seed):
+    report = _report(seed)
+    report["val"] = _report(seed + 10)
+    return report
 
 
 def test_the_summary_holds_each_seed_and_their_mean_and_spread():
@@ -32,3 +41,29 @@ def test_the_summary_holds_each_seed_and_their_mean_and_spread():
     table = format_quality({"variants": {"default": {"settings": {}, **summary}}})
     assert "| hybrid | " in table and "| hybrid - paper | 2 | +0.020 [-0.020, +0.030]" in table
     assert spread([1.0])["std"] == 0.0
+
+
+def test_validation_figures_are_summarised_beside_test_and_shown():
+    reports = {s: _with_val(s) for s in (0, 1)}
+    summary = summarise_variant(reports)
+    val_hr = [reports[s]["val"]["methods"]["local"]["hr@10"] for s in (0, 1)]
+    assert summary["val_methods"]["local"]["hr@10"]["per_seed"] == val_hr
+    assert summary["methods"]["local"]["hr@10"]["per_seed"] != val_hr
+    table = format_quality({"variants": {"default": {"settings": {}, **summary}}})
+    assert "validation split" in table and f"{np.mean(val_hr):.3f}" in table
+
+
+def _run(out, variant, seed, **settings):
+    run = out / variant / f"seed-{seed}"
+    (run / "cache").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"seed": seed, "data_seed": 0, **settings}))
+    return run
+
+
+def test_runs_share_a_feature_cache_only_with_the_same_backbone_and_views(tmp_path):
+    plain = _run(tmp_path, "default", 0)
+    multiscale = _run(tmp_path, "multiscale", 1, backbone="efficientnet-lite0-ms")
+    assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0), 0) == plain
+    assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0, backbone="efficientnet-lite0-ms"), 0) == multiscale
+    assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0, scene_views=2), 0) is None
+    assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=1), 1) is None
