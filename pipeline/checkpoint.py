@@ -139,7 +139,8 @@ def load_checkpoint(
     )
     notes = []
     if any(k.startswith("presence.") for k in payload["heads"]):
-        embedder.attach_presence(PresenceHead(embedder.channels, len(embedder.categories)))
+        regions = bool(payload["heads"].get("presence.regions", torch.tensor(0.0)).item())
+        embedder.attach_presence(PresenceHead(embedder.channels, len(embedder.categories), regions=regions))
     else:
         notes.append(f"{path} has no category-presence head (trained before it existed): every category "
                      "counts as missing from the scene; retrain with `ctl train` to add it")
@@ -147,6 +148,8 @@ def load_checkpoint(
     missing = [k for k in missing if not k.startswith("backbone.")]
     if "presence.threshold" in missing:    # a presence head older than per-category thresholds: 0.5 for all
         missing.remove("presence.threshold")
+    if "presence.regions" in missing:      # older than region pooling: the classifier on the average map
+        missing.remove("presence.regions")
     if "hybrid_local_weight" in missing:   # older than fitted hybrid weights: the paper's form, w = 1/2
         missing.remove("hybrid_local_weight")
         notes.append(f"{path} has no fitted hybrid weights (trained before them): its hybrid distance is the "

@@ -1,6 +1,7 @@
 """The style embedder: scene-global, scene-region, product and category embeddings in one unit-sphere space."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -13,14 +14,20 @@ from pipeline.distances import PAPER_LOCAL_WEIGHT
 
 
 class PresenceHead(nn.Module):
-    """Which categories a scene already shows: a multi-label linear classifier on the pooled backbone map.
+    """Which categories a scene already shows: a multi-label linear classifier on the backbone map.
 
     Its own parameters, apart from the style heads: trained after them (``ctl train``), it cannot change
     them. The features are standardised with the training scenes' mean and spread (buffers), then one
     logit per category of the vocabulary. Weights start at zero: no draw from any random stream.
+
+    Two poolings (the `regions` buffer says which, so it travels in the checkpoint): 0, the classifier on
+    the map's average (heads trained before region pooling); 1, the classifier on every region of the map,
+    pooled by log-mean-exp over the regions. An item covers a few of the 7 x 7 regions: averaged with the
+    rest of the scene its evidence is diluted, while log-mean-exp lets the regions that show it carry the
+    logit (between the mean and the max, and smooth, so every region gets a gradient).
     """
 
-    def __init__(self, channels: int, n_categories: int):
+    def __init__(self, channels: int, n_categories: int, *, regions: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_categories, channels))
         self.bias = nn.Parameter(torch.zeros(n_categories))
@@ -29,10 +36,23 @@ class PresenceHead(nn.Module):
         # Per category: the probability at which it counts as present (fitted on validation for precision
         # of "present"; 0.5 everywhere until then, and in checkpoints older than the fit).
         self.register_buffer("threshold", torch.full((n_categories,), defaults.PRESENCE_THRESHOLD))
+        self.register_buffer("regions", torch.tensor(1.0 if regions else 0.0))
+
+    @property
+    def pools_regions(self) -> bool:
+        return bool(self.regions.item())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """N x C pooled features -> N x K logits."""
-        return F.linear((features.float() - self.mean) / self.scale, self.weight, self.bias)
+        """N x C x h x w maps (or N x C pooled features, for the average-pooling head) -> N x K logits."""
+        features = features.float()
+        if not self.pools_regions:
+            vec = pooled(features) if features.ndim == 4 else features
+            return F.linear((vec - self.mean) / self.scale, self.weight, self.bias)
+        if features.ndim != 4:
+            raise ValueError(f"a region-pooling presence head needs N x C x h x w maps, got {tuple(features.shape)}")
+        regions = features.flatten(2).transpose(1, 2)                       # N x R x C
+        logits = F.linear((regions - self.mean) / self.scale, self.weight, self.bias)
+        return torch.logsumexp(logits, dim=1) - math.log(regions.shape[1])
 
 
 def _mlp(channels: int, hidden: int, dim: int, dropout: float) -> nn.Module:
@@ -127,8 +147,7 @@ class StyleEmbedder(nn.Module):
         None without a presence head."""
         if self.presence is None:
             return None
-        vec = pooled(feature_map.float()) if feature_map.ndim == 4 else feature_map.float()
-        return torch.sigmoid(self.presence(vec))
+        return torch.sigmoid(self.presence(feature_map))
 
     def category_embeddings(self, index: torch.Tensor) -> torch.Tensor:
         """e_c for category indices of any shape -> shape + (d,)."""

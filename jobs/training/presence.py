@@ -33,6 +33,9 @@ STEPS = 300
 LR = 1e-2
 WEIGHT_DECAY = 1e-2
 CACHE = "scenes-unmasked"
+MAP_CACHE = "scenes-unmasked-maps"
+# New heads pool a classifier over the map's regions (PresenceHead); measured on the sample, see docs/quality.md.
+REGION_POOLING = True
 PRESENT_PRECISION = 0.9   # precision of "present" each category's threshold is fitted for (on validation)
 MIN_PRESENT = 3           # ... saying "present" on at least this many validation scenes (not one lucky scene)
 
@@ -53,19 +56,20 @@ def unmasked_items(dataset, scene_ids: list[str]) -> list[CacheItem]:
 
 
 def scene_features(data: TrainingData, out_dir, cfg: TrainConfig, device, *,
-                   backbone: Backbone | None = None) -> tuple[list[str], np.ndarray]:
-    """(scene ids whose image decodes, their pooled unmasked features S x C) for every scene of the split.
+                   backbone: Backbone | None = None, maps: bool = False) -> tuple[list[str], np.ndarray]:
+    """(scene ids whose image decodes, their unmasked features: S x C pooled, or S x C x h x w `maps`) for every
+    scene of the split.
 
     `backbone` None: the frozen backbone of `cfg`, cached under out_dir/cache. A fine-tuned backbone is
     run without a cache (its weights are not part of the cache's fingerprint).
     """
     scene_ids = sorted({sid for part in ("train", "val", "test") for sid in data.split[part]})
     items = unmasked_items(data.dataset, scene_ids)
-    how = {"keep_map": False, "exclusion": cfg.exclusion, "workers": cfg.workers, "device": str(device),
-               "desc": "unmasked scene features"}
+    how = {"keep_map": maps, "exclusion": cfg.exclusion, "workers": cfg.workers, "device": str(device),
+           "desc": "unmasked scene features"}
     if backbone is None:
         table = compute_features(items, build_backbone(name=cfg.backbone, weights=cfg.backbone_weights),
-                                 Path(out_dir) / "cache" / CACHE, **how)
+                                 Path(out_dir) / "cache" / (MAP_CACHE if maps else CACHE), **how)
     else:
         with tempfile.TemporaryDirectory(prefix="presence-") as tmp:
             table = compute_features(items, backbone, tmp, **how)
@@ -75,12 +79,14 @@ def scene_features(data: TrainingData, out_dir, cfg: TrainConfig, device, *,
 
 def fit_presence(features: np.ndarray, labels: np.ndarray, *, steps: int = STEPS, lr: float = LR,
                  weight_decay: float = WEIGHT_DECAY) -> PresenceHead:
-    """A presence head fitted by full-batch AdamW on binary cross-entropy (deterministic: zero start)."""
+    """A presence head fitted by full-batch AdamW on binary cross-entropy (deterministic: zero start); on
+    N x C pooled features an average-pooling head, on N x C x h x w maps a region-pooling one."""
     x = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
-    head = PresenceHead(x.shape[1], y.shape[1])
-    head.mean.copy_(x.mean(0))
-    head.scale.copy_(x.std(0, unbiased=False).clamp_min(1e-6))
+    head = PresenceHead(x.shape[1], y.shape[1], regions=x.ndim == 4)
+    per_channel = x.transpose(0, 1).flatten(1)          # C x (N, or N * h * w): every region is a sample
+    head.mean.copy_(per_channel.mean(1))
+    head.scale.copy_(per_channel.std(1, unbiased=False).clamp_min(1e-6))
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     with torch.enable_grad():
         for _ in range(steps):
@@ -91,7 +97,7 @@ def fit_presence(features: np.ndarray, labels: np.ndarray, *, steps: int = STEPS
 
 
 def probabilities(head: PresenceHead, features: np.ndarray) -> np.ndarray:
-    """S x K presence probabilities of pooled features."""
+    """S x K presence probabilities of the head's features (pooled, or maps)."""
     x = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(head.weight.device)
     with torch.no_grad():
         return torch.sigmoid(head(x)).cpu().numpy()
@@ -138,9 +144,10 @@ def fit_thresholds(head: PresenceHead, features: np.ndarray, labels: np.ndarray,
     return record
 
 
-def masked_views(data: TrainingData, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of the cached clean masked views of the training pairs, each labelled with its scene's
-    categories less the left-out product's (unless another product of the scene has it): (N x C, N x K)."""
+def masked_views(data: TrainingData, categories: list[str], *, maps: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the cached clean masked views of the training pairs (pooled N x C, or N x C x h x w `maps`),
+    each labelled with its scene's categories less the left-out product's (unless another product of the
+    scene has it), N x K."""
     if data.scenes is None:
         return np.zeros((0, 0), np.float32), np.zeros((0, len(categories)), np.float32)
     ds, column = data.dataset, {c: k for k, c in enumerate(categories)}
@@ -155,8 +162,8 @@ def masked_views(data: TrainingData, categories: list[str]) -> tuple[np.ndarray,
         cats = list(by_scene[pair.scene_id])
         cats.remove(ds.products[pair.product_id].category)
         labels[n, [column[c] for c in cats]] = 1.0
-    maps = torch.from_numpy(data.scenes.features[[rows[str(j)] for j in keep]])
-    return pooled(maps.float()).numpy(), labels
+    views = torch.from_numpy(data.scenes.features[[rows[str(j)] for j in keep]])
+    return (views.float() if maps else pooled(views.float())).numpy(), labels
 
 
 def split_rows(scene_ids: list[str], split: dict, part: str) -> np.ndarray:
@@ -168,12 +175,13 @@ def train_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg: Tr
     """Fit the presence head on the training scenes, attach it to `embedder`; return what to record
     (settings and validation scores)."""
     backbone = embedder.backbone if embedder.backbone is not None and not embedder.freeze_backbone else None
-    scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone)
+    scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone, maps=REGION_POOLING)
     labels = scene_labels(data.dataset, scene_ids, embedder.categories)
     train_rows, val_rows = split_rows(scene_ids, data.split, "train"), split_rows(scene_ids, data.split, "val")
     x, y = features[train_rows], labels[train_rows]
-    extra_x, extra_y = masked_views(data, embedder.categories) if backbone is None and cfg.presence_masked \
-        else (np.zeros((0, x.shape[1]), np.float32), np.zeros((0, y.shape[1]), np.float32))
+    extra_x, extra_y = masked_views(data, embedder.categories, maps=REGION_POOLING) \
+        if backbone is None and cfg.presence_masked \
+        else (np.zeros((0, *x.shape[1:]), np.float32), np.zeros((0, y.shape[1]), np.float32))
     head = fit_presence(np.concatenate([x, extra_x]), np.concatenate([y, extra_y]))
     fitted = fit_thresholds(head, features[val_rows], labels[val_rows], embedder.categories)
     embedder.attach_presence(head)
@@ -181,7 +189,8 @@ def train_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg: Tr
     return {"threshold": "per category", "thresholds": fitted, "threshold_rule":
             f"lowest with precision of 'present' >= {PRESENT_PRECISION} on >= {MIN_PRESENT} validation scenes",
             "steps": STEPS, "lr": LR, "weight_decay": WEIGHT_DECAY,
-            "features": "pooled backbone map of the unmasked scene" + (
+            "features": ("every region of the backbone map (log-mean-exp pooled logits)" if REGION_POOLING
+                         else "pooled backbone map") + " of the unmasked scene" + (
                 "; and of the training pairs' masked views" if len(extra_x) else ""),
             "n_train_scenes": int(len(train_rows)), "n_masked_views": int(len(extra_x)),
             "val_mean_ap": val["mean_ap"], "val_mean_frequency": val["mean_frequency"]}
@@ -193,7 +202,8 @@ def evaluate_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg:
     if embedder.presence is None:
         return {"available": False, "note": "the checkpoint has no category-presence head"}
     backbone = embedder.backbone if embedder.backbone is not None and not embedder.freeze_backbone else None
-    scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone)
+    scene_ids, features = scene_features(data, out_dir, cfg, device, backbone=backbone,
+                                         maps=embedder.presence.pools_regions)
     rows = split_rows(scene_ids, data.split, split)
     labels = scene_labels(data.dataset, scene_ids, embedder.categories)
     scores = presence_scores(embedder.presence, features[rows], labels[rows], embedder.categories)

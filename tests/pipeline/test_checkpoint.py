@@ -110,3 +110,31 @@ def test_the_presence_head_travels_and_an_older_checkpoint_loads_without_it_and_
     features = torch.randn(4, 1280)
     with torch.no_grad():
         assert torch.equal(back.embedder.presence_probabilities(features), heads.presence_probabilities(features))
+    assert not back.embedder.presence.pools_regions
+
+    regions = PresenceHead(1280, len(CATS), regions=True)     # a region-pooling head keeps its pooling
+    regions.load_state_dict({**head.state_dict(), "regions": torch.tensor(1.0)})
+    heads.attach_presence(regions)
+    save_checkpoint(new, heads, config={})
+    back = load_checkpoint(new, with_backbone=False)
+    maps = torch.randn(2, 1280, 7, 7)
+    with torch.no_grad():
+        assert back.embedder.presence.pools_regions
+        assert torch.equal(back.embedder.presence_probabilities(maps), heads.presence_probabilities(maps))
+
+
+def test_a_presence_head_saved_before_region_pooling_loads_as_the_average_head(tmp_path):
+    heads = build_embedder(categories=CATS, with_backbone=False, dim=8, hidden=0)
+    head = PresenceHead(1280, len(CATS))
+    torch.nn.init.normal_(head.weight, generator=torch.Generator().manual_seed(1))
+    heads.attach_presence(head)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, heads, config={})
+    payload = torch.load(path, weights_only=False)
+    del payload["heads"]["presence.regions"]                 # as written before the buffer existed
+    torch.save(payload, path)
+    back = load_checkpoint(path, with_backbone=False)
+    maps = torch.randn(2, 1280, 7, 7)
+    with torch.no_grad():
+        assert not back.embedder.presence.pools_regions
+        assert torch.allclose(back.embedder.presence_probabilities(maps), head(maps.mean((2, 3))).sigmoid())
