@@ -119,7 +119,8 @@ class _MultiScaleTrunk(nn.Module):
                 tapped.append(x)
         x = m._swish(m._bn1(m._conv_head(x)))
         grid = x.shape[-2:]
-        return torch.cat([x, *(MULTI_SCALE_TAP_SCALE * nn.functional.adaptive_avg_pool2d(t, grid) for t in tapped)], dim=1)
+        pooled_taps = (MULTI_SCALE_TAP_SCALE * nn.functional.adaptive_avg_pool2d(t, grid) for t in tapped)
+        return torch.cat([x, *pooled_taps], dim=1)
 
 
 def _resnet50(weights: str) -> Backbone:

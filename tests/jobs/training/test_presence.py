@@ -87,6 +87,6 @@ def test_a_head_fitted_on_maps_pools_regions_and_finds_an_item_the_average_dilut
     region_head = fit_presence(train_x, train_y)
     average_head = fit_presence(train_x.mean((2, 3)), train_y)
     assert region_head.pools_regions and not average_head.pools_regions
-    region = presence_scores(region_head, val_x, val_y, CATS, threshold=0.5)["per_category"]["easy"]["ap"]
-    average = presence_scores(average_head, val_x.mean((2, 3)), val_y, CATS, threshold=0.5)["per_category"]["easy"]["ap"]
+    region = presence_scores(region_head, val_x, val_y, CATS)["per_category"]["easy"]["ap"]
+    average = presence_scores(average_head, val_x.mean((2, 3)), val_y, CATS)["per_category"]["easy"]["ap"]
     assert region > average + 0.05
