@@ -66,3 +66,28 @@ def test_lite0_recognises_a_real_photo_offline(lite0):
     # ImageNet classes 281-285 are domestic cats (tabby, tiger cat, Persian, Siamese, Egyptian cat)
     assert 281 <= top <= 285, f"top class {top}"
     assert float(probs[281:286].sum()) > 0.5
+
+
+def test_the_multi_scale_backbone_is_the_last_map_plus_earlier_stages_pooled_onto_its_grid(lite0):
+    from pipeline.backbones import MULTI_SCALE_BLOCKS, MULTI_SCALE_TAP_SCALE
+
+    multi = build_backbone(name="efficientnet-lite0-ms").eval()
+    x = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    with torch.inference_mode():
+        fmap = multi(x)
+        assert fmap.shape == (2, multi.channels, 7, 7) and multi.channels == 1280 + 40 + 112
+        assert torch.allclose(fmap[:, :1280], lite0(x), atol=1e-5)     # the same weights, the same last map
+        m, h = lite0.trunk.model, lite0.normalize(x)                    # the taps, by the package's own blocks
+        h = m._swish(m._bn0(m._conv_stem(h)))
+        taps = []
+        for idx, block in enumerate(m._blocks):
+            h = block(h)
+            if idx in MULTI_SCALE_BLOCKS:
+                taps.append(h)
+        start = 1280
+        for tap in taps:
+            size = tap.shape[1]
+            stride = tap.shape[-1] // 7
+            expected = MULTI_SCALE_TAP_SCALE * tap.unfold(2, stride, stride).unfold(3, stride, stride).mean((-1, -2))
+            assert torch.allclose(fmap[:, start:start + size], expected, atol=1e-4)
+            start += size
