@@ -25,7 +25,7 @@ from jobs.training.config import TrainConfig
 from jobs.training.run_layout import RunLayout
 from jobs.training.train import train
 
-# name -> settings over TrainConfig's defaults. "default" is what `make train` runs.
+# name -> settings over TrainConfig's defaults. "default" is what `make train` runs (the multi-scale backbone).
 VARIANTS: dict[str, dict] = {
     "default": {},
     "softmax": {"loss": "softmax", "negatives": 16},
@@ -33,7 +33,7 @@ VARIANTS: dict[str, dict] = {
     "softmax-hard": {"loss": "softmax", "negatives": 16, "mining": "hard"},
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
-    "multiscale": {"backbone": "efficientnet-lite0-ms"},   # earlier stages' colour and texture beside the last map
+    "plain": {"backbone": "efficientnet-lite0"},   # the default before the multi-scale backbone (docs/quality.md)
 }
 # The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only
 # when these agree.

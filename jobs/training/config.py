@@ -24,7 +24,7 @@ class TrainConfig(JobConfig):
     seed: int = defaults.SEED
     data_seed: int | None = None    # the split, the image views and the queries (None: `seed`); a fixed one
                                     #   compares training seeds on the same data and shares their feature cache
-    backbone: str = defaults.BACKBONE
+    backbone: str = defaults.TRAIN_BACKBONE
     backbone_weights: str = defaults.BACKBONE_WEIGHTS
     mode: str = "frozen"            # frozen: heads on cached features; finetune: end to end
     dim: int = defaults.DIM

@@ -61,9 +61,9 @@ def _run(out, variant, seed, **settings):
 
 
 def test_runs_share_a_feature_cache_only_with_the_same_backbone_and_views(tmp_path):
-    plain = _run(tmp_path, "default", 0)
-    multiscale = _run(tmp_path, "multiscale", 1, backbone="efficientnet-lite0-ms")
-    assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0), 0) == plain
+    multiscale = _run(tmp_path, "default", 0, backbone="efficientnet-lite0-ms")
+    plain = _run(tmp_path, "plain", 1, backbone="efficientnet-lite0")
+    assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0, backbone="efficientnet-lite0"), 0) == plain
     assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0, backbone="efficientnet-lite0-ms"), 0) == multiscale
     assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=0, scene_views=2), 0) is None
     assert shared_cache(tmp_path, TrainConfig(seed=2, data_seed=1), 1) is None

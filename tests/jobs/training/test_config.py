@@ -13,7 +13,7 @@ def test_shared_defaults_come_from_common_defaults():
     cfg = TrainConfig()
     assert (cfg.seed, cfg.backbone, cfg.backbone_weights) == (
         defaults.SEED,
-        defaults.BACKBONE,
+        defaults.TRAIN_BACKBONE,
         defaults.BACKBONE_WEIGHTS,
     )
     assert (cfg.dim, cfg.hidden, cfg.dropout, cfg.margin) == (defaults.DIM, defaults.HIDDEN, defaults.DROPOUT,
