@@ -1,6 +1,7 @@
 """`ctl serve`: the HTTP API and the page over one index and checkpoint, loaded once, answering many."""
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
@@ -70,6 +71,18 @@ def listen(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far (model, index, app: ~400,000 objects) out of the collector's sight.
+
+    Python's cyclic collector otherwise walks them all at every full collection: 170 ms holding the GIL,
+    every thread of the server stalled (measured with the synthetic catalogue on 2 busy cores; ~0 ms after
+    the freeze). A request's own objects are still collected as usual. Once per process, after loading and
+    before the first request (the collection first: no garbage is frozen).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def device_name(ctx, param, value: str) -> str:
@@ -151,6 +164,7 @@ def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str,
     except BaseException:
         sock.close()
         raise
+    freeze_heap()
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     index = retriever.index
