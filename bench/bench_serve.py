@@ -65,7 +65,7 @@ TARGET_RSS_MB = 50
 TARGET_GPU_RATE = {"retrieve": 1500.0, "look": 1000.0}   # requests/s at concurrency 64
 TARGET_GPU_SCALING = 10.0         # throughput at 64 / at 1
 TARGET_GPU_P99_MS = 100.0
-SERVE_FLAGS = ("threads", "batch_threads", "max_batch", "decode_threads", "queue_size")
+SERVE_FLAGS = ("threads", "batch_threads", "model_threads", "max_batch", "decode_threads", "queue_size")
 SERVE_SWITCHES = ("pad_batches", "pipeline")
 
 
