@@ -1,10 +1,11 @@
-"""One model executor per device: uploads decoded in a thread pool, then batched from one queue by one model thread.
+"""One model executor per device: uploads decoded in a thread pool, then batched from one queue by model threads.
 
 A scene query is admitted (or refused at once with `QueueFull` when `queue_size` queries are already
 waiting: answered 503 with Retry-After), decoded and resized in the decode pool (Pillow releases the GIL,
-so decoding runs beside the forward), then put on the ready queue. The model thread takes whatever is
-ready, up to `max_batch`, the moment it is free: no batching window. A lone query is run at once; while a
-batch is in flight the next ones pile up and go through together. Each batch is one backbone forward
+so decoding runs beside the forward), then put on the ready queue. A model thread (one on a GPU, one per
+core on a CPU: `model_threads`) takes whatever is ready, up to `max_batch`, the moment it is free: no
+batching window. A lone query is run at once; while a batch is in flight the next ones pile up and go
+through together. Each batch is one backbone forward
 (`Retriever.encode_pixels`, padded up to the next of `buckets` on an accelerator so that only those
 shapes ever run), then per group of queries with the same parameters one batched stage 1 and stage 2
 (`Retriever.retrieve_batch`, `look_batch`, `compatibility_batch`). With `pipeline` the stages run on a
