@@ -65,7 +65,7 @@ TARGET_RSS_MB = 50
 TARGET_GPU_RATE = {"retrieve": 1500.0, "look": 1000.0}   # requests/s at concurrency 64
 TARGET_GPU_SCALING = 10.0         # throughput at 64 / at 1
 TARGET_GPU_P99_MS = 100.0
-SERVE_FLAGS = ("threads", "batch_threads", "max_batch", "decode_threads", "queue_size")
+SERVE_FLAGS = ("threads", "batch_threads", "model_threads", "max_batch", "decode_threads", "queue_size")
 SERVE_SWITCHES = ("pad_batches", "pipeline")
 
 
@@ -136,12 +136,14 @@ class Bare:
 
 # -- (2) the server ---------------------------------------------------------------------------------------
 
-def start_server(checkpoint: Path, index_dir: Path, device: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, index_dir: Path, device: str, extra: list[str],
+                 root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """`ctl serve` of the checkout at `root` (another worktree: an older commit's server, for a before/after)."""
     cmd = [sys.executable, "-m", "jobs.cli", "serve", "--port", "0", "--device", device, "--index-dir",
            str(index_dir), "--checkpoint", str(checkpoint), "--examples", "none", "--watch-interval", "0",
            "--no-access-log", "--log-level", "warning", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     while True:

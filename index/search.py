@@ -76,10 +76,11 @@ def topk_from_scores(S: np.ndarray, k: int, rows: np.ndarray | None = None) -> t
     if kk == 0:
         return D, neighbours
     part = np.argpartition(-S, kk - 1, axis=1)[:, :kk] if kk < nb else np.tile(np.arange(nb), (nq, 1))
-    top = np.take_along_axis(S, part, axis=1)
+    each = np.arange(nq)[:, None]      # plain indexing: take_along_axis's index building cost ~10 us a call
+    top = S[each, part]
     order = np.argsort(-top, axis=1, kind="stable")
-    cols = np.take_along_axis(part, order, axis=1)
-    D[:, :kk] = np.take_along_axis(top, order, axis=1)
+    cols = part[each, order]
+    D[:, :kk] = top[each, order]
     neighbours[:, :kk] = cols if rows is None else np.asarray(rows, dtype=np.int64)[cols]
     return D, neighbours
 

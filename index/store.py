@@ -136,10 +136,15 @@ class ProductIndex:
 
     def embeddings(self, rows) -> np.ndarray:
         """float32 copy of the given rows of embeddings.f16.npy."""
+        return np.asarray(self.stored_embeddings(rows), dtype=np.float32)
+
+    def stored_embeddings(self, rows) -> np.ndarray:
+        """Copy of the given rows of embeddings.f16.npy as stored (float16), for a caller with a faster cast
+        (numpy's float16 -> float32 took 0.41 ms for 1,600 x 128 values, torch's 0.016 ms: a look's stage 2)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n):
             raise ValueError(f"rows must lie in [0, {self.n}), got min {rows.min()} max {rows.max()}")
-        return np.asarray(self._emb[rows], dtype=np.float32)
+        return self._emb[rows]
 
     def require_checkpoint(self, sha256: str) -> None:
         """Raise CheckpointMismatchError unless the index was built from this checkpoint."""

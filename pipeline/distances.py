@@ -89,6 +89,40 @@ def all_distances(f_s, f_i, f_p, e_c, local_weight: torch.Tensor | float | None 
     return {"global": d_g, "local": d_l, "hybrid": combine(d_g, d_l, local_weight), "paper": combine(d_g, d_l)}
 
 
+def local_distance_by_category(f_i: torch.Tensor, f_p: torch.Tensor, e_k: torch.Tensor,
+                               category_of: torch.Tensor) -> torch.Tensor:
+    """local_distance for products whose category embeddings come from K categories -> B x M.
+
+    e_k: B x K x d category embeddings, category_of: B x M indices into K (product m's e_c is e_k[category_of]).
+    The same d_l, factored: the attention a depends on the category alone and sums to 1 over the regions, so
+    sum_r a_r ||f_i[r] - f_p||^2 = sum_r a_r ||f_i[r]||^2 + ||f_p||^2 - 2 <sum_r a_r f_i[r], f_p>: one
+    attention and one pooled scene vector per category, then O(d) per product instead of O(R d) twice (the
+    attention and the per-region distances). Equal to local_distance to float rounding (tested); serving's
+    stage 2 re-ranks C candidates of a few categories this way.
+    """
+    _check("f_i", f_i, 3, "B x R x d")
+    _check("f_p", f_p, 3, "B x M x d")
+    _check("e_k", e_k, 3, "B x K x d")
+    if category_of.shape != f_p.shape[:2]:
+        raise ValueError(f"category_of must be B x M = {tuple(f_p.shape[:2])}, got {tuple(category_of.shape)}")
+    a = attention_weights(f_i, e_k)                                    # B x K x R
+    pooled = a @ f_i                                                   # B x K x d: sum_r a_r f_i[r]
+    spread = (a * (f_i * f_i).sum(-1).unsqueeze(1)).sum(-1)            # B x K: sum_r a_r ||f_i[r]||^2
+    index = category_of.long()
+    # <f_p, pooled_k> for every k, then product m's own k: a B x M x K product is cheaper than gathering B x M x d
+    dots = torch.gather(f_p @ pooled.transpose(-1, -2), 2, index.unsqueeze(-1)).squeeze(-1)
+    d_l = torch.gather(spread, 1, index) + (f_p * f_p).sum(-1) - 2.0 * dots
+    return d_l.clamp_min_(0.0)   # a mean of squared distances: >= 0 but for rounding, as pairwise_squared_l2
+
+
+def all_distances_by_category(f_s, f_i, f_p, e_k, category_of,
+                              local_weight: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
+    """all_distances for products of K categories (e_k, category_of as in local_distance_by_category)."""
+    d_g = global_distance(f_s, f_p)
+    d_l = local_distance_by_category(f_i, f_p, e_k, category_of)
+    return {"global": d_g, "local": d_l, "hybrid": combine(d_g, d_l, local_weight), "paper": combine(d_g, d_l)}
+
+
 def triplet_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, margin: float = defaults.MARGIN) -> torch.Tensor:
     """mean over triplets of max(0, d(s, p+) - d(s, p-) + margin); d_pos: B, d_neg: B or B x K negatives."""
     _check("d_pos", d_pos, 1, "B")

@@ -1,10 +1,11 @@
-"""One model executor per device: uploads decoded in a thread pool, then batched from one queue by one model thread.
+"""One model executor per device: uploads decoded in a thread pool, then batched from one queue by model threads.
 
 A scene query is admitted (or refused at once with `QueueFull` when `queue_size` queries are already
 waiting: answered 503 with Retry-After), decoded and resized in the decode pool (Pillow releases the GIL,
-so decoding runs beside the forward), then put on the ready queue. The model thread takes whatever is
-ready, up to `max_batch`, the moment it is free: no batching window. A lone query is run at once; while a
-batch is in flight the next ones pile up and go through together. Each batch is one backbone forward
+so decoding runs beside the forward), then put on the ready queue. A model thread (one on a GPU, one per
+core on a CPU: `model_threads`) takes whatever is ready, up to `max_batch`, the moment it is free: no
+batching window. A lone query is run at once; while a batch is in flight the next ones pile up and go
+through together. Each batch is one backbone forward
 (`Retriever.encode_pixels`, padded up to the next of `buckets` on an accelerator so that only those
 shapes ever run), then per group of queries with the same parameters one batched stage 1 and stage 2
 (`Retriever.retrieve_batch`, `look_batch`, `compatibility_batch`). With `pipeline` the stages run on a
@@ -105,20 +106,24 @@ def power_buckets(max_batch: int) -> tuple[int, ...]:
 
 
 class ModelExecutor:
-    """The device's one model thread, fed by a decode pool and a bounded queue.
+    """The device's model thread(s), fed by a decode pool and a bounded queue.
 
     Its forward runs on `threads` torch threads for a lone scene and on `batch_threads` for a batch of
-    several (on a CPU, fewer threads for a batch leave cores to decoding and HTTP and spare an OpenMP
-    team spinning for a descheduled partner: ~10% less CPU per request on 2 busy cores, but less
-    throughput there, so both default to every core; docs/benchmarks-serve.md).
+    several. With `model_threads` > 1 (a CPU) that many model threads take batches from the one queue,
+    each forwarding on its own torch threads (the traced graph runs without the GIL, so their forwards
+    run in parallel): on 2 cores, two model threads of one torch thread each spend less CPU per request
+    than one forward on both cores, whose OpenMP team waits and spins at every layer
+    (docs/benchmarks-serve.md). One model thread warms up; the others start once it is done.
     """
 
     def __init__(self, retriever: Retriever, *, threads: int, max_batch: int, queue_size: int,
                  batch_threads: int | None = None, buckets: Sequence[int] = (), decode_threads: int = 2,
-                 pipeline: bool = False, metrics: ServiceMetrics | None = None, clock: Clock | None = None):
+                 pipeline: bool = False, model_threads: int = 1, metrics: ServiceMetrics | None = None,
+                 clock: Clock | None = None):
         batch_threads = threads if batch_threads is None else batch_threads
         for name, value in (("threads", threads), ("batch_threads", batch_threads), ("max_batch", max_batch),
-                            ("queue_size", queue_size), ("decode_threads", decode_threads)):
+                            ("queue_size", queue_size), ("decode_threads", decode_threads),
+                            ("model_threads", model_threads)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._retriever = retriever
@@ -127,7 +132,7 @@ class ModelExecutor:
         self.buckets = tuple(sorted({int(b) for b in buckets if 0 < int(b) <= self.max_batch}))
         if self.buckets and self.buckets[-1] != self.max_batch:
             self.buckets = (*self.buckets, self.max_batch)
-        self.decode_threads, self.pipeline = int(decode_threads), bool(pipeline)
+        self.decode_threads, self.pipeline, self.model_threads = int(decode_threads), bool(pipeline), int(model_threads)
         self.metrics = metrics or ServiceMetrics()
         self.metrics.watch_queue(self.depth, self.queue_size)
         self.clock = clock or Clock()
@@ -137,6 +142,7 @@ class ModelExecutor:
         self._stop = threading.Event()
         self._started = False
         self._threads: list[threading.Thread] = []
+        self._live_model_threads = 0
         self._decoder: ThreadPoolExecutor | None = None
         self._finishing: queue.Queue = queue.Queue(maxsize=2)
         self._seconds_per_query = 0.1      # running mean of the model work per query, for Retry-After
@@ -175,9 +181,22 @@ class ModelExecutor:
         self._started = True
         self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
         self._threads = [threading.Thread(target=self._model_loop, name="model-executor", daemon=True)]
+        self._live_model_threads = 1
         if self.pipeline:
             self._threads.append(threading.Thread(target=self._finish_loop, name="model-stages", daemon=True))
         for t in self._threads:
+            t.start()
+
+    def _start_more_model_threads(self) -> None:
+        """After the warm-up: the other model threads (with model_threads > 1), unless stopping."""
+        with self._cond:
+            if self._stop.is_set():
+                return
+            more = [threading.Thread(target=self._serve_batches, name=f"model-executor-{j + 1}", daemon=True)
+                    for j in range(1, self.model_threads)]
+            self._threads.extend(more)
+            self._live_model_threads += len(more)
+        for t in more:
             t.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -187,9 +206,10 @@ class ModelExecutor:
             self._cond.notify_all()
         if self._decoder is not None:
             self._decoder.shutdown(wait=True)   # decodes in progress end on the ready queue
-        for t in self._threads:
+        with self._cond:
+            threads, self._threads = list(self._threads), []
+        for t in threads:
             t.join(timeout)
-        self._threads = []
         with self._cond:
             left, self._admitted = list(self._ready), 0
             self._ready.clear()
@@ -204,7 +224,7 @@ class ModelExecutor:
 
     def retry_after(self) -> int:
         """Whole seconds until the queue has likely drained by one query's worth of room (at least 1)."""
-        return max(1, math.ceil(self.depth() * self._seconds_per_query))
+        return max(1, math.ceil(self.depth() * self._seconds_per_query / self.model_threads))
 
     def submit(self, query: Query) -> Future:
         """Admit a query; QueueFull at once when every slot is taken, ServiceStopped when shutting down."""
@@ -261,21 +281,42 @@ class ModelExecutor:
 
     # -- the model thread ---------------------------------------------------------------------------------
     def _model_loop(self) -> None:
+        """The first model thread: warm up, start the others, then take batches like them."""
         torch.set_num_threads(self.threads)   # this thread's OpenMP team
         if self._retriever.device.type == "cuda":
             torch.backends.cudnn.benchmark = True   # fixed shapes: each tuned once, at warm-up
         try:
             self.warm_up()
+        except Exception:
+            log.exception("the model executor's warm-up failed: the service is not ready")
+            self._stop.set()
+            self._model_thread_done()
+            return
+        self._start_more_model_threads()
+        self._serve_batches()
+
+    def _model_thread_done(self) -> None:
+        """The last model thread to end tells the stages thread to end (after what they handed it)."""
+        with self._cond:
+            self._live_model_threads -= 1
+            last = self._live_model_threads == 0
+        if last and self.pipeline:
+            self._finishing.put(None)
+
+    def _serve_batches(self) -> None:
+        torch.set_num_threads(self.threads)
+        try:
             while not self._stop.is_set():
                 batch = self.take()
                 if batch:
                     self.run_batch(batch)
         except Exception:
-            log.exception("the model executor stopped: the service is not ready")
+            log.exception("a model thread stopped: the service is not ready")
             self._stop.set()
+            with self._cond:
+                self._cond.notify_all()
         finally:
-            if self.pipeline:
-                self._finishing.put(None)
+            self._model_thread_done()
 
     def warm_up(self) -> None:
         """Every batch size through the forward and both stages of each endpoint, before `ready`."""

@@ -40,7 +40,7 @@ async def readyz(service: ServiceDep):
     state = {
         "index_version": r.index.version, "products": r.index.n, "categories": len(r.categories),
         "checkpoint_sha256": r.checkpoint.sha256, "device": str(r.device), "model": model_info(r),
-        "threads": ex.threads, "batch_threads": ex.batch_threads,
+        "threads": ex.threads, "batch_threads": ex.batch_threads, "model_threads": ex.model_threads,
         "max_batch": ex.max_batch, "buckets": list(ex.buckets), "pipeline": ex.pipeline,
         "decode_threads": ex.decode_threads, "traced": r.traced,
         "warm_up": {"batch_sizes": list(ex.warmed_sizes), "seconds": ex.warmup_seconds},

@@ -28,6 +28,7 @@ class ServeSettings:
     pad_batches: bool = False         # pad each batch up to the next power of two (fixed shapes, warmed at start)
     decode_threads: int = 2           # threads decoding and resizing uploads beside the forward
     pipeline: bool = False            # stage 1 and 2 on a thread of their own, beside the next forward
+    model_threads: int = 1            # model threads taking batches from the one queue (each its own forward)
     queue_size: int = defaults.SERVE_QUEUE_SIZE
     max_upload_bytes: int = defaults.SERVE_MAX_UPLOAD_BYTES
     max_k: int = defaults.SERVE_MAX_K
@@ -41,13 +42,14 @@ class ServeSettings:
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:
         """The measured defaults for `device`, overridden by every value in `given` that is not None.
 
-        CPU: defaults.SERVE_CPU, the forward on every usable core (for a batch too: on 2 busy cores one
-        thread per batch cost ~10% less CPU but gave 30-50% less throughput at concurrency 4 and 16,
-        docs/benchmarks-serve.md); an accelerator: defaults.SERVE_GPU.
+        CPU: defaults.SERVE_CPU, one model thread per usable core, each forward on one torch thread (on 2
+        cores less CPU per request and more throughput than one forward on both cores, whose OpenMP team
+        waits and spins at every layer: docs/benchmarks-serve.md, 2026-12-05); an accelerator:
+        defaults.SERVE_GPU (one model thread).
         """
         device = torch.device(device)
         if device.type == "cpu":
-            base = {**defaults.SERVE_CPU, "threads": usable_cores(), "batch_threads": usable_cores(),
+            base = {**defaults.SERVE_CPU, "threads": 1, "batch_threads": 1, "model_threads": usable_cores(),
                     "decode_threads": min(2, usable_cores())}
         else:
             base = {**defaults.SERVE_GPU, "decode_threads": max(2, min(8, usable_cores() // 2))}

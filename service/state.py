@@ -39,7 +39,8 @@ class Service:
         return self.executor.retriever
 
 
-def service_of(request: Request) -> Service:
+async def service_of(request: Request) -> Service:
+    # async: FastAPI runs a plain-def dependency on its thread pool, a thread hand-over for every request
     return request.app.state.service
 
 

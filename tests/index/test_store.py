@@ -128,10 +128,14 @@ def test_metadata_accessors(catalogue, built):
     x = index.embeddings(rows)
     assert x.dtype == np.float32 and x.shape == (3, D_DIM)
     np.testing.assert_allclose(x, xb[rows], atol=1e-3)
+    stored = index.stored_embeddings(rows)           # as on disk: the float32 copy is exactly its cast
+    assert stored.dtype == np.float16 and np.array_equal(stored.astype(np.float32), x)
     assert index.table.column("category").to_pylist() == list(cats)
     assert index.info.factory == "Flat"
     with pytest.raises(ValueError, match="rows must lie in"):
         index.embeddings([N])
+    with pytest.raises(ValueError, match="rows must lie in"):
+        index.stored_embeddings([-1])
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "HNSW16,Flat"])

@@ -6,10 +6,12 @@ import torch.nn.functional as F
 
 from pipeline.distances import (
     all_distances,
+    all_distances_by_category,
     attention_weights,
     global_distance,
     hybrid_distance,
     local_distance,
+    local_distance_by_category,
     softmax_loss,
     triplet_loss,
 )
@@ -115,3 +117,46 @@ def test_softmax_loss_equals_an_explicit_log_softmax():
         expected += -(logits[0] - top - np.log(sum(np.exp(v - top) for v in logits)))
     assert float(softmax_loss(d_pos, d_neg, t)) == pytest.approx(expected / 2, rel=1e-9)
     assert float(softmax_loss(torch.zeros(1), torch.full((1, 3), 4.0), 0.1)) < 1e-6   # far negatives: ~0 loss
+
+
+def by_category(B=3, R=49, M=40, K=5, d=16, dtype=torch.float64, seed=10):
+    """Scenes, products and K category embeddings, each product of a random one of the K categories."""
+    g = torch.Generator().manual_seed(seed)
+    f_i = F.normalize(torch.randn(B, R, d, generator=g, dtype=dtype), dim=-1)
+    f_p = F.normalize(torch.randn(B, M, d, generator=g, dtype=dtype), dim=-1)
+    e_k = F.normalize(torch.randn(B, K, d, generator=g, dtype=dtype), dim=-1)
+    category_of = torch.randint(0, K, (B, M), generator=g)
+    e_c = torch.gather(e_k, 1, category_of.unsqueeze(-1).expand(-1, -1, d))    # each product's own e_c
+    return f_i, f_p, e_k, category_of, e_c
+
+
+def test_local_distance_by_category_equals_the_explicit_form_and_the_loop():
+    f_i, f_p, e_k, category_of, e_c = by_category()
+    factored = local_distance_by_category(f_i, f_p, e_k, category_of)
+    assert torch.allclose(factored, local_distance(f_i, f_p, e_c), atol=1e-12)
+    assert torch.allclose(factored[:, :6], loop_local(f_i, f_p[:, :6], e_c[:, :6]), atol=1e-10)
+
+
+def test_local_distance_by_category_in_float32_agrees_to_rounding():
+    # serving runs float32: the factored sum and the per-region one round differently, by ~1e-6 on [0, 4]
+    f_i, f_p, e_k, category_of, e_c = by_category(B=2, M=300, K=8, d=128, dtype=torch.float32, seed=11)
+    factored = local_distance_by_category(f_i, f_p, e_k, category_of)
+    assert (factored >= 0).all()
+    assert torch.allclose(factored, local_distance(f_i, f_p, e_c), atol=1e-5)
+
+
+def test_all_distances_by_category_equals_all_distances():
+    f_i, f_p, e_k, category_of, e_c = by_category(seed=12)
+    f_s = unit(f_i.shape[0], f_i.shape[-1], seed=13)
+    w = torch.rand(category_of.shape, generator=torch.Generator().manual_seed(14), dtype=f_i.dtype)
+    explicit = all_distances(f_s, f_i, f_p, e_c, local_weight=w)
+    factored = all_distances_by_category(f_s, f_i, f_p, e_k, category_of, local_weight=w)
+    assert explicit.keys() == factored.keys()
+    for name in explicit:
+        assert torch.allclose(factored[name], explicit[name], atol=1e-12), name
+
+
+def test_local_distance_by_category_refuses_a_category_index_of_another_shape():
+    f_i, f_p, e_k, category_of, _ = by_category()
+    with pytest.raises(ValueError, match="category_of"):
+        local_distance_by_category(f_i, f_p, e_k, category_of[:, :-1])

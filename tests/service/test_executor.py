@@ -161,6 +161,22 @@ def test_a_lone_scene_and_a_batch_take_their_own_thread_counts(serve, served_ret
     assert seen == [(1, 2), (3, 1)]
 
 
+def test_two_model_threads_run_two_batches_at_once(serve, served_retriever, world):
+    client = serve(max_batch=4, model_threads=2)
+    assert client.get("/readyz").json()["model_threads"] == 2
+    gate = Gate(client, served_retriever)
+    with ThreadPoolExecutor(2) as ex:
+        first = gate.hold(ex, client, "/v1/retrieve", params={"k": 5}, files=files(world, 0))
+        second = ex.submit(client.post, "/v1/retrieve", params={"k": 5}, files=files(world, 1))
+        # one model thread would leave the second query queued behind the held forward
+        wait_for(lambda: len(gate.batches) == 2, what="the second query's forward while the first is held")
+        gate.opened.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+    assert gate.batches == [1, 1]
+    alone = client.post("/v1/retrieve", params={"k": 5}, files=files(world, 1))
+    assert_same_hits(second.result().json()["hits"], alone.json()["hits"])
+
+
 def test_the_stages_thread_answers_as_the_model_thread_does(serve, world):
     client = serve(max_batch=4, pipeline=True)
     one = client.post("/v1/retrieve", params={"k": 5}, files=files(world, 1))

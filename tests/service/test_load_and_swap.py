@@ -79,10 +79,10 @@ def test_a_bad_image_fails_alone_without_waiting_for_the_model(serve, served_ret
 
 def test_settings_per_device():
     cpu = ServeSettings.for_device("cpu")
-    assert cpu.threads == usable_cores() and cpu.batch_threads == usable_cores()
+    assert cpu.threads == 1 == cpu.batch_threads and cpu.model_threads == usable_cores()
     assert cpu.max_batch >= 1 and not cpu.pad_batches and not cpu.pipeline
     gpu = ServeSettings.for_device(torch.device("cuda"))
-    assert gpu.max_batch > 1 and gpu.pad_batches and gpu.pipeline
+    assert gpu.max_batch > 1 and gpu.pad_batches and gpu.pipeline and gpu.model_threads == 1
     assert ServeSettings.for_device("cpu", max_batch=8, threads=None).max_batch == 8
     with pytest.raises(TypeError, match="unknown settings"):
         ServeSettings.for_device("cpu", batch=4)
