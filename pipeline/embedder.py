@@ -50,8 +50,15 @@ class PresenceHead(nn.Module):
             return F.linear((vec - self.mean) / self.scale, self.weight, self.bias)
         if features.ndim != 4:
             raise ValueError(f"a region-pooling presence head needs N x C x h x w maps, got {tuple(features.shape)}")
-        regions = features.flatten(2).transpose(1, 2)                       # N x R x C
-        logits = F.linear((regions - self.mean) / self.scale, self.weight, self.bias)
+        return self.pool_regions(self.standardised_regions(features))
+
+    def standardised_regions(self, maps: torch.Tensor) -> torch.Tensor:
+        """N x C x h x w maps -> N x R x C regions, standardised (contiguous: training reuses it every step)."""
+        return ((maps.float().flatten(2).transpose(1, 2) - self.mean) / self.scale).contiguous()
+
+    def pool_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """N x R x C standardised regions -> N x K logits: each region's logit, log-mean-exp over the regions."""
+        logits = F.linear(regions, self.weight, self.bias)
         return torch.logsumexp(logits, dim=1) - math.log(regions.shape[1])
 
 

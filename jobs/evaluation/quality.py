@@ -33,6 +33,7 @@ VARIANTS: dict[str, dict] = {
     "softmax-hard": {"loss": "softmax", "negatives": 16, "mining": "hard"},
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
+    "dim256": {"dim": 256},
     "plain": {"backbone": "efficientnet-lite0"},   # the default before the multi-scale backbone (docs/quality.md)
 }
 # The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only

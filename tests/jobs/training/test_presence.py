@@ -1,9 +1,17 @@
-"""Presence thresholds: fitted per category for precision of "present" on validation, then applied by the scores."""
+"""Presence head and thresholds: fitted per category for precision of "present" on held-out probabilities, then
+applied by the scores; cross-fitting never lets a scene see itself."""
 import numpy as np
 import pytest
 import torch
 
-from jobs.training.presence import fit_presence, fit_thresholds, presence_scores
+from jobs.training.presence import (
+    cross_fitted,
+    fit_presence,
+    fit_thresholds,
+    presence_scores,
+    probabilities,
+    scene_folds,
+)
 from pipeline.embedder import PresenceHead
 
 CATS = ["easy", "hard"]
@@ -21,9 +29,9 @@ def _scenes(seed, n=80):
 def test_thresholds_are_fitted_per_category_and_applied_by_the_scores():
     head = fit_presence(*_scenes(0))
     val_x, val_y = _scenes(1)
-    record = fit_thresholds(head, val_x, val_y, CATS, precision=0.9, min_present=3)
     with torch.no_grad():
         probs = torch.sigmoid(head(torch.from_numpy(val_x))).numpy()
+    record = fit_thresholds(head, probs, val_y, CATS, precision=0.9, min_present=3, confidence_z=0.0)
     t_easy = record["easy"]["threshold"]
     assert t_easy is not None and float(head.threshold[0]) == pytest.approx(t_easy)
     said = probs[:, 0] >= t_easy
@@ -90,3 +98,63 @@ def test_a_head_fitted_on_maps_pools_regions_and_finds_an_item_the_average_dilut
     region = presence_scores(region_head, val_x, val_y, CATS)["per_category"]["easy"]["ap"]
     average = presence_scores(average_head, val_x.mean((2, 3)), val_y, CATS)["per_category"]["easy"]["ap"]
     assert region > average + 0.05
+
+
+def test_a_confidence_bound_asks_for_more_than_the_point_estimate():
+    head = fit_presence(*_scenes(0))
+    val_x, val_y = _scenes(1)
+    probs = probabilities(head, val_x)
+    point = fit_thresholds(head, probs, val_y, CATS, confidence_z=0.0)["easy"]["threshold"]
+    sure = fit_thresholds(head, probs, val_y, CATS, confidence_z=1.0)["easy"]["threshold"]
+    assert point is not None and sure is not None and sure >= point
+    said = probs[:, 0] >= sure
+    k, n = val_y[said, 0].sum(), said.sum()
+    # The Wilson lower bound is the smaller root of (k/n - q)^2 = z^2 q (1 - q) / n, z = 1: solved here by numpy.
+    roots = np.roots([1 + 1 / n, -(2 * k / n + 1 / n), (k / n) ** 2])
+    assert min(roots) >= 0.9 - 1e-9
+    assert float(head.threshold[0]) == pytest.approx(sure)
+
+
+def _maps(seed, n):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, 2)) < 0.5).astype(np.float32)
+    x = rng.normal(size=(n, 3, 2, 2)).astype(np.float32)
+    x[:, 0, 0, 0] += 2.0 * labels[:, 0]
+    return x, labels
+
+
+def test_fitting_on_standardised_regions_once_equals_training_the_head_through_its_forward():
+    x, y = _maps(0, 40)
+    fast = fit_presence(x, y, steps=25)
+    slow = PresenceHead(3, 2, regions=True)                 # the plain loop: standardise inside every forward
+    slow.mean.copy_(fast.mean)
+    slow.scale.copy_(fast.scale)
+    optimizer = torch.optim.AdamW(slow.parameters(), lr=1e-2, weight_decay=1e-2)
+    with torch.enable_grad():
+        for _ in range(25):
+            optimizer.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(slow(torch.from_numpy(x)),
+                                                                 torch.from_numpy(y)).backward()
+            optimizer.step()
+    assert torch.allclose(fast.weight, slow.weight, atol=1e-5) and torch.allclose(fast.bias, slow.bias, atol=1e-5)
+    assert fast.weight.abs().max() > 0.01                   # it learned something
+
+
+def test_cross_fitting_gives_each_scene_the_probability_of_a_head_that_never_saw_it():
+    x, y = _maps(0, 30)
+    extra_x, extra_y = _maps(1, 45)
+    ids = [f"s{i}" for i in range(30)]
+    extra_ids = [ids[i % 30] for i in range(45)]            # masked views of the same scenes
+    got = cross_fitted(x, y, ids, extra_x, extra_y, extra_ids, folds=3, steps=20)
+    folds, extra_folds = scene_folds(ids, 3), scene_folds(extra_ids, 3)
+    assert set(folds.tolist()) == {0, 1, 2} and np.array_equal(folds, scene_folds(ids, 3))
+    for f in range(3):                                      # oracle: fit each fold's head by hand
+        keep, keep_extra = folds != f, extra_folds != f
+        head = fit_presence(np.concatenate([x[keep], extra_x[keep_extra]]),
+                            np.concatenate([y[keep], extra_y[keep_extra]]), steps=20)
+        assert np.allclose(got[~keep], probabilities(head, x[~keep]), atol=1e-6)
+    # A scene's own labels (and its masked views') never reach its probability.
+    flipped, flipped_extra = y.copy(), extra_y.copy()
+    flipped[0], flipped_extra[np.array(extra_ids) == "s0"] = 1 - y[0], 1 - extra_y[np.array(extra_ids) == "s0"]
+    again = cross_fitted(x, flipped, ids, extra_x, flipped_extra, extra_ids, folds=3, steps=20)
+    assert np.allclose(again[0], got[0], atol=1e-6) and not np.allclose(again, got, atol=1e-6)
