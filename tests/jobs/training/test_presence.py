@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from jobs.training import presence
 from jobs.training.presence import (
     cross_fitted,
     fit_presence,
@@ -129,7 +130,7 @@ def test_fitting_on_standardised_regions_once_equals_training_the_head_through_i
     slow = PresenceHead(3, 2, regions=True)                 # the plain loop: standardise inside every forward
     slow.mean.copy_(fast.mean)
     slow.scale.copy_(fast.scale)
-    optimizer = torch.optim.AdamW(slow.parameters(), lr=1e-2, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(slow.parameters(), lr=presence.LR, weight_decay=presence.WEIGHT_DECAY)
     with torch.enable_grad():
         for _ in range(25):
             optimizer.zero_grad()
