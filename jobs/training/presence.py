@@ -132,12 +132,13 @@ def cross_fitted(features: np.ndarray, labels: np.ndarray, scene_ids: list[str],
                  extra_labels: np.ndarray, extra_scene_ids: list[str], *, folds: int = FOLDS,
                  **fit_args) -> np.ndarray:
     """Out-of-fold probabilities of the training scenes: each from a head fitted without its fold's scenes
-    (nor their masked views, `extra`, grouped by `extra_scene_ids`). S x K."""
+    (nor their masked views, `extra`, grouped by `extra_scene_ids`). S x K; NaN rows where a fold held every
+    training scene (nothing to fit on)."""
     fold, extra_fold = scene_folds(scene_ids, folds), scene_folds(extra_scene_ids, folds)
     out = np.full(labels.shape, np.nan, dtype=np.float32)
     for f in progress_bar(range(folds), desc="presence cross-fitting", unit="fold", leave=False):
         held, held_extra = fold == f, extra_fold == f
-        if not held.any():
+        if not held.any() or held.all():     # nothing to predict, or nothing left to fit on: stays NaN
             continue
         head = fit_presence(np.concatenate([features[~held], extra[~held_extra]]),
                             np.concatenate([labels[~held], extra_labels[~held_extra]]), **fit_args)
@@ -230,7 +231,9 @@ def train_presence(embedder: StyleEmbedder, data: TrainingData, out_dir, cfg: Tr
     head = fit_presence(np.concatenate([x, extra_x]), np.concatenate([y, extra_y]))
     out_of_fold = cross_fitted(x, y, [scene_ids[i] for i in train_rows], extra_x, extra_y, extra_ids)
     held_out = np.concatenate([out_of_fold, probabilities(head, features[val_rows])])
-    fitted = fit_thresholds(head, held_out, np.concatenate([y, labels[val_rows]]), embedder.categories)
+    held_labels = np.concatenate([y, labels[val_rows]])
+    scored = ~np.isnan(held_out).any(axis=1)          # a training set too small to cross-fit leaves NaN rows
+    fitted = fit_thresholds(head, held_out[scored], held_labels[scored], embedder.categories)
     embedder.attach_presence(head)
     val = presence_scores(head, features[val_rows], labels[val_rows], embedder.categories)
     return {"threshold": "per category", "thresholds": fitted, "threshold_rule":

@@ -159,3 +159,9 @@ def test_cross_fitting_gives_each_scene_the_probability_of_a_head_that_never_saw
     flipped[0], flipped_extra[np.array(extra_ids) == "s0"] = 1 - y[0], 1 - extra_y[np.array(extra_ids) == "s0"]
     again = cross_fitted(x, flipped, ids, extra_x, flipped_extra, extra_ids, folds=3, steps=20)
     assert np.allclose(again[0], got[0], atol=1e-6) and not np.allclose(again, got, atol=1e-6)
+
+
+def test_one_training_scene_cannot_be_cross_fitted_and_is_left_out_rather_than_scored_by_an_empty_head():
+    x, y = _maps(0, 1)
+    got = cross_fitted(x, y, ["only"], x[:0], y[:0], [], folds=5, steps=5)
+    assert got.shape == (1, 2) and np.isnan(got).all()
