@@ -91,7 +91,8 @@ def protocol(queries: list[Query], *, split: str, seed: int, exclusion: str) -> 
 
 
 def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | None = None,
-                   plots: bool = True, device: str = "auto", through_index=None) -> dict:
+                   plots: bool = True, device: str = "auto", through_index=None,
+                   candidates: int = defaults.CANDIDATES) -> dict:
     """Score every method on the run's `split` and write report.json, report.png, attention.png and
     reliability.png.
 
@@ -155,7 +156,7 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     if through_index is not None:
         report["through_index"] = through_index_report(
             data.dataset, queries, checkpoint=checkpoint, index_dir=through_index, exclusion=cfg.exclusion,
-            device=dev)
+            device=dev, candidates=candidates)
     report["seconds"] = round(time.time() - started, 1)
     names = report_files(split)
     if plots:
@@ -230,10 +231,12 @@ def format_extras(report: dict) -> str:
               default=None, help="also rank each positive among every catalogue product of its category through "
                                  "this index (built from the run's checkpoint): two-stage vs exhaustive, and the "
                                  "candidate-cut curve")
-def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index):
+@click.option("--candidates", type=click.IntRange(min=1), default=defaults.CANDIDATES, show_default=True,
+              help="with --through-index: stage-1 candidates of the two-stage ranking (as ctl-retrieve and ctl serve)")
+def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index, candidates):
     """FITB and HR@K of hybrid, global, local and backbone distances; writes report.json and plots."""
     report = run_evaluation(run_dir, data_dir=data_dir, split=split, plots=not no_plots, device=device,
-                            through_index=through_index)
+                            through_index=through_index, candidates=candidates)
     click.echo(f"{report['n_queries']} {split} queries, about {report['protocol']['rank_negatives_mean']:.0f} "
                f"same-category negatives each for HR@K, {FITB_NEGATIVES} for FITB (chance 0.25)")
     click.echo(format_table(report["methods"]))

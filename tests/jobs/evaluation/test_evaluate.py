@@ -126,3 +126,11 @@ def test_evaluate_through_the_index_from_the_cli(run, sample, tmp_path):
     # 20 products a category, fewer than C: two-stage is exhaustive, every positive within 50.
     assert through["two_stage"] == through["exhaustive"] and through["exhaustive"]["hr@50"] == 1.0
     assert [row["candidates"] for row in through["candidate_cut"]["per_category"]] == [20, 40, 100, 200, 400, 1000]
+    # --candidates sets the two-stage cut: 5 of a category's 20 products, so a positive outside them is a miss.
+    cut = CliRunner().invoke(ctl, ["evaluate", "--run", str(run), "--no-plots", "--device", "cpu",
+                                   "--through-index", str(idx), "--candidates", "5"])
+    assert cut.exit_code == 0, cut.output
+    narrow = json.loads((run / "report.json").read_text())["through_index"]
+    assert narrow["candidates"] == 5 and "C=5 " in cut.output
+    assert narrow["two_stage"]["hr@50"] < through["two_stage"]["hr@50"] == 1.0
+    assert narrow["exhaustive"] == through["exhaustive"]                       # the cut changes two-stage only
