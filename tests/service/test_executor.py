@@ -72,6 +72,30 @@ def test_what_piles_up_behind_a_batch_goes_in_one_batch_of_at_most_max_batch(fak
     assert clock.waits == 0 and {q.timings["queue"] for q in waiting} == {0.25}
 
 
+
+def test_the_model_thread_that_went_idle_last_takes_a_lone_query(served_retriever):
+    """Last in, first out: at low concurrency one thread keeps the queries (and its core's caches)."""
+    executor = ModelExecutor(served_retriever, threads=1, max_batch=4, queue_size=16)
+    taken: dict[str, list] = {}
+
+    def idle(name: str) -> threading.Thread:
+        t = threading.Thread(target=lambda: taken.setdefault(name, executor.take()), name=name)
+        t.start()
+        return t
+
+    earlier = idle("earlier")
+    wait_for(lambda: len(executor._idle) == 1, what="the first thread waiting")
+    later = idle("later")
+    wait_for(lambda: len(executor._idle) == 2, what="the second thread waiting")
+    q = decoded(executor, FakeClock())
+    executor.put_ready(q)
+    later.join(10)
+    assert taken == {"later": [q]} and earlier.is_alive() and len(executor._idle) == 1
+    executor._stop.set()
+    executor._wake_every_idle_thread()             # stopping wakes the one still idle, with nothing
+    earlier.join(10)
+    assert taken == {"later": [q], "earlier": []} and executor._idle == []
+
 def assert_same_hits(got: list[dict], want: list[dict]) -> None:
     """The same products in the same order, distances to float rounding (a batch may take other kernels)."""
     assert [h["product_id"] for h in got] == [h["product_id"] for h in want]
