@@ -2,10 +2,11 @@
 
 A scene query is admitted (or refused at once with `QueueFull` when `queue_size` queries are already
 waiting: answered 503 with Retry-After), decoded and resized in the decode pool (Pillow releases the GIL,
-so decoding runs beside the forward), then put on the ready queue. A model thread (one on a GPU, one per
-core on a CPU: `model_threads`) takes whatever is ready, up to `max_batch`, the moment it is free: no
-batching window. A lone query is run at once; while a batch is in flight the next ones pile up and go
-through together. Each batch is one backbone forward
+so decoding runs beside the forward), then put on the ready queue; when a model thread is idle and nothing
+is ready, the query goes to that thread undecoded and it decodes the scene itself (one hand-over fewer).
+A model thread (one on a GPU, one per core on a CPU: `model_threads`) takes whatever is ready, up to
+`max_batch`, the moment it is free: no batching window. A lone query is run at once; while a batch is
+in flight the next ones pile up and go through together. Each batch is one backbone forward
 (`Retriever.encode_pixels`, padded up to the next of `buckets` on an accelerator so that only those
 shapes ever run), then per group of queries with the same parameters one batched stage 1 and stage 2
 (`Retriever.retrieve_batch`, `look_batch`, `compatibility_batch`). With `pipeline` the stages run on a
@@ -83,6 +84,7 @@ class Query:
     timings: dict = field(default_factory=dict)   # seconds per stage: queue, decode, forward, stage1, stage2
     picture: Image.Image | None = None            # the decoded RGB scene
     pixels: torch.Tensor | None = None            # 3 x S x S uint8, resized for the backbone
+    decode_here: bool = False                     # handed undecoded to an idle model thread, which decodes it
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,14 @@ class ModelExecutor:
                 self.metrics.rejected.inc()
                 raise QueueFull(self._admitted, self.retry_after())
             self._admitted += 1
-        query.enqueued = self.clock.now()
+            query.enqueued = self.clock.now()
+            # An idle model thread and nothing ready: that thread decodes the scene itself, on the core that
+            # runs its forward next, instead of a decode thread that then has to wake it.
+            query.decode_here = bool(self._idle) and not self._ready
+            if query.decode_here:
+                self._ready.append(query)
+                self._idle.pop().notify()
+                return query.future
         try:
             self._decoder.submit(self._decode, query)
         except RuntimeError:               # the pool was shut down between the check and now
@@ -247,20 +256,26 @@ class ModelExecutor:
         return query.future
 
     def _decode(self, query: Query) -> None:
-        """Decode and resize one upload (in the decode pool); a bad image is answered here, alone."""
+        """Decode one upload in the decode pool, then hand it to the model threads."""
+        if self._decoded(query):
+            self.put_ready(query)
+        else:
+            with self._cond:
+                self._admitted -= 1
+
+    def _decoded(self, query: Query) -> bool:
+        """Decode and resize one upload; False when it is not a usable image, answered here, alone."""
         start = self.clock.now()
         try:
             picture = load_image(query.image)
             query.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
             query.pixels = image_to_tensor(query.picture, self._retriever.input_size)
         except Exception as exc:  # noqa: BLE001 - ImageError and any other: answered to this query alone
-            with self._cond:
-                self._admitted -= 1
             if query.future.set_running_or_notify_cancel():
                 query.future.set_exception(exc)
-            return
+            return False
         query.timings["decode"] = self.clock.now() - start
-        self.put_ready(query)
+        return True
 
     def put_ready(self, query: Query) -> None:
         """Hand a decoded query to the model thread."""
@@ -276,7 +291,8 @@ class ModelExecutor:
 
     def take(self) -> list[Query]:
         """The next batch: everything ready, up to max_batch, as soon as one query is. Blocks only while
-        nothing is ready (never to wait for company); [] when stopping.
+        nothing is ready (never to wait for company); [] when stopping, or when the one query handed over
+        undecoded was not an image (answered here).
 
         Of several idle model threads the one that went idle last is woken (last in, first out): at low
         concurrency the queries keep going to one thread, whose core still holds its caches. Woken in
@@ -298,7 +314,7 @@ class ModelExecutor:
         now = self.clock.now()
         for q in batch:
             q.timings["queue"] = now - q.enqueued - q.timings.get("decode", 0.0)
-        return batch
+        return [q for q in batch if not q.decode_here or self._decoded(q)]
 
     # -- the model thread ---------------------------------------------------------------------------------
     def _model_loop(self) -> None:

@@ -96,6 +96,50 @@ def test_the_model_thread_that_went_idle_last_takes_a_lone_query(served_retrieve
     earlier.join(10)
     assert taken == {"later": [q], "earlier": []} and executor._idle == []
 
+def recording_decodes(executor: ModelExecutor) -> list[str]:
+    """The names of the threads that decode the executor's uploads, in order."""
+    names, decode = [], executor._decoded
+
+    def recorded(query):
+        names.append(threading.current_thread().name)
+        return decode(query)
+    executor._decoded = recorded
+    return names
+
+
+def test_a_query_that_finds_a_model_thread_idle_is_decoded_there(served_retriever, world):
+    """One hand-over fewer at low load: the idle model thread decodes the scene it is about to run; the answer is
+    the one the decode pool's path gives, and a bad upload is still answered alone, the thread going on."""
+    executor = ModelExecutor(served_retriever, threads=1, max_batch=4, queue_size=16)
+    names = recording_decodes(executor)
+    executor.start()
+    try:
+        assert executor.warm.wait(60)
+        wait_for(lambda: len(executor._idle) == 1, what="the model thread idle after its warm-up")
+
+        def ask(image: bytes):
+            return executor.submit(Query(image=image, answer=lambda r, scenes, t: r.retrieve_batch(scenes, k=5)))
+        here = ask(world.scenes[0].read_bytes()).result(30)
+        assert names == ["model-executor"] and "decode" in here.timings
+        wait_for(lambda: len(executor._idle) == 1, what="the model thread idle again")   # after answering
+        with pytest.raises(Exception, match="not an image"):
+            ask(b"not an image at all").result(30)
+        assert names == ["model-executor"] * 2
+        wait_for(lambda: len(executor._idle) == 1, what="the model thread idle again")
+        with executor._cond:                       # as if a batch were in flight: the decode pool decodes
+            idle, executor._idle = executor._idle, []
+        pooled = ask(world.scenes[0].read_bytes())
+        wait_for(lambda: len(names) == 3, what="the pool's decode")
+        with executor._cond:
+            executor._idle = idle
+            executor._idle.pop().notify()
+        got = pooled.result(30)
+        assert names[2].startswith("decode") and executor.depth() == 0
+        assert [h.product_id for h in got.result.hits] == [h.product_id for h in here.result.hits]
+    finally:
+        executor.stop()
+
+
 def assert_same_hits(got: list[dict], want: list[dict]) -> None:
     """The same products in the same order, distances to float rounding (a batch may take other kernels)."""
     assert [h["product_id"] for h in got] == [h["product_id"] for h in want]
