@@ -150,6 +150,8 @@ def load_checkpoint(
         missing.remove("presence.threshold")
     if "presence.regions" in missing:      # older than region pooling: the classifier on the average map
         missing.remove("presence.regions")
+    if "attention_log_sharpness" in missing:   # older than a learnt attention sharpness: the paper's attention
+        missing.remove("attention_log_sharpness")
     if "hybrid_local_weight" in missing:   # older than fitted hybrid weights: the paper's form, w = 1/2
         missing.remove("hybrid_local_weight")
         notes.append(f"{path} has no fitted hybrid weights (trained before them): its hybrid distance is the "

@@ -12,6 +12,10 @@ from common import defaults
 from pipeline.backbones import BACKBONE_CHANNELS, Backbone, build_backbone, pooled
 from pipeline.distances import PAPER_LOCAL_WEIGHT
 
+# The attention's sharpness is exp(GAIN * theta): Adam moves theta by about the learning rate per step, so
+# without a gain ~480 steps of the sample's training (lr 1e-3) could take the sharpness from 1 to 1.6 at most.
+SHARPNESS_GAIN = 10.0
+
 
 class PresenceHead(nn.Module):
     """Which categories a scene already shows: a multi-label linear classifier on the backbone map.
@@ -88,6 +92,7 @@ class StyleEmbedder(nn.Module):
         hidden: int = defaults.HIDDEN,
         dropout: float = defaults.DROPOUT,
         freeze_backbone: bool = True,
+        learn_sharpness: bool = False,
     ):
         super().__init__()
         if len(set(categories)) != len(categories) or not categories:
@@ -105,6 +110,10 @@ class StyleEmbedder(nn.Module):
         self.scene_local = nn.Linear(channels, dim)
         self.product = _mlp(channels, hidden, dim, dropout)
         self.category = nn.Embedding(len(self.categories), dim)
+        # Per category, the log of the attention's sharpness over the scene's regions divided by
+        # SHARPNESS_GAIN (0: the paper's attention, softmax_r(-||f_i[r] - e_c||^2)). Learnt only when asked:
+        # a model trained without it keeps the paper's form, and checkpoints older than it load as 0.
+        self.attention_log_sharpness = nn.Parameter(torch.zeros(len(self.categories)), requires_grad=learn_sharpness)
         # The hybrid distance's local weight per category, d_h = (1 - w) d_g + w d_l: the paper's 1/2 until
         # fitted on validation after training (a buffer, so it travels in the checkpoint with the heads).
         self.register_buffer("hybrid_local_weight", torch.full((len(self.categories),), PAPER_LOCAL_WEIGHT))
@@ -157,8 +166,20 @@ class StyleEmbedder(nn.Module):
         return torch.sigmoid(self.presence(feature_map))
 
     def category_embeddings(self, index: torch.Tensor) -> torch.Tensor:
-        """e_c for category indices of any shape -> shape + (d,)."""
-        return F.normalize(self.category(index), dim=-1)
+        """e_c for category indices of any shape -> shape + (d,): a unit vector times the category's sharpness.
+
+        The scene's regions f_i are unit vectors, so -||f_i - s u||^2 = 2 s <f_i, u> - 1 - s^2: against the
+        paper's -||f_i - u||^2 (s = 1) only the attention's softmax is s times sharper, and e_c enters no
+        distance but through the attention (pipeline.distances). A unit e_c can at best give its nearest
+        region e^4 times the weight of an opposite one: over 49 regions it cannot single out one item.
+        """
+        sharpness = torch.exp(SHARPNESS_GAIN * self.attention_log_sharpness[index]).unsqueeze(-1)
+        return sharpness * F.normalize(self.category(index), dim=-1)
+
+    def attention_sharpness_by_name(self) -> dict[str, float]:
+        """Category name -> the attention's sharpness s (1: the paper's attention)."""
+        values = torch.exp(SHARPNESS_GAIN * self.attention_log_sharpness.detach()).tolist()
+        return {c: float(v) for c, v in zip(self.categories, values, strict=True)}
 
     def local_weights(self, index: torch.Tensor) -> torch.Tensor:
         """The hybrid distance's local weight w for category indices of any shape -> that shape."""
@@ -204,6 +225,7 @@ def build_embedder(
     hidden: int = defaults.HIDDEN,
     dropout: float = defaults.DROPOUT,
     freeze_backbone: bool = True,
+    learn_sharpness: bool = False,
 ) -> StyleEmbedder:
     """Keyword-only factory; `with_backbone=False` gives heads only, for training on cached features."""
     if backbone not in BACKBONE_CHANNELS:
@@ -211,5 +233,5 @@ def build_embedder(
     trunk = build_backbone(name=backbone, weights=backbone_weights) if with_backbone else None
     return StyleEmbedder(
         backbone=trunk, backbone_name=backbone, channels=BACKBONE_CHANNELS[backbone], categories=categories,
-        dim=dim, hidden=hidden, dropout=dropout, freeze_backbone=freeze_backbone,
+        dim=dim, hidden=hidden, dropout=dropout, freeze_backbone=freeze_backbone, learn_sharpness=learn_sharpness,
     )

@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
     "dim256": {"dim": 256},
+    "paper-attention": {"attention": "paper"},     # the default before the learnt attention sharpness
     "plain": {"backbone": "efficientnet-lite0"},   # the default before the multi-scale backbone (docs/quality.md)
 }
 # The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only

@@ -15,6 +15,7 @@ SELECT_ON = ("fitb+hr@10", "hr@10")
 HYBRID_FORMS = ("fitted", "paper")
 LOSSES = ("triplet", "softmax")
 MINING = ("random", "hard")
+ATTENTION = ("paper", "sharpness")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class TrainConfig(JobConfig):
     select_on: str = "fitb+hr@10"   # validation score that picks the checkpoint: fitb+hr@10 | hr@10
     val_queries: int = 200
     presence_masked: bool = True    # the presence head also learns from the masked training views (frozen mode)
+    attention: str = "sharpness"    # sharpness: softmax_r(-s_c ||f_i[r] - e_c||^2), s_c learnt per category |
+                                    #   paper: s_c = 1 (docs/quality.md, fourth round)
     hybrid: str = "fitted"          # fitted: a local weight per category from validation | paper: (d_g + d_l) / 2
     device: str = "auto"
     workers: int | None = None
@@ -63,7 +66,7 @@ class TrainConfig(JobConfig):
         """This config, or an InputError naming the first setting a run cannot use."""
         choices = {"mode": MODES, "backbone": BACKBONES, "exclusion": EXCLUSION_MODES,
                    "lr_schedule": LR_SCHEDULES, "select_on": SELECT_ON, "hybrid": HYBRID_FORMS, "loss": LOSSES,
-                   "mining": MINING}
+                   "mining": MINING, "attention": ATTENTION}
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise InputError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")

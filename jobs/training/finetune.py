@@ -103,7 +103,8 @@ class FineTune(StepStrategy):
         cfg = self.cfg
         embedder = build_embedder(categories=self.data.dataset.categories(), backbone=cfg.backbone,
                                   backbone_weights=cfg.backbone_weights, dim=cfg.dim, hidden=cfg.hidden,
-                                  dropout=cfg.dropout, freeze_backbone=False)
+                                  dropout=cfg.dropout, freeze_backbone=False,
+                                  learn_sharpness=cfg.attention == "sharpness")
         embedder = embedder.to(self.device).to(memory_format=torch.channels_last)
         head_params = [p for n, p in embedder.named_parameters() if not n.startswith("backbone.")]
         optimizer = torch.optim.AdamW([{"params": embedder.backbone.parameters(), "lr": cfg.backbone_lr},

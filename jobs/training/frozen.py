@@ -120,7 +120,8 @@ class FrozenHeads(StepStrategy):
         cfg = self.cfg
         embedder = build_embedder(categories=self.data.dataset.categories(), backbone=cfg.backbone,
                                   backbone_weights=cfg.backbone_weights, with_backbone=False, dim=cfg.dim,
-                                  hidden=cfg.hidden, dropout=cfg.dropout)
+                                  hidden=cfg.hidden, dropout=cfg.dropout,
+                                  learn_sharpness=cfg.attention == "sharpness")
         return embedder, torch.optim.AdamW(embedder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def epoch_batches(self, embedder, pools, epoch):

@@ -48,7 +48,7 @@ def load_state(path: str | os.PathLike, *, cfg: TrainConfig, embedder: StyleEmbe
         raise InputError("--resume: the saved run used other settings; start a new --out or drop --resume")
     missing, unexpected = embedder.load_state_dict(state["model"], strict=False)
     # a state saved before the hybrid weights existed: they are fitted after training anyway (1/2 until then)
-    if unexpected or set(missing) - {"hybrid_local_weight"}:
+    if unexpected or set(missing) - {"hybrid_local_weight", "attention_log_sharpness"}:
         raise InputError(f"--resume: the saved model does not match this one (missing {sorted(missing)}, "
                          f"unexpected {sorted(unexpected)}); start a new --out or drop --resume")
     optimizer.load_state_dict(state["optimizer"])

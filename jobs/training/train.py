@@ -16,7 +16,7 @@ from common.errors import InputError
 from common.progress import progress_bar
 from jobs.data.layouts import DONE_FILE
 from jobs.training.calibrate import calibrate_run
-from jobs.training.config import HYBRID_FORMS, LOSSES, LR_SCHEDULES, MINING, MODES, TrainConfig
+from jobs.training.config import ATTENTION, HYBRID_FORMS, LOSSES, LR_SCHEDULES, MINING, MODES, TrainConfig
 from jobs.training.finetune import FineTune
 from jobs.training.frozen import FrozenHeads
 from jobs.training.presence import train_presence
@@ -210,16 +210,19 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=TrainConfig.warmup_epochs, show_default=True)
 @click.option("--hybrid", type=click.Choice(HYBRID_FORMS), default=TrainConfig.hybrid, show_default=True,
               help="fitted: a local weight per category from validation; paper: (d_g + d_l) / 2")
+@click.option("--attention", type=click.Choice(ATTENTION), default=TrainConfig.attention, show_default=True,
+              help="sharpness: each category's attention over the scene's regions learns how sharp it is; "
+                   "paper: softmax(-||f_i - e_c||^2) with a unit e_c")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, hidden,
                   dropout, lr_schedule, negatives, exclusion, device, workers, loss, per_half_loss, mining,
-                  warmup_epochs, hybrid, resume):
+                  warmup_epochs, hybrid, attention, resume):
     """Train the style embedding with a hybrid-distance ranking loss (triplet or softmax)."""
     cfg = TrainConfig(seed=seed, mode=mode, backbone=backbone, backbone_weights=backbone_weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, dim=dim, hidden=hidden, dropout=dropout,
                       lr_schedule=lr_schedule, negatives=negatives, exclusion=exclusion, device=device,
                       workers=workers, loss=loss, per_half_loss=per_half_loss, mining=mining,
-                      warmup_epochs=warmup_epochs, hybrid=hybrid)
+                      warmup_epochs=warmup_epochs, hybrid=hybrid, attention=attention)
     summary = train(data_dir, out_dir, config=cfg, resume=resume)
     last = summary.history[-1] if summary.history else {}
     click.echo(f"trained {len(summary.history)} epochs in {summary.seconds} s on {summary.device}; "
