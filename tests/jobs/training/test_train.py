@@ -95,7 +95,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "is not a dataset dir" in result.output and "Traceback" not in result.output
-    for bad, expected in ((["--dropout", "1.0"], "0<=x<1"), (["--hidden", "-1"], "x>=0"), (["--epochs", "0"], "x>=1")):
+    for bad, expected in ((["--dropout", "1.0"], "0<=x<1"), (["--hidden", "-1"], "x>=0"), (["--epochs", "0"], "x>=1"),
+                          (["--attention", "soft"], "sharpness")):
         result = runner.invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *bad])
         assert result.exit_code == 2 and bad[0] in result.output and expected in result.output, result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
@@ -119,3 +120,14 @@ def test_hard_mining_with_a_softmax_loss_is_reproducible_and_mines_from_each_pai
     for j, got in mined.items():
         assert len(got) == min(3, len(pools[j])) and set(got) <= set(pools[j])
         assert data.dataset.pairs[j].product_id not in got
+
+
+def test_the_attention_sharpness_is_learnt_by_default_and_stays_the_papers_when_asked(trained, tmp_path, sample):
+    out, _ = trained
+    assert CFG.attention == "sharpness"
+    learnt = load_checkpoint(out / "checkpoint.pt", with_backbone=False).embedder.attention_sharpness_by_name()
+    assert any(abs(s - 1.0) > 1e-3 for s in learnt.values())
+    run = copy_run(out, tmp_path / "paper", cache_only=True)
+    train(sample, run, config=CFG.replace(attention="paper"), progress=False)
+    kept = load_checkpoint(run / "checkpoint.pt", with_backbone=False).embedder.attention_sharpness_by_name()
+    assert kept == dict.fromkeys(learnt, 1.0)
