@@ -28,14 +28,16 @@ from jobs.training.train import train
 # name -> settings over TrainConfig's defaults. "default" is what `make train` runs (the multi-scale backbone).
 VARIANTS: dict[str, dict] = {
     "default": {},
-    "softmax": {"loss": "softmax", "negatives": 16},
+    # the default of the second and third rounds (docs/quality.md): triplet loss, 4 negatives, the paper's attention
+    "paper-attention": {"loss": "triplet", "negatives": 4, "attention": "paper"},
+    "triplet": {"loss": "triplet", "negatives": 4},   # the fourth round's learnt sharpness with the triplet loss
+    "softmax32": {"negatives": 32},
+    "softmax-t05": {"temperature": 0.05},
     "hard": {"mining": "hard"},
-    "softmax-hard": {"loss": "softmax", "negatives": 16, "mining": "hard"},
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
     "dim256": {"dim": 256},
-    "paper-attention": {"attention": "paper"},     # the default before the learnt attention sharpness
-    "plain": {"backbone": "efficientnet-lite0"},   # the default before the multi-scale backbone (docs/quality.md)
+    "plain": {"backbone": "efficientnet-lite0"},   # the backbone before the multi-scale one (docs/quality.md)
 }
 # The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only
 # when these agree.

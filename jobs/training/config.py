@@ -37,8 +37,9 @@ class TrainConfig(JobConfig):
     backbone_lr: float = 1e-4       # finetune only
     weight_decay: float = 1e-4
     margin: float = defaults.MARGIN
-    negatives: int = 4              # same-category negatives per (scene, positive)
-    loss: str = "triplet"           # triplet (margin) | softmax (InfoNCE over the negatives, temperature)
+    negatives: int = 16             # same-category negatives per (scene, positive)
+    loss: str = "softmax"           # softmax (InfoNCE over the negatives, temperature) | triplet (margin); the
+                                    #   default since the fourth round (docs/quality.md), triplet with 4 before
     temperature: float = 0.1
     per_half_loss: bool = False     # also the loss on d_g and on d_l alone, beside the hybrid's
     mining: str = "random"          # random | hard: after warmup_epochs, half the negatives from the model's

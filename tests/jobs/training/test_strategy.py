@@ -33,12 +33,13 @@ def test_ranking_loss_is_the_configured_loss_on_the_hybrid_and_on_each_half_when
     g = torch.Generator().manual_seed(1)
     unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
     f_s, f_i, f_p, e_c = unit(3, 8), unit(3, 49, 8), unit(3, 5, 8), unit(3, 8)
-    assert torch.equal(ranking_loss(f_s, f_i, f_p, e_c, TrainConfig()), hybrid_triplet_loss(f_s, f_i, f_p, e_c, 0.2))
+    triplet = TrainConfig(loss="triplet")
+    assert torch.equal(ranking_loss(f_s, f_i, f_p, e_c, triplet), hybrid_triplet_loss(f_s, f_i, f_p, e_c, 0.2))
     e = e_c.unsqueeze(1).expand(-1, 5, -1)
     d = {"h": hybrid_distance(f_s, f_i, f_p, e), "g": global_distance(f_s, f_p), "l": local_distance(f_i, f_p, e)}
     soft = TrainConfig(loss="softmax", per_half_loss=True, temperature=0.2)
     expected = sum(softmax_loss(x[:, 0], x[:, 1:], 0.2) for x in d.values())
     assert float(ranking_loss(f_s, f_i, f_p, e_c, soft)) == pytest.approx(float(expected), abs=1e-5)
-    halves = TrainConfig(per_half_loss=True)
+    halves = TrainConfig(loss="triplet", per_half_loss=True)
     expected = sum(triplet_loss(x[:, 0], x[:, 1:], 0.2) for x in d.values())
     assert float(ranking_loss(f_s, f_i, f_p, e_c, halves)) == pytest.approx(float(expected), abs=1e-5)
