@@ -4,7 +4,8 @@ Shapes follow one batched convention so training (pairs, M=1 or 2), evaluation (
 its candidates) and serving (one scene against C candidates) share the same code:
   f_s: B x d scene-global embeddings      f_i: B x R x d scene-region embeddings
   f_p: B x M x d product embeddings       e_c: B x M x d category embedding of each product
-A distance comes back as B x M; attention weights as B x M x R.
+A distance comes back as B x M; attention weights as B x M x R. Every embedding is a unit vector but e_c,
+whose norm is its category's attention sharpness (1 in the paper; pipeline.embedder.category_embeddings).
 
 The hybrid distance is d_h = (1 - w) d_g + w d_l with a local weight w per candidate (B x M, or a
 scalar). The paper's form is w = 1/2 everywhere (PAPER_LOCAL_WEIGHT); a checkpoint may carry one w

@@ -33,6 +33,9 @@ VARIANTS: dict[str, dict] = {
     "triplet": {"loss": "triplet", "negatives": 4},   # the fourth round's learnt sharpness with the triplet loss
     "softmax32": {"negatives": 32},
     "softmax-t05": {"temperature": 0.05},
+    "softmax-t02": {"temperature": 0.2},
+    "epochs60": {"epochs": 60},
+    "views2": {"scene_views": 2, "product_views": 2},   # twice the augmented views (a feature cache of its own)
     "hard": {"mining": "hard"},
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
