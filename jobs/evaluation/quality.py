@@ -31,15 +31,17 @@ VARIANTS: dict[str, dict] = {
     # the default of the second and third rounds (docs/quality.md): triplet loss, 4 negatives, the paper's attention
     "paper-attention": {"loss": "triplet", "negatives": 4, "attention": "paper"},
     "triplet": {"loss": "triplet", "negatives": 4},   # the fourth round's learnt sharpness with the triplet loss
-    "softmax32": {"negatives": 32},
+    # measured in the fourth round against softmax at T = 0.1 (the default for an hour), so pinned to it
+    "softmax-t01": {"temperature": 0.1},
+    "softmax32": {"negatives": 32, "temperature": 0.1},
     "softmax-t05": {"temperature": 0.05},
-    "softmax-t02": {"temperature": 0.2},
-    "epochs60": {"epochs": 60},
+    "softmax-t04": {"temperature": 0.4},
+    "epochs60": {"epochs": 60, "temperature": 0.1},
     "views2": {"scene_views": 2, "product_views": 2},   # twice the augmented views (a feature cache of its own)
     "hard": {"mining": "hard"},
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
-    "dim256": {"dim": 256},
+    "dim256": {"dim": 256, "temperature": 0.1},
     "plain": {"backbone": "efficientnet-lite0"},   # the backbone before the multi-scale one (docs/quality.md)
 }
 # The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only

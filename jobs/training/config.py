@@ -7,6 +7,7 @@ from common import defaults
 from common.config import JobConfig
 from common.errors import InputError
 from pipeline.backbones import BACKBONES
+from pipeline.distances import TEMPERATURE
 from pipeline.scene_crops import EXCLUSION_MODES
 
 MODES = ("frozen", "finetune")
@@ -40,7 +41,7 @@ class TrainConfig(JobConfig):
     negatives: int = 16             # same-category negatives per (scene, positive)
     loss: str = "softmax"           # softmax (InfoNCE over the negatives, temperature) | triplet (margin); the
                                     #   default since the fourth round (docs/quality.md), triplet with 4 before
-    temperature: float = 0.1
+    temperature: float = TEMPERATURE   # of the softmax loss (pipeline.distances)
     per_half_loss: bool = False     # also the loss on d_g and on d_l alone, beside the hybrid's
     mining: str = "random"          # random | hard: after warmup_epochs, half the negatives from the model's
     warmup_epochs: int = 5          #   own `hard_pool` nearest wrong products of the category (frozen mode)
