@@ -5,9 +5,16 @@ Platt scaling: ``p = sigmoid(a * d + b)``, fitted by weighted maximum likelihood
 decision threshold is the probability with the best F1 on the samples it was fitted on. Calibration
 quality is the expected calibration error over equal-width probability bins. Pure numpy; the file of
 a run's calibrations (``calibration.json``) is written and read here too.
+
+Cohort normalisation (Z-norm, as in speaker and face verification): the distance a Platt sees is the
+scene's distance to the product, less the mean of the same scene's distances to a fixed cohort of
+products of that category, over their standard deviation. Some scenes sit near everything and some far
+from everything; one threshold on raw distances mixes them, the normalised distance asks how near the
+product is *for this scene*. The cohort (its products' ids and embeddings) travels in calibration.json.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from dataclasses import dataclass
@@ -18,9 +25,20 @@ import numpy as np
 from common.errors import ArtifactError
 from common.files import write_json_atomic
 
-FORMAT = "complete-the-look/calibration-v1"
+FORMAT = "complete-the-look/calibration-v2"         # v2: an optional cohort
+READABLE_FORMATS = ("complete-the-look/calibration-v1", FORMAT)
 FILE = "calibration.json"
 BINS = 10
+# Products per category in the cohort. Chosen on validation over 3 training seeds (docs/quality.md, fifth
+# round): 32 / 64 / 128 / 256 gave pooled ROC-AUC 0.846-0.853 / 0.845-0.853 / 0.848-0.856 / 0.848-0.856.
+COHORT_SIZE = 128
+# No cohort (raw distances) when a category has fewer eligible products: a mean and spread from a handful of
+# distances is noise. Measured on the tests' learning sample (16-21 per category): ROC-AUC 0.561 normalised
+# against 0.583 raw.
+MIN_COHORT_SIZE = 32
+# A cohort's spread below this is treated as this: a scene equally far from every cohort product says
+# nothing about scale, and a division by ~0 would make its probabilities 0 or 1.
+MIN_COHORT_SPREAD = 1e-6
 
 
 class CalibrationError(ArtifactError):
@@ -119,6 +137,70 @@ def fit_platt(d, y, w=None, *, iterations: int = 100, ridge: float = 1e-6) -> Pl
     return Platt(float(a), float(theta[1] - a * mu))
 
 
+def draw_cohort(products_by_category: dict[str, list[str]], *, size: int = COHORT_SIZE,
+                seed: int = 0) -> dict[str, tuple[str, ...]]:
+    """Up to `size` product ids of each category, drawn without replacement, in a seeded order that does not
+    depend on the order they were listed in (sorted first): the same products for the same inputs."""
+    if size < 1:
+        raise ValueError(f"a cohort needs at least 1 product per category, got size {size}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for category in sorted(products_by_category):
+        ids = sorted(set(products_by_category[category]))
+        if ids:
+            pick = rng.choice(len(ids), size=min(size, len(ids)), replace=False)
+            out[category] = tuple(ids[i] for i in sorted(pick))
+    return out
+
+
+def cohort_normalise(d, cohort_d) -> np.ndarray:
+    """(d - mean(cohort_d)) / std(cohort_d) along the last axis: d is ... x n (one scene's distances to n
+    products of one category), cohort_d is ... x M (the same scene's distances to that category's cohort)."""
+    d, cohort_d = np.asarray(d, dtype=float), np.asarray(cohort_d, dtype=float)
+    if cohort_d.shape[-1] < 1 or d.shape[:-1] != cohort_d.shape[:-1]:
+        raise ValueError(f"d (... x n) and cohort_d (... x M, M >= 1) must agree on the leading axes, got "
+                         f"{d.shape} and {cohort_d.shape}")
+    mean = cohort_d.mean(axis=-1, keepdims=True)
+    spread = np.maximum(cohort_d.std(axis=-1, keepdims=True), MIN_COHORT_SPREAD)
+    return (d - mean) / spread
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Per category, the cohort's product ids and their embeddings (M x d float32, rows in the ids' order)."""
+
+    product_ids: dict[str, tuple[str, ...]]
+    vectors: dict[str, np.ndarray]
+
+    def __post_init__(self):
+        if set(self.product_ids) != set(self.vectors):
+            raise ValueError("a cohort needs ids and vectors for the same categories")
+        for name, ids in self.product_ids.items():
+            v = self.vectors[name]
+            if v.ndim != 2 or v.shape[0] != len(ids) or not len(ids):
+                raise ValueError(f"cohort of {name!r}: {len(ids)} ids but vectors of shape {v.shape}")
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted(self.product_ids)
+
+    def to_dict(self) -> dict:
+        # float32 little-endian, base64: 128 products x 8 categories x d = 128 is 0.7 MB as JSON numbers
+        return {name: {"product_ids": list(self.product_ids[name]), "shape": list(self.vectors[name].shape),
+                       "vectors_f32le_base64": base64.b64encode(
+                           np.ascontiguousarray(self.vectors[name], dtype="<f4").tobytes()).decode("ascii")}
+                for name in self.categories}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Cohort:
+        ids, vectors = {}, {}
+        for name, entry in data.items():
+            raw = base64.b64decode(entry["vectors_f32le_base64"], validate=True)
+            vectors[name] = np.frombuffer(raw, dtype="<f4").reshape([int(n) for n in entry["shape"]]).astype(np.float32)
+            ids[name] = tuple(str(p) for p in entry["product_ids"])
+        return cls(ids, vectors)
+
+
 def weighted_counts(p, y, w, threshold: float) -> dict[str, float]:
     """Precision, recall and F1 of the decision p >= threshold, counting each sample with its weight."""
     p, y, w = np.asarray(p, dtype=float), np.asarray(y, dtype=bool), np.asarray(w, dtype=float)
@@ -196,16 +278,24 @@ def expected_calibration_error(p, y, w=None, *, bins: int = BINS) -> float:
 
 @dataclass(frozen=True)
 class Calibrations:
-    """One Platt calibration per distance (hybrid, global, local), tied to the checkpoint they were fitted for."""
+    """One Platt calibration per distance (hybrid, global, local), tied to the checkpoint they were fitted for.
+
+    With a `cohort` each Platt takes the cohort-normalised distance (cohort_normalise), without one (files
+    written before cohorts) the raw distance.
+    """
 
     checkpoint_sha256: str
     methods: dict[str, Platt]
     info: dict   # how they were fitted (split, samples, threshold rule), and validation figures
+    cohort: Cohort | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        write_json_atomic(path, {"format": FORMAT, "checkpoint_sha256": self.checkpoint_sha256,
-                                 "methods": {m: c.to_dict() for m, c in self.methods.items()}, **self.info})
+        body = {"format": FORMAT, "checkpoint_sha256": self.checkpoint_sha256,
+                "methods": {m: c.to_dict() for m, c in self.methods.items()}, **self.info}
+        if self.cohort is not None:
+            body["cohort"] = self.cohort.to_dict()
+        write_json_atomic(path, body)
         return path
 
 
@@ -218,7 +308,7 @@ def load_calibrations(path: str | os.PathLike, *, checkpoint_sha256: str | None 
         raise CalibrationError(f"no calibration at {path}; `ctl train` or `ctl evaluate` writes it") from None
     except (OSError, ValueError) as exc:
         raise CalibrationError(f"{path} is not a readable calibration file ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
         raise CalibrationError(f"{path} is not a {FORMAT} file")
     if checkpoint_sha256 is not None and data.get("checkpoint_sha256") != checkpoint_sha256:
         raise CalibrationError(f"{path} was fitted for checkpoint sha256 {data.get('checkpoint_sha256')}, not "
@@ -227,5 +317,9 @@ def load_calibrations(path: str | os.PathLike, *, checkpoint_sha256: str | None 
         methods = {m: Platt.from_dict(c) for m, c in data["methods"].items()}
     except (KeyError, TypeError, ValueError):
         raise CalibrationError(f"{path}: malformed calibration entries") from None
-    info = {k: v for k, v in data.items() if k not in ("format", "checkpoint_sha256", "methods")}
-    return Calibrations(str(data.get("checkpoint_sha256")), methods, info)
+    try:
+        cohort = Cohort.from_dict(data["cohort"]) if data.get("cohort") is not None else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CalibrationError(f"{path}: malformed cohort (ids, shape and vectors must agree)") from None
+    info = {k: v for k, v in data.items() if k not in ("format", "checkpoint_sha256", "methods", "cohort")}
+    return Calibrations(str(data.get("checkpoint_sha256")), methods, info, cohort)

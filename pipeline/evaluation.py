@@ -14,6 +14,7 @@ import torch
 
 from common import defaults
 from common.seeds import seed_from_key
+from pipeline.calibration import cohort_normalise
 from pipeline.distances import PAPER_LOCAL_WEIGHT, all_distances
 from pipeline.metrics import expected_fitb, fitb_correct, hit_rates, paired_bootstrap, positive_rank
 from pipeline.negatives import negative_pools
@@ -165,19 +166,47 @@ def per_query_scores(queries: list[Query], emb: QueryEmbeddings, category_embedd
     return out
 
 
-def classifier_samples(dist: np.ndarray, queries: list[Query], emb: QueryEmbeddings
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cohort_distances(emb: QueryEmbeddings, queries: list[Query], category_embedding: CategoryEmbedding,
+                     cohort_vectors: dict[str, torch.Tensor], methods=("hybrid", "global", "local"),
+                     local_weights: dict[str, float] | None = None) -> dict[str, list[np.ndarray]]:
+    """Each query scene's distances to its category's cohort (M_c x d vectors) -> {method: [M_c distances per
+    query]}, by the one definition (pipeline.distances.all_distances), queries grouped by category."""
+    missing = sorted({q.category for q in queries} - set(cohort_vectors))
+    if missing:
+        raise ValueError(f"no cohort for categories {missing}")
+    out: dict[str, list] = {m: [None] * len(queries) for m in methods}
+    groups: dict[str, list[int]] = {}
+    for qi, q in enumerate(queries):
+        groups.setdefault(q.category, []).append(qi)
+    with torch.no_grad():
+        for category, members in groups.items():
+            cohort = cohort_vectors[category].float()
+            f_p = cohort.unsqueeze(0).expand(len(members), -1, -1)
+            e_c = category_embedding(category).reshape(1, 1, -1).expand(len(members), len(cohort), -1)
+            d = all_distances(emb.scene_global[members].float(), emb.scene_regions[members].float(), f_p, e_c,
+                              local_weight=(local_weights or {}).get(category, PAPER_LOCAL_WEIGHT))
+            for m in methods:
+                rows = d[m].double().numpy()
+                for row, qi in enumerate(members):
+                    out[m][qi] = rows[row]
+    return out
+
+
+def classifier_samples(dist: np.ndarray, queries: list[Query], emb: QueryEmbeddings,
+                       cohort_d: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The binary question "does this product complete the scene?" on each query's HR@K candidates.
 
     Returns (distance, label, weight) over every query's positive (label 1, weight 1) and its
     same-category negatives not in the scene (label 0, weight 1 / their number): each query weighs one
     positive against one negative in all, so the classes are at even odds whatever the category sizes.
+    With `cohort_d` (per query, its scene's distances to its category's cohort: cohort_distances) the distances are
+    cohort-normalised (pipeline.calibration.cohort_normalise).
     """
     d, y, w = [], [], []
     for qi, query in enumerate(queries):
         cols = candidate_columns(emb, query)
         n_neg = len(cols) - 1
-        d.append(dist[qi, cols])
+        d.append(dist[qi, cols] if cohort_d is None else cohort_normalise(dist[qi, cols], cohort_d[qi]))
         y.append(np.r_[1.0, np.zeros(n_neg)])
         w.append(np.r_[1.0, np.full(n_neg, 1.0 / max(n_neg, 1))])
     if not d:

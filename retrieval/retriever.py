@@ -32,7 +32,7 @@ from common.devices import resolve_device
 from common.naming import match_category
 from index.store import ProductIndex
 from pipeline.calibration import FILE as CALIBRATION_FILE
-from pipeline.calibration import CalibrationError, Platt, load_calibrations
+from pipeline.calibration import CalibrationError, Cohort, Platt, cohort_normalise, load_calibrations
 from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
 from pipeline.distances import all_distances_by_category, attention_weights
 from pipeline.images import image_to_tensor, load_image
@@ -75,7 +75,11 @@ class Retriever:
         head = embedder.presence
         self.presence_thresholds = dict.fromkeys(embedder.categories, self.presence_threshold) if head is None else \
             dict(zip(embedder.categories, head.threshold.tolist(), strict=True))
-        self.calibration, notes = _hybrid_calibration(checkpoint)
+        self.calibration, cohort, notes = _hybrid_calibration(checkpoint)
+        # category -> (its index in the checkpoint's vocabulary, the cohort's M x d vectors on the device)
+        self._cohort = None if cohort is None else {
+            name: (self._category_to_index[name], torch.from_numpy(cohort.vectors[name]).to(self.device).float())
+            for name in cohort.categories if name in self._category_to_index}
         self.notes = [*checkpoint.notes, *notes]   # what this checkpoint's run lacks, in words
 
     def _bind(self, index: ProductIndex) -> None:
@@ -447,23 +451,25 @@ class Retriever:
 
     def compatibility_batch(self, scenes: Sequence[Image.Image | str | os.PathLike | Scene],
                             product_ids: Sequence[str], *, timings: dict | None = None) -> list[CompatibilityResult]:
-        """compatibility of the same products for B scenes: one re-rank; `timings` per batch."""
+        """compatibility of the same products for B scenes: one re-rank (and one pass over the cohorts of their
+        categories); `timings` per batch."""
         if isinstance(product_ids, str) or not len(product_ids):
             raise RetrievalError("give a list of one or more product ids")
         ids = [str(p) for p in product_ids]
         rows = self.rows_for_products(ids)
         scenes = self._encoded(scenes, timings)
         f_s, f_i = self._stacked(scenes)
+        records = self.index.table.take(pa.array(rows, type=pa.int64())).to_pylist()
+        categories = [str(info["category"]) for info in records]
         with one_thread(), _timed(timings, "stage2"):
             distances = self.rerank_batch(f_s, f_i, [rows] * len(scenes))
-        records = self.index.table.take(pa.array(rows, type=pa.int64())).to_pylist()
+            probabilities = self.probabilities(f_s, f_i, np.stack([d["hybrid"] for d in distances]), categories)
         threshold = None if self.calibration is None else self.calibration.threshold
         results = []
-        for scene, d in zip(scenes, distances, strict=True):
-            probability = None if self.calibration is None else self.calibration.probability(d["hybrid"])
+        for scene, d, probability in zip(scenes, distances, probabilities, strict=True):
             out = []
             for j, (pid, info) in enumerate(zip(ids, records, strict=True)):
-                p = None if probability is None else float(probability[j])
+                p = None if probability is None or np.isnan(probability[j]) else float(probability[j])
                 out.append(Compatibility(
                     product_id=pid, category=str(info["category"]), image_path=info.get("image_path"),
                     global_distance=float(d["global"][j]), local_distance=float(d["local"][j]),
@@ -471,6 +477,38 @@ class Retriever:
                     completes=None if p is None else p >= threshold))
             results.append(CompatibilityResult(products=out, scene=scene.image, threshold=threshold))
         return results
+
+    def probabilities(self, f_s: torch.Tensor, f_i: torch.Tensor, d_h: np.ndarray,
+                      categories: Sequence[str]) -> list[np.ndarray | None]:
+        """The calibrated probability that each product completes each scene: d_h is B x N (scene b's hybrid
+        distances to N products of `categories`). Normalised by each scene's distances to the cohort of the
+        product's category when the calibration has a cohort (NaN for a category it has none of); None per
+        scene when the run has no calibration."""
+        if self.calibration is None:
+            return [None] * len(d_h)
+        if self._cohort is None:
+            return list(self.calibration.probability(d_h))
+        names = sorted(set(categories) & set(self._cohort))
+        z = np.full(d_h.shape, np.nan)
+        if names:
+            vectors = torch.cat([self._cohort[n][1] for n in names])                     # N_cohort x d
+            sizes = [len(self._cohort[n][1]) for n in names]
+            position = torch.repeat_interleave(torch.arange(len(names), device=self.device),
+                                               torch.tensor(sizes, device=self.device))
+            vocab = torch.tensor([self._cohort[n][0] for n in names], device=self.device)
+            b = len(d_h)
+            with torch.inference_mode():
+                cohort_d = all_distances_by_category(
+                    f_s.reshape(b, -1), f_i.reshape(b, f_i.shape[-2], -1), vectors.expand(b, -1, -1),
+                    self._category_table[vocab].expand(b, -1, -1), position.expand(b, -1),
+                    local_weight=self.embedder.local_weights(vocab[position]).float().expand(b, -1))["hybrid"]
+            cohort_d = cohort_d.double().cpu().numpy()
+            bounds = np.cumsum([0, *sizes])
+            for k, name in enumerate(names):
+                cols = [j for j, c in enumerate(categories) if c == name]
+                z[:, cols] = cohort_normalise(d_h[:, cols], cohort_d[:, bounds[k]:bounds[k + 1]])
+        p = self.calibration.probability(np.nan_to_num(z))
+        return list(np.where(np.isnan(z), np.nan, p))
 
     def _encoded(self, scenes: Sequence, timings: dict | None) -> list[Scene]:
         """The scenes, those not encoded yet (images, paths) encoded in one forward."""
@@ -549,16 +587,17 @@ class Retriever:
         return hits
 
 
-def _hybrid_calibration(checkpoint: Checkpoint) -> tuple[Platt | None, list[str]]:
-    """The hybrid distance's calibration from the checkpoint's run folder, or None and a note saying why."""
+def _hybrid_calibration(checkpoint: Checkpoint) -> tuple[Platt | None, Cohort | None, list[str]]:
+    """The hybrid distance's calibration and its cohort (None in a file written before cohorts) from the
+    checkpoint's run folder, or None, None and a note saying why."""
     path = checkpoint.path.parent / CALIBRATION_FILE
     try:
         calibrations = load_calibrations(path, checkpoint_sha256=checkpoint.sha256)
     except CalibrationError as exc:
-        return None, [f"no probability for 'completes the look': {exc}"]
+        return None, None, [f"no probability for 'completes the look': {exc}"]
     if "hybrid" not in calibrations.methods:
-        return None, [f"no probability for 'completes the look': {path} has no hybrid calibration"]
-    return calibrations.methods["hybrid"], []
+        return None, None, [f"no probability for 'completes the look': {path} has no hybrid calibration"]
+    return calibrations.methods["hybrid"], calibrations.cohort, []
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from common import defaults
 from common.devices import DEVICE_CHOICES, resolve_device
@@ -39,6 +40,7 @@ from pipeline.evaluation import (
     Query,
     category_lookup,
     classifier_samples,
+    cohort_distances,
     compare_methods,
     distance_matrices,
     per_query_scores,
@@ -64,16 +66,27 @@ def run_calibrations(run_dir: Path, sha: str, refit) -> tuple[Calibrations, bool
         return refit(), True
 
 
-def classifier_report(queries: list[Query], emb, matrices: dict, calibrations: Calibrations) -> dict:
-    """The classifier "does this product complete the scene?" on `queries`, per distance: ROC-AUC, precision,
-    recall and F1 at the validation threshold, expected calibration error and the reliability bins."""
+def classifier_report(queries: list[Query], emb, matrices: dict, calibrations: Calibrations, *,
+                      category_embedding=None, local_weights: dict[str, float] | None = None) -> dict:
+    """The classifier "does this product complete the scene?" on `queries`, per distance: ROC-AUC of its
+    probability, precision, recall and F1 at the validation threshold, expected calibration error and the
+    reliability bins; with the calibration's cohort (category_embedding then needed), also the raw
+    distance's ROC-AUC (`distance_roc_auc`), what one threshold on the distance itself would reach."""
+    cohort = calibrations.cohort
+    normalisers = dict.fromkeys(CLASSIFIER_METHODS) if cohort is None else cohort_distances(
+        emb, queries, category_embedding, {c: torch.from_numpy(v) for c, v in cohort.vectors.items()},
+        CLASSIFIER_METHODS, local_weights=local_weights)
     out = {}
     for method in CLASSIFIER_METHODS:
         platt = calibrations.methods[method]
-        d, y, w = classifier_samples(matrices[method], queries, emb)
+        d, y, w = classifier_samples(matrices[method], queries, emb, normalisers[method])
         p = platt.probability(d)
-        out[method] = {"roc_auc": roc_auc(y, -d, w), **weighted_counts(p, y, w, platt.threshold),
-                       "threshold": platt.threshold, "distance_threshold": platt.distance_threshold,
+        raw = {} if cohort is None else {"distance_roc_auc": roc_auc(y, -classifier_samples(
+            matrices[method], queries, emb)[0], w)}
+        out[method] = {"roc_auc": roc_auc(y, -d, w), **raw, **weighted_counts(p, y, w, platt.threshold),
+                       "threshold": platt.threshold,
+                       ("distance_threshold" if cohort is None else "normalised_distance_threshold"):
+                           platt.distance_threshold,
                        "ece": expected_calibration_error(p, y, w), "reliability": reliability(p, y, w)}
     return out
 
@@ -140,7 +153,8 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
         "comparisons": compare_methods(scores, seed),
         "protocol": protocol(queries, split=split, seed=seed, exclusion=cfg.exclusion),
         "presence": evaluate_presence(embedder, data, run_dir, cfg, dev, split=split),
-        "classifier": classifier_report(queries, emb, matrices, calibrations),
+        "classifier": classifier_report(queries, emb, matrices, calibrations, category_embedding=lookup,
+                                        local_weights=weights),
         "classifier_protocol": {
             "question": "does this product complete the scene? (the pair's positive vs its same-category products "
                         "not in the scene, the negatives of one pair weighing one positive: even odds)",

@@ -121,3 +121,63 @@ def test_precision_threshold_is_the_brute_force_lowest_threshold_reaching_the_pr
         got = precision_threshold(p, y, precision=target, min_yes=min_yes)
         assert got == (min(ok) if ok else None)
     assert precision_threshold(np.array([0.9, 0.8]), np.array([False, False]), precision=0.9) is None
+
+
+def test_cohort_normalise_is_the_explicit_per_scene_z_score_and_ignores_each_scenes_scale_and_offset():
+    from pipeline.calibration import cohort_normalise
+
+    rng = np.random.default_rng(0)
+    d, cohort_d = rng.normal(1.0, 0.2, (4, 6)), rng.normal(1.1, 0.3, (4, 9))
+    z = cohort_normalise(d, cohort_d)
+    for s in range(4):
+        mean = sum(cohort_d[s]) / 9
+        std = (sum((x - mean) ** 2 for x in cohort_d[s]) / 9) ** 0.5
+        assert z[s] == pytest.approx([(x - mean) / std for x in d[s]])
+    # A scene whose distances all sit higher, or spread wider, normalises to the same values: what one
+    # threshold on raw distances cannot see.
+    scale, offset = rng.uniform(0.5, 2.0, (4, 1)), rng.uniform(-0.5, 0.5, (4, 1))
+    assert cohort_normalise(scale * d + offset, scale * cohort_d + offset) == pytest.approx(z)
+    # A cohort at one distance (no spread) does not divide by zero.
+    assert np.isfinite(cohort_normalise(d[:1], np.ones((1, 3)))).all()
+    with pytest.raises(ValueError, match="leading axes"):
+        cohort_normalise(d, cohort_d[:3])
+
+
+def test_a_cohort_is_drawn_within_each_category_reproducibly_whatever_the_listing_order():
+    from pipeline.calibration import draw_cohort
+
+    products = {"hat": [f"h{i}" for i in range(40)], "bag": ["b1", "b2"], "none": []}
+    drawn = draw_cohort(products, size=10, seed=5)
+    assert set(drawn) == {"hat", "bag"}                                   # an empty category has no cohort
+    assert len(drawn["hat"]) == len(set(drawn["hat"])) == 10 and set(drawn["hat"]) <= set(products["hat"])
+    assert drawn["bag"] == ("b1", "b2")                                   # fewer than size: all of them
+    shuffled = {k: list(reversed(v)) for k, v in reversed(list(products.items()))}
+    assert draw_cohort(shuffled, size=10, seed=5) == drawn
+    assert draw_cohort(products, size=10, seed=6) != drawn
+    with pytest.raises(ValueError, match="at least 1"):
+        draw_cohort(products, size=0)
+
+
+def test_a_calibration_file_carries_its_cohort_exactly_and_an_older_file_still_loads(tmp_path):
+    from pipeline.calibration import Cohort
+
+    rng = np.random.default_rng(1)
+    vectors = {"hat": rng.normal(size=(3, 8)).astype(np.float32), "bag": rng.normal(size=(1, 8)).astype(np.float32)}
+    cohort = Cohort({"hat": ("a", "b", "c"), "bag": ("d",)}, vectors)
+    cal = Calibrations("abc", {"hybrid": Platt(-2.0, 1.0, 0.45)}, {"calibration": "z"}, cohort)
+    back = load_calibrations(cal.save(tmp_path / "calibration.json"), checkpoint_sha256="abc")
+    assert back.cohort.product_ids == cohort.product_ids and back.info == cal.info
+    for name in cohort.categories:
+        assert np.array_equal(back.cohort.vectors[name], cohort.vectors[name])
+    data = json.loads((tmp_path / "calibration.json").read_text())
+    data["format"] = "complete-the-look/calibration-v1"
+    del data["cohort"]
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    old = load_calibrations(tmp_path / "v1.json", checkpoint_sha256="abc")
+    assert old.cohort is None and old.methods == cal.methods
+    data["cohort"] = {"hat": {"product_ids": ["a"], "shape": [2, 8], "vectors_f32le_base64": "AAAA"}}
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="malformed cohort"):
+        load_calibrations(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="3 ids but vectors of shape"):
+        Cohort({"hat": ("a", "b", "c")}, {"hat": np.zeros((2, 8), np.float32)})

@@ -119,3 +119,43 @@ def test_unknown_product_ids_are_one_line_errors(presence_world, scenes, world):
     for bad in ([], "p000"):
         with pytest.raises(RetrievalError, match="one or more product ids"):
             presence_world.compatibility(scenes[0], bad)
+
+
+def test_a_cohort_calibration_normalises_each_scene_by_its_distances_to_the_cohort(presence_paths, world, tmp_path):
+    """The service's factored path (one pass over the cohorts of the asked categories, B scenes at once) against
+    the explicit one: each cohort product's hybrid distance one at a time, then (d - mean) / std, then Platt.
+    A category the cohort lacks gets no probability rather than an unnormalised one."""
+    import shutil
+
+    from pipeline.calibration import Calibrations, Cohort
+    from pipeline.distances import hybrid_distance
+
+    ckpt, index_dir = presence_paths
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy2(ckpt, run / "checkpoint.pt")                              # same bytes: same sha256, same index
+    rng = np.random.default_rng(3)
+    sizes = {"shoes": 5, "hat": 3}                                         # no cohort for "handbag"
+    cohort = Cohort({c: tuple(f"c-{c}-{i}" for i in range(m)) for c, m in sizes.items()},
+                    {c: rng.normal(0, 0.3, (m, world.model.dim)).astype(np.float32) for c, m in sizes.items()})
+    base = Retriever.load(checkpoint=run / "checkpoint.pt", index_dir=index_dir)
+    Calibrations(base.checkpoint.sha256, {"hybrid": PLATT}, {}, cohort).save(run / "calibration.json")
+    retriever = Retriever.load(checkpoint=run / "checkpoint.pt", index_dir=index_dir)
+    embedder = retriever.embedder
+    scenes = [retriever.encode_scene(path) for path in world.scenes[:2]]
+    ids = [world.product_ids[i] for i in (0, 8, 15, 1, 16)]
+    batched = retriever.compatibility_batch(scenes, ids)
+    for scene, result in zip(scenes, batched, strict=True):
+        assert [c.probability for c in result] == [c.probability for c in retriever.compatibility(scene, ids)]
+        for c in result:
+            if c.category not in sizes:
+                assert c.probability is None and c.completes is None
+                continue
+            e_c = embedder.category_embeddings(embedder.category_indices([c.category])).view(1, 1, -1)
+            with torch.inference_mode():
+                cohort_d = np.array([float(hybrid_distance(scene.f_s, scene.f_i, torch.from_numpy(v).view(1, 1, -1),
+                                                           e_c)) for v in cohort.vectors[c.category]])
+            z = (c.hybrid_distance - cohort_d.mean()) / cohort_d.std()
+            assert c.probability == pytest.approx(float(PLATT.probability(z)), abs=1e-6)
+            assert c.completes == (c.probability >= PLATT.threshold)
+    assert {c.category for c in batched[0]} >= {"shoes", "handbag", "hat"}

@@ -44,3 +44,12 @@ def test_the_classifier_separates_held_out_pairs_and_its_probability_falls_with_
     assert (np.diff(hybrid.probability(d)) < 0).all()
     assert calibrations.info["fitted_on"]["split"] == "val"
     assert report["classifier_protocol"]["refitted_by_evaluate"] is False
+
+
+def test_a_sample_too_small_for_a_cohort_calibrates_raw_distances_and_says_why(learned):
+    # 16-21 products a category outside the held-out scenes here, below MIN_COHORT_SIZE (the full sample's
+    # cohort is tested in tests/jobs/training/test_calibrate.py on synthetic embeddings).
+    run, report = learned
+    calibrations = load_calibrations(run / "calibration.json", checkpoint_sha256=report["checkpoint_sha256"])
+    assert calibrations.cohort is None and "no cohort" in calibrations.info["cohort_rule"]
+    assert "distance_roc_auc" not in report["classifier"]["hybrid"]
