@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict] = {
     "softmax-t01": {"temperature": 0.1},
     "softmax32": {"negatives": 32, "temperature": 0.1},
     "softmax-t05": {"temperature": 0.05},
+    "softmax-t03": {"temperature": 0.3},
     "softmax-t04": {"temperature": 0.4},
     "epochs60": {"epochs": 60, "temperature": 0.1},
     "views2": {"scene_views": 2, "product_views": 2},   # twice the augmented views (a feature cache of its own)
