@@ -127,7 +127,9 @@ def reliability_diagram(report: dict, out_png) -> None:
     proto = report["protocol"]
     ax.set_title(f"Does the product complete the scene? {report['n_queries']} {proto['split']} pairs\n"
                  "positive vs same-category products not in the scene (even odds)", fontsize=9)
-    hist.set_xlabel("calibrated probability (Platt, fitted on validation)")
+    normalised = "cohort-normalised" in str((report.get("classifier_protocol") or {}).get("calibration"))
+    hist.set_xlabel("calibrated probability (Platt" + (" on cohort-normalised d" if normalised else "")
+                    + ", fitted on val.)", fontsize=9)
     hist.set_ylabel("share")
     fig.tight_layout()
     save_figure(fig, out_png, dpi=110)
