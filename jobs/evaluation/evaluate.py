@@ -58,8 +58,11 @@ def report_files(split: str) -> dict[str, str]:
             "reliability": f"reliability{suffix}.png"}
 
 
-def run_calibrations(run_dir: Path, sha: str, refit) -> tuple[Calibrations, bool]:
-    """The run's calibration.json when it was fitted for this checkpoint; else `refit()` (written). -> (it, refitted)"""
+def run_calibrations(run_dir: Path, sha: str, refit, *, force: bool = False) -> tuple[Calibrations, bool]:
+    """The run's calibration.json when it was fitted for this checkpoint (and not `force`); else `refit()` (written).
+    -> (it, refitted)"""
+    if force:
+        return refit(), True
     try:
         return load_calibrations(run_dir / CALIBRATION_FILE, checkpoint_sha256=sha), False
     except CalibrationError:
@@ -105,7 +108,7 @@ def protocol(queries: list[Query], *, split: str, seed: int, exclusion: str) -> 
 
 def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | None = None,
                    plots: bool = True, device: str = "auto", through_index=None,
-                   candidates: int = defaults.CANDIDATES) -> dict:
+                   candidates: int = defaults.CANDIDATES, refit_calibration: bool = False) -> dict:
     """Score every method on the run's `split` and write report.json, report.png, attention.png and
     reliability.png.
 
@@ -145,8 +148,9 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     weights = embedder.local_weights_by_name()
     matrices = distance_matrices(emb, queries, lookup, METHODS, local_weights=weights)
     scores = per_query_scores(queries, emb, lookup, matrices=matrices)
-    calibrations, refitted = run_calibrations(run_dir, ckpt.sha256, lambda: calibrate_run(
-        run_dir, data, cfg, strategy, embedder, readable, checkpoint_sha256=ckpt.sha256))
+    calibrations, refitted = run_calibrations(
+        run_dir, ckpt.sha256, force=refit_calibration,
+        refit=lambda: calibrate_run(run_dir, data, cfg, strategy, embedder, readable, checkpoint_sha256=ckpt.sha256))
     report = {
         "methods": {m: summarise(s) for m, s in scores.items()},
         "n_queries": len(queries),
@@ -247,10 +251,13 @@ def format_extras(report: dict) -> str:
                                  "candidate-cut curve")
 @click.option("--candidates", type=click.IntRange(min=1), default=defaults.CANDIDATES, show_default=True,
               help="with --through-index: stage-1 candidates of the two-stage ranking (as ctl-retrieve and ctl serve)")
-def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index, candidates):
+@click.option("--refit-calibration", is_flag=True,
+              help="fit the classifier's calibration.json again on validation even when it matches the checkpoint "
+                   "(e.g. a run calibrated before cohort normalisation)")
+def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index, candidates, refit_calibration):
     """FITB and HR@K of hybrid, global, local and backbone distances; writes report.json and plots."""
     report = run_evaluation(run_dir, data_dir=data_dir, split=split, plots=not no_plots, device=device,
-                            through_index=through_index, candidates=candidates)
+                            through_index=through_index, candidates=candidates, refit_calibration=refit_calibration)
     click.echo(f"{report['n_queries']} {split} queries, about {report['protocol']['rank_negatives_mean']:.0f} "
                f"same-category negatives each for HR@K, {FITB_NEGATIVES} for FITB (chance 0.25)")
     click.echo(format_table(report["methods"]))

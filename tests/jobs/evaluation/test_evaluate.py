@@ -108,6 +108,16 @@ def test_the_report_holds_presence_and_classifier_figures_and_old_runs_get_a_cal
     for method, figures in report["classifier"].items():     # the same fit on the same validation pairs
         for key in ("roc_auc", "threshold", "ece", "precision", "recall"):
             assert again["classifier"][method][key] == pytest.approx(figures[key], abs=1e-6), (method, key)
+    # --refit-calibration replaces a calibration that matches the checkpoint (e.g. one from before cohorts).
+    stale = json.loads((run / "calibration.json").read_text())
+    stale["methods"]["hybrid"]["b"] += 5.0
+    (run / "calibration.json").write_text(json.dumps(stale))
+    kept = run_evaluation(run, plots=False, device="cpu")
+    assert kept["classifier_protocol"]["refitted_by_evaluate"] is False
+    assert kept["classifier"]["hybrid"]["ece"] != pytest.approx(report["classifier"]["hybrid"]["ece"], abs=1e-6)
+    refitted = run_evaluation(run, plots=False, device="cpu", refit_calibration=True)
+    assert refitted["classifier_protocol"]["refitted_by_evaluate"] is True
+    assert refitted["classifier"]["hybrid"]["ece"] == pytest.approx(report["classifier"]["hybrid"]["ece"], abs=1e-6)
 
 
 def test_evaluate_through_the_index_from_the_cli(run, sample, tmp_path):
