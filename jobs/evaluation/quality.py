@@ -110,7 +110,10 @@ def summarise_variant(reports: dict[int, dict]) -> dict:
                     "mean_precision": reports[s]["presence"].get("mean_precision"),
                     "mean_recall": reports[s]["presence"].get("mean_recall")}
                 for s in seeds if reports[s].get("presence", {}).get("available")}
-    classifier = {k: spread([reports[s]["classifier"]["hybrid"][k] for s in seeds]) for k in ("roc_auc", "ece")}
+    # distance_roc_auc: the raw distance's, in reports whose calibration is cohort-normalised (all seeds or none)
+    classifier = {k: spread([reports[s]["classifier"]["hybrid"][k] for s in seeds])
+                  for k in ("roc_auc", "ece", "distance_roc_auc")
+                  if all(k in reports[s]["classifier"]["hybrid"] for s in seeds)}
     weights = {s: reports[s].get("hybrid", {}).get("local_weights") for s in seeds}
     val = {m: {k: spread([reports[s]["val"]["methods"][m][k] for s in seeds]) for k in METRICS}
            for m in HEADLINE if all(m in reports[s].get("val", {}).get("methods", {}) for s in seeds)}
@@ -141,7 +144,9 @@ def format_quality(summary: dict) -> str:
                          for k in ("fitb_expected", "hr@10")]
                 lines.append(f"| {pair} | {seed} | " + " | ".join(cells) + " |")
         c = v["classifier_hybrid"]
-        lines += ["", f"classifier (hybrid): ROC-AUC {c['roc_auc']['mean']:.3f} ± {c['roc_auc']['std']:.3f}, "
+        d = c.get("distance_roc_auc")
+        raw = "" if d is None else f" (cohort-normalised; the raw distance {d['mean']:.3f} ± {d['std']:.3f})"
+        lines += ["", f"classifier (hybrid): ROC-AUC {c['roc_auc']['mean']:.3f} ± {c['roc_auc']['std']:.3f}{raw}, "
                       f"ECE {c['ece']['mean']:.3f} ± {c['ece']['std']:.3f}", ""]
     return "\n".join(lines)
 

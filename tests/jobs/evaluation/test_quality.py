@@ -41,6 +41,19 @@ def test_the_summary_holds_each_seed_and_their_mean_and_spread():
     table = format_quality({"variants": {"default": {"settings": {}, **summary}}})
     assert "| hybrid | " in table and "| hybrid - paper | 2 | +0.020 [-0.020, +0.030]" in table
     assert spread([1.0])["std"] == 0.0
+    assert "distance_roc_auc" not in summary["classifier_hybrid"] and "raw distance" not in table
+
+
+def test_a_cohort_normalised_classifier_is_shown_beside_its_raw_distance():
+    reports = {s: _report(s) for s in (0, 1)}
+    for s, report in reports.items():
+        report["classifier"]["hybrid"]["distance_roc_auc"] = 0.7 + 0.02 * s
+    summary = summarise_variant(reports)
+    assert summary["classifier_hybrid"]["distance_roc_auc"]["mean"] == pytest.approx(0.71)
+    table = format_quality({"variants": {"default": {"settings": {}, **summary}}})
+    assert "ROC-AUC 0.805 ± 0.007 (cohort-normalised; the raw distance 0.710 ± 0.014)" in table
+    del reports[1]["classifier"]["hybrid"]["distance_roc_auc"]      # seeds calibrated both ways: no raw figure
+    assert "distance_roc_auc" not in summarise_variant(reports)["classifier_hybrid"]
 
 
 def test_validation_figures_are_summarised_beside_test_and_shown():
