@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "epochs60": {"epochs": 60, "temperature": 0.1},
     "views2": {"scene_views": 2, "product_views": 2},   # twice the augmented views (a feature cache of its own)
     "hard": {"mining": "hard"},
+    "batch-negatives": {"negatives_from": "batch"},   # every scene against all its category's products in the batch
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
     "dim256": {"dim": 256, "temperature": 0.1},

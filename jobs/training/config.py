@@ -17,6 +17,7 @@ HYBRID_FORMS = ("fitted", "paper")
 LOSSES = ("triplet", "softmax")
 MINING = ("random", "hard")
 ATTENTION = ("paper", "sharpness")
+NEGATIVES_FROM = ("pair", "batch")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class TrainConfig(JobConfig):
     weight_decay: float = 1e-4
     margin: float = defaults.MARGIN
     negatives: int = 16             # same-category negatives per (scene, positive)
+    negatives_from: str = "pair"    # pair: each scene ranks its positive against its own K | batch: against every
+                                    #   product of the batch of its category that is not in it (frozen mode)
     loss: str = "softmax"           # softmax (InfoNCE over the negatives, temperature) | triplet (margin); the
                                     #   default since the fourth round (docs/quality.md), triplet with 4 before
     temperature: float = TEMPERATURE   # of the softmax loss (pipeline.distances)
@@ -68,7 +71,8 @@ class TrainConfig(JobConfig):
         """This config, or an InputError naming the first setting a run cannot use."""
         choices = {"mode": MODES, "backbone": BACKBONES, "exclusion": EXCLUSION_MODES,
                    "lr_schedule": LR_SCHEDULES, "select_on": SELECT_ON, "hybrid": HYBRID_FORMS, "loss": LOSSES,
-                   "mining": MINING, "attention": ATTENTION}
+                   "mining": MINING, "attention": ATTENTION,
+                   "negatives_from": NEGATIVES_FROM}
         for name, known in choices.items():
             if getattr(self, name) not in known:
                 raise InputError(f"unknown {name} {getattr(self, name)!r}; known: {', '.join(known)}")
@@ -78,6 +82,8 @@ class TrainConfig(JobConfig):
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise InputError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.negatives_from == "batch" and self.mode != "frozen":
+            raise InputError("--negatives-from batch is built for --mode frozen only")
         if self.temperature <= 0:
             raise InputError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from jobs.training.strategy import StepStrategy, ranking_loss
+from jobs.training.strategy import StepStrategy, ranking_loss, shared_ranking_loss
 from jobs.training.training_data import Readable, TrainingData, cache_features, clean_rows
 from pipeline.backbones import pooled
 from pipeline.distances import hybrid_distance
@@ -14,7 +14,8 @@ from pipeline.negatives import draw_mined, draw_negatives, nearest_negatives
 
 
 class TripletBatches:
-    """Seeded batches of (scene view, positive view, K same-category negatives) as cached-feature rows."""
+    """Seeded batches of (scene view, positive view, K same-category negatives) as cached-feature rows, with the
+    batch's shared-negatives mask (B x B(1 + K): which of the batch's products each scene may rank against)."""
 
     def __init__(self, data: TrainingData, pools: dict[int, list[str]], batch_size: int, negatives: int,
                  category_index: dict[str, int]):
@@ -23,6 +24,12 @@ class TripletBatches:
         self.pairs = list(pools)
         self.scene_rows = data.scenes.rows_by_key()
         self.product_rows = data.products.rows_by_key()
+        ds = data.dataset
+        self.product_number = {pid: i for i, pid in enumerate(sorted(ds.products))}
+        in_scene: dict[str, list[int]] = {}
+        for pair in ds.pairs:
+            in_scene.setdefault(pair.scene_id, []).append(self.product_number[pair.product_id])
+        self.scene_products = {j: np.array(in_scene[ds.pairs[j].scene_id]) for j in self.pairs}
 
     def epoch(self, rng: np.random.Generator, hard: dict[int, list[str]] | None = None):
         """One epoch's batches; `hard` (pair -> mined negatives): half of each pair's negatives come from it."""
@@ -30,7 +37,7 @@ class TripletBatches:
         order = rng.permutation(len(self.pairs))
         for start in range(0, len(order), self.batch_size):
             batch = [self.pairs[i] for i in order[start:start + self.batch_size]]
-            scene_rows, pos_rows, neg_rows, cats = [], [], [], []
+            scene_rows, pos_rows, neg_rows, cats, columns = [], [], [], [], []
             for j in batch:
                 pid = ds.pairs[j].product_id
                 scene_rows.append(rng.choice(self.scene_rows[str(j)]))
@@ -41,20 +48,41 @@ class TripletBatches:
                     draw_mined(rng, self.pools[j], hard[j], self.negatives)
                 neg_rows.append([rng.choice(self.product_rows[p]) for p in negatives])
                 cats.append(self.category_index[ds.products[pid].category])
+                columns.extend(self.product_number[p] for p in [pid, *negatives])
             yield (torch.from_numpy(self.data.scenes.features[scene_rows]),
                    torch.from_numpy(self.data.products.features[pos_rows]),
                    torch.from_numpy(self.data.products.features[np.array(neg_rows)]),
-                   torch.tensor(cats))
+                   torch.tensor(cats),
+                   torch.from_numpy(self.shared_negatives(batch, np.array(cats), np.array(columns))))
+
+    def shared_negatives(self, batch: list[int], cats: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """B x B(1 + K) booleans: product column m (pair m // (1 + K)'s positive, then its K negatives) is a
+        negative for scene b when it is of b's positive's category and not in b's scene. The positive itself is in
+        the scene, so it never is; the pair's own K negatives always are (drawn from the same rule)."""
+        per_pair = len(columns) // len(batch)
+        column_category = np.repeat(cats, per_pair)
+        mask = cats[:, None] == column_category[None, :]
+        for b, j in enumerate(batch):
+            mask[b] &= ~np.isin(columns, self.scene_products[j])
+        return mask
 
 
-def triplet_step(embedder: StyleEmbedder, scene_maps, pos_feats, neg_feats, cats, cfg) -> torch.Tensor:
-    """The ranking loss of one batch (features in, scalar loss out; jobs.training.strategy.ranking_loss)."""
+def triplet_step(embedder: StyleEmbedder, scene_maps, pos_feats, neg_feats, cats, cfg,
+                 shared: torch.Tensor | None = None) -> torch.Tensor:
+    """The ranking loss of one batch (features in, scalar loss out; jobs.training.strategy.ranking_loss, or
+    shared_ranking_loss over every product of the batch when cfg.negatives_from is "batch")."""
     b, k = neg_feats.shape[:2]
     f_s, f_i = embedder.scene_from_features(scene_maps)
     # Positives, then negatives: two calls, so each draws its own dropout mask in this order.
     f_pos = embedder.product_from_features(pos_feats)
     f_neg = embedder.product_from_features(neg_feats.reshape(b * k, *neg_feats.shape[2:])).reshape(b, k, -1)
     f_p = torch.cat([f_pos.unsqueeze(1), f_neg], dim=1)
+    if cfg.negatives_from == "batch":
+        if shared is None:
+            raise ValueError("negatives_from='batch' needs the batch's shared-negatives mask")
+        e_k = embedder.category_embeddings(torch.arange(len(embedder.categories)))
+        return shared_ranking_loss(f_s, f_i, f_p.reshape(b * (1 + k), -1), e_k, cats.repeat_interleave(1 + k),
+                                   torch.arange(b) * (1 + k), shared, cfg)
     return ranking_loss(f_s, f_i, f_p, embedder.category_embeddings(cats), cfg)
 
 
@@ -135,8 +163,8 @@ class FrozenHeads(StepStrategy):
         return self._batches.epoch(self.rng, hard)
 
     def batch_loss(self, embedder, batch):
-        scene_maps, pos, neg, cats = batch
-        return triplet_step(embedder, scene_maps.float(), pos.float(), neg.float(), cats, self.cfg), len(cats)
+        scene_maps, pos, neg, cats, shared = batch
+        return triplet_step(embedder, scene_maps.float(), pos.float(), neg.float(), cats, self.cfg, shared), len(cats)
 
     def query_embeddings(self, embedder, queries):
         return cached_query_embeddings(embedder, self.data, queries)

@@ -14,7 +14,15 @@ import torch
 
 from jobs.training.config import TrainConfig
 from jobs.training.training_data import Readable, TrainingData
-from pipeline.distances import all_distances, hybrid_distance, softmax_loss, triplet_loss
+from pipeline.distances import (
+    all_distances,
+    all_distances_shared,
+    hybrid_distance,
+    shared_softmax_loss,
+    shared_triplet_loss,
+    softmax_loss,
+    triplet_loss,
+)
 from pipeline.embedder import StyleEmbedder
 from pipeline.evaluation import Query, QueryEmbeddings
 
@@ -78,3 +86,18 @@ def ranking_loss(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_c: t
     if cfg.loss == "softmax":
         return sum(softmax_loss(d[n][:, 0], d[n][:, 1:], cfg.temperature) for n in names)
     return sum(triplet_loss(d[n][:, 0], d[n][:, 1:], cfg.margin) for n in names)
+
+
+def shared_ranking_loss(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor, e_k: torch.Tensor,
+                        category_of: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                        cfg: TrainConfig) -> torch.Tensor:
+    """ranking_loss with the batch's products shared: every scene against every product of the batch (f_p:
+    M x d, category_of: M indices into e_k: n_categories x d), row b's positive at column positive[b] and its
+    negatives where negatives[b] (B x M) is set, so each scene ranks against all of the batch's products of its
+    category that are not in it instead of its own K. Same distances (the paper's hybrid, and each half when
+    cfg.per_half_loss), same losses; float32 throughout."""
+    d = all_distances_shared(f_s.float(), f_i.float(), f_p.float(), e_k.float(), category_of)
+    names = ("paper", "global", "local") if cfg.per_half_loss else ("paper",)
+    if cfg.loss == "softmax":
+        return sum(shared_softmax_loss(d[n], positive, negatives, cfg.temperature) for n in names)
+    return sum(shared_triplet_loss(d[n], positive, negatives, cfg.margin) for n in names)

@@ -16,7 +16,16 @@ from common.errors import InputError
 from common.progress import progress_bar
 from jobs.data.layouts import DONE_FILE
 from jobs.training.calibrate import calibrate_run
-from jobs.training.config import ATTENTION, HYBRID_FORMS, LOSSES, LR_SCHEDULES, MINING, MODES, TrainConfig
+from jobs.training.config import (
+    ATTENTION,
+    HYBRID_FORMS,
+    LOSSES,
+    LR_SCHEDULES,
+    MINING,
+    MODES,
+    NEGATIVES_FROM,
+    TrainConfig,
+)
 from jobs.training.finetune import FineTune
 from jobs.training.frozen import FrozenHeads
 from jobs.training.presence import train_presence
@@ -197,6 +206,9 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
               show_default=True)
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=TrainConfig.lr_schedule, show_default=True)
 @click.option("--negatives", type=click.IntRange(min=1), default=TrainConfig.negatives, show_default=True)
+@click.option("--negatives-from", type=click.Choice(NEGATIVES_FROM), default=TrainConfig.negatives_from,
+              show_default=True, help="pair: each scene against its own --negatives; batch: against every product "
+                                      "of the batch of its category that is not in it (frozen mode)")
 @click.option("--exclusion", type=click.Choice(EXCLUSION_MODES), default=TrainConfig.exclusion, show_default=True,
               help="leave the product out of its scene by masking its box or cropping to the largest band beside it")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default=TrainConfig.device, show_default=True)
@@ -215,12 +227,13 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
                    "paper: softmax(-||f_i - e_c||^2) with a unit e_c")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, hidden,
-                  dropout, lr_schedule, negatives, exclusion, device, workers, loss, per_half_loss, mining,
-                  warmup_epochs, hybrid, attention, resume):
+                  dropout, lr_schedule, negatives, negatives_from, exclusion, device, workers, loss, per_half_loss,
+                  mining, warmup_epochs, hybrid, attention, resume):
     """Train the style embedding with a hybrid-distance ranking loss (triplet or softmax)."""
     cfg = TrainConfig(seed=seed, mode=mode, backbone=backbone, backbone_weights=backbone_weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, dim=dim, hidden=hidden, dropout=dropout,
-                      lr_schedule=lr_schedule, negatives=negatives, exclusion=exclusion, device=device,
+                      lr_schedule=lr_schedule, negatives=negatives, negatives_from=negatives_from,
+                      exclusion=exclusion, device=device,
                       workers=workers, loss=loss, per_half_loss=per_half_loss, mining=mining,
                       warmup_epochs=warmup_epochs, hybrid=hybrid, attention=attention)
     summary = train(data_dir, out_dir, config=cfg, resume=resume)

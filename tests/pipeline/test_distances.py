@@ -7,11 +7,14 @@ import torch.nn.functional as F
 from pipeline.distances import (
     all_distances,
     all_distances_by_category,
+    all_distances_shared,
     attention_weights,
     global_distance,
     hybrid_distance,
     local_distance,
     local_distance_by_category,
+    shared_softmax_loss,
+    shared_triplet_loss,
     softmax_loss,
     triplet_loss,
 )
@@ -160,3 +163,67 @@ def test_local_distance_by_category_refuses_a_category_index_of_another_shape():
     f_i, f_p, e_k, category_of, _ = by_category()
     with pytest.raises(ValueError, match="category_of"):
         local_distance_by_category(f_i, f_p, e_k, category_of[:, :-1])
+
+
+def shared_columns(seed=20, B=4, M=9):
+    g = torch.Generator().manual_seed(seed)
+    d = torch.rand(B, M, generator=g, dtype=torch.float64) * 4
+    positive = torch.tensor([0, 3, 5, 8])
+    negatives = torch.rand(B, M, generator=g) < 0.5
+    negatives[torch.arange(B), positive] = False
+    negatives[:, 1] = True   # every row has at least one negative
+    return d, positive, negatives
+
+
+def test_shared_softmax_loss_equals_an_explicit_softmax_over_each_rows_own_columns():
+    d, positive, negatives = shared_columns()
+    t = 0.2
+    expected = 0.0
+    for b in range(d.shape[0]):
+        cols = [int(positive[b])] + [m for m in range(d.shape[1]) if negatives[b, m]]
+        logits = np.array([-float(d[b, m]) / t for m in cols])
+        expected += -(logits[0] - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+    assert float(shared_softmax_loss(d, positive, negatives, t)) == pytest.approx(expected / d.shape[0], rel=1e-9)
+    # the same as softmax_loss when the columns are gathered row by row (rows with equal negative counts)
+    same = torch.zeros_like(negatives)
+    same[:, 1] = same[:, 2] = True
+    same[torch.arange(4), positive] = False
+    same[0, 2], same[0, 4] = False, True
+    same[1, 2], same[1, 6] = False, True
+    keep = [[m for m in range(9) if same[b, m]] for b in range(4)]
+    d_neg = torch.stack([d[b, keep[b]] for b in range(4)])
+    assert float(shared_softmax_loss(d, positive, same, t)) == pytest.approx(
+        float(softmax_loss(d[torch.arange(4), positive], d_neg, t)), rel=1e-12)
+
+
+def test_shared_triplet_loss_is_the_mean_over_every_row_and_marked_negative():
+    d, positive, negatives = shared_columns(seed=21)
+    margin = 0.3
+    hinges = [max(0.0, float(d[b, positive[b]]) - float(d[b, m]) + margin)
+              for b in range(d.shape[0]) for m in range(d.shape[1]) if negatives[b, m]]
+    assert float(shared_triplet_loss(d, positive, negatives, margin)) == pytest.approx(np.mean(hinges), rel=1e-12)
+
+
+def test_shared_losses_refuse_a_positive_marked_as_a_negative_and_bad_shapes():
+    d, positive, negatives = shared_columns()
+    bad = negatives.clone()
+    bad[2, positive[2]] = True
+    with pytest.raises(ValueError, match="positive column"):
+        shared_softmax_loss(d, positive, bad)
+    with pytest.raises(ValueError, match="negatives must be"):
+        shared_triplet_loss(d, positive, negatives[:, :3])
+
+
+def test_all_distances_shared_equals_the_by_category_form_on_the_products_repeated_per_scene():
+    f_i, f_p, e_k, _, _ = by_category(B=3, M=30, K=4)
+    shared_p, shared_k = f_p[0], e_k[0] * torch.tensor([[1.0], [2.0], [3.5], [0.7]], dtype=torch.float64)
+    category_of = torch.randint(0, 4, (30,), generator=torch.Generator().manual_seed(3))
+    f_s = unit(3, f_p.shape[-1], seed=9)
+    w = torch.rand(3, 30, dtype=torch.float64)
+    got = all_distances_shared(f_s, f_i, shared_p, shared_k, category_of, w)
+    want = all_distances_by_category(f_s, f_i, shared_p.expand(3, -1, -1), shared_k.expand(3, -1, -1),
+                                     category_of.expand(3, -1), w)
+    for name in ("global", "local", "hybrid", "paper"):
+        assert torch.allclose(got[name], want[name], atol=1e-12), name
+    with pytest.raises(ValueError, match="category_of"):
+        all_distances_shared(f_s, f_i, shared_p, shared_k, category_of[:5])

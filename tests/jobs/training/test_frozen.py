@@ -27,7 +27,7 @@ def test_an_epoch_yields_each_trainable_pair_once_with_negatives_from_its_pool(c
                              category_index={c: i for i, c in enumerate(categories)})
     key_of_row = {data.products.features[i].tobytes(): it.key for i, it in enumerate(data.products.items)}
     sizes, positives, rows = [], [], []
-    for scene_maps, pos, neg, cats in batches.epoch(np.random.default_rng(0)):
+    for scene_maps, pos, neg, cats, _ in batches.epoch(np.random.default_rng(0)):
         b = len(cats)
         sizes.append(b)
         assert scene_maps.shape[0] == pos.shape[0] == neg.shape[0] == b and neg.shape[1] == 3
@@ -46,6 +46,37 @@ def test_an_epoch_yields_each_trainable_pair_once_with_negatives_from_its_pool(c
     first = [t[1].numpy() for t in batches.epoch(np.random.default_rng(0))]
     again = [t[1].numpy() for t in batches.epoch(np.random.default_rng(0))]
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_the_shared_negatives_of_a_batch_are_its_products_of_the_scenes_category_not_in_the_scene(cached):
+    _, data = cached
+    ds = data.dataset
+    pools = trainable_pairs(data, Readable.from_features(data.scenes, data.products))
+    categories = ds.categories()
+    batches = TripletBatches(data, pools, batch_size=6, negatives=3,
+                             category_index={c: i for i, c in enumerate(categories)})
+    product_of_row = {data.products.features[i].tobytes(): it.key for i, it in enumerate(data.products.items)}
+    pair_of_row = {data.scenes.features[i].tobytes(): int(it.key) for i, it in enumerate(data.scenes.items)}
+    in_scene = {}
+    for pair in ds.pairs:
+        in_scene.setdefault(pair.scene_id, set()).add(pair.product_id)
+    checked = 0
+    for scene_maps, pos, neg, cats, shared in batches.epoch(np.random.default_rng(1)):
+        b = len(cats)
+        assert shared.shape == (b, b * 4) and shared.dtype == torch.bool
+        columns = []
+        for i in range(b):   # the column order: pair i's positive, then its 3 negatives
+            columns += [product_of_row[pos[i].numpy().tobytes()]]
+            columns += [product_of_row[n.numpy().tobytes()] for n in neg[i]]
+        for i in range(b):
+            pair = ds.pairs[pair_of_row[scene_maps[i].numpy().tobytes()]]
+            for m, pid in enumerate(columns):
+                expected = ds.products[pid].category == ds.products[pair.product_id].category \
+                    and pid not in in_scene[pair.scene_id]
+                assert bool(shared[i, m]) == expected, (i, m, pid)
+                checked += 1
+            assert not shared[i, i * 4] and shared[i, i * 4 + 1: i * 4 + 4].all()   # own positive out, own K in
+    assert checked > 0
 
 
 def test_cached_features_give_the_same_embeddings_as_images_through_the_model(cached):

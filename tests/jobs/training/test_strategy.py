@@ -4,8 +4,15 @@ import torch
 import torch.nn.functional as F
 
 from jobs.training.config import TrainConfig
-from jobs.training.strategy import hybrid_triplet_loss, ranking_loss
-from pipeline.distances import global_distance, hybrid_distance, local_distance, softmax_loss, triplet_loss
+from jobs.training.strategy import hybrid_triplet_loss, ranking_loss, shared_ranking_loss
+from pipeline.distances import (
+    all_distances,
+    global_distance,
+    hybrid_distance,
+    local_distance,
+    softmax_loss,
+    triplet_loss,
+)
 
 
 def test_hybrid_triplet_loss_equals_a_loop_over_triplets():
@@ -43,3 +50,34 @@ def test_ranking_loss_is_the_configured_loss_on_the_hybrid_and_on_each_half_when
     halves = TrainConfig(loss="triplet", per_half_loss=True)
     expected = sum(triplet_loss(x[:, 0], x[:, 1:], 0.2) for x in d.values())
     assert float(ranking_loss(f_s, f_i, f_p, e_c, halves)) == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "triplet"])
+@pytest.mark.parametrize("per_half", [False, True])
+def test_shared_ranking_loss_equals_a_loop_over_each_scene_and_its_marked_products(loss, per_half):
+    g = torch.Generator().manual_seed(5)
+    B, M, R, d, n_categories = 4, 10, 49, 8, 3
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    f_s, f_i, f_p = unit(B, d), unit(B, R, d), unit(M, d)
+    e_k = unit(n_categories, d) * torch.tensor([[1.0], [2.5], [4.0]])   # sharpened categories, as trained
+    category_of = torch.randint(0, n_categories, (M,), generator=g)
+    positive = torch.tensor([0, 2, 5, 7])
+    negatives = torch.rand(B, M, generator=g) < 0.6
+    negatives[torch.arange(B), positive] = False
+    negatives[:, 9] = True
+    cfg = TrainConfig(loss=loss, per_half_loss=per_half, temperature=0.3, margin=0.2)
+    names = ("paper", "global", "local") if per_half else ("paper",)
+    total = 0.0
+    terms = {n: [] for n in names}
+    for b in range(B):
+        cols = [int(positive[b])] + [m for m in range(M) if negatives[b, m]]
+        dist = all_distances(f_s[b:b + 1], f_i[b:b + 1], f_p[cols].unsqueeze(0), e_k[category_of[cols]].unsqueeze(0))
+        for n in names:
+            row = dist[n][0]
+            if loss == "softmax":
+                terms[n].append(float(-torch.log_softmax(-row / 0.3, dim=0)[0]))
+            else:
+                terms[n].extend(max(0.0, float(row[0] - x + 0.2)) for x in row[1:])
+    total = sum(sum(v) / len(v) for v in terms.values())
+    got = shared_ranking_loss(f_s, f_i, f_p, e_k, category_of, positive, negatives, cfg)
+    assert float(got) == pytest.approx(total, rel=1e-5)
