@@ -48,11 +48,19 @@ def paired_bootstrap(a, b, *, n_resamples: int = 2000, seed: int = defaults.SEED
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"a and b must be non-empty vectors of the same length, got {a.shape} and {b.shape}")
-    diff = a - b
+    mean = bootstrap_mean(a - b, n_resamples=n_resamples, seed=seed)
+    return {"diff": mean["mean"], "ci95": mean["ci95"]}
+
+
+def bootstrap_mean(x, *, n_resamples: int = 2000, seed: int = defaults.SEED) -> dict[str, float]:
+    """Mean of per-query scores with a 95% percentile bootstrap interval over queries."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"x must be a non-empty vector, got shape {x.shape}")
     rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"diff": float(diff.mean()), "ci95": [float(lo), float(hi)]}
+    return {"mean": float(x.mean()), "ci95": [float(lo), float(hi)]}
 
 
 def average_precision(labels, scores) -> float:

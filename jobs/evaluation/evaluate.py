@@ -230,7 +230,19 @@ def format_extras(report: dict) -> str:
         for way in ("two_stage", "exhaustive"):
             m = through[way]
             label = f"C={through['candidates']}" if way == "two_stage" else "exhaustive"
-            lines.append(f"  {label:<11}" + "  ".join(f"{key} {value:.3f}" for key, value in m.items()))
+            spans = through.get("intervals", {}).get(way, {})
+            lines.append(f"  {label:<11}" + "  ".join(
+                f"{key} {value:.3f}" + (f" [{spans[key][0]:.3f}, {spans[key][1]:.3f}]" if key in spans else "")
+                for key, value in m.items()))
+        for row in through.get("candidate_sweep", []):
+            diffs = "  ".join(f"{key} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                              for key, d in row["minus_exhaustive"].items())
+            lines.append(f"  C={row['candidates']:<9} hr@10 {row['hr@10']:.3f}  hr@50 {row['hr@50']:.3f}  "
+                         f"minus exhaustive: {diffs}")
+        if "agreement" in through:
+            smallest = through["agreement"]["smallest_c"]
+            lines.append(f"  two-stage within {through['agreement']['tolerance']} of exhaustive (hr@10, hr@50): "
+                         + (f"from C={smallest}" if smallest else "at none of the C tried"))
         for name, curve in through["candidate_cut"].items():
             points = ", ".join(f"C={row['candidates']}: {row['overlap']:.3f}" for row in curve)
             lines.append(f"  top-{through['k']} overlap with exhaustive, {name.replace('_', ' ')}: {points}")

@@ -7,9 +7,11 @@ never meets the index or the candidate cut; this is what a user of ``ctl-retriev
 look gets. Per query: the pair's scene with its product left out, encoded once through
 ``Retriever.encode_scene``; the exhaustive ranking is ``retrieve(category=c)`` with C = every product
 of the category. Reported: HR@{1,10,50} and MRR both ways (a positive outside the two-stage top-C is a
-miss), and the candidate-cut curve: the mean overlap of the two-stage top-k with the exhaustive top-k
-for C in {k, 2k, 5k, 10k, 20k, 50k}, per category (as the look and --category search) and flat (the
-nearest products of any category).
+miss) with bootstrap intervals over queries; the two-stage figures at C, 2C and 4C with their paired
+differences from exhaustive (and the smallest C within 0.005 of it on HR@10 and HR@50); the
+candidate-cut curve: the mean overlap of the two-stage top-k with the exhaustive top-k for C in {k, 2k,
+5k, 10k, 20k, 50k}, per category (as the look and --category search) and flat (the nearest products of
+any category).
 """
 from __future__ import annotations
 
@@ -20,11 +22,15 @@ import numpy as np
 from common import defaults
 from pipeline.evaluation import KS, Query
 from pipeline.images import load_image
+from pipeline.metrics import bootstrap_mean, paired_bootstrap
 from pipeline.scene_crops import exclude_product
 from retrieval.retriever import Retriever
 
 CUT_FACTORS = (1, 2, 5, 10, 20, 50)
 OVERLAP_TARGET = 0.99
+SWEEP_FACTORS = (1, 2, 4)      # two-stage figures at C, 2C and 4C beside the exhaustive ones
+AGREEMENT = 0.005              # the issue's "two-stage within 0.005 of exhaustive", on HR@10 and HR@50
+AGREEMENT_KS = (10, 50)
 
 
 def ranking_figures(ranks, ks=KS) -> dict[str, float]:
@@ -33,6 +39,34 @@ def ranking_figures(ranks, ks=KS) -> dict[str, float]:
     if r.size == 0:
         raise ValueError("no ranks to score")
     return {**{f"hr@{k}": float((r < k).mean()) for k in ks}, "mrr": float(np.mean(1.0 / (r + 1.0)))}
+
+
+def hit_indicators(ranks, k: int) -> np.ndarray:
+    """1.0 where the 0-based rank is below k, else 0.0 (None, cut before the re-rank, is a miss)."""
+    return np.array([0.0 if r is None else float(r < k) for r in ranks])
+
+
+def ranking_intervals(ranks, ks=KS) -> dict[str, list[float]]:
+    """95% bootstrap intervals over queries of HR@K and MRR (ranking_figures' keys)."""
+    reciprocal = np.array([0.0 if r is None else 1.0 / (r + 1.0) for r in ranks])
+    return {**{f"hr@{k}": bootstrap_mean(hit_indicators(ranks, k))["ci95"] for k in ks},
+            "mrr": bootstrap_mean(reciprocal)["ci95"]}
+
+
+def sweep_row(candidates: int, two_stage, exhaustive) -> dict:
+    """Two-stage at one C against exhaustive, on the same queries: figures, and the paired HR@K differences."""
+    figures = ranking_figures(two_stage)
+    differences = {f"hr@{k}": paired_bootstrap(hit_indicators(two_stage, k), hit_indicators(exhaustive, k))
+                   for k in AGREEMENT_KS}
+    within = all(abs(d["diff"]) <= AGREEMENT + 1e-12 for d in differences.values())
+    return {"candidates": candidates, **figures, "minus_exhaustive": differences, "within_agreement": within,
+            "cut_positives": int(sum(r is None for r in two_stage))}
+
+
+def smallest_agreeing(sweep: list[dict]) -> int | None:
+    """The smallest C of the sweep whose two-stage HR@10 and HR@50 are within AGREEMENT of exhaustive."""
+    return next((row["candidates"] for row in sorted(sweep, key=lambda r: r["candidates"])
+                 if row["within_agreement"]), None)
 
 
 def _rank(hits, product_id: str) -> int | None:
@@ -66,6 +100,8 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
     cuts = [f * k for f in cut_factors]
     known = set(retriever.categories)
     two_stage, exhaustive, skipped = [], [], {"category not in the index": 0, "positive not in the index": 0}
+    sweep_cs = sorted({f * candidates for f in SWEEP_FACTORS})
+    swept: dict[int, list[int | None]] = {c: [] for c in sweep_cs}
     per_category: dict[int, list[float]] = {c: [] for c in cuts}
     flat: dict[int, list[float]] = {c: [] for c in cuts}
     for query in queries:
@@ -81,8 +117,10 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
             skipped["positive not in the index"] += 1
             continue
         exhaustive.append(rank)
-        cut = retriever.retrieve(scene, k=candidates, candidates=candidates, category=query.category)
-        two_stage.append(_rank(cut.hits, query.product_id))
+        for c in sweep_cs:
+            cut = retriever.retrieve(scene, k=c, candidates=c, category=query.category)
+            swept[c].append(_rank(cut.hits, query.product_id))
+        two_stage.append(swept[candidates][-1])
         best_flat = retriever.retrieve(scene, k=k, candidates=len(retriever))
         for c in cuts:
             per_category[c].append(_overlap(retriever.retrieve(scene, k=k, candidates=c, category=query.category),
@@ -98,7 +136,11 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
         "products_per_category": {c: int(len(retriever.index.rows_for_category(c))) for c in retriever.categories},
         "n_queries": len(exhaustive), "skipped": skipped, "candidates": candidates,
         "two_stage": ranking_figures(two_stage), "exhaustive": ranking_figures(exhaustive),
+        "intervals": {"two_stage": ranking_intervals(two_stage), "exhaustive": ranking_intervals(exhaustive)},
         "two_stage_cut_positives": int(sum(r is None for r in two_stage)),
+        "candidate_sweep": [sweep_row(c, swept[c], exhaustive) for c in sweep_cs],
+        "agreement": {"tolerance": AGREEMENT, "ks": list(AGREEMENT_KS),
+                      "smallest_c": smallest_agreeing([sweep_row(c, swept[c], exhaustive) for c in sweep_cs])},
         "k": k, "candidate_cut": curves,
         "smallest_c": {"target_overlap": OVERLAP_TARGET, **{name: smallest_cut(c) for name, c in curves.items()}},
         "protocol": "each test pair's scene with its product left out; the positive ranked among every catalogue "

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.metrics import (
     average_precision,
+    bootstrap_mean,
     expected_fitb,
     fitb_correct,
     hit_rates,
@@ -100,3 +101,16 @@ def test_roc_auc_is_the_weighted_share_of_ordered_pairs():
     assert np.isnan(roc_auc([1, 1], [0.1, 0.2]))
     with pytest.raises(ValueError, match="one length"):
         roc_auc([1, 0], [0.1])
+
+
+def test_bootstrap_mean_equals_an_explicit_resampling_loop_and_the_paired_form():
+    x = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.5, 0.25])
+    rng = np.random.default_rng(7)
+    means = [x[rng.integers(0, x.size, size=x.size)].mean() for _ in range(300)]
+    got = bootstrap_mean(x, n_resamples=300, seed=7)
+    assert got["mean"] == pytest.approx(x.mean())
+    assert got["ci95"] == pytest.approx(list(np.percentile(means, [2.5, 97.5])))
+    paired = paired_bootstrap(x, np.zeros_like(x), n_resamples=300, seed=7)
+    assert paired["diff"] == pytest.approx(got["mean"]) and paired["ci95"] == pytest.approx(got["ci95"])
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_mean([])

@@ -80,3 +80,28 @@ def test_ranking_figures_count_a_cut_positive_as_a_miss():
                                                         "mrr": pytest.approx((1 + 0.1) / 3)}
     assert smallest_cut([{"candidates": 4, "overlap": 0.9}, {"candidates": 8, "overlap": 0.995}]) == 8
     assert smallest_cut([{"candidates": 4, "overlap": 0.9}]) is None
+
+
+def test_the_candidate_sweep_rows_equal_two_stage_reports_at_each_c(world, retriever, queries):
+    got = report(world, retriever, queries, candidates=1, k=1, cut_factors=(1,))
+    assert [row["candidates"] for row in got["candidate_sweep"]] == [1, 2, 4]
+    for row in got["candidate_sweep"]:
+        alone = report(world, retriever, queries, candidates=row["candidates"], k=1, cut_factors=(1,))
+        assert {m: row[m] for m in alone["two_stage"]} == alone["two_stage"]
+        for k in (10, 50):
+            diff = alone["two_stage"][f"hr@{k}"] - alone["exhaustive"][f"hr@{k}"]
+            assert row["minus_exhaustive"][f"hr@{k}"]["diff"] == pytest.approx(diff, abs=1e-12)
+        assert row["within_agreement"] == all(
+            abs(alone["two_stage"][f"hr@{k}"] - alone["exhaustive"][f"hr@{k}"]) <= 0.005 for k in (10, 50))
+    first = next((r["candidates"] for r in got["candidate_sweep"] if r["within_agreement"]), None)
+    assert got["agreement"]["smallest_c"] == first
+
+
+def test_with_every_product_as_candidate_the_sweep_agrees_at_once_and_intervals_hold_the_figures(
+        world, retriever, queries):
+    got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2, cut_factors=(1,))
+    assert got["agreement"]["smallest_c"] == PER_CATEGORY
+    assert all(row["within_agreement"] for row in got["candidate_sweep"])
+    for way in ("two_stage", "exhaustive"):
+        for metric, (lo, hi) in got["intervals"][way].items():
+            assert lo - 1e-12 <= got[way][metric] <= hi + 1e-12, (way, metric)
