@@ -41,6 +41,7 @@ VARIANTS: dict[str, dict] = {
     "views2": {"scene_views": 2, "product_views": 2},   # twice the augmented views (a feature cache of its own)
     "hard": {"mining": "hard"},
     "batch-negatives": {"negatives_from": "batch"},   # every scene against all its category's products in the batch
+    "batch-negatives-128": {"negatives_from": "batch", "batch_size": 128},   # twice the batch: twice the negatives
     "per-half": {"per_half_loss": True},
     "dim64": {"dim": 64},          # the default is 128
     "dim256": {"dim": 256, "temperature": 0.1},

@@ -44,6 +44,8 @@ def test_the_config_is_frozen():
     ({"mode": "distill"}, "mode"), ({"exclusion": "blur"}, "exclusion"), ({"epochs": 0}, "epochs"),
     ({"negatives": 0}, "negatives"), ({"hidden": -1}, "hidden"), ({"dropout": 1.0}, "dropout"),
     ({"lr_schedule": "step"}, "lr_schedule"), ({"select_on": "loss"}, "select_on"),
+    ({"negatives_from": "catalogue"}, "negatives_from"), ({"negatives_from": "batch", "mode": "finetune"},
+                                                           "negatives-from batch"),
 ])
 def test_check_names_the_setting_a_run_cannot_use(change, named):
     with pytest.raises(InputError, match=named):
