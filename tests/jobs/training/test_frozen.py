@@ -79,6 +79,35 @@ def test_the_shared_negatives_of_a_batch_are_its_products_of_the_scenes_category
     assert checked > 0
 
 
+def test_a_batch_with_shared_negatives_is_scored_against_every_marked_product_of_the_batch(cached):
+    from jobs.training.frozen import FrozenHeads
+    from pipeline.distances import hybrid_distance
+
+    _, data = cached
+    cfg = CFG.replace(negatives_from="batch", negatives=3)
+    heads = FrozenHeads(cfg, data, torch.device("cpu"))
+    embedder, _ = heads.build()
+    embedder.eval()    # no dropout: the loss and the loop below see the same embeddings
+    pools = trainable_pairs(data, Readable.from_features(data.scenes, data.products))
+    batch = next(iter(heads.epoch_batches(embedder, pools, 0)))
+    scene_maps, pos, neg, cats, shared = batch
+    with torch.no_grad():
+        loss, n = heads.batch_loss(embedder, batch)
+        f_s, f_i = embedder.scene_from_features(scene_maps.float())
+        f_p = torch.cat([embedder.product_from_features(pos.float()).unsqueeze(1),
+                         embedder.product_from_features(neg.float().flatten(0, 1)).reshape(len(cats), 3, -1)], 1)
+        f_p = f_p.reshape(-1, f_p.shape[-1])
+        column_cats = cats.repeat_interleave(4)
+        terms = []
+        for b in range(len(cats)):
+            cols = [b * 4] + [m for m in range(len(f_p)) if shared[b, m]]
+            d = hybrid_distance(f_s[b:b + 1], f_i[b:b + 1], f_p[cols].unsqueeze(0),
+                                embedder.category_embeddings(column_cats[cols]).unsqueeze(0))[0]
+            terms.append(float(-torch.log_softmax(-d / cfg.temperature, dim=0)[0]))
+    assert n == len(cats) and int(shared.sum()) > 3 * len(cats)   # more than each pair's own 3 negatives
+    assert float(loss) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
 def test_cached_features_give_the_same_embeddings_as_images_through_the_model(cached):
     run, data = cached
     full = load_checkpoint(run / "checkpoint.pt").embedder
