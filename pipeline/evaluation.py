@@ -239,6 +239,27 @@ def compare_methods(scores: dict[str, dict[str, np.ndarray]], seed: int = defaul
     return out
 
 
+def per_query_record(queries: list[Query], scores: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Every method's per-query expected FITB and rank, keyed by query (scene/product), for report.json: what
+    a comparison between two runs on the same queries (compare_runs) pairs."""
+    return {"keys": [f"{q.scene_id}/{q.product_id}" for q in queries],
+            "methods": {m: {"fitb_expected": [round(float(x), 6) for x in s["fitb_expected"]],
+                            "rank": [int(r) for r in s["rank"]]} for m, s in scores.items()}}
+
+
+def compare_runs(a: dict, b: dict, *, method: str = "hybrid", seed: int = defaults.SEED) -> dict:
+    """Run a's method minus run b's on the same queries (two per_query_records): expected FITB, HR@10 and
+    HR@50 with 95% paired bootstrap intervals. Refused unless both records hold the same queries in order."""
+    if a["keys"] != b["keys"]:
+        raise ValueError("the two runs were not scored on the same queries (different keys or order)")
+    ra, rb = (np.asarray(r["methods"][method]["rank"]) for r in (a, b))
+    out = {"fitb_expected": paired_bootstrap(a["methods"][method]["fitb_expected"],
+                                             b["methods"][method]["fitb_expected"], seed=seed)}
+    for k in (10, 50):
+        out[f"hr@{k}"] = paired_bootstrap(ra < k, rb < k, seed=seed)
+    return out
+
+
 def weight_grid_scores(d_global: np.ndarray, d_local: np.ndarray, queries: list[Query], emb: QueryEmbeddings,
                        grid=WEIGHT_GRID) -> np.ndarray:
     """Q x len(grid): each query's expected FITB + hit@10 under d_h = (1 - w) d_g + w d_l for each w of `grid`."""

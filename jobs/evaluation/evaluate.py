@@ -43,6 +43,7 @@ from pipeline.evaluation import (
     cohort_distances,
     compare_methods,
     distance_matrices,
+    per_query_record,
     per_query_scores,
     summarise,
 )
@@ -155,6 +156,7 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
         "methods": {m: summarise(s) for m, s in scores.items()},
         "n_queries": len(queries),
         "comparisons": compare_methods(scores, seed),
+        "per_query": per_query_record(queries, scores),
         "protocol": protocol(queries, split=split, seed=seed, exclusion=cfg.exclusion),
         "presence": evaluate_presence(embedder, data, run_dir, cfg, dev, split=split),
         "classifier": classifier_report(queries, emb, matrices, calibrations, category_embedding=lookup,

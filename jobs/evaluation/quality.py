@@ -24,6 +24,7 @@ from jobs.evaluation.evaluate import run_evaluation
 from jobs.training.config import TrainConfig
 from jobs.training.run_layout import RunLayout
 from jobs.training.train import train
+from pipeline.evaluation import compare_runs
 
 # name -> settings over TrainConfig's defaults. "default" is what `make train` runs (the multi-scale backbone).
 VARIANTS: dict[str, dict] = {
@@ -47,6 +48,7 @@ VARIANTS: dict[str, dict] = {
     "dim256": {"dim": 256, "temperature": 0.1},
     "plain": {"backbone": "efficientnet-lite0"},   # the backbone before the multi-scale one (docs/quality.md)
 }
+BASELINE = "default"   # every other variant's hybrid is compared with its, seed by seed, when both ran
 # The settings that shape a feature cache (jobs.training.feature_cache fingerprints them): runs share one only
 # when these agree.
 CACHE_SETTINGS = ("backbone", "backbone_weights", "exclusion", "scene_views", "product_views")
@@ -124,6 +126,18 @@ def summarise_variant(reports: dict[int, dict]) -> dict:
             "classifier_hybrid": classifier, "local_weights": weights}
 
 
+def against_baseline(reports: dict[int, dict], baseline: dict[int, dict], split: str) -> dict:
+    """Per seed, a variant's hybrid minus the baseline variant's on the same `split` queries (compare_runs); a seed
+    is left out when either run is missing, its report predates per-query records, or the two runs were scored
+    on different queries (another data seed)."""
+    out = {}
+    for seed in sorted(set(reports) & set(baseline)):
+        a, b = (r if split == "test" else r.get("val", {}) for r in (reports[seed], baseline[seed]))
+        if "per_query" in a and "per_query" in b and a["per_query"]["keys"] == b["per_query"]["keys"]:
+            out[seed] = compare_runs(a["per_query"], b["per_query"])
+    return out
+
+
 def format_quality(summary: dict) -> str:
     """The markdown tables of a quality summary: per variant, methods (mean ± std over seeds) and intervals."""
     lines = []
@@ -145,6 +159,15 @@ def format_quality(summary: dict) -> str:
                 cells = [f"{figures[k]['diff']:+.3f} [{figures[k]['ci95'][0]:+.3f}, {figures[k]['ci95'][1]:+.3f}]"
                          for k in ("fitb_expected", "hr@10")]
                 lines.append(f"| {pair} | {seed} | " + " | ".join(cells) + " |")
+        for split, per_seed in v.get("vs_baseline", {}).items():
+            if per_seed:
+                title = f"hybrid minus {BASELINE}'s hybrid, {split} split (the same queries; paired bootstrap):"
+                lines += ["", title, "",
+                          "| seed | fitb_expected [95% CI] | hr@10 [95% CI] | hr@50 [95% CI] |", "|---|---|---|---|"]
+                for seed, figures in per_seed.items():
+                    cells = [f"{figures[k]['diff']:+.3f} [{figures[k]['ci95'][0]:+.3f}, {figures[k]['ci95'][1]:+.3f}]"
+                             for k in ("fitb_expected", "hr@10", "hr@50")]
+                    lines.append(f"| {seed} | " + " | ".join(cells) + " |")
         c = v["classifier_hybrid"]
         d = c.get("distance_roc_auc")
         raw = "" if d is None else f" (cohort-normalised; the raw distance {d['mean']:.3f} ± {d['std']:.3f})"
@@ -162,6 +185,7 @@ def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[s
     if not Path(data_dir).is_dir():
         raise InputError(f"{data_dir}: no such dataset folder (ctl sample-data writes data/sample)")
     started, summary = time.time(), {"data": str(data_dir), "data_seed": data_seed, "variants": {}}
+    all_reports: dict[str, dict[int, dict]] = {}
     for name in variants:
         reports = {}
         for seed in seeds:
@@ -174,6 +198,14 @@ def run_quality(data_dir: Path, out: Path, *, seeds: list[int], variants: list[s
             click.echo(f"[{time.time() - started:7.0f} s] {name} seed {seed} -> {run}", err=True)
             reports[seed] = run_one(Path(data_dir), run, cfg, progress=progress)
         summary["variants"][name] = {"settings": VARIANTS[name], **summarise_variant(reports)}
+        all_reports[name] = reports
+        # Paired against the baseline on the same queries, whichever order the variants ran in.
+        if data_seed is not None and BASELINE in all_reports:
+            for other, other_reports in all_reports.items():
+                if other != BASELINE:
+                    summary["variants"][other]["vs_baseline"] = {
+                        split: against_baseline(other_reports, all_reports[BASELINE], split)
+                        for split in ("val", "test")}
         write_json_atomic(out / "quality.json", summary)      # after each variant: a partial table is kept
     summary["seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / "quality.json", summary)

@@ -17,7 +17,9 @@ from pipeline.evaluation import (
     category_lookup,
     classifier_samples,
     compare_methods,
+    compare_runs,
     distance_matrices,
+    per_query_record,
     per_query_scores,
     query_seed,
     score_queries,
@@ -109,6 +111,26 @@ def test_paired_comparisons_are_mean_differences_of_the_per_query_scores(setup):
     gap = scores["hybrid"]["fitb_expected"] - scores["global"]["fitb_expected"]
     assert out["hybrid - global"]["fitb_expected"]["diff"] == pytest.approx(gap.mean())
     assert compare_methods({"hybrid": scores["hybrid"]}) == {}
+
+
+def test_two_runs_compare_on_their_per_query_records_as_an_explicit_paired_loop(setup):
+    emb, cats, queries = setup
+    a = per_query_record(queries, per_query_scores(queries, emb, cats.__getitem__))
+    flipped = {name: -v for name, v in cats.items()}        # another "run": the same queries, other distances
+    b = per_query_record(queries, per_query_scores(queries, emb, flipped.__getitem__))
+    assert a["keys"] == [f"{q.scene_id}/{q.product_id}" for q in queries]
+    out = compare_runs(a, b)
+    for k in (10, 50):
+        loop = [(ra < k) - (rb < k) for ra, rb in zip(a["methods"]["hybrid"]["rank"], b["methods"]["hybrid"]["rank"],
+                                                       strict=True)]
+        assert out[f"hr@{k}"]["diff"] == pytest.approx(np.mean(loop))
+        assert out[f"hr@{k}"]["ci95"][0] <= out[f"hr@{k}"]["diff"] <= out[f"hr@{k}"]["ci95"][1]
+    fitb = np.subtract(a["methods"]["hybrid"]["fitb_expected"], b["methods"]["hybrid"]["fitb_expected"])
+    assert out["fitb_expected"]["diff"] == pytest.approx(fitb.mean())
+    assert compare_runs(a, a)["hr@10"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    json.dumps(a)                                            # it goes into report.json as it is
+    with pytest.raises(ValueError, match="same queries"):
+        compare_runs(a, {**b, "keys": b["keys"][::-1]})
 
 
 def _dataset():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from jobs.evaluation.quality import format_quality, shared_cache, spread, summarise_variant
+from jobs.evaluation.quality import against_baseline, format_quality, shared_cache, spread, summarise_variant
 from jobs.training.config import TrainConfig
 
 
@@ -64,6 +64,26 @@ def test_validation_figures_are_summarised_beside_test_and_shown():
     assert summary["methods"]["local"]["hr@10"]["per_seed"] != val_hr
     table = format_quality({"variants": {"default": {"settings": {}, **summary}}})
     assert "validation split" in table and f"{np.mean(val_hr):.3f}" in table
+
+
+def _per_query(ranks, keys=None):
+    keys = keys or [f"s{i}/p{i}" for i in range(len(ranks))]
+    return {"keys": keys, "methods": {"hybrid": {"fitb_expected": [1.0 / (1 + r) for r in ranks], "rank": ranks}}}
+
+
+def test_a_variant_is_paired_with_the_baseline_seed_by_seed_on_the_same_queries():
+    base = {s: {**_report(s), "per_query": _per_query([0, 20, 60, 5])} for s in (0, 1)}
+    other = {s: {**_report(s), "per_query": _per_query([0, 5, 30, 5])} for s in (0, 1, 2)}
+    out = against_baseline(other, base, "test")
+    assert sorted(out) == [0, 1]                          # seed 2 has no baseline run
+    assert out[0]["hr@10"]["diff"] == pytest.approx(0.25) and out[0]["hr@50"]["diff"] == pytest.approx(0.25)
+    del base[1]["per_query"]                              # a report written before per-query records
+    other[0]["per_query"] = _per_query([0, 5, 30, 5], keys=["a", "b", "c", "d"])   # other queries: not paired
+    assert against_baseline(other, base, "test") == {}
+    summary = summarise_variant({s: other[s] for s in (0, 1)})
+    summary["vs_baseline"] = {"test": out}
+    table = format_quality({"variants": {"hard": {"settings": {}, **summary}}})
+    assert "hybrid minus default's hybrid, test split" in table and "| 0 | +0." in table
 
 
 def _run(out, variant, seed, **settings):
