@@ -17,7 +17,7 @@ HYBRID_FORMS = ("fitted", "paper")
 LOSSES = ("triplet", "softmax")
 MINING = ("random", "hard")
 ATTENTION = ("paper", "sharpness")
-NEGATIVES_FROM = ("pair", "batch")
+NEGATIVES_FROM = ("auto", "pair", "batch")
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ class TrainConfig(JobConfig):
     weight_decay: float = 1e-4
     margin: float = defaults.MARGIN
     negatives: int = 16             # same-category negatives per (scene, positive)
-    negatives_from: str = "pair"    # pair: each scene ranks its positive against its own K | batch: against every
-                                    #   product of the batch of its category that is not in it (frozen mode)
+    negatives_from: str = "auto"    # pair: each scene ranks its positive against its own K | batch: against every
+                                    #   product of the batch of its category that is not in it (frozen mode) |
+                                    #   auto: batch in frozen mode, pair in finetune (docs/quality.md, sixth round)
     loss: str = "softmax"           # softmax (InfoNCE over the negatives, temperature) | triplet (margin); the
                                     #   default since the fourth round (docs/quality.md), triplet with 4 before
     temperature: float = TEMPERATURE   # of the softmax loss (pipeline.distances)
@@ -61,6 +62,11 @@ class TrainConfig(JobConfig):
     hybrid: str = "fitted"          # fitted: a local weight per category from validation | paper: (d_g + d_l) / 2
     device: str = "auto"
     workers: int | None = None
+
+    @property
+    def shares_negatives(self) -> bool:
+        """Whether each scene ranks against every product of its batch (negatives_from batch, or auto when frozen)."""
+        return self.negatives_from == "batch" or (self.negatives_from == "auto" and self.mode == "frozen")
 
     @property
     def split_seed(self) -> int:

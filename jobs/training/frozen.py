@@ -70,16 +70,16 @@ class TripletBatches:
 def triplet_step(embedder: StyleEmbedder, scene_maps, pos_feats, neg_feats, cats, cfg,
                  shared: torch.Tensor | None = None) -> torch.Tensor:
     """The ranking loss of one batch (features in, scalar loss out; jobs.training.strategy.ranking_loss, or
-    shared_ranking_loss over every product of the batch when cfg.negatives_from is "batch")."""
+    shared_ranking_loss over every product of the batch when cfg.shares_negatives)."""
     b, k = neg_feats.shape[:2]
     f_s, f_i = embedder.scene_from_features(scene_maps)
     # Positives, then negatives: two calls, so each draws its own dropout mask in this order.
     f_pos = embedder.product_from_features(pos_feats)
     f_neg = embedder.product_from_features(neg_feats.reshape(b * k, *neg_feats.shape[2:])).reshape(b, k, -1)
     f_p = torch.cat([f_pos.unsqueeze(1), f_neg], dim=1)
-    if cfg.negatives_from == "batch":
+    if cfg.shares_negatives:
         if shared is None:
-            raise ValueError("negatives_from='batch' needs the batch's shared-negatives mask")
+            raise ValueError("shared negatives need the batch's shared-negatives mask")
         e_k = embedder.category_embeddings(torch.arange(len(embedder.categories)))
         return shared_ranking_loss(f_s, f_i, f_p.reshape(b * (1 + k), -1), e_k, cats.repeat_interleave(1 + k),
                                    torch.arange(b) * (1 + k), shared, cfg)

@@ -208,7 +208,8 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--negatives", type=click.IntRange(min=1), default=TrainConfig.negatives, show_default=True)
 @click.option("--negatives-from", type=click.Choice(NEGATIVES_FROM), default=TrainConfig.negatives_from,
               show_default=True, help="pair: each scene against its own --negatives; batch: against every product "
-                                      "of the batch of its category that is not in it (frozen mode)")
+                                      "of the batch of its category that is not in it (frozen mode); auto: batch "
+                                      "when frozen, pair when fine-tuning")
 @click.option("--exclusion", type=click.Choice(EXCLUSION_MODES), default=TrainConfig.exclusion, show_default=True,
               help="leave the product out of its scene by masking its box or cropping to the largest band beside it")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default=TrainConfig.device, show_default=True)

@@ -51,3 +51,12 @@ def test_check_names_the_setting_a_run_cannot_use(change, named):
     with pytest.raises(InputError, match=named):
         TrainConfig(**change).check()
     assert TrainConfig().check() == TrainConfig()
+
+
+@pytest.mark.parametrize("negatives_from, mode, shares", [
+    ("auto", "frozen", True), ("auto", "finetune", False), ("batch", "frozen", True),
+    ("pair", "frozen", False), ("pair", "finetune", False),
+])
+def test_auto_negatives_are_the_batch_when_frozen_and_the_pair_when_fine_tuning(negatives_from, mode, shares):
+    cfg = TrainConfig(negatives_from=negatives_from, mode=mode).check()
+    assert cfg.shares_negatives is shares

@@ -131,3 +131,14 @@ def test_the_attention_sharpness_is_learnt_by_default_and_stays_the_papers_when_
     train(sample, run, config=CFG.replace(attention="paper"), progress=False)
     kept = load_checkpoint(run / "checkpoint.pt", with_backbone=False).embedder.attention_sharpness_by_name()
     assert kept == dict.fromkeys(learnt, 1.0)
+
+
+def test_each_scene_against_its_own_negatives_still_trains_and_differs_from_the_batch_default(trained, tmp_path,
+                                                                                             sample):
+    out, summary = trained
+    assert CFG.shares_negatives                                    # the frozen default: the batch's negatives
+    run = copy_run(out, tmp_path / "pair", cache_only=True)
+    pair = train(sample, run, config=CFG.replace(negatives_from="pair"), progress=False)
+    assert pair.history[-1]["loss"] < pair.history[0]["loss"]
+    assert [h["loss"] for h in pair.history] != [h["loss"] for h in summary.history]
+    assert json.loads((run / "config.json").read_text())["negatives_from"] == "pair"
