@@ -16,6 +16,7 @@ JOBS = {
     "train": "jobs.training.train:train_command",
     "evaluate": "jobs.evaluation.evaluate:evaluate_command",
     "quality": "jobs.evaluation.quality:quality_command",
+    "compare": "jobs.evaluation.compare:compare_command",
     "embed-catalog": "jobs.catalog.embed_catalog:embed_catalog_command",
     "build-index": "jobs.catalog.build_index:build_index_command",
     "update-index": "jobs.catalog.update_index:update_index_command",

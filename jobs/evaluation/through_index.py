@@ -100,6 +100,7 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
     cuts = [f * k for f in cut_factors]
     known = set(retriever.categories)
     two_stage, exhaustive, skipped = [], [], {"category not in the index": 0, "positive not in the index": 0}
+    keys: list[str] = []
     sweep_cs = sorted({f * candidates for f in SWEEP_FACTORS})
     swept: dict[int, list[int | None]] = {c: [] for c in sweep_cs}
     per_category: dict[int, list[float]] = {c: [] for c in cuts}
@@ -117,6 +118,7 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
             skipped["positive not in the index"] += 1
             continue
         exhaustive.append(rank)
+        keys.append(f"{query.scene_id}/{query.product_id}")
         for c in sweep_cs:
             cut = retriever.retrieve(scene, k=c, candidates=c, category=query.category)
             swept[c].append(_rank(cut.hits, query.product_id))
@@ -147,5 +149,22 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
                     "product of its category by Retriever.retrieve(category=c): two-stage with C = `candidates` "
                     "(a positive outside the top C is a miss) and exhaustive (C = every product of the category); "
                     "candidate_cut: mean overlap of the two-stage top-k with the exhaustive top-k",
+        "per_query": {"keys": keys, "exhaustive": exhaustive, "two_stage": two_stage},
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def compare_through_index(a: dict, b: dict, *, seed: int = defaults.SEED) -> dict:
+    """Run a minus run b through the index, on the same queries (two `through_index` sections with per_query):
+    HR@10 and HR@50, exhaustive and two-stage (each at its own C), with 95% paired bootstrap intervals. Refused
+    unless both ranked the same queries in the same order."""
+    if "per_query" not in a or "per_query" not in b:
+        raise ValueError("a through_index section without per-query ranks (evaluated before they were kept)")
+    if a["per_query"]["keys"] != b["per_query"]["keys"]:
+        raise ValueError("the two runs were not ranked through the index on the same queries")
+    out = {"candidates": [a["candidates"], b["candidates"]], "n_queries": len(a["per_query"]["keys"])}
+    for how in ("exhaustive", "two_stage"):
+        out[how] = {f"hr@{k}": paired_bootstrap(hit_indicators(a["per_query"][how], k),
+                                                hit_indicators(b["per_query"][how], k), seed=seed)
+                    for k in AGREEMENT_KS}
+    return out

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from jobs.data.datasets import Pair
-from jobs.evaluation.through_index import ranking_figures, smallest_cut, through_index_report
+from jobs.evaluation.through_index import compare_through_index, ranking_figures, smallest_cut, through_index_report
 from pipeline.evaluation import Query
 from pipeline.images import load_image
 from pipeline.scene_crops import exclude_product
@@ -105,3 +105,23 @@ def test_with_every_product_as_candidate_the_sweep_agrees_at_once_and_intervals_
     for way in ("two_stage", "exhaustive"):
         for metric, (lo, hi) in got["intervals"][way].items():
             assert lo - 1e-12 <= got[way][metric] <= hi + 1e-12, (way, metric)
+
+
+def test_the_per_query_ranks_are_the_figures_and_a_comparison_pairs_them(world, retriever, queries):
+    _, qs = queries
+    cut = report(world, retriever, queries, candidates=1, k=1, cut_factors=(1,))
+    full = report(world, retriever, queries, candidates=PER_CATEGORY, k=1, cut_factors=(1,))
+    assert cut["per_query"]["keys"] == [f"{q.scene_id}/{q.product_id}" for q in qs]
+    for way in ("exhaustive", "two_stage"):
+        assert ranking_figures(cut["per_query"][way]) == cut[way]
+    diff = compare_through_index(cut, full)
+    assert diff["candidates"] == [1, PER_CATEGORY] and diff["n_queries"] == len(qs)
+    for k in (10, 50):
+        assert diff["exhaustive"][f"hr@{k}"]["diff"] == 0.0            # the same model, the same exhaustive ranks
+        assert diff["two_stage"][f"hr@{k}"]["diff"] == pytest.approx(
+            cut["two_stage"][f"hr@{k}"] - full["two_stage"][f"hr@{k}"], abs=1e-12)
+    shuffled = {**full, "per_query": {**full["per_query"], "keys": full["per_query"]["keys"][::-1]}}
+    with pytest.raises(ValueError, match="same queries"):
+        compare_through_index(cut, shuffled)
+    with pytest.raises(ValueError, match="per-query"):
+        compare_through_index(cut, {k: v for k, v in full.items() if k != "per_query"})
