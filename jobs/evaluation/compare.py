@@ -75,6 +75,8 @@ def format_comparison(result: dict, first: str, second: str) -> str:
         for how, label in (("exhaustive", "exhaustive"), ("two_stage", f"two-stage C={c_a}" +
                                                           ("" if c_a == c_b else f" vs {c_b}"))):
             lines.append(f"  {label:<19}" + "  ".join(f"{k} {_cell(d)}" for k, d in through[how].items()))
+        for c, diffs in through.get("sweep", {}).items():
+            lines.append(f"  {'two-stage C=' + c:<19}" + "  ".join(f"{k} {_cell(d)}" for k, d in diffs.items()))
     return "\n".join(lines)
 
 

@@ -149,22 +149,27 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
                     "product of its category by Retriever.retrieve(category=c): two-stage with C = `candidates` "
                     "(a positive outside the top C is a miss) and exhaustive (C = every product of the category); "
                     "candidate_cut: mean overlap of the two-stage top-k with the exhaustive top-k",
-        "per_query": {"keys": keys, "exhaustive": exhaustive, "two_stage": two_stage},
+        "per_query": {"keys": keys, "exhaustive": exhaustive, "two_stage": two_stage,
+                      "sweep": {str(c): swept[c] for c in sweep_cs}},
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
 def compare_through_index(a: dict, b: dict, *, seed: int = defaults.SEED) -> dict:
     """Run a minus run b through the index, on the same queries (two `through_index` sections with per_query):
-    HR@10 and HR@50, exhaustive and two-stage (each at its own C), with 95% paired bootstrap intervals. Refused
-    unless both ranked the same queries in the same order."""
+    HR@10 and HR@50, exhaustive, two-stage (each at its own C) and two-stage at every C both swept, with 95%
+    paired bootstrap intervals. Refused unless both ranked the same queries in the same order."""
     if "per_query" not in a or "per_query" not in b:
         raise ValueError("a through_index section without per-query ranks (evaluated before they were kept)")
     if a["per_query"]["keys"] != b["per_query"]["keys"]:
         raise ValueError("the two runs were not ranked through the index on the same queries")
     out = {"candidates": [a["candidates"], b["candidates"]], "n_queries": len(a["per_query"]["keys"])}
+    def paired(ranks_a, ranks_b) -> dict:
+        return {f"hr@{k}": paired_bootstrap(hit_indicators(ranks_a, k), hit_indicators(ranks_b, k), seed=seed)
+                for k in AGREEMENT_KS}
+
     for how in ("exhaustive", "two_stage"):
-        out[how] = {f"hr@{k}": paired_bootstrap(hit_indicators(a["per_query"][how], k),
-                                                hit_indicators(b["per_query"][how], k), seed=seed)
-                    for k in AGREEMENT_KS}
+        out[how] = paired(a["per_query"][how], b["per_query"][how])
+    sweep_a, sweep_b = a["per_query"].get("sweep", {}), b["per_query"].get("sweep", {})
+    out["sweep"] = {c: paired(sweep_a[c], sweep_b[c]) for c in sorted(set(sweep_a) & set(sweep_b), key=int)}
     return out

@@ -120,6 +120,10 @@ def test_the_per_query_ranks_are_the_figures_and_a_comparison_pairs_them(world, 
         assert diff["exhaustive"][f"hr@{k}"]["diff"] == 0.0            # the same model, the same exhaustive ranks
         assert diff["two_stage"][f"hr@{k}"]["diff"] == pytest.approx(
             cut["two_stage"][f"hr@{k}"] - full["two_stage"][f"hr@{k}"], abs=1e-12)
+    doubled = report(world, retriever, queries, candidates=2, k=1, cut_factors=(1,))    # swept at 2, 4 and 8
+    same_c = compare_through_index(cut, doubled)["sweep"]                              # cut swept 1, 2 and 4
+    assert list(same_c) == ["2", "4"]
+    assert all(d["diff"] == 0.0 for by_k in same_c.values() for d in by_k.values())   # one model, one ranking
     shuffled = {**full, "per_query": {**full["per_query"], "keys": full["per_query"]["keys"][::-1]}}
     with pytest.raises(ValueError, match="same queries"):
         compare_through_index(cut, shuffled)
