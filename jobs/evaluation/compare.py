@@ -76,6 +76,8 @@ def format_comparison(result: dict, first: str, second: str) -> str:
                                                           ("" if c_a == c_b else f" vs {c_b}"))):
             lines.append(f"  {label:<19}" + "  ".join(f"{k} {_cell(d)}" for k, d in through[how].items()))
         for c, diffs in through.get("sweep", {}).items():
+            if c_a == c_b == int(c):        # the line above already
+                continue
             lines.append(f"  {'two-stage C=' + c:<19}" + "  ".join(f"{k} {_cell(d)}" for k, d in diffs.items()))
     return "\n".join(lines)
 

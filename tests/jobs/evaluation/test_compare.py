@@ -22,7 +22,8 @@ def fake_report(seed: int, *, keys=KEYS, through: bool = False) -> dict:
     if through:
         ranks = rng.integers(0, 300, len(keys)).tolist()
         report["through_index"] = {"candidates": 200, "per_query": {
-            "keys": list(keys), "exhaustive": ranks, "two_stage": [r if r < 200 else None for r in ranks]}}
+            "keys": list(keys), "exhaustive": ranks, "two_stage": [r if r < 200 else None for r in ranks],
+            "sweep": {str(c): [r if r < c else None for r in ranks] for c in (200, 400)}}}
     return report
 
 
@@ -60,7 +61,8 @@ def test_cli_prints_both_comparisons(tmp_path):
     result = CliRunner().invoke(ctl, ["compare", a, b])
     assert result.exit_code == 0, result.output
     assert "on the same 40 queries" in result.output
-    assert "sampled negatives" in result.output and "two-stage C=200" in result.output
+    assert "sampled negatives" in result.output and result.output.count("two-stage C=200") == 1
+    assert "two-stage C=400" in result.output
 
 
 @pytest.mark.parametrize("second, code, says", [
