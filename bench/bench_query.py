@@ -6,13 +6,17 @@
     the retriever's own backbone and input layout, channels_last) -- the floor of any query, since a
     scene must pass the network once;
 (2) warm query: ``Retriever.retrieve(path)`` on a loaded retriever, end to end: JPEG decode, resize,
-    backbone, heads, FAISS top-C by global distance, exact hybrid re-rank of the C candidates, top-k
-    hits with their metadata. Also timed from an already decoded PIL image.
+    backbone, heads, FAISS top-C by the retriever's stage 1 (--stage1: each category's hybrid query, or the
+    global embedding), exact hybrid re-rank of the C candidates, top-k hits with their metadata. Also timed
+    from an already decoded PIL image.
 Bare and query runs are interleaved scene by scene and medians are compared, so a slow patch of a
 shared machine hits both alike. Target: warm query / bare forward <= 1.15.
 (2b) whole look: ``Retriever.look(path)`` (every category of the index: one forward, stage 1 per category,
     one batched re-rank, attention grids, presence), interleaved with the same scene's ``retrieve``. Target:
     look / retrieve <= 1.5 (issue 13).
+(2c) stage 1 by hybrid query against stage 1 by global embedding, on the same encoded scenes, interleaved:
+    retrieve (every category: one search per category by its own query, against one search) and the whole
+    look (per category either way); the ratios say what searching by the hybrid costs.
 (3) cold: wall time of the ``ctl-retrieve`` command in a fresh process (interpreter, imports, checkpoint
     and index load, one query), beside ``python -c "import torch, faiss"`` for scale.
 
@@ -147,7 +151,7 @@ def stage_times(retriever, scene: Path, *, k: int, candidates: int) -> list[floa
     t3 = time.perf_counter()
     with one_thread():
         count = min(max(candidates, k), len(retriever))
-        rows = retriever.candidates(f_s, count)
+        rows = retriever.stage1_batch(f_s, f_i, count)[0]
         t4 = time.perf_counter()
         d = retriever.rerank(f_s, f_i, rows)
         t5 = time.perf_counter()
@@ -222,6 +226,27 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
     }
 
 
+def stage1_modes(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
+    """Median ms after the forward of retrieve and the whole look with each stage 1, interleaved scene by scene."""
+    modes = {mode: retriever.with_stage1(mode) for mode in defaults.STAGE1_MODES}
+    encoded = [retriever.encode_scene(p) for p in scenes]
+    times = {(mode, what): [] for mode in modes for what in ("retrieve", "look")}
+    for q in range(queries + 2):
+        scene = encoded[q % len(encoded)]
+        for mode, r in modes.items():
+            t0 = time.perf_counter()
+            r.retrieve(scene, k=k, candidates=candidates)
+            t1 = time.perf_counter()
+            r.look(scene, k=look_k, candidates=candidates, include_present=True)
+            t2 = time.perf_counter()
+            if q >= 2:   # the first two: warm-up (category blocks, selectors)
+                times[mode, "retrieve"].append(t1 - t0)
+                times[mode, "look"].append(t2 - t1)
+    ms = {f"{mode}_{what}_ms": _ms(v) for (mode, what), v in times.items()}
+    return {**ms, "ratio_retrieve": ms["hybrid_retrieve_ms"] / ms["global_retrieve_ms"],
+            "ratio_look": ms["hybrid_look_ms"] / ms["global_look_ms"]}
+
+
 def cold(ckpt: Path, index_dir: Path, scene: Path, *, runs: int, k: int) -> dict:
     exe = Path(sys.executable).parent / "ctl-retrieve"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "jobs.retrieve_cli"]
@@ -245,6 +270,8 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3, help="ctl-retrieve processes to time (0: skip)")
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--candidates", type=int, default=defaults.CANDIDATES)
+    ap.add_argument("--stage1", choices=defaults.STAGE1_MODES, default=defaults.STAGE1,
+                    help="what the warm figures' stage 1 searches by")
     ap.add_argument("--look-k", type=int, default=defaults.LOOK_K, help="products per category in the look")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N",
                     help="use a synthetic catalogue of N products even when the sample's artifacts exist")
@@ -258,7 +285,7 @@ def main() -> int:
     ckpt, index_dir, scenes, source, tmp = find_artifacts(args.synthetic, 10, prefix="bench-query-")
     try:
         t0 = time.perf_counter()
-        retriever = Retriever.load(checkpoint=ckpt, index_dir=index_dir)
+        retriever = Retriever.load(checkpoint=ckpt, index_dir=index_dir, stage1=args.stage1)
         load_s = time.perf_counter() - t0
         info = retriever.index.info
         print(f"catalogue: {source}: {len(retriever)} products, index {info.factory} "
@@ -268,7 +295,8 @@ def main() -> int:
               f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
               f"load average {os.getloadavg()[0]:.2f} before")
         w = warm(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates, look_k=args.look_k)
-        print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}):")
+        print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}, stage 1 by "
+              f"{retriever.stage1}):")
         print(f"  bare backbone forward, 1 scene       {w['bare_forward_ms']:8.1f} ms")
         print(f"  retrieve(path)                       {w['query_from_path_ms']:8.1f} ms   "
               f"x{w['ratio_path']:.3f} of the forward (target <= 1.15)")
@@ -288,9 +316,16 @@ def main() -> int:
         print("  stage by stage:")
         for name, ms in w["stages_ms"].items():
             print(f"    {name:<34} {ms:8.2f} ms")
+        s1 = stage1_modes(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates,
+                          look_k=args.look_k)
+        print("  stage 1 by hybrid query against by global embedding (after the forward, interleaved):")
+        print(f"    retrieve  {s1['hybrid_retrieve_ms']:6.2f} ms against {s1['global_retrieve_ms']:6.2f} ms   "
+              f"x{s1['ratio_retrieve']:.3f}")
+        print(f"    look, all categories  {s1['hybrid_look_ms']:6.2f} ms against {s1['global_look_ms']:6.2f} ms   "
+              f"x{s1['ratio_look']:.3f}")
         print(f"  (load average {os.getloadavg()[0]:.2f} after the warm run)")
         result = {"source": source, "n_products": len(retriever), "factory": info.factory,
-                  "load_s": load_s, "warm": w}
+                  "load_s": load_s, "stage1": retriever.stage1, "warm": w, "stage1_modes": s1}
         if args.cold > 0:
             c = cold(ckpt, index_dir, scenes[0], runs=args.cold, k=args.k)
             print(f"\ncold ctl-retrieve (fresh process, load + 1 query), median of {c['runs']}: "

@@ -34,6 +34,11 @@ K = 20
 LOOK_K = 4            # products per category in a whole look
 DEMO_K = 10           # products in the demos' flat retrieval (`ctl demo`, `ctl update-demo`)
 CANDIDATES = 200
+# What stage 1 searches the index by: hybrid (each category's hybrid query, pipeline.distances.hybrid_queries: the
+# candidates are the hybrid's own nearest, so two-stage equals exhaustive on an exact index) | global (the scene's
+# global embedding, as the paper's pipeline; docs/quality.md, seventh round)
+STAGE1 = "hybrid"
+STAGE1_MODES = ("hybrid", "global")
 PRESENCE_THRESHOLD = 0.5   # a category with presence probability >= this is judged already in the scene
 
 # -- the index ---------------------------------------------------------------------------------------

@@ -149,8 +149,11 @@ def check_combination(ctx, *, look: bool, products: tuple, category, include_pre
               help=f"how many products to return [default: {defaults.K}; per category with --look: "
                    f"{defaults.LOOK_K}]")
 @click.option("--candidates", type=click.IntRange(min=1), default=defaults.CANDIDATES, show_default=True,
-              help="stage-1 candidates pulled by global distance before the hybrid re-rank (per category with "
+              help="stage-1 candidates pulled from the index before the exact hybrid re-rank (per category with "
                    "--look or --category)")
+@click.option("--stage1", type=click.Choice(defaults.STAGE1_MODES), default=defaults.STAGE1, show_default=True,
+              help="what stage 1 searches the index by: each category's hybrid query (its candidates are the "
+                   "hybrid's own nearest) or the scene's global embedding (the paper's pipeline)")
 @click.option("--category", default=None,
               help="only products of this category: its full name, or its last '|' part, in any case")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -161,15 +164,16 @@ def check_combination(ctx, *, look: bool, products: tuple, category, include_pre
                    "(with --look: one row per category, its attention map beside its products)")
 @click.option("--device", default="cpu", show_default=True, callback=device_name, help="cpu, cuda or cuda:N")
 @click.pass_context
-def main(ctx, scene, look, include_present, products, k, candidates, category, fmt, index_dir, checkpoint, sheet,
-         device) -> None:
+def main(ctx, scene, look, include_present, products, k, candidates, stage1, category, fmt, index_dir, checkpoint,
+         sheet, device) -> None:
     """Recommend products that complete the look of SCENE.
 
     --look: the whole look, for each category missing from the scene (judged by the checkpoint's
     presence head) its best products and the category's attention over the scene. Without it: the
     nearest products of any category, best first (--category: of one category). --product ID: whether
-    each product completes the scene. Stage 1 pulls the C products nearest the scene by global distance
-    from the FAISS index; stage 2 re-ranks them by exact hybrid (global + attention-weighted local) distance.
+    each product completes the scene. Stage 1 pulls C products from the FAISS index by each category's hybrid
+    query (or, --stage1 global, by the scene's global embedding); stage 2 re-ranks them by exact hybrid
+    (global + attention-weighted local) distance.
     """
     check_combination(ctx, look=look, products=products, category=category, include_present=include_present,
                       sheet=sheet)
@@ -180,7 +184,7 @@ def main(ctx, scene, look, include_present, products, k, candidates, category, f
         raise InputError(f"scene {exc}") from None
     except OSError as exc:
         raise InputError(f"scene {scene}: cannot read ({exc.strerror or exc})") from None
-    retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+    retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device, stage1=stage1)
     if retriever.checkpoint.training_data == "sample":
         click.echo(f"note: {SAMPLE_MODEL_NOTE}", err=True)
     if products:

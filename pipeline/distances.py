@@ -125,6 +125,31 @@ def all_distances_by_category(f_s, f_i, f_p, e_k, category_of,
     return {"global": d_g, "local": d_l, "hybrid": combine(d_g, d_l, local_weight), "paper": combine(d_g, d_l)}
 
 
+def hybrid_queries(f_s: torch.Tensor, f_i: torch.Tensor, e_k: torch.Tensor,
+                   local_weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Per scene and category, the vector whose inner product ranks that category's products by d_h -> B x K x d.
+
+    f_s: B x d, f_i: B x R x d, e_k: B x K x d, local_weight: B x K, a scalar or None (the paper's 1/2).
+    The attention depends on the scene and the category alone and sums to 1, so for a product p of category k
+    d_h = const(s, k) + ||f_p||^2 - 2 <q_k, f_p> with q_k = (1 - w_k) f_s + w_k sum_r a_r(s, k) f_i[r]
+    (local_distance_by_category's factoring). Every product embedding is a unit vector (the index's contract),
+    so within a category the largest <q_k, f_p> are exactly the smallest hybrid distances, and with unit f_s
+    and f_i[r], d_h = 2 - 2 <q_k, f_p>: stage 1 can search the index by the hybrid itself (tested against
+    all_distances_by_category). With w = 0, q_k = f_s: the global-distance stage.
+    """
+    _check("f_s", f_s, 2, "B x d")
+    _check("f_i", f_i, 3, "B x R x d")
+    _check("e_k", e_k, 3, "B x K x d")
+    _check_same("f_s", f_s.shape[0], "f_i", f_i.shape[0], "batch size B")
+    pooled = attention_weights(f_i, e_k) @ f_i                         # B x K x d: sum_r a_r f_i[r]
+    w = torch.full(pooled.shape[:2], PAPER_LOCAL_WEIGHT, dtype=pooled.dtype, device=pooled.device) \
+        if local_weight is None else torch.as_tensor(local_weight, dtype=pooled.dtype, device=pooled.device)
+    if w.ndim and w.shape != pooled.shape[:2]:
+        raise ValueError(f"local_weight must be a scalar or B x K = {tuple(pooled.shape[:2])}, got {tuple(w.shape)}")
+    w = w.expand(pooled.shape[:2]).unsqueeze(-1)
+    return (1.0 - w) * f_s.unsqueeze(1) + w * pooled
+
+
 def all_distances_shared(f_s, f_i, f_p, e_k, category_of,
                          local_weight: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:
     """all_distances_by_category when every scene meets the same products: f_p M x d, e_k K x d, category_of M

@@ -1,8 +1,12 @@
-"""Two-stage retrieval: FAISS top-C by global distance, then an exact hybrid re-rank of those C candidates.
+"""Two-stage retrieval: FAISS top-C by the hybrid distance's query, then an exact hybrid re-rank of those C.
 
-Stage 1 searches the product index by inner product with the scene's global embedding f_s. For unit
-vectors d_g = ||f_s - f_p||^2 = 2 - 2 <f_s, f_p>, so the inner-product order is the d_g order.
-Stage 2 computes global, local and hybrid distances of the C candidates with
+Stage 1 searches the product index by inner product, per category c, with the scene's hybrid query
+q_c = (1 - w_c) f_s + w_c sum_r a_r(s, c) f_i[r] (pipeline.distances.hybrid_queries): for unit product
+vectors the inner-product order within a category is the d_h order, so the C candidates are the hybrid's
+own nearest and, on an exact index, two-stage equals exhaustive ranking. A search over every category
+searches each by its own query and keeps the C best. `stage1="global"` searches by the scene's global
+embedding f_s instead (the paper's pipeline: for unit vectors d_g = 2 - 2 <f_s, f_p>), one search for
+every category at once. Stage 2 computes global, local and hybrid distances of the C candidates with
 :func:`pipeline.distances.all_distances_by_category` (the one definition of the distances, factored per
 category; tested equal to the explicit all_distances), using each candidate's
 row-aligned embedding from ``embeddings.f16.npy``, the checkpoint's embedding of its category and its
@@ -34,7 +38,7 @@ from index.store import ProductIndex
 from pipeline.calibration import FILE as CALIBRATION_FILE
 from pipeline.calibration import CalibrationError, Cohort, Platt, cohort_normalise, load_calibrations
 from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
-from pipeline.distances import all_distances_by_category, attention_weights
+from pipeline.distances import all_distances_by_category, attention_weights, hybrid_queries
 from pipeline.images import image_to_tensor, load_image
 from retrieval.results import (
     CategoryLook,
@@ -52,10 +56,14 @@ from retrieval.results import (
 class Retriever:
     """Checkpoint and product index loaded once; answers one scene at a time."""
 
-    def __init__(self, checkpoint: Checkpoint, index: ProductIndex, *, device: str | torch.device = "cpu"):
+    def __init__(self, checkpoint: Checkpoint, index: ProductIndex, *, device: str | torch.device = "cpu",
+                 stage1: str = defaults.STAGE1):
         embedder = checkpoint.embedder
         if embedder.backbone is None:
             raise RetrievalError("the checkpoint was loaded without a backbone; scenes cannot be encoded")
+        if stage1 not in defaults.STAGE1_MODES:
+            raise RetrievalError(f"unknown stage 1 {stage1!r}; known: {', '.join(defaults.STAGE1_MODES)}")
+        self.stage1 = stage1
         index.require_checkpoint(checkpoint.sha256)
         self.checkpoint = checkpoint
         self.device = torch.device(device)
@@ -106,6 +114,14 @@ class Retriever:
         other._bind(index)
         return other
 
+    def with_stage1(self, stage1: str) -> Retriever:
+        """A retriever sharing this one's model and index whose stage 1 searches by `stage1` (hybrid | global)."""
+        if stage1 not in defaults.STAGE1_MODES:
+            raise RetrievalError(f"unknown stage 1 {stage1!r}; known: {', '.join(defaults.STAGE1_MODES)}")
+        other = copy.copy(self)
+        other.stage1 = stage1
+        return other
+
     @classmethod
     def load(
         cls,
@@ -113,6 +129,7 @@ class Retriever:
         checkpoint: str | os.PathLike = defaults.CHECKPOINT,
         index_dir: str | os.PathLike = defaults.INDEX_DIR,
         device: str | torch.device = "cpu",
+        stage1: str = defaults.STAGE1,
     ) -> Retriever:
         """Load the index (memory-mapped where FAISS allows) and the checkpoint; refuse a mismatched pair.
 
@@ -122,7 +139,7 @@ class Retriever:
         device = resolve_device(device)
         index = ProductIndex.load(index_dir)
         index.require_checkpoint(check_checkpoint(checkpoint))  # refuse a wrong file or pair before the model
-        return cls(load_checkpoint(checkpoint, device=device), index, device=device)
+        return cls(load_checkpoint(checkpoint, device=device), index, device=device, stage1=stage1)
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -225,7 +242,8 @@ class Retriever:
         return x.contiguous(memory_format=torch.channels_last)
 
     def candidates(self, f_s: torch.Tensor, count: int, *, category: str | None = None) -> np.ndarray:
-        """Stage 1: the rows of the `count` products nearest by global distance (FAISS inner product)."""
+        """Stage 1 by global distance (`stage1="global"`): the rows of the `count` products nearest f_s (FAISS
+        inner product)."""
         return self.candidates_batch(f_s.reshape(1, -1), count, category=category)[0]
 
     def candidates_batch(self, f_s: torch.Tensor, count: int, *, category: str | None = None) -> list[np.ndarray]:
@@ -235,6 +253,51 @@ class Retriever:
             return [np.zeros(0, dtype=np.int64) for _ in range(len(xq))]
         _, found = self.index.search(xq, int(count), category=category)
         return [rows[rows >= 0] for rows in np.asarray(found, dtype=np.int64)]
+
+    def stage1_batch(self, f_s: torch.Tensor, f_i: torch.Tensor, count: int, *,
+                     category: str | None = None) -> list[np.ndarray]:
+        """Stage 1 for B scenes (f_s: B x d, f_i: B x R x d): each scene's `count` rows, by `self.stage1`.
+
+        hybrid: within `category`, the rows of the largest <q_c, f_p> (the smallest hybrid distances); over
+        every category, each category searched by its own query and the `count` best scores of them all kept
+        (ties by row). global: candidates_batch, the nearest by global distance.
+        """
+        if self.stage1 == "global":
+            return self.candidates_batch(f_s, count, category=category)
+        if count < 1:
+            return [np.zeros(0, dtype=np.int64) for _ in range(len(f_s))]
+        names = [category] if category is not None else \
+            [c for c in self.index.categories if len(self.index.rows_for_category(c))]
+        queries = self.hybrid_queries(f_s, f_i, names)                  # B x K x d
+        if len(names) == 1:
+            _, found = self.index.search(queries[:, 0], int(count), category=names[0])
+            return [rows[rows >= 0] for rows in np.asarray(found, dtype=np.int64)]
+        scores, rows = [], []
+        for j, name in enumerate(names):
+            D, found = self.index.search(queries[:, j], min(int(count), len(self.index.rows_for_category(name))),
+                                         category=name)
+            scores.append(D)
+            rows.append(np.asarray(found, dtype=np.int64))
+        scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
+        out = []
+        for b in range(len(rows)):
+            keep = rows[b] >= 0
+            order = np.lexsort((rows[b][keep], -scores[b][keep]))[:count]
+            out.append(rows[b][keep][order])
+        return out
+
+    def hybrid_queries(self, f_s: torch.Tensor, f_i: torch.Tensor, names: Sequence[str]) -> np.ndarray:
+        """B x K x d float32: each scene's hybrid query for each named category (its own local weight)."""
+        unknown = [n for n in names if n not in self._category_to_index]
+        if unknown:
+            raise RetrievalError(_unknown_categories(unknown, self.embedder.categories))
+        b = len(f_s)
+        idx = torch.tensor([self._category_to_index[n] for n in names], device=self.device)
+        with torch.inference_mode():
+            q = hybrid_queries(f_s.reshape(b, -1).float(), f_i.reshape(b, f_i.shape[-2], -1).float(),
+                               self._category_table[idx].expand(b, -1, -1),
+                               self.embedder.local_weights(idx).float().expand(b, -1))
+        return np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32)
 
     def rerank(self, f_s: torch.Tensor, f_i: torch.Tensor, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Stage 2: exact global, local and hybrid distances of the products in `rows` (in that order)."""
@@ -258,9 +321,7 @@ class Retriever:
         cat_idx = self._row_category[padded]
         if (cat_idx < 0).any():
             missing = sorted({self.row_category(r) for r in padded[cat_idx < 0]})
-            raise RetrievalError(
-                f"products of categories {missing} are not in the checkpoint's vocabulary "
-                f"({', '.join(self.embedder.categories)}); rebuild the index from a catalogue this model knows")
+            raise RetrievalError(_unknown_categories(missing, self.embedder.categories))
         emb = np.ascontiguousarray(self.index.stored_embeddings(padded.reshape(-1)))
         f_p = torch.from_numpy(emb).to(self.device).float().reshape(len(rows), width, -1)   # torch's cast: SIMD
         # The candidates' few distinct categories: one attention per category, not per product (the factored
@@ -290,7 +351,7 @@ class Retriever:
 
         `category` restricts the search to one category (see resolve_category for the names accepted).
 
-        Stage 1 pulls C = `candidates` products by global distance, raised to k when smaller (k results
+        Stage 1 pulls C = `candidates` products (see stage1_batch), raised to k when smaller (k results
         need k candidates) and capped at the number of products (of `category`, when given); stage 2
         re-ranks them by exact hybrid distance. k larger than the products available returns them all.
 
@@ -314,7 +375,7 @@ class Retriever:
         results = []
         with one_thread():
             with _timed(timings, "stage1"):
-                found = self.candidates_batch(f_s, count, category=category)
+                found = self.stage1_batch(f_s, f_i, count, category=category)
             with _timed(timings, "stage2"):
                 distances = self.rerank_batch(f_s, f_i, found)
                 # Smallest hybrid distance first; ties by global distance, then by row, for a stable answer.
@@ -372,7 +433,7 @@ class Retriever:
                  for scene in scenes]
         with one_thread():
             with _timed(timings, "stage1"):
-                found = self._look_candidates(f_s, [names for names, _, _ in plans], k, candidates)
+                found = self._look_candidates(f_s, f_i, [names for names, _, _ in plans], k, candidates)
             with _timed(timings, "stage2"):
                 rows = [np.concatenate(per) if per else np.zeros(0, dtype=np.int64) for per in found]
                 distances = self.rerank_batch(f_s, f_i, rows)    # every scene's every category in one call
@@ -395,14 +456,15 @@ class Retriever:
             return missing + present, presence, {}
         return missing, presence, {n: presence[n] for n in present}
 
-    def _look_candidates(self, f_s: torch.Tensor, names: list[list[str]], k: int,
+    def _look_candidates(self, f_s: torch.Tensor, f_i: torch.Tensor, names: list[list[str]], k: int,
                          candidates: int) -> list[list[np.ndarray]]:
         """Per scene, per category of its plan, the stage-1 rows: one search per category for its scenes."""
         found: list[dict[str, np.ndarray]] = [{} for _ in names]
         for category in dict.fromkeys(n for per_scene in names for n in per_scene):
             scenes = [b for b, per_scene in enumerate(names) if category in per_scene]
             count = min(max(candidates, k), len(self.index.rows_for_category(category)))
-            for b, rows in zip(scenes, self.candidates_batch(f_s[scenes], count, category=category), strict=True):
+            rows_found = self.stage1_batch(f_s[scenes], f_i[scenes], count, category=category)
+            for b, rows in zip(scenes, rows_found, strict=True):
                 found[b][category] = rows
         return [[found[b][n] for n in per_scene] for b, per_scene in enumerate(names)]
 
@@ -631,6 +693,11 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _unknown_categories(names, vocabulary) -> str:
+    return (f"products of categories {sorted(names)} are not in the checkpoint's vocabulary "
+            f"({', '.join(vocabulary)}); rebuild the index from a catalogue this model knows")
 
 
 def _positive(name: str, value) -> int:

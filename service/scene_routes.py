@@ -23,8 +23,9 @@ router = APIRouter(prefix=f"/{API_VERSION}")
 
 Scene = Annotated[UploadFile, File(description="the scene photo (any image format)")]
 K = Annotated[int, QueryParam(ge=1, description="products (per category for a look); at most --max-k")]
-Candidates = Annotated[int, QueryParam(ge=1, description="stage-1 candidates pulled by global distance before the "
-                                       "exact hybrid re-rank; at most the server's limit")]
+Candidates = Annotated[int, QueryParam(ge=1, description="stage-1 candidates pulled from the index by each "
+                                       "category's hybrid query before the exact hybrid re-rank; at most the "
+                                       "server's limit")]
 Categories = Annotated[list[str] | None, QueryParam(description="repeat for several; default: all")]
 Category = Annotated[str | None, QueryParam(description="only this category (full name or last part)")]
 IncludePresent = Annotated[bool, QueryParam(description="also the categories the scene already shows "

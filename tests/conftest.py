@@ -47,6 +47,12 @@ def retriever(world) -> Retriever:
 
 
 @pytest.fixture(scope="session")
+def global_retriever(world) -> Retriever:
+    """The world's retriever with the paper's stage 1: candidates by global distance."""
+    return Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir, stage1="global")
+
+
+@pytest.fixture(scope="session")
 def scenes(world, retriever):
     """Each test scene encoded once (one backbone forward each)."""
     return [retriever.encode_scene(path) for path in world.scenes]

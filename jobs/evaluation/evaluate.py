@@ -109,7 +109,8 @@ def protocol(queries: list[Query], *, split: str, seed: int, exclusion: str) -> 
 
 def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | None = None,
                    plots: bool = True, device: str = "auto", through_index=None,
-                   candidates: int = defaults.CANDIDATES, refit_calibration: bool = False) -> dict:
+                   candidates: int = defaults.CANDIDATES, stage1: str = defaults.STAGE1,
+                   refit_calibration: bool = False) -> dict:
     """Score every method on the run's `split` and write report.json, report.png, attention.png and
     reliability.png.
 
@@ -176,7 +177,7 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
     if through_index is not None:
         report["through_index"] = through_index_report(
             data.dataset, queries, checkpoint=checkpoint, index_dir=through_index, exclusion=cfg.exclusion,
-            device=dev, candidates=candidates)
+            device=dev, candidates=candidates, stage1=stage1)
     report["seconds"] = round(time.time() - started, 1)
     names = report_files(split)
     if plots:
@@ -228,7 +229,8 @@ def format_extras(report: dict) -> str:
     through = report.get("through_index")
     if through:
         lines.append(f"through the index ({through['n_products']} products, {through['factory']}): each positive "
-                     f"among every product of its category, {through['n_queries']} queries")
+                     f"among every product of its category, {through['n_queries']} queries, stage 1 by "
+                     f"{through.get('stage1', 'global')} distance")
         for way in ("two_stage", "exhaustive"):
             m = through[way]
             label = f"C={through['candidates']}" if way == "two_stage" else "exhaustive"
@@ -265,13 +267,18 @@ def format_extras(report: dict) -> str:
                                  "candidate-cut curve")
 @click.option("--candidates", type=click.IntRange(min=1), default=defaults.CANDIDATES, show_default=True,
               help="with --through-index: stage-1 candidates of the two-stage ranking (as ctl-retrieve and ctl serve)")
+@click.option("--stage1", type=click.Choice(defaults.STAGE1_MODES), default=defaults.STAGE1, show_default=True,
+              help="with --through-index: what stage 1 searches by, each category's hybrid query or the scene's "
+                   "global embedding (the paper's pipeline)")
 @click.option("--refit-calibration", is_flag=True,
               help="fit the classifier's calibration.json again on validation even when it matches the checkpoint "
                    "(e.g. a run calibrated before cohort normalisation)")
-def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index, candidates, refit_calibration):
+def evaluate_command(run_dir, data_dir, split, no_plots, device, through_index, candidates, stage1,
+                     refit_calibration):
     """FITB and HR@K of hybrid, global, local and backbone distances; writes report.json and plots."""
     report = run_evaluation(run_dir, data_dir=data_dir, split=split, plots=not no_plots, device=device,
-                            through_index=through_index, candidates=candidates, refit_calibration=refit_calibration)
+                            through_index=through_index, candidates=candidates, stage1=stage1,
+                            refit_calibration=refit_calibration)
     click.echo(f"{report['n_queries']} {split} queries, about {report['protocol']['rank_negatives_mean']:.0f} "
                f"same-category negatives each for HR@K, {FITB_NEGATIVES} for FITB (chance 0.25)")
     click.echo(format_table(report["methods"]))

@@ -1,6 +1,7 @@
 """Evaluation through the index: each test pair's positive ranked among its whole category by the real Retriever.
 
-Two-stage (FAISS top-C by d_g, exact d_h re-rank) and exhaustively (C = the whole category).
+Two-stage (FAISS top-C by the retriever's stage 1, hybrid query or d_g; exact d_h re-rank) and exhaustively
+(C = the whole category).
 
 The sampled protocol (pipeline.evaluation) ranks the positive among a few hundred drawn negatives and
 never meets the index or the candidate cut; this is what a user of ``ctl-retrieve --category`` or of a
@@ -93,10 +94,12 @@ def _curve(overlaps: dict[int, list[float]]) -> list[dict]:
 
 def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir, exclusion: str,
                          device="cpu", k: int = defaults.K, candidates: int = defaults.CANDIDATES,
-                         cut_factors=CUT_FACTORS, retriever: Retriever | None = None) -> dict:
-    """`report.json`'s `through_index` section (see the module docstring). `retriever` overrides loading one."""
+                         cut_factors=CUT_FACTORS, retriever: Retriever | None = None,
+                         stage1: str = defaults.STAGE1) -> dict:
+    """`report.json`'s `through_index` section (see the module docstring). `retriever` overrides loading one
+    (and its own stage 1 then counts, not `stage1`)."""
     started = time.perf_counter()
-    retriever = retriever or Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+    retriever = retriever or Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device, stage1=stage1)
     cuts = [f * k for f in cut_factors]
     known = set(retriever.categories)
     two_stage, exhaustive, skipped = [], [], {"category not in the index": 0, "positive not in the index": 0}
@@ -136,7 +139,7 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
         "index_dir": str(index_dir), "index_version": retriever.index.version, "n_products": len(retriever),
         "factory": info.factory,
         "products_per_category": {c: int(len(retriever.index.rows_for_category(c))) for c in retriever.categories},
-        "n_queries": len(exhaustive), "skipped": skipped, "candidates": candidates,
+        "n_queries": len(exhaustive), "skipped": skipped, "candidates": candidates, "stage1": retriever.stage1,
         "two_stage": ranking_figures(two_stage), "exhaustive": ranking_figures(exhaustive),
         "intervals": {"two_stage": ranking_intervals(two_stage), "exhaustive": ranking_intervals(exhaustive)},
         "two_stage_cut_positives": int(sum(r is None for r in two_stage)),
@@ -147,6 +150,7 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
         "smallest_c": {"target_overlap": OVERLAP_TARGET, **{name: smallest_cut(c) for name, c in curves.items()}},
         "protocol": "each test pair's scene with its product left out; the positive ranked among every catalogue "
                     "product of its category by Retriever.retrieve(category=c): two-stage with C = `candidates` "
+                    "pulled by `stage1` "
                     "(a positive outside the top C is a miss) and exhaustive (C = every product of the category); "
                     "candidate_cut: mean overlap of the two-stage top-k with the exhaustive top-k",
         "per_query": {"keys": keys, "exhaustive": exhaustive, "two_stage": two_stage,

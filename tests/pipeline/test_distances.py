@@ -11,6 +11,7 @@ from pipeline.distances import (
     attention_weights,
     global_distance,
     hybrid_distance,
+    hybrid_queries,
     local_distance,
     local_distance_by_category,
     shared_softmax_loss,
@@ -157,6 +158,41 @@ def test_all_distances_by_category_equals_all_distances():
     assert explicit.keys() == factored.keys()
     for name in explicit:
         assert torch.allclose(factored[name], explicit[name], atol=1e-12), name
+
+
+def test_hybrid_queries_inner_product_is_the_hybrid_distance_of_every_product():
+    # stage 1 searches the index by these vectors: d_h = 2 - 2 <q_k, f_p> for unit vectors, each category's w
+    f_i, f_p, e_k, category_of, _ = by_category(seed=15)
+    f_s = unit(f_i.shape[0], f_i.shape[-1], seed=16)
+    w_k = torch.rand(e_k.shape[:2], generator=torch.Generator().manual_seed(17), dtype=f_i.dtype)
+    w = torch.gather(w_k, 1, category_of)                              # each product's own category's weight
+    want = all_distances_by_category(f_s, f_i, f_p, e_k, category_of, local_weight=w)["hybrid"]
+    q = hybrid_queries(f_s, f_i, e_k, w_k)                             # B x K x d
+    assert q.shape == e_k.shape
+    q_of_product = torch.gather(q, 1, category_of.unsqueeze(-1).expand(-1, -1, q.shape[-1]))
+    assert torch.allclose(2.0 - 2.0 * (q_of_product * f_p).sum(-1), want, atol=1e-12)
+
+
+def test_hybrid_queries_rank_a_category_as_the_hybrid_does_for_scene_vectors_of_any_norm():
+    f_i, f_p, e_k, _, _ = by_category(seed=18, K=1)
+    f_s = 3.0 * unit(f_i.shape[0], f_i.shape[-1], seed=19)            # the ranking needs unit products only
+    f_i = 0.5 * f_i
+    same = torch.zeros(f_p.shape[:2], dtype=torch.long)
+    want = all_distances_by_category(f_s, f_i, f_p, e_k, same, local_weight=0.3)["hybrid"]
+    got = -2.0 * (hybrid_queries(f_s, f_i, e_k, 0.3)[:, 0:1] * f_p).sum(-1)
+    gap = want - got                                                  # a constant per scene: the same order
+    assert torch.allclose(gap, gap[:, :1].expand_as(gap), atol=1e-12)
+    assert torch.equal(want.argsort(-1), got.argsort(-1))
+
+
+def test_hybrid_queries_forms_of_the_weight():
+    f_i, _, e_k, _, _ = by_category(seed=21)
+    f_s = unit(f_i.shape[0], f_i.shape[-1], seed=22)
+    assert torch.allclose(hybrid_queries(f_s, f_i, e_k, 0.0), f_s.unsqueeze(1).expand_as(e_k))   # the global stage
+    half = torch.full(e_k.shape[:2], 0.5, dtype=f_s.dtype)
+    assert torch.allclose(hybrid_queries(f_s, f_i, e_k), hybrid_queries(f_s, f_i, e_k, half))    # None: the paper's
+    with pytest.raises(ValueError, match="local_weight"):
+        hybrid_queries(f_s, f_i, e_k, half[:, :-1])
 
 
 def test_local_distance_by_category_refuses_a_category_index_of_another_shape():

@@ -50,13 +50,37 @@ def test_all_candidates_equals_exhaustive_hybrid_ranking(retriever, scenes, orac
 
 
 @pytest.mark.parametrize("c, k", [(8, 5), (3, 3), (12, 12)])
-def test_fewer_candidates_rerank_the_global_top_c(retriever, scenes, oracles, c, k):
+def test_fewer_candidates_rerank_the_global_top_c(global_retriever, scenes, oracles, c, k):
     oracle = oracles[0]
     top_c = set(ranked(oracle, "global")[:c])
-    result = retriever.retrieve(scenes[0], k=k, candidates=c)
+    result = global_retriever.retrieve(scenes[0], k=k, candidates=c)
     assert result.candidates == c
     assert {h.product_id for h in result.hits} <= top_c
     assert_matches_oracle(result, oracle, ranked(oracle, among=top_c)[:k])
+
+
+@pytest.mark.parametrize("i", [0, 1])
+@pytest.mark.parametrize("c, k", [(8, 5), (3, 3), (12, 12), (1, 1)])
+def test_hybrid_stage_one_with_few_candidates_equals_exhaustive_ranking(retriever, scenes, oracles, c, k, i):
+    # the hybrid's own nearest are the candidates: two-stage is the exhaustive top k at any C >= k
+    result = retriever.retrieve(scenes[i], k=k, candidates=c)
+    assert result.candidates == c
+    assert_matches_oracle(result, oracles[i], ranked(oracles[i])[:k])
+
+
+def test_hybrid_stage_one_is_the_hybrid_order_of_each_category(retriever, scenes, oracles):
+    f_s, f_i = scenes[1].f_s, scenes[1].f_i
+    for cat in CATEGORIES:
+        among = {pid for pid, o in oracles[1].items() if o["category"] == cat}
+        rows = retriever.stage1_batch(f_s, f_i, len(among), category=cat)[0]
+        assert [retriever.index.product_ids[r] for r in rows] == ranked(oracles[1], among=among)
+    flat = retriever.stage1_batch(f_s, f_i, 7)[0]             # every category by its own query, the 7 best kept
+    assert [retriever.index.product_ids[r] for r in flat] == ranked(oracles[1])[:7]
+
+
+def test_unknown_stage_one_is_refused(world):
+    with pytest.raises(RetrievalError, match="unknown stage 1 'local'; known: hybrid, global"):
+        Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir, stage1="local")
 
 
 def test_candidates_raised_to_k(retriever, scenes):
@@ -64,14 +88,17 @@ def test_candidates_raised_to_k(retriever, scenes):
     assert len(result) == 6 and result.candidates == 6
 
 
-def test_category_filter_returns_only_that_category(retriever, scenes, oracles):
+@pytest.mark.parametrize("stage1", ["hybrid", "global"])
+def test_category_filter_returns_only_that_category(retriever, global_retriever, scenes, oracles, stage1):
+    r = retriever if stage1 == "hybrid" else global_retriever
     for cat in CATEGORIES:
         for c in (3, 200):
-            result = retriever.retrieve(scenes[1], k=3, candidates=c, category=cat)
+            result = r.retrieve(scenes[1], k=3, candidates=c, category=cat)
             assert len(result) == 3
             assert {h.category for h in result.hits} == {cat}
             among = {pid for pid, o in oracles[1].items() if o["category"] == cat}
-            among = set(ranked(oracles[1], "global", among=among)[:c])
+            if stage1 == "global":   # the global top c of the category, then the hybrid order among them
+                among = set(ranked(oracles[1], "global", among=among)[:c])
             assert_matches_oracle(result, oracles[1], ranked(oracles[1], among=among)[:3])
 
 
@@ -196,3 +223,13 @@ def test_look_over_chosen_categories_and_its_json(retriever, scenes):
         retriever.look(scenes[1], categories=["scarf"])
     with pytest.raises(RetrievalError, match="k must be an integer"):
         retriever.look(scenes[1], k=0)
+
+
+def test_with_stage1_shares_the_model_and_leaves_the_original_alone(retriever, scenes):
+    paper = retriever.with_stage1("global")
+    assert paper.stage1 == "global" and retriever.stage1 == "hybrid"
+    assert paper.embedder is retriever.embedder and paper.index is retriever.index
+    f_s, f_i = scenes[0].f_s, scenes[0].f_i
+    np.testing.assert_array_equal(paper.stage1_batch(f_s, f_i, 5)[0], retriever.candidates(f_s, 5))
+    with pytest.raises(RetrievalError, match="unknown stage 1"):
+        retriever.with_stage1("local")

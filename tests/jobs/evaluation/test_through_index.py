@@ -62,6 +62,17 @@ def test_with_few_candidates_two_stage_is_never_higher(world, retriever, queries
         assert value <= got["exhaustive"][metric] + 1e-12, metric
 
 
+@pytest.mark.parametrize("c", [1, 2, 3])
+def test_with_the_hybrid_stage_one_two_stage_is_the_exhaustive_ranking_cut_at_c(world, retriever, global_retriever,
+                                                                                queries, c):
+    got = report(world, retriever, queries, candidates=c, k=1, cut_factors=(1,))
+    assert got["stage1"] == "hybrid"
+    ranks = got["per_query"]["exhaustive"]
+    assert got["per_query"]["two_stage"] == [r if r < c else None for r in ranks]
+    paper = report(world, global_retriever, queries, candidates=c, k=1, cut_factors=(1,))
+    assert paper["stage1"] == "global" and paper["per_query"]["exhaustive"] == ranks   # exhaustive is exhaustive
+
+
 def test_the_candidate_cut_curve_rises_to_full_overlap(world, retriever, queries):
     got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2, cut_factors=(1, 2, 5, 10))
     for name in ("per_category", "flat"):
