@@ -109,16 +109,25 @@ def flat_view(index: faiss.Index) -> np.ndarray | None:
     return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
 
 
+def small_batch_scores(xq: np.ndarray, xb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """nq x nb inner products of float32 xq (fewer than SMALL_BATCH rows) and xb by single-threaded SIMD, into
+    `out` (a C-contiguous float32 nq x nb view) when given."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    (nq, d), nb = xq.shape, len(xb)
+    S = np.empty((nq, nb), dtype=np.float32) if out is None else out
+    for i in range(nq):
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(S[i]), faiss.swig_ptr(xq[i]), faiss.swig_ptr(xb), d, nb)
+    return S
+
+
 def knn_ip(xq: np.ndarray, xb: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k of xq over float32 xb (`rows` maps positions to ids), (-inf, -1) padded."""
     xq = np.ascontiguousarray(xq, dtype=np.float32)
     xb = np.ascontiguousarray(xb, dtype=np.float32)
-    nq, (nb, d) = len(xq), xb.shape
+    nq, nb = len(xq), len(xb)
     if nq < SMALL_BATCH:
-        S = np.empty((nq, nb), dtype=np.float32)
-        for i in range(nq):
-            faiss.fvec_inner_products_ny(faiss.swig_ptr(S[i]), faiss.swig_ptr(xq[i]), faiss.swig_ptr(xb), d, nb)
-        return topk_from_scores(S, k, rows)
+        return topk_from_scores(small_batch_scores(xq, xb), k, rows)
     kk = min(k, nb)
     D = np.full((nq, k), PAD_SCORE, dtype=np.float32)
     neighbours = np.full((nq, k), -1, dtype=np.int64)

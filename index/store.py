@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
@@ -22,6 +23,7 @@ from index.layout import (
 from index.rows import RowMetadata, open_row_metadata
 from index.search import (
     PAD_SCORE,
+    SMALL_BATCH,
     bitmap_selector,
     exact_search,
     filtered_search,
@@ -30,7 +32,9 @@ from index.search import (
     knn_ip,
     list_counts,
     search,
+    small_batch_scores,
     supports_selector,
+    topk_from_scores,
 )
 
 
@@ -183,6 +187,52 @@ class ProductIndex:
                                embeddings=self._emb, per_list=per_list)
         return self._fill_short_rows(xq, k, rows, D, neighbours)
 
+    def search_categories(self, xq: np.ndarray, k: int, categories: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows of several categories, each category's rows scored by its own query: xq B x K x d (query j
+        for categories[j]) -> D, I (B x k), -inf / -1 padding.
+
+        For queries that differ per category (stage 1 by the hybrid, retrieval.retriever). Flat: every row of
+        the categories scored in one pass over their cached float32 blocks and one top-k (a flat query's stage
+        1 took 0.93 ms as one search per category and a merge, 2,500 products, 2 cores: docs/quality.md, seventh
+        round). Other indexes, or blocks the cache cannot hold: each category searched as search(category=c)
+        does, the k best of them all kept.
+        """
+        xq = np.asarray(xq, dtype=np.float32)
+        if xq.ndim != 3 or xq.shape[1:] != (len(categories), self.dim):
+            raise ValueError(f"queries must have shape (nq, {len(categories)}, {self.dim}), got {xq.shape}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        rows = [self.rows_for_category(c) for c in categories]
+        if self._kind == "flat" and self._blocks_fit(categories):
+            blocks = [self._exact_block(c) for c in categories]
+            S = np.empty((len(xq), sum(len(r) for r in rows)), dtype=np.float32)
+            start = 0
+            for j, block in enumerate(blocks):
+                part = S[:, start:start + len(block)]
+                if len(xq) < SMALL_BATCH:
+                    for i in range(len(xq)):
+                        small_batch_scores(xq[i:i + 1, j], block, out=part[i:i + 1])
+                else:
+                    np.matmul(xq[:, j], block.T, out=part)
+                start += len(block)
+            return topk_from_scores(S, int(k), np.concatenate(rows))
+        found = [self.search(xq[:, j], min(int(k), len(r)), category=c)
+                 for j, (c, r) in enumerate(zip(categories, rows, strict=True)) if len(r)]
+        if not found:
+            return topk_from_scores(np.empty((len(xq), 0), np.float32), int(k))
+        D, cols = topk_from_scores(np.hstack([D for D, _ in found]), int(k))
+        every = np.hstack([n for _, n in found])
+        neighbours = np.where(cols >= 0, np.take_along_axis(every, np.maximum(cols, 0), 1), -1)
+        D[neighbours < 0] = PAD_SCORE
+        return D, neighbours
+
+    def _blocks_fit(self, categories: Sequence[str]) -> bool:
+        """Whether every category's float32 block is cached or fits the exact cache's budget."""
+        with self._lock:
+            missing = [c for c in dict.fromkeys(categories) if c not in self._exact_cache]
+            return self._exact_cache_used + sum(len(self._rows[c]) for c in missing) * self.dim * 4 \
+                <= self.exact_cache_bytes
+
     def _check_queries(self, xq) -> np.ndarray:
         xq = np.asarray(xq, dtype=np.float32)
         if xq.ndim == 1:
@@ -211,6 +261,10 @@ class ProductIndex:
         The block comes from the Flat index's own float32 vectors (exact) or else from the float16
         embeddings (float32 maths on float16 values).
         """
+        return knn_ip(xq, self._exact_block(category), k, self._rows[category])
+
+    def _exact_block(self, category: str) -> np.ndarray:
+        """The category's rows as one float32 block, cached while the exact cache's budget allows."""
         rows = self._rows[category]
         with self._lock:
             block = self._exact_cache.get(category)
@@ -218,10 +272,11 @@ class ProductIndex:
             view = flat_view(self.faiss_index)
             block = np.ascontiguousarray(view[rows] if view is not None else self._emb[rows], dtype=np.float32)
             with self._lock:
-                if self._exact_cache_used + block.nbytes <= self.exact_cache_bytes:
+                fits = self._exact_cache_used + block.nbytes <= self.exact_cache_bytes
+                if category not in self._exact_cache and fits:
                     self._exact_cache[category] = block
                     self._exact_cache_used += block.nbytes
-        return knn_ip(xq, block, k, rows)
+        return block
 
     def _fill_short_rows(self, xq, k, rows, D, neighbours):
         """Queries that came back with padding although the category has k rows get an exact search."""

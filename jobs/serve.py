@@ -135,11 +135,13 @@ def device_name(ctx, param, value: str) -> str:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="one log line per request")
+@click.option("--stage1", type=click.Choice(defaults.STAGE1_MODES), default=defaults.STAGE1, show_default=True,
+              help="what stage 1 searches the index by: each category's hybrid query or the scene's global embedding")
 def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, threads: int | None,
                   batch_threads: int | None, model_threads: int | None, max_batch: int | None, pad_batches: bool | None,
                   decode_threads: int | None, pipeline: bool | None, queue_size: int,
                   max_upload_mb: float, watch_interval: float, reload_token: str | None, examples: str,
-                  trace: bool, log_level: str, access_log: bool) -> None:
+                  trace: bool, log_level: str, access_log: bool, stage1: str) -> None:
     """Serve the HTTP API (/v1/look, /v1/retrieve, ...) and the page at / until interrupted."""
     device = str(resolve_device(device))
     settings = ServeSettings.for_device(
@@ -154,16 +156,16 @@ def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, devic
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        _serve(index_dir, checkpoint, host, port, device, settings, log_level, access_log)
+        _serve(index_dir, checkpoint, host, port, device, settings, log_level, access_log, stage1)
     finally:
         torch.set_num_threads(threads_before)     # in-process callers (tests, embedding apps) keep their setting
 
 
 def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, settings: ServeSettings,
-           log_level: str, access_log: bool) -> None:
+           log_level: str, access_log: bool, stage1: str = defaults.STAGE1) -> None:
     sock = listen(host, port)          # before loading: a taken port fails in a second, not after the model
     try:
-        retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
+        retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device, stage1=stage1)
         app = create_app(retriever, index_dir, settings)
     except BaseException:
         sock.close()

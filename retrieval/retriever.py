@@ -75,6 +75,7 @@ class Retriever:
         with torch.inference_mode():
             all_idx = torch.arange(len(embedder.categories), device=self.device)
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
+            self._local_weight_table = embedder.local_weights(all_idx).float()   # stage 1's hybrid queries
         self._category_to_index = dict(embedder.category_to_index)
         self._bind(index)
         recorded = checkpoint.extra.get("presence", {}).get("threshold")
@@ -270,21 +271,17 @@ class Retriever:
             [c for c in self.index.categories if len(self.index.rows_for_category(c))]
         queries = self.hybrid_queries(f_s, f_i, names)                  # B x K x d
         if len(names) == 1:
-            _, found = self.index.search(queries[:, 0], int(count), category=names[0])
-            return [rows[rows >= 0] for rows in np.asarray(found, dtype=np.int64)]
-        scores, rows = [], []
-        for j, name in enumerate(names):
-            D, found = self.index.search(queries[:, j], min(int(count), len(self.index.rows_for_category(name))),
-                                         category=name)
-            scores.append(D)
-            rows.append(np.asarray(found, dtype=np.int64))
-        scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
-        out = []
-        for b in range(len(rows)):
-            keep = rows[b] >= 0
-            order = np.lexsort((rows[b][keep], -scores[b][keep]))[:count]
-            out.append(rows[b][keep][order])
-        return out
+            return _valid_rows(self._search_category(queries[:, 0], count, names[0])[1])
+        _, found = self.index.search_categories(queries, int(count), names)
+        return _valid_rows(np.asarray(found, dtype=np.int64))
+
+    def _search_category(self, queries: np.ndarray, count: int, category: str) -> tuple[np.ndarray, np.ndarray]:
+        """One category's best rows by inner product with `queries` (B x d): B x n scores and rows, n = `count`
+        or the category's size; a short answer's padding is row -1 with score -inf (it never wins a merge)."""
+        n = min(int(count), len(self.index.rows_for_category(category)))
+        D, found = self.index.search(queries, n, category=category)
+        found = np.asarray(found, dtype=np.int64)
+        return np.where(found >= 0, D, -np.inf), found
 
     def hybrid_queries(self, f_s: torch.Tensor, f_i: torch.Tensor, names: Sequence[str]) -> np.ndarray:
         """B x K x d float32: each scene's hybrid query for each named category (its own local weight)."""
@@ -294,9 +291,8 @@ class Retriever:
         b = len(f_s)
         idx = torch.tensor([self._category_to_index[n] for n in names], device=self.device)
         with torch.inference_mode():
-            q = hybrid_queries(f_s.reshape(b, -1).float(), f_i.reshape(b, f_i.shape[-2], -1).float(),
-                               self._category_table[idx].expand(b, -1, -1),
-                               self.embedder.local_weights(idx).float().expand(b, -1))
+            q = hybrid_queries(f_s.reshape(b, -1), f_i.reshape(b, f_i.shape[-2], -1),
+                               self._category_table[idx].expand(b, -1, -1), self._local_weight_table[idx].expand(b, -1))
         return np.ascontiguousarray(q.cpu().numpy(), dtype=np.float32)
 
     def rerank(self, f_s: torch.Tensor, f_i: torch.Tensor, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -460,10 +456,14 @@ class Retriever:
                          candidates: int) -> list[list[np.ndarray]]:
         """Per scene, per category of its plan, the stage-1 rows: one search per category for its scenes."""
         found: list[dict[str, np.ndarray]] = [{} for _ in names]
-        for category in dict.fromkeys(n for per_scene in names for n in per_scene):
+        union = list(dict.fromkeys(n for per_scene in names for n in per_scene))
+        # hybrid: every scene's query for every category of the batch in one call, then one search per category
+        queries = self.hybrid_queries(f_s, f_i, union) if self.stage1 == "hybrid" and union else None
+        for j, category in enumerate(union):
             scenes = [b for b, per_scene in enumerate(names) if category in per_scene]
             count = min(max(candidates, k), len(self.index.rows_for_category(category)))
-            rows_found = self.stage1_batch(f_s[scenes], f_i[scenes], count, category=category)
+            rows_found = self.candidates_batch(f_s[scenes], count, category=category) if queries is None else \
+                _valid_rows(self._search_category(queries[scenes, j], count, category)[1])
             for b, rows in zip(scenes, rows_found, strict=True):
                 found[b][category] = rows
         return [[found[b][n] for n in per_scene] for b, per_scene in enumerate(names)]
@@ -693,6 +693,11 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _valid_rows(found: np.ndarray) -> list[np.ndarray]:
+    """Each query's rows of a FAISS answer without its -1 padding."""
+    return [rows[rows >= 0] for rows in found]
 
 
 def _unknown_categories(names, vocabulary) -> str:

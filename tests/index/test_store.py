@@ -94,6 +94,68 @@ def test_approximate_category_search_is_close_to_exact(catalogue, built, factory
             assert recall_at_k(neighbours, Iref, k) >= floor, (factory, exact_up_to, category)
 
 
+def own_scores(xq3, xb, cats, categories):
+    """nq x N: each row scored by its own category's query (xq3: nq x K x d), -inf outside the categories."""
+    S = np.full((len(xq3), len(xb)), -np.inf)
+    for r in range(len(xb)):
+        if cats[r] in categories:
+            S[:, r] = xq3[:, categories.index(cats[r])].astype(np.float64) @ xb[r].astype(np.float64)
+    return S
+
+
+def per_category_oracle(xq3, xb, cats, categories, k):
+    """The k best rows by own_scores, an explicit sort (ties by row), -1 past the categories' rows."""
+    S = own_scores(xq3, xb, cats, categories)
+    order = np.lexsort((np.broadcast_to(np.arange(len(xb)), S.shape), -S), axis=1)[:, :k]
+    scores = np.take_along_axis(S, order, 1)
+    rows = np.where(np.isfinite(scores), order, -1)
+    pad = k - rows.shape[1]
+    return np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(rows, ((0, 0), (0, pad)),
+                                                                               constant_values=-1)
+
+
+@pytest.mark.parametrize("nq", [1, 3, 25])         # 25: the BLAS path, above SMALL_BATCH
+@pytest.mark.parametrize("cache_bytes", [256 * 2**20, 0])   # 0: every category searched on its own, then merged
+def test_flat_search_categories_equals_the_explicit_per_category_scoring(catalogue, built, nq, cache_bytes):
+    _, xb, cats, _ = catalogue
+    categories = [CATEGORIES[3], CATEGORIES[0], CATEGORIES[1]]
+    xq3 = np.random.RandomState(nq).randn(nq, len(categories), D_DIM).astype(np.float32) * 0.7
+    index = ProductIndex.load(built("Flat"))
+    index.exact_cache_bytes = cache_bytes
+    for k in (1, 17, 2 * N):                         # 2N: every row of the three categories, then padding
+        D, neighbours = index.search_categories(xq3, k, categories)
+        Dref, Iref = per_category_oracle(xq3, xb, cats, categories, k)
+        assert neighbours.shape == (nq, k)
+        np.testing.assert_array_equal(neighbours < 0, Iref < 0)          # the same padding
+        np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-5)        # the same scores in the same order
+        S = own_scores(xq3, xb, cats, categories)                        # each row's own score: ties may swap
+        found = np.where(neighbours >= 0, np.take_along_axis(S, np.maximum(neighbours, 0), 1), -np.inf)
+        np.testing.assert_allclose(found, Dref, rtol=1e-5, atol=1e-5)
+        assert (np.sort(neighbours, axis=1) == np.sort(Iref, axis=1)).mean() > 0.999
+    assert (index._exact_cache_used > 0) == (cache_bytes > 0)
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "HNSW16,Flat"])
+def test_approximate_search_categories_is_close_to_the_explicit_scoring(catalogue, built, factory):
+    _, xb, cats, _ = catalogue
+    categories = list(CATEGORIES[:2])
+    xq3 = np.stack([xb[:10], xb[100:110]], axis=1)       # each category's query: a catalogue vector
+    index = ProductIndex.load(built(factory))
+    D, neighbours = index.search_categories(xq3, 20, categories)
+    _, Iref = per_category_oracle(xq3, xb, cats, categories, 20)
+    assert np.isin(neighbours, np.flatnonzero(np.isin(cats, categories))).all()
+    assert (np.diff(D, axis=1) <= 1e-6).all()
+    assert recall_at_k(neighbours, Iref, 20) >= 0.9
+
+
+def test_search_categories_refuses_queries_of_another_shape(built):
+    index = ProductIndex.load(built("Flat"))
+    with pytest.raises(ValueError, match=r"queries must have shape \(nq, 2, 32\)"):
+        index.search_categories(np.zeros((1, 3, D_DIM), np.float32), 5, CATEGORIES[:2])
+    with pytest.raises(ValueError, match="unknown category 'hats'"):
+        index.search_categories(np.zeros((1, 1, D_DIM), np.float32), 5, ["hats"])
+
+
 def test_category_search_pads_when_category_is_small(tmp_path):
     xb, _ = clustered(200, 8)
     cats = np.array(["big"] * 197 + ["tiny"] * 3)

@@ -56,6 +56,19 @@ def test_json(world):
         assert hit["score"] == pytest.approx(1 - (hit["global_distance"] + hit["local_distance"]) / 4, abs=1e-6)
 
 
+def test_stage1_global_reranks_the_global_candidates_and_hybrid_the_hybrids_own(world, retriever, global_retriever,
+                                                                              scenes):
+    # with 3 candidates the two stage 1s disagree on this scene; each CLI answer is its own retriever's
+    want = {stage1: [h.product_id for h in r.retrieve(scenes[0], k=3, candidates=3).hits]
+            for stage1, r in (("hybrid", retriever), ("global", global_retriever))}
+    assert want["hybrid"] != want["global"]
+    for stage1 in want:
+        result = run(world, "--scene", str(world.scenes[0]), "--k", "3", "--candidates", "3", "--format", "json",
+                     "--stage1", stage1)
+        assert result.exit_code == 0, result.output
+        assert [hit["product_id"] for hit in json.loads(result.stdout)] == want[stage1]
+
+
 def test_category(world):
     result = run(world, "--scene", str(world.scenes[0]), "--k", "50", "--format", "json", "--category", "hat")
     assert result.exit_code == 0, result.output
@@ -111,6 +124,7 @@ def test_decompression_bomb(world, bad_images, monkeypatch):
     (["--k", "many"], "'many' is not a valid integer"),
     (["--candidates", "0"], "'--candidates': 0 is not in the range x>=1"),
     (["--format", "xml"], "'xml' is not one of"),
+    (["--stage1", "local"], "'local' is not one of 'hybrid', 'global'"),
     (["--device", "tpu"], "'--device': must be cpu, cuda or cuda:N"),
     (["--bogus"], "No such option '--bogus'"),
 ])

@@ -61,7 +61,7 @@ def test_bad_flags(world, tmp_path):
     base = ["--index-dir", str(world.index_dir), "--checkpoint", str(world.checkpoint)]
     assert_one_line_error(serve(*base, "--examples", str(tmp_path / "nowhere")), 2, "--examples", "not a folder")
     for flag, value in (("--threads", "0"), ("--max-batch", "0"), ("--decode-threads", "0"), ("--queue-size", "0"),
-                        ("--device", "tpu"), ("--max-upload-mb", "0")):
+                        ("--device", "tpu"), ("--max-upload-mb", "0"), ("--stage1", "local")):
         result = serve(*base, flag, value)
         assert result.exit_code == 2 and flag in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
