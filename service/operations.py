@@ -42,7 +42,7 @@ async def readyz(service: ServiceDep):
         "checkpoint_sha256": r.checkpoint.sha256, "device": str(r.device), "model": model_info(r),
         "threads": ex.threads, "batch_threads": ex.batch_threads, "model_threads": ex.model_threads,
         "max_batch": ex.max_batch, "buckets": list(ex.buckets), "pipeline": ex.pipeline,
-        "decode_threads": ex.decode_threads, "traced": r.traced,
+        "decode_threads": ex.decode_threads, "traced": r.traced, "stage1": r.stage1,
         "warm_up": {"batch_sizes": list(ex.warmed_sizes), "seconds": ex.warmup_seconds},
         "queue": {"depth": ex.depth(), "capacity": ex.queue_size},
         "last_reload_error": service.swapper.last_error,

@@ -45,6 +45,7 @@ def test_health_ready_and_metrics(serve, world):
     assert body["status"] == "ready" and body["products"] == len(world.product_ids)
     assert body["index_version"] == "v000001" and body["checkpoint_sha256"] == world.sha256
     assert body["queue"] == {"depth": 0, "capacity": 64} and body["last_reload_error"] is None
+    assert body["stage1"] == "hybrid"     # what stage 1 searches the index by (ctl serve --stage1)
     client.post("/v1/look", files=upload(world.scenes[0]))
     client.post("/v1/look", files=upload(b"not an image", "a.txt", "text/plain"))
     text = client.get("/metrics").text
