@@ -260,8 +260,8 @@ class Retriever:
         """Stage 1 for B scenes (f_s: B x d, f_i: B x R x d): each scene's `count` rows, by `self.stage1`.
 
         hybrid: within `category`, the rows of the largest <q_c, f_p> (the smallest hybrid distances); over
-        every category, each category searched by its own query and the `count` best scores of them all kept
-        (ties by row). global: candidates_batch, the nearest by global distance.
+        every category, each category's rows scored by its own query and the `count` best of them all kept
+        (ProductIndex.search_categories). global: candidates_batch, the nearest by global distance.
         """
         if self.stage1 == "global":
             return self.candidates_batch(f_s, count, category=category)
@@ -271,17 +271,14 @@ class Retriever:
             [c for c in self.index.categories if len(self.index.rows_for_category(c))]
         queries = self.hybrid_queries(f_s, f_i, names)                  # B x K x d
         if len(names) == 1:
-            return _valid_rows(self._search_category(queries[:, 0], count, names[0])[1])
+            return self._category_rows(queries[:, 0], count, names[0])
         _, found = self.index.search_categories(queries, int(count), names)
         return _valid_rows(np.asarray(found, dtype=np.int64))
 
-    def _search_category(self, queries: np.ndarray, count: int, category: str) -> tuple[np.ndarray, np.ndarray]:
-        """One category's best rows by inner product with `queries` (B x d): B x n scores and rows, n = `count`
-        or the category's size; a short answer's padding is row -1 with score -inf (it never wins a merge)."""
+    def _category_rows(self, queries: np.ndarray, count: int, category: str) -> list[np.ndarray]:
+        """Per query (B x d), the rows of one category's `count` largest inner products (fewer when it is smaller)."""
         n = min(int(count), len(self.index.rows_for_category(category)))
-        D, found = self.index.search(queries, n, category=category)
-        found = np.asarray(found, dtype=np.int64)
-        return np.where(found >= 0, D, -np.inf), found
+        return _valid_rows(np.asarray(self.index.search(queries, n, category=category)[1], dtype=np.int64))
 
     def hybrid_queries(self, f_s: torch.Tensor, f_i: torch.Tensor, names: Sequence[str]) -> np.ndarray:
         """B x K x d float32: each scene's hybrid query for each named category (its own local weight)."""
@@ -463,7 +460,7 @@ class Retriever:
             scenes = [b for b, per_scene in enumerate(names) if category in per_scene]
             count = min(max(candidates, k), len(self.index.rows_for_category(category)))
             rows_found = self.candidates_batch(f_s[scenes], count, category=category) if queries is None else \
-                _valid_rows(self._search_category(queries[scenes, j], count, category)[1])
+                self._category_rows(queries[scenes, j], count, category)
             for b, rows in zip(scenes, rows_found, strict=True):
                 found[b][category] = rows
         return [[found[b][n] for n in per_scene] for b, per_scene in enumerate(names)]
