@@ -4,7 +4,7 @@
                                 [--endpoint look|retrieve] [--rss-requests 2000] [--device cpu]
                                 [--clients 1] [--synthetic N] [--json FILE]
                                 [--threads N --max-batch N --pad-batches|--no-pad-batches
-                                 --decode-threads N --pipeline|--no-pipeline --queue-size N]
+                                 --decode-threads N --pipeline|--no-pipeline --queue-size N --stage1 hybrid|global]
 
 (1) bare: the backbone's forward alone on pre-decoded, pre-resized uint8 224 px scenes (inference_mode,
     channels_last, the served checkpoint's own backbone), eager and as the traced graph the service runs,
@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from bench.bench_query import find_artifacts
+from common import defaults
 from pipeline.images import image_to_tensor, load_image
 from retrieval.retriever import Retriever
 from service.settings import usable_cores
@@ -278,6 +279,8 @@ def serve_flags(args) -> list[str]:
         value = getattr(args, name)
         if value is not None:
             flags.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
+    if args.stage1 is not None:
+        flags += ["--stage1", args.stage1]
     return flags
 
 
@@ -407,6 +410,7 @@ def parse_args(argv=None):
     for name in SERVE_SWITCHES:
         ap.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
                         help="passed to ctl serve")
+    ap.add_argument("--stage1", choices=defaults.STAGE1_MODES, default=None, help="passed to ctl serve")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     return ap.parse_args(argv)
 
