@@ -1,6 +1,6 @@
 """Query latency of two-stage retrieval against one bare backbone forward, in the same run.
 
-    python -m bench.bench_query [--queries 30] [--cold 3] [--candidates 200] [--k 20] [--synthetic N]
+    python -m bench.bench_query [--queries 30] [--cold 3] [--candidates C] [--k 20] [--synthetic N]
 
 (1) bare: the backbone's forward on one pre-decoded, pre-resized uint8 scene tensor (inference_mode,
     the retriever's own backbone and input layout, channels_last) -- the floor of any query, since a
@@ -17,6 +17,9 @@ shared machine hits both alike. Target: warm query / bare forward <= 1.15.
 (2c) stage 1 by hybrid query against stage 1 by global embedding, on the same encoded scenes, interleaved:
     retrieve (every category: one search per category by its own query, against one search) and the whole
     look (per category either way); the ratios say what searching by the hybrid costs.
+(2d) the default C (Retriever.candidate_count: k plus a margin where stage 1 is by the hybrid over an exact
+    search) against C = 200, the same encoded scenes, interleaved: what re-ranking only what can reach the
+    top k saves.
 (3) cold: wall time of the ``ctl-retrieve`` command in a fresh process (interpreter, imports, checkpoint
     and index load, one query), beside ``python -c "import torch, faiss"`` for scale.
 
@@ -150,7 +153,7 @@ def stage_times(retriever, scene: Path, *, k: int, candidates: int) -> list[floa
             f_s, f_i = retriever.embedder.scene_from_features(fmap)
     t3 = time.perf_counter()
     with one_thread():
-        count = min(max(candidates, k), len(retriever))
+        count = retriever.candidate_count(k, candidates).count
         rows = retriever.stage1_batch(f_s, f_i, count)[0]
         t4 = time.perf_counter()
         d = retriever.rerank(f_s, f_i, rows)
@@ -208,7 +211,9 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
             stages[name].append(seconds)
     bare = _ms(t_bare)
     return {
-        "queries": queries, "scenes": len(scenes), "k": k, "candidates": candidates,
+        "queries": queries, "scenes": len(scenes), "k": k, "candidates": retriever.candidate_count(k, candidates).count,
+        "look_candidates": max(retriever.candidate_count(look_k, candidates, category=c).count
+                               for c in retriever.categories),
         "bare_forward_ms": bare,
         "query_from_path_ms": _ms(t_path), "query_from_pil_ms": _ms(t_pil),
         "ratio_path": _ms(t_path) / bare, "ratio_pil": _ms(t_pil) / bare,
@@ -247,6 +252,28 @@ def stage1_modes(retriever, scenes: list[Path], *, queries: int, k: int, candida
             "ratio_look": ms["hybrid_look_ms"] / ms["global_look_ms"]}
 
 
+def candidate_counts(retriever, scenes: list[Path], *, queries: int, k: int, look_k: int) -> dict:
+    """Median ms after the forward of retrieve and the whole look with the default C against C = 200, interleaved."""
+    encoded = [retriever.encode_scene(p) for p in scenes]
+    variants = {"default": None, "fixed": defaults.CANDIDATES}
+    times = {(name, what): [] for name in variants for what in ("retrieve", "look")}
+    for q in range(queries + 2):
+        scene = encoded[q % len(encoded)]
+        for name, c in variants.items():
+            t0 = time.perf_counter()
+            retriever.retrieve(scene, k=k, candidates=c)
+            t1 = time.perf_counter()
+            retriever.look(scene, k=look_k, candidates=c, include_present=True)
+            t2 = time.perf_counter()
+            if q >= 2:
+                times[name, "retrieve"].append(t1 - t0)
+                times[name, "look"].append(t2 - t1)
+    ms = {f"{name}_{what}_ms": _ms(v) for (name, what), v in times.items()}
+    return {**ms, "default_c": retriever.candidate_count(k).count, "fixed_c": defaults.CANDIDATES,
+            "ratio_retrieve": ms["default_retrieve_ms"] / ms["fixed_retrieve_ms"],
+            "ratio_look": ms["default_look_ms"] / ms["fixed_look_ms"]}
+
+
 def cold(ckpt: Path, index_dir: Path, scene: Path, *, runs: int, k: int) -> dict:
     exe = Path(sys.executable).parent / "ctl-retrieve"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "jobs.retrieve_cli"]
@@ -269,7 +296,8 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--cold", type=int, default=3, help="ctl-retrieve processes to time (0: skip)")
     ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--candidates", type=int, default=defaults.CANDIDATES)
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="stage-1 candidates (default: the retriever's own choice, Retriever.candidate_count)")
     ap.add_argument("--stage1", choices=defaults.STAGE1_MODES, default=defaults.STAGE1,
                     help="what the warm figures' stage 1 searches by")
     ap.add_argument("--look-k", type=int, default=defaults.LOOK_K, help="products per category in the look")
@@ -295,7 +323,8 @@ def main() -> int:
               f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
               f"load average {os.getloadavg()[0]:.2f} before")
         w = warm(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates, look_k=args.look_k)
-        print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}, stage 1 by "
+        print(f"\nwarm, median of {w['queries']} queries (k={w['k']}, C={w['candidates']}, "
+              f"look C={w['look_candidates']}, stage 1 by "
               f"{retriever.stage1}):")
         print(f"  bare backbone forward, 1 scene       {w['bare_forward_ms']:8.1f} ms")
         print(f"  retrieve(path)                       {w['query_from_path_ms']:8.1f} ms   "
@@ -323,9 +352,17 @@ def main() -> int:
               f"x{s1['ratio_retrieve']:.3f}")
         print(f"    look, all categories  {s1['hybrid_look_ms']:6.2f} ms against {s1['global_look_ms']:6.2f} ms   "
               f"x{s1['ratio_look']:.3f}")
+        cc = candidate_counts(retriever, scenes, queries=args.queries, k=args.k, look_k=args.look_k)
+        print(f"  the default C ({cc['default_c']} for k={args.k}) against C = {cc['fixed_c']} (after the forward, "
+              f"interleaved):")
+        print(f"    retrieve  {cc['default_retrieve_ms']:6.2f} ms against {cc['fixed_retrieve_ms']:6.2f} ms   "
+              f"x{cc['ratio_retrieve']:.3f}")
+        print(f"    look, all categories  {cc['default_look_ms']:6.2f} ms against {cc['fixed_look_ms']:6.2f} ms   "
+              f"x{cc['ratio_look']:.3f}")
         print(f"  (load average {os.getloadavg()[0]:.2f} after the warm run)")
         result = {"source": source, "n_products": len(retriever), "factory": info.factory,
-                  "load_s": load_s, "stage1": retriever.stage1, "warm": w, "stage1_modes": s1}
+                  "load_s": load_s, "stage1": retriever.stage1, "warm": w, "stage1_modes": s1,
+                  "candidate_counts": cc}
         if args.cold > 0:
             c = cold(ckpt, index_dir, scenes[0], runs=args.cold, k=args.k)
             print(f"\ncold ctl-retrieve (fresh process, load + 1 query), median of {c['runs']}: "

@@ -33,7 +33,11 @@ EXCLUSION_MARGIN = 0.04
 K = 20
 LOOK_K = 4            # products per category in a whole look
 DEMO_K = 10           # products in the demos' flat retrieval (`ctl demo`, `ctl update-demo`)
-CANDIDATES = 200
+CANDIDATES = 200      # stage-1 candidates when stage 1 is approximate or by the global distance
+# When stage 1 ranks by the hybrid itself over an exact search, its top k already are the re-rank's: C = k plus
+# this margin (at least k) for the float32 search against the float16 re-rank (at 21,198 products over 3 seeds,
+# a margin of 2 already gave the lists of C = 800: retrieval.candidate_count, docs/benchmarks-serve.md).
+CANDIDATES_EXACT_MARGIN = 10
 # What stage 1 searches the index by: hybrid (each category's hybrid query, pipeline.distances.hybrid_queries: the
 # candidates are the hybrid's own nearest, so two-stage equals exhaustive on an exact index) | global (the scene's
 # global embedding, as the paper's pipeline; docs/quality.md, seventh round)

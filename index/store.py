@@ -159,6 +159,17 @@ class ProductIndex:
                 f"{sha256}; re-embed the catalogue and rebuild the index with this checkpoint")
 
     # ------------------------------------------------------------------ search
+    def searches_exactly(self, category: str | None = None) -> bool:
+        """Whether search(category=...) scores every row it may return (every row, without a category) by the
+        exact inner product of the stored vectors: a Flat index, or a category brute-forced as search() does it
+        (small, or an index FAISS cannot filter). Such a search returns the true top k, not an approximation."""
+        if self._kind == "flat":
+            return True
+        if category is None:
+            return False
+        return len(self.rows_for_category(category)) <= self.exact_category_max_rows or \
+            not supports_selector(self.faiss_index)
+
     def search(self, xq: np.ndarray, k: int, *, category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by inner product: D (nq, k) float32 scores, I (nq, k) int64 rows, -1/-inf padding.
 

@@ -191,7 +191,7 @@ def stage_retrieve(scene: Path, checkpoint: Path, index_dir: Path, out_dir: Path
     _stage(6, "retrieve", f"the whole look ({len(look)} categories) and the top {len(result)} for held-out scene "
                           f"{scene.name}, sheets {look_sheet} and {sheet} ({_seconds(started)})")
     click.echo("")
-    click.echo(format_look(look, scene=str(scene), k=defaults.LOOK_K, candidates=defaults.CANDIDATES,
+    click.echo(format_look(look, scene=str(scene), k=defaults.LOOK_K,
                            has_presence=retriever.checkpoint.has_presence))
     click.echo("")
     click.echo("The nearest products of any category (flat mode):")

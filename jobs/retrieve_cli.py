@@ -49,7 +49,7 @@ def _row(h, pid_w: int) -> str:
             f"{h.local_distance:>7.4f}")
 
 
-def format_look(look, *, scene: str, k: int, candidates: int, has_presence: bool) -> str:
+def format_look(look, *, scene: str, k: int, has_presence: bool) -> str:
     """The whole look as text: one block per category (missing ones first), then what was left out."""
     n = len(look)
     missing = sum(1 for cl in look if cl.present is not True)
@@ -57,6 +57,7 @@ def format_look(look, *, scene: str, k: int, candidates: int, has_presence: bool
         _count(n, "category", "categories")
     if has_presence and missing != n:
         what += f" and of {n - missing} already in it"
+    candidates = max((cl.candidates for cl in look), default=0)
     lines = [f"scene {scene}: the whole look, the best {k} of each of {what} "
              f"(up to {candidates} candidates each, re-ranked by hybrid distance; score = 1 - d_h/2)"]
     if look.left_out:
@@ -148,9 +149,10 @@ def check_combination(ctx, *, look: bool, products: tuple, category, include_pre
 @click.option("--k", "k", type=click.IntRange(min=1), default=None,
               help=f"how many products to return [default: {defaults.K}; per category with --look: "
                    f"{defaults.LOOK_K}]")
-@click.option("--candidates", type=click.IntRange(min=1), default=defaults.CANDIDATES, show_default=True,
+@click.option("--candidates", type=click.IntRange(min=1), default=None,
               help="stage-1 candidates pulled from the index before the exact hybrid re-rank (per category with "
-                   "--look or --category)")
+                   f"--look or --category) [default: k + max(k, {defaults.CANDIDATES_EXACT_MARGIN}) where stage 1 "
+                   f"ranks by the hybrid over an exact search, else {defaults.CANDIDATES}]")
 @click.option("--stage1", type=click.Choice(defaults.STAGE1_MODES), default=defaults.STAGE1, show_default=True,
               help="what stage 1 searches the index by: each category's hybrid query (its candidates are the "
                    "hybrid's own nearest) or the scene's global embedding (the paper's pipeline)")
@@ -202,8 +204,7 @@ def main(ctx, scene, look, include_present, products, k, candidates, stage1, cat
             for note in retriever.checkpoint.notes:
                 click.echo(f"note: {note}", err=True)
         click.echo(json.dumps(result.to_dict(scene=str(scene)), indent=2) if fmt == "json" else
-                   format_look(result, scene=str(scene), k=k, candidates=candidates,
-                               has_presence=retriever.checkpoint.has_presence))
+                   format_look(result, scene=str(scene), k=k, has_presence=retriever.checkpoint.has_presence))
         draw = write_look_sheet
     else:
         k = defaults.K if k is None else k

@@ -40,6 +40,7 @@ from pipeline.calibration import CalibrationError, Cohort, Platt, cohort_normali
 from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
 from pipeline.distances import all_distances_by_category, attention_weights, hybrid_queries
 from pipeline.images import image_to_tensor, load_image
+from retrieval.candidate_count import CandidateCount, candidate_count
 from retrieval.results import (
     CategoryLook,
     Compatibility,
@@ -275,6 +276,17 @@ class Retriever:
         _, found = self.index.search_categories(queries, int(count), names)
         return _valid_rows(np.asarray(found, dtype=np.int64))
 
+    def candidate_count(self, k: int, candidates: int | None = None, *,
+                        category: str | None = None) -> CandidateCount:
+        """Stage 1's C for a top-k query of `category` (of every category when None), by this retriever's stage 1
+        and index (retrieval.candidate_count): `candidates` when given, else the smallest C that is exact."""
+        if category is not None:
+            available, exact = len(self.index.rows_for_category(category)), self.index.searches_exactly(category)
+        else:
+            available = self.index.n
+            exact = all(self.index.searches_exactly(c) for c in self.index.categories)
+        return candidate_count(k, candidates, available=available, stage1=self.stage1, exact=exact)
+
     def _category_rows(self, queries: np.ndarray, count: int, category: str) -> list[np.ndarray]:
         """Per query (B x d), the rows of one category's `count` largest inner products (fewer when it is smaller)."""
         n = min(int(count), len(self.index.rows_for_category(category)))
@@ -336,7 +348,7 @@ class Retriever:
         scene: Image.Image | str | os.PathLike | Scene,
         *,
         k: int = defaults.K,
-        candidates: int = defaults.CANDIDATES,
+        candidates: int | None = None,
         category: str | None = None,
         timings: dict | None = None,
     ) -> RetrievalResult:
@@ -346,7 +358,9 @@ class Retriever:
 
         Stage 1 pulls C = `candidates` products (see stage1_batch), raised to k when smaller (k results
         need k candidates) and capped at the number of products (of `category`, when given); stage 2
-        re-ranks them by exact hybrid distance. k larger than the products available returns them all.
+        re-ranks them by exact hybrid distance. None (the default) picks C by candidate_count: k plus a
+        margin where stage 1 ranks by the hybrid over an exact search, else defaults.CANDIDATES. k larger
+        than the products available returns them all.
 
         `timings`, when given, receives the seconds of each stage run: "forward" (when the scene is not
         encoded yet), "stage1" (FAISS) and "stage2" (exact re-rank and the hits).
@@ -354,17 +368,16 @@ class Retriever:
         return self.retrieve_batch([scene], k=k, candidates=candidates, category=category, timings=timings)[0]
 
     def retrieve_batch(self, scenes: Sequence[Image.Image | str | os.PathLike | Scene], *, k: int = defaults.K,
-                       candidates: int = defaults.CANDIDATES, category: str | None = None,
+                       candidates: int | None = None, category: str | None = None,
                        timings: dict | None = None) -> list[RetrievalResult]:
         """retrieve for B scenes with the same parameters: one forward for those not encoded, one FAISS
         search, one re-rank; `timings` gets the batch's stage times."""
-        k, candidates = _positive("k", k), _positive("candidates", candidates)
+        k, candidates = _positive("k", k), _optional_positive("candidates", candidates)
         if category is not None:
             category = self.resolve_category(category)
         scenes = self._encoded(scenes, timings)
         f_s, f_i = self._stacked(scenes)
-        available = len(self.index.rows_for_category(category)) if category is not None else self.index.n
-        count = min(max(candidates, k), available)
+        count = self.candidate_count(k, candidates, category=category).count
         results = []
         with one_thread():
             with _timed(timings, "stage1"):
@@ -389,7 +402,7 @@ class Retriever:
         *,
         k: int = defaults.LOOK_K,
         categories: list[str] | None = None,
-        candidates: int = defaults.CANDIDATES,
+        candidates: int | None = None,
         include_present: bool = False,
         timings: dict | None = None,
     ) -> LookResult:
@@ -411,11 +424,11 @@ class Retriever:
                                include_present=include_present, timings=timings)[0]
 
     def look_batch(self, scenes: Sequence[Image.Image | str | os.PathLike | Scene], *, k: int = defaults.LOOK_K,
-                   categories: list[str] | None = None, candidates: int = defaults.CANDIDATES,
+                   categories: list[str] | None = None, candidates: int | None = None,
                    include_present: bool = False, timings: dict | None = None) -> list[LookResult]:
         """look for B scenes with the same parameters: stage 1 as one FAISS search per category for all the
         scenes that need it, stage 2 as one re-rank of every scene's candidates; `timings` per batch."""
-        k, candidates = _positive("k", k), _positive("candidates", candidates)
+        k, candidates = _positive("k", k), _optional_positive("candidates", candidates)
         if categories is None:
             asked = [c for c in self.categories if c in self._category_to_index]
         else:
@@ -450,7 +463,7 @@ class Retriever:
         return missing, presence, {n: presence[n] for n in present}
 
     def _look_candidates(self, f_s: torch.Tensor, f_i: torch.Tensor, names: list[list[str]], k: int,
-                         candidates: int) -> list[list[np.ndarray]]:
+                         candidates: int | None) -> list[list[np.ndarray]]:
         """Per scene, per category of its plan, the stage-1 rows: one search per category for its scenes."""
         found: list[dict[str, np.ndarray]] = [{} for _ in names]
         union = list(dict.fromkeys(n for per_scene in names for n in per_scene))
@@ -458,7 +471,7 @@ class Retriever:
         queries = self.hybrid_queries(f_s, f_i, union) if self.stage1 == "hybrid" and union else None
         for j, category in enumerate(union):
             scenes = [b for b, per_scene in enumerate(names) if category in per_scene]
-            count = min(max(candidates, k), len(self.index.rows_for_category(category)))
+            count = self.candidate_count(k, candidates, category=category).count
             rows_found = self.candidates_batch(f_s[scenes], count, category=category) if queries is None else \
                 self._category_rows(queries[scenes, j], count, category)
             for b, rows in zip(scenes, rows_found, strict=True):
@@ -700,6 +713,10 @@ def _valid_rows(found: np.ndarray) -> list[np.ndarray]:
 def _unknown_categories(names, vocabulary) -> str:
     return (f"products of categories {sorted(names)} are not in the checkpoint's vocabulary "
             f"({', '.join(vocabulary)}); rebuild the index from a catalogue this model knows")
+
+
+def _optional_positive(name: str, value) -> int | None:
+    return None if value is None else _positive(name, value)
 
 
 def _positive(name: str, value) -> int:

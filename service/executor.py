@@ -365,8 +365,8 @@ class ModelExecutor:
                 self._use_threads(size)
                 scenes = retriever.scenes_from_pixels(one.expand(size, -1, -1, -1).clone(), [grey] * size,
                                                       pad_to=bucket_for(size, self.buckets))
-                retriever.retrieve_batch(scenes, k=defaults.K, candidates=defaults.CANDIDATES)
-                retriever.look_batch(scenes, k=defaults.LOOK_K, candidates=defaults.CANDIDATES)
+                retriever.retrieve_batch(scenes, k=defaults.K)        # the default C: the shapes most queries use
+                retriever.look_batch(scenes, k=defaults.LOOK_K)
                 if retriever.device.type == "cuda":
                     torch.cuda.synchronize(retriever.device)
         self.warmed_sizes = self.batch_sizes()

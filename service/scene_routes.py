@@ -23,9 +23,10 @@ router = APIRouter(prefix=f"/{API_VERSION}")
 
 Scene = Annotated[UploadFile, File(description="the scene photo (any image format)")]
 K = Annotated[int, QueryParam(ge=1, description="products (per category for a look); at most --max-k")]
-Candidates = Annotated[int, QueryParam(ge=1, description="stage-1 candidates pulled from the index by each "
-                                       "category's hybrid query before the exact hybrid re-rank; at most the "
-                                       "server's limit")]
+Candidates = Annotated[int | None, QueryParam(ge=1, description="stage-1 candidates pulled from the index by "
+                                              "each category's hybrid query before the exact hybrid re-rank; at "
+                                              "most the server's limit; default: k plus a margin on an exact "
+                                              "index, else 200")]
 Categories = Annotated[list[str] | None, QueryParam(description="repeat for several; default: all")]
 Category = Annotated[str | None, QueryParam(description="only this category (full name or last part)")]
 IncludePresent = Annotated[bool, QueryParam(description="also the categories the scene already shows "
@@ -86,10 +87,11 @@ async def run(service: Service, image: UploadFile, group: tuple, answer: Callabl
 
 
 @router.post("/look", summary="The whole look: the top k products of each category")
-async def look(service: ServiceDep, image: Scene, k: K = defaults.LOOK_K, candidates: Candidates = defaults.CANDIDATES,
+async def look(service: ServiceDep, image: Scene, k: K = defaults.LOOK_K, candidates: Candidates = None,
                categories: Categories = None, include_present: IncludePresent = False):
     at_most("k", k, service.settings.max_k)
-    at_most("candidates", candidates, service.settings.max_candidates)
+    if candidates is not None:
+        at_most("candidates", candidates, service.settings.max_candidates)
     names = tuple(resolve(service, categories)) if categories else None
     return await run(
         service, image, ("look", k, candidates, names, include_present),
@@ -107,10 +109,11 @@ async def compatibility(service: ServiceDep, image: Scene, product_id: ProductId
 
 
 @router.post("/retrieve", summary="The flat top k: nearest products of any (or one) category")
-async def retrieve(service: ServiceDep, image: Scene, k: K = defaults.K, candidates: Candidates = defaults.CANDIDATES,
+async def retrieve(service: ServiceDep, image: Scene, k: K = defaults.K, candidates: Candidates = None,
                    category: Category = None):
     at_most("k", k, service.settings.max_k)
-    at_most("candidates", candidates, service.settings.max_candidates)
+    if candidates is not None:
+        at_most("candidates", candidates, service.settings.max_candidates)
     chosen = resolve(service, [category])[0] if category else None
 
     def render(result, name):

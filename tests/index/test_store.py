@@ -245,3 +245,23 @@ def test_the_index_package_does_not_import_torch():
     code = ("import sys, index.store, index.build, index.select, jobs.catalog.build_index; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat", "HNSW16,Flat", "IVF16,PQ8x4"])
+def test_a_search_said_to_be_exact_is_the_brute_force_top_k(catalogue, built, factory):
+    _, xb, cats, xq = catalogue
+    k = 15
+    index = ProductIndex.load(built(factory))
+    stored = xb.astype(np.float16).astype(np.float32)        # a non-flat index brute-forces its float16 rows
+    assert index.searches_exactly() == (factory == "Flat")   # over every row only a Flat index is exact
+    for exact_up_to in (0, N):
+        index.exact_category_max_rows = exact_up_to
+        for category in CATEGORIES:
+            exact = index.searches_exactly(category)
+            assert exact == (factory == "Flat" or exact_up_to == N), (factory, exact_up_to, category)
+            if exact:
+                rows = np.flatnonzero(cats == category)
+                D, neighbours = index.search(xq, k, category=category)
+                Dref, Iref = brute_force(xq, xb if factory == "Flat" else stored, k, rows)
+                assert recall_at_k(neighbours, Iref, k) == 1.0
+                np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from common import defaults
 from jobs.retrieve_cli import main
 from tests.retrieval.world import CATEGORIES, PER_CATEGORY, PLATT
 
@@ -185,7 +186,9 @@ def test_look_table_groups_the_missing_categories(world, presence_paths):
     result = run_presence(world, presence_paths, "--scene", str(world.scenes[0]), "--look", "--k", "3")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert "the whole look, the best 3 of each of 1 category missing from the scene (up to 200" in lines[0]
+    # the candidates each category's stage 1 pulled: k + the margin on the world's exact index, capped at its size
+    assert "the whole look, the best 3 of each of 1 category missing from the scene " \
+           f"(up to {min(3 + max(3, defaults.CANDIDATES_EXACT_MARGIN), PER_CATEGORY)} candidates each" in lines[0]
     assert lines[1].startswith("left out, already in the scene: hat (p=0.52), shoes (p=0.95)")
     block = lines.index("handbag  (missing: p(in scene)=0.05)")
     assert lines[block + 1].split() == ["rank", "product", "score", "d_g", "d_l"]
