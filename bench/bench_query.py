@@ -140,7 +140,7 @@ def _ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
 
-def stage_times(retriever, scene: Path, *, k: int, candidates: int) -> list[float]:
+def stage_times(retriever, scene: Path, *, k: int, candidates: int | None) -> list[float]:
     """One query stage by stage, as Retriever.retrieve runs it (explains where the time goes), in seconds."""
     backbone = retriever.embedder.backbone
     t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def stage_times(retriever, scene: Path, *, k: int, candidates: int) -> list[floa
     return [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5]
 
 
-def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
+def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int | None, look_k: int) -> dict:
     backbone = retriever.embedder.backbone
     pil = [load_image(p) for p in scenes]
     tensors = [retriever.scene_tensor(img) for img in pil]  # the very input the retriever feeds its backbone
@@ -231,8 +231,10 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
     }
 
 
-def stage1_modes(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int, look_k: int) -> dict:
-    """Median ms after the forward of retrieve and the whole look with each stage 1, interleaved scene by scene."""
+def stage1_modes(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int | None,
+                 look_k: int) -> dict:
+    """Median ms after the forward of retrieve and the whole look with each stage 1 (and, without `candidates`, each
+    one's default C), interleaved scene by scene."""
     modes = {mode: retriever.with_stage1(mode) for mode in defaults.STAGE1_MODES}
     encoded = [retriever.encode_scene(p) for p in scenes]
     times = {(mode, what): [] for mode in modes for what in ("retrieve", "look")}
@@ -347,7 +349,8 @@ def main() -> int:
             print(f"    {name:<34} {ms:8.2f} ms")
         s1 = stage1_modes(retriever, scenes, queries=args.queries, k=args.k, candidates=args.candidates,
                           look_k=args.look_k)
-        print("  stage 1 by hybrid query against by global embedding (after the forward, interleaved):")
+        print("  stage 1 by hybrid query against by global embedding, each with its default C (after the forward, "
+              "interleaved):")
         print(f"    retrieve  {s1['hybrid_retrieve_ms']:6.2f} ms against {s1['global_retrieve_ms']:6.2f} ms   "
               f"x{s1['ratio_retrieve']:.3f}")
         print(f"    look, all categories  {s1['hybrid_look_ms']:6.2f} ms against {s1['global_look_ms']:6.2f} ms   "
