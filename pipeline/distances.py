@@ -215,6 +215,23 @@ def shared_softmax_loss(d: torch.Tensor, positive: torch.Tensor, negatives: torc
     return torch.nn.functional.cross_entropy(logits, positive.long())
 
 
+def shared_softmax_loss_by_product(d: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
+                                   temperature: float = TEMPERATURE) -> torch.Tensor:
+    """The product side of shared_softmax_loss (shapes as there): each row's positive product ranks its own scene
+    against the batch's other scenes that mark that product as one of their negatives (the second direction of a
+    symmetric, CLIP-style loss: a product near every scene is penalised by the scenes it does not complete).
+
+    Row b becomes column positive[b] read down the scenes: d[:, positive].T is B x B with the true scene on the
+    diagonal and negatives[:, positive].T says which other scenes count."""
+    _check("d", d, 2, "B x M")
+    if negatives.shape != d.shape or positive.shape != d.shape[:1]:
+        raise ValueError(f"negatives must be {tuple(d.shape)} and positive ({d.shape[0]},), "
+                         f"got {tuple(negatives.shape)} and {tuple(positive.shape)}")
+    columns = positive.long()
+    rows = torch.arange(d.shape[0], device=d.device)
+    return shared_softmax_loss(d[:, columns].T, rows, negatives[:, columns].T, temperature)
+
+
 def shared_triplet_loss(d: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor,
                         margin: float = defaults.MARGIN) -> torch.Tensor:
     """triplet_loss over shared columns (shapes as shared_softmax_loss): the mean over every (row, negative)."""

@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict] = {
     "batch-negatives32": {"negatives": 32},   # 32 drawn a pair: about 264 shared a scene at batch 64
     "batch-t01": {"temperature": 0.1},        # a sharper softmax over the larger set of negatives
     "batch-hard": {"mining": "hard"},         # half of each pair's drawn negatives its nearest wrong ones, shared
+    "symmetric": {"symmetric_loss": True},    # also each positive product ranking its scene among the batch's
     # the default of the second and third rounds: triplet loss, 4 negatives, the paper's attention
     "paper-attention": {**PAIR, "loss": "triplet", "negatives": 4, "attention": "paper"},
     "triplet": {**PAIR, "loss": "triplet", "negatives": 4},   # the fourth round's learnt sharpness, triplet loss

@@ -47,6 +47,8 @@ class TrainConfig(JobConfig):
                                     #   default since the fourth round (docs/quality.md), triplet with 4 before
     temperature: float = TEMPERATURE   # of the softmax loss (pipeline.distances)
     per_half_loss: bool = False     # also the loss on d_g and on d_l alone, beside the hybrid's
+    symmetric_loss: bool = False    # with shared negatives and the softmax: also each positive product ranking its
+                                    #   scene against the batch's other scenes (docs/quality.md, eighth round)
     mining: str = "random"          # random | hard: after warmup_epochs, half the negatives from the model's
     warmup_epochs: int = 5          #   own `hard_pool` nearest wrong products of the category (frozen mode)
     hard_pool: int = 20
@@ -90,6 +92,9 @@ class TrainConfig(JobConfig):
                 raise InputError(f"{name} must be at least {low}, got {getattr(self, name)}")
         if self.negatives_from == "batch" and self.mode != "frozen":
             raise InputError("--negatives-from batch is built for --mode frozen only")
+        if self.symmetric_loss and not (self.shares_negatives and self.loss == "softmax"):
+            raise InputError("--symmetric-loss needs the softmax loss over shared negatives (--loss softmax, "
+                             "--negatives-from batch or auto in frozen mode)")
         if self.temperature <= 0:
             raise InputError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:

@@ -19,6 +19,7 @@ from pipeline.distances import (
     all_distances_shared,
     hybrid_distance,
     shared_softmax_loss,
+    shared_softmax_loss_by_product,
     shared_triplet_loss,
     softmax_loss,
     triplet_loss,
@@ -95,9 +96,13 @@ def shared_ranking_loss(f_s: torch.Tensor, f_i: torch.Tensor, f_p: torch.Tensor,
     M x d, category_of: M indices into e_k: n_categories x d), row b's positive at column positive[b] and its
     negatives where negatives[b] (B x M) is set, so each scene ranks against all of the batch's products of its
     category that are not in it instead of its own K. Same distances (the paper's hybrid, and each half when
-    cfg.per_half_loss), same losses; float32 throughout."""
+    cfg.per_half_loss), same losses; float32 throughout. cfg.symmetric_loss: the mean of the scene side and the
+    product side (shared_softmax_loss_by_product) of each softmax."""
     d = all_distances_shared(f_s.float(), f_i.float(), f_p.float(), e_k.float(), category_of)
     names = ("paper", "global", "local") if cfg.per_half_loss else ("paper",)
+    if cfg.loss == "softmax" and cfg.symmetric_loss:
+        return sum((shared_softmax_loss(d[n], positive, negatives, cfg.temperature)
+                    + shared_softmax_loss_by_product(d[n], positive, negatives, cfg.temperature)) / 2 for n in names)
     if cfg.loss == "softmax":
         return sum(shared_softmax_loss(d[n], positive, negatives, cfg.temperature) for n in names)
     return sum(shared_triplet_loss(d[n], positive, negatives, cfg.margin) for n in names)

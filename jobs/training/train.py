@@ -218,6 +218,9 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--loss", type=click.Choice(LOSSES), default=TrainConfig.loss, show_default=True,
               help="triplet (margin) or softmax (InfoNCE over the negatives)")
 @click.option("--per-half-loss", is_flag=True, help="also train each half (global, local) with a loss of its own")
+@click.option("--symmetric-loss", is_flag=True,
+              help="also rank each positive product's scene against the batch's other scenes (softmax over shared "
+                   "negatives only)")
 @click.option("--mining", type=click.Choice(MINING), default=TrainConfig.mining, show_default=True,
               help="hard: after --warmup-epochs, half the negatives are the model's own nearest wrong products")
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=TrainConfig.warmup_epochs, show_default=True)
@@ -229,14 +232,14 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, hidden,
                   dropout, lr_schedule, negatives, negatives_from, exclusion, device, workers, loss, per_half_loss,
-                  mining, warmup_epochs, hybrid, attention, resume):
+                  symmetric_loss, mining, warmup_epochs, hybrid, attention, resume):
     """Train the style embedding with a hybrid-distance ranking loss (triplet or softmax)."""
     cfg = TrainConfig(seed=seed, mode=mode, backbone=backbone, backbone_weights=backbone_weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, dim=dim, hidden=hidden, dropout=dropout,
                       lr_schedule=lr_schedule, negatives=negatives, negatives_from=negatives_from,
                       exclusion=exclusion, device=device,
-                      workers=workers, loss=loss, per_half_loss=per_half_loss, mining=mining,
-                      warmup_epochs=warmup_epochs, hybrid=hybrid, attention=attention)
+                      workers=workers, loss=loss, per_half_loss=per_half_loss, symmetric_loss=symmetric_loss,
+                      mining=mining, warmup_epochs=warmup_epochs, hybrid=hybrid, attention=attention)
     summary = train(data_dir, out_dir, config=cfg, resume=resume)
     last = summary.history[-1] if summary.history else {}
     click.echo(f"trained {len(summary.history)} epochs in {summary.seconds} s on {summary.device}; "

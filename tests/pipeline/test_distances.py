@@ -15,6 +15,7 @@ from pipeline.distances import (
     local_distance,
     local_distance_by_category,
     shared_softmax_loss,
+    shared_softmax_loss_by_product,
     shared_triplet_loss,
     softmax_loss,
     triplet_loss,
@@ -230,6 +231,24 @@ def test_shared_softmax_loss_equals_an_explicit_softmax_over_each_rows_own_colum
     d_neg = torch.stack([d[b, keep[b]] for b in range(4)])
     assert float(shared_softmax_loss(d, positive, same, t)) == pytest.approx(
         float(softmax_loss(d[torch.arange(4), positive], d_neg, t)), rel=1e-12)
+
+
+def test_the_product_side_softmax_ranks_each_positive_s_scene_among_the_scenes_that_mark_it_negative():
+    d, positive, negatives = shared_columns(seed=5)
+    negatives[:, positive[1]] = True        # a positive that is every other scene's negative
+    negatives[1, positive[1]] = False
+    t = 0.3
+    expected = 0.0
+    for b in range(d.shape[0]):
+        p = int(positive[b])
+        scenes = [b] + [o for o in range(d.shape[0]) if o != b and negatives[o, p]]
+        logits = np.array([-float(d[o, p]) / t for o in scenes])
+        expected += -(logits[0] - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+    got = float(shared_softmax_loss_by_product(d, positive, negatives, t))
+    assert got == pytest.approx(expected / d.shape[0], rel=1e-9)
+    assert got != pytest.approx(float(shared_softmax_loss(d, positive, negatives, t)))   # not the scene side
+    with pytest.raises(ValueError, match="negatives must be"):
+        shared_softmax_loss_by_product(d, positive, negatives[:, :3])
 
 
 def test_shared_triplet_loss_is_the_mean_over_every_row_and_marked_negative():

@@ -81,3 +81,37 @@ def test_shared_ranking_loss_equals_a_loop_over_each_scene_and_its_marked_produc
     total = sum(sum(v) / len(v) for v in terms.values())
     got = shared_ranking_loss(f_s, f_i, f_p, e_k, category_of, positive, negatives, cfg)
     assert float(got) == pytest.approx(total, rel=1e-5)
+
+
+def test_the_symmetric_loss_is_the_mean_of_the_scene_side_and_a_loop_over_each_positive_s_scenes():
+    g = torch.Generator().manual_seed(9)
+    B, M, R, d, n_categories = 5, 12, 49, 8, 3
+    unit = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    f_s, f_i, f_p = unit(B, d), unit(B, R, d), unit(M, d)
+    e_k = unit(n_categories, d) * torch.tensor([[1.0], [2.5], [4.0]])
+    category_of = torch.randint(0, n_categories, (M,), generator=g)
+    positive = torch.tensor([0, 2, 5, 7, 10])
+    negatives = torch.rand(B, M, generator=g) < 0.6
+    negatives[torch.arange(B), positive] = False
+    negatives[:, 11] = True
+    t = 0.3
+    scene_side = shared_ranking_loss(f_s, f_i, f_p, e_k, category_of, positive, negatives,
+                                     TrainConfig(temperature=t))
+    terms = []
+    for b in range(B):
+        p = int(positive[b])
+        scenes = [b] + [o for o in range(B) if o != b and negatives[o, p]]
+        row = torch.cat([all_distances(f_s[o:o + 1], f_i[o:o + 1], f_p[p].reshape(1, 1, -1),
+                                       e_k[category_of[p]].reshape(1, 1, -1))["paper"][0] for o in scenes])
+        terms.append(float(-torch.log_softmax(-row / t, dim=0)[0]))
+    got = shared_ranking_loss(f_s, f_i, f_p, e_k, category_of, positive, negatives,
+                              TrainConfig(temperature=t, symmetric_loss=True))
+    assert float(got) == pytest.approx((float(scene_side) + sum(terms) / B) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("settings", [{"loss": "triplet"}, {"negatives_from": "pair"}])
+def test_the_symmetric_loss_needs_the_softmax_over_shared_negatives(settings):
+    from common.errors import InputError
+    with pytest.raises(InputError, match="--symmetric-loss"):
+        TrainConfig(symmetric_loss=True, **settings).check()
+    TrainConfig(symmetric_loss=True).check()
