@@ -231,46 +231,38 @@ def warm(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int
     }
 
 
-def stage1_modes(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int | None,
-                 look_k: int) -> dict:
-    """Median ms after the forward of retrieve and the whole look with each stage 1 (and, without `candidates`, each
-    one's default C), interleaved scene by scene."""
-    modes = {mode: retriever.with_stage1(mode) for mode in defaults.STAGE1_MODES}
-    encoded = [retriever.encode_scene(p) for p in scenes]
-    times = {(mode, what): [] for mode in modes for what in ("retrieve", "look")}
+def after_forward(variants: dict, encoded: list, *, queries: int, k: int, look_k: int) -> dict:
+    """Median ms of retrieve and the whole look on encoded scenes for each variant (name -> (retriever, candidates)),
+    interleaved scene by scene; the first two rounds are a warm-up (category blocks, selectors)."""
+    times = {(name, what): [] for name in variants for what in ("retrieve", "look")}
     for q in range(queries + 2):
         scene = encoded[q % len(encoded)]
-        for mode, r in modes.items():
+        for name, (r, candidates) in variants.items():
             t0 = time.perf_counter()
             r.retrieve(scene, k=k, candidates=candidates)
             t1 = time.perf_counter()
             r.look(scene, k=look_k, candidates=candidates, include_present=True)
             t2 = time.perf_counter()
-            if q >= 2:   # the first two: warm-up (category blocks, selectors)
-                times[mode, "retrieve"].append(t1 - t0)
-                times[mode, "look"].append(t2 - t1)
-    ms = {f"{mode}_{what}_ms": _ms(v) for (mode, what), v in times.items()}
+            if q >= 2:
+                times[name, "retrieve"].append(t1 - t0)
+                times[name, "look"].append(t2 - t1)
+    return {f"{name}_{what}_ms": _ms(v) for (name, what), v in times.items()}
+
+
+def stage1_modes(retriever, scenes: list[Path], *, queries: int, k: int, candidates: int | None,
+                 look_k: int) -> dict:
+    """Median ms after the forward of retrieve and the whole look with each stage 1 (and, without `candidates`, each
+    one's default C), interleaved scene by scene."""
+    variants = {mode: (retriever.with_stage1(mode), candidates) for mode in defaults.STAGE1_MODES}
+    ms = after_forward(variants, [retriever.encode_scene(p) for p in scenes], queries=queries, k=k, look_k=look_k)
     return {**ms, "ratio_retrieve": ms["hybrid_retrieve_ms"] / ms["global_retrieve_ms"],
             "ratio_look": ms["hybrid_look_ms"] / ms["global_look_ms"]}
 
 
 def candidate_counts(retriever, scenes: list[Path], *, queries: int, k: int, look_k: int) -> dict:
     """Median ms after the forward of retrieve and the whole look with the default C against C = 200, interleaved."""
-    encoded = [retriever.encode_scene(p) for p in scenes]
-    variants = {"default": None, "fixed": defaults.CANDIDATES}
-    times = {(name, what): [] for name in variants for what in ("retrieve", "look")}
-    for q in range(queries + 2):
-        scene = encoded[q % len(encoded)]
-        for name, c in variants.items():
-            t0 = time.perf_counter()
-            retriever.retrieve(scene, k=k, candidates=c)
-            t1 = time.perf_counter()
-            retriever.look(scene, k=look_k, candidates=c, include_present=True)
-            t2 = time.perf_counter()
-            if q >= 2:
-                times[name, "retrieve"].append(t1 - t0)
-                times[name, "look"].append(t2 - t1)
-    ms = {f"{name}_{what}_ms": _ms(v) for (name, what), v in times.items()}
+    variants = {"default": (retriever, None), "fixed": (retriever, defaults.CANDIDATES)}
+    ms = after_forward(variants, [retriever.encode_scene(p) for p in scenes], queries=queries, k=k, look_k=look_k)
     return {**ms, "default_c": retriever.candidate_count(k).count, "fixed_c": defaults.CANDIDATES,
             "ratio_retrieve": ms["default_retrieve_ms"] / ms["fixed_retrieve_ms"],
             "ratio_look": ms["default_look_ms"] / ms["fixed_look_ms"]}
