@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
 
+from common import defaults
 from service.errors import ApiError, error_response
 from service.state import API_VERSION, ServiceDep, model_info
 
@@ -37,12 +38,15 @@ async def healthz():
 @router.get("/readyz", summary="Model and index loaded, every batch shape warmed, the executor taking queries")
 async def readyz(service: ServiceDep):
     r, ex = service.retriever, service.executor
+    flat = r.candidate_count(defaults.K)     # what a query that names no `candidates` re-ranks, and why
+    look = max((r.candidate_count(defaults.LOOK_K, category=c).count for c in r.index.categories), default=0)
     state = {
         "index_version": r.index.version, "products": r.index.n, "categories": len(r.categories),
         "checkpoint_sha256": r.checkpoint.sha256, "device": str(r.device), "model": model_info(r),
         "threads": ex.threads, "batch_threads": ex.batch_threads, "model_threads": ex.model_threads,
         "max_batch": ex.max_batch, "buckets": list(ex.buckets), "pipeline": ex.pipeline,
         "decode_threads": ex.decode_threads, "traced": r.traced, "stage1": r.stage1,
+        "default_candidates": {"retrieve": flat.count, "look": look, "why": flat.reason},
         "warm_up": {"batch_sizes": list(ex.warmed_sizes), "seconds": ex.warmup_seconds},
         "queue": {"depth": ex.depth(), "capacity": ex.queue_size},
         "last_reload_error": service.swapper.last_error,

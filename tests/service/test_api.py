@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common import defaults
 from index.store import ProductIndex
 from pipeline.images import load_image
 from service.product_images import ProductImageError, ProductImages
@@ -46,6 +47,10 @@ def test_health_ready_and_metrics(serve, world):
     assert body["index_version"] == "v000001" and body["checkpoint_sha256"] == world.sha256
     assert body["queue"] == {"depth": 0, "capacity": 64} and body["last_reload_error"] is None
     assert body["stage1"] == "hybrid"     # what stage 1 searches the index by (ctl serve --stage1)
+    # a query naming no `candidates` re-ranks the retriever's own count (here k + margin capped at the world's size)
+    want = min(defaults.K + max(defaults.K, defaults.CANDIDATES_EXACT_MARGIN), len(world.product_ids))
+    assert body["default_candidates"]["retrieve"] == want
+    assert "exact" in body["default_candidates"]["why"]
     client.post("/v1/look", files=upload(world.scenes[0]))
     client.post("/v1/look", files=upload(b"not an image", "a.txt", "text/plain"))
     text = client.get("/metrics").text
