@@ -250,6 +250,14 @@ def format_extras(report: dict) -> str:
         for name, curve in through["candidate_cut"].items():
             points = ", ".join(f"C={row['candidates']}: {row['overlap']:.3f}" for row in curve)
             lines.append(f"  top-{through['k']} overlap with exhaustive, {name.replace('_', ' ')}: {points}")
+        if "default_candidates" in through:
+            dc = through["default_candidates"]
+            used = "; ".join(f"{label} C={'/'.join(map(str, cs))}" for label, cs in dc["candidates"].items())
+            diffs = "  ".join(f"{key} {d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                              for key, d in dc["minus_exhaustive"].items())
+            lines.append(f"  the default C ({used}): hr@10 {dc['hr@10']:.3f}  hr@50 {dc['hr@50']:.3f}  minus "
+                         f"exhaustive: {diffs}; top-{through['k']} overlap per category "
+                         f"{dc['overlap']['per_category']:.3f}, flat {dc['overlap']['flat']:.3f}")
     return "\n".join(lines)
 
 

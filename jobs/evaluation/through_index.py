@@ -12,7 +12,8 @@ miss) with bootstrap intervals over queries; the two-stage figures at C, 2C and 
 differences from exhaustive (and the smallest C within 0.005 of it on HR@10 and HR@50); the
 candidate-cut curve: the mean overlap of the two-stage top-k with the exhaustive top-k for C in {k, 2k,
 5k, 10k, 20k, 50k}, per category (as the look and --category search) and flat (the nearest products of
-any category).
+any category); and what a query naming no C gets (Retriever.candidate_count's default): its HR@10 / HR@50
+against exhaustive (the top 50 at the default C for k = 50) and its top-k overlap, per category and flat.
 """
 from __future__ import annotations
 
@@ -108,6 +109,10 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
     swept: dict[int, list[int | None]] = {c: [] for c in sweep_cs}
     per_category: dict[int, list[float]] = {c: [] for c in cuts}
     flat: dict[int, list[float]] = {c: [] for c in cuts}
+    top = max(AGREEMENT_KS)
+    by_default: dict[str, list] = {"ranks": [], "per_category": [], "flat": []}
+    default_counts: dict[str, set[int]] = {f"top {top}, per category": set(), f"top {k}, per category": set(),
+                                           f"top {k}, flat": set()}
     for query in queries:
         if query.category not in known:
             skipped["category not in the index"] += 1
@@ -131,6 +136,15 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
             per_category[c].append(_overlap(retriever.retrieve(scene, k=k, candidates=c, category=query.category),
                                             everything, k))
             flat[c].append(_overlap(retriever.retrieve(scene, k=k, candidates=c), best_flat, k))
+        # a query that names no C: the top `top` for the HR figures, the top k for the overlaps
+        default_top = retriever.retrieve(scene, k=top, category=query.category)
+        by_default["ranks"].append(_rank(default_top.hits, query.product_id))
+        default_k = retriever.retrieve(scene, k=k, category=query.category)
+        by_default["per_category"].append(_overlap(default_k, everything, k))
+        default_flat = retriever.retrieve(scene, k=k)
+        by_default["flat"].append(_overlap(default_flat, best_flat, k))
+        for label, result in zip(default_counts, (default_top, default_k, default_flat), strict=True):
+            default_counts[label].add(result.candidates)
     if not exhaustive:
         raise ValueError(f"no query could be ranked through {index_dir} ({skipped})")
     curves = {"per_category": _curve(per_category), "flat": _curve(flat)}
@@ -147,6 +161,12 @@ def through_index_report(dataset, queries: list[Query], *, checkpoint, index_dir
         "agreement": {"tolerance": AGREEMENT, "ks": list(AGREEMENT_KS),
                       "smallest_c": smallest_agreeing([sweep_row(c, swept[c], exhaustive) for c in sweep_cs])},
         "k": k, "candidate_cut": curves,
+        "default_candidates": {
+            "candidates": {label: sorted(counts) for label, counts in default_counts.items()},
+            **{key: value for key, value in sweep_row(None, by_default["ranks"], exhaustive).items()
+               if key != "candidates"},
+            "overlap": {"per_category": float(np.mean(by_default["per_category"])),
+                        "flat": float(np.mean(by_default["flat"]))}},
         "smallest_c": {"target_overlap": OVERLAP_TARGET, **{name: smallest_cut(c) for name, c in curves.items()}},
         "protocol": "each test pair's scene with its product left out; the positive ranked among every catalogue "
                     "product of its category by Retriever.retrieve(category=c): two-stage with C = `candidates` "

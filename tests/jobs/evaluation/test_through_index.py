@@ -140,3 +140,20 @@ def test_the_per_query_ranks_are_the_figures_and_a_comparison_pairs_them(world, 
         compare_through_index(cut, shuffled)
     with pytest.raises(ValueError, match="per-query"):
         compare_through_index(cut, {k: v for k, v in full.items() if k != "per_query"})
+
+
+def test_the_default_c_row_is_what_a_query_naming_no_c_gets(world, retriever, global_retriever, queries,
+                                                             monkeypatch):
+    # On the world's exact index the default C (k + margin, capped at the category) ranks as exhaustive does.
+    got = report(world, retriever, queries, candidates=PER_CATEGORY, k=2)["default_candidates"]
+    assert got["hr@10"] == got["hr@50"] == 1.0 and got["overlap"] == {"per_category": 1.0, "flat": 1.0}
+    assert got["candidates"]["top 50, per category"] == [PER_CATEGORY]
+    assert all(d["diff"] == 0 for d in got["minus_exhaustive"].values())
+    # The row follows the retriever's default: by global distance with a default of C = k, the top k move.
+    real = type(retriever).candidate_count
+    monkeypatch.setattr(type(retriever), "candidate_count",
+                        lambda self, k, candidates=None, *, category=None:
+                        real(self, k, k if candidates is None else candidates, category=category))
+    cut = report(world, global_retriever, queries, candidates=PER_CATEGORY, k=2)["default_candidates"]
+    assert cut["candidates"] == {"top 50, per category": [PER_CATEGORY], "top 2, per category": [2], "top 2, flat": [2]}
+    assert cut["overlap"]["per_category"] < 1.0 and cut["overlap"]["flat"] < 1.0
