@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict] = {
     "batch-t01": {"temperature": 0.1},        # a sharper softmax over the larger set of negatives
     "batch-hard": {"mining": "hard"},         # half of each pair's drawn negatives its nearest wrong ones, shared
     "symmetric": {"symmetric_loss": True},    # also each positive product ranking its scene among the batch's
+    "batch-per-half": {"per_half_loss": True},   # the loss on d_g and on d_l alone too, over the shared negatives
     # the default of the second and third rounds: triplet loss, 4 negatives, the paper's attention
     "paper-attention": {**PAIR, "loss": "triplet", "negatives": 4, "attention": "paper"},
     "triplet": {**PAIR, "loss": "triplet", "negatives": 4},   # the fourth round's learnt sharpness, triplet loss
