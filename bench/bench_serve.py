@@ -140,9 +140,10 @@ class Bare:
 # -- (2) the server ---------------------------------------------------------------------------------------
 
 def start_server(checkpoint: Path, index_dir: Path, device: str, extra: list[str],
-                 root: Path = ROOT) -> tuple[subprocess.Popen, str]:
-    """`ctl serve` of the checkout at `root` (another worktree: an older commit's server, for a before/after)."""
-    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--port", "0", "--device", device, "--index-dir",
+                 root: Path = ROOT, entry: tuple[str, ...] = ("jobs.cli", "serve")) -> tuple[subprocess.Popen, str]:
+    """`ctl serve` of the checkout at `root` (another worktree: an older commit's server, for a before/after);
+    `entry`: the module (and its arguments) that runs it, `python -m ENTRY --port 0 ...`."""
+    cmd = [sys.executable, "-m", *entry, "--port", "0", "--device", device, "--index-dir",
            str(index_dir), "--checkpoint", str(checkpoint), "--examples", "none", "--watch-interval", "0",
            "--no-access-log", "--log-level", "warning", *extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
@@ -159,9 +160,10 @@ def start_server(checkpoint: Path, index_dir: Path, device: str, extra: list[str
             raise SystemExit(f"ctl serve exited with {proc.returncode}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process (all its threads), or of its thread `tid`."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -392,6 +394,16 @@ def checks(result: dict, device: str, endpoint: str) -> list[tuple[bool, str]]:
     return out
 
 
+def add_serve_options(ap: argparse.ArgumentParser) -> None:
+    """The ctl serve settings a benchmark passes on (serve_flags reads them back)."""
+    for name in SERVE_FLAGS:
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="passed to ctl serve")
+    for name in SERVE_SWITCHES:
+        ap.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
+                        help="passed to ctl serve")
+    ap.add_argument("--stage1", choices=defaults.STAGE1_MODES, default=None, help="passed to ctl serve")
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200, help="requests per concurrency level (at least 4 x it)")
@@ -405,12 +417,7 @@ def parse_args(argv=None):
     ap.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp",
                     help="the load generator's HTTP client (aiohttp: ~8x less client CPU per request)")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="a synthetic catalogue of N products")
-    for name in SERVE_FLAGS:
-        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="passed to ctl serve")
-    for name in SERVE_SWITCHES:
-        ap.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
-                        help="passed to ctl serve")
-    ap.add_argument("--stage1", choices=defaults.STAGE1_MODES, default=None, help="passed to ctl serve")
+    add_serve_options(ap)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     return ap.parse_args(argv)
 

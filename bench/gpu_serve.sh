@@ -3,7 +3,8 @@
 # a synthetic catalogue of N products built there (default 100,000: random unit embeddings, the EfficientNet-Lite0
 # trunk), then bench/bench_serve.py for /v1/retrieve and /v1/look at concurrency 1, 4, 16, 64 beside the bare
 # traced backbone, with the server's warm-up, its CPU per request, stage times and RSS over RSS_REQUESTS requests
-# (5,000) after readiness; then, while the budget lasts, the same without padded shapes and without the stages
+# (5,000) after readiness; then one process's front end with a forward-free model (bench/bench_frontend.py: can it
+# reach the targets at all?); then, while the budget lasts, the same without padded shapes and without the stages
 # thread (what each default buys). Every section runs under `timeout`, in order of importance, and is skipped when
 # the budget left cannot fit it. Everything printed also goes to $OUT/gpu_serve.log, figures to $OUT/gpu_serve/.
 #
@@ -80,6 +81,9 @@ export -f bench
 # In order of importance: both endpoints with the defaults, then what padding and the stages thread buy.
 section retrieve 200 90 bench retrieve retrieve
 section look 200 90 bench look look
+# one process's front end with a forward that costs nothing: does it reach the targets at all (docs/benchmarks-serve.md)
+section frontend 90 45 $PY -m bench.bench_frontend --device "$DEVICE" --synthetic "$N" --clients "$CLIENTS" \
+  --concurrency 16,64 --requests "$REQUESTS" --duration 10 --json "$RESULTS/frontend.json"
 section retrieve_no_pad 120 60 bench retrieve_no_pad retrieve --no-pad-batches --rss-requests 0 --bare-seconds 1
 section retrieve_no_pipeline 120 60 bench retrieve_no_pipeline retrieve --no-pipeline --rss-requests 0 --bare-seconds 1
 
