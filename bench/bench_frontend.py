@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+import jobs.serve
 from bench.bench_query import find_artifacts
 from bench.bench_serve import (
     TARGET_GPU_RATE,
@@ -40,6 +41,7 @@ from bench.bench_serve import (
     start_server,
     wait_ready,
 )
+from retrieval.retriever import Retriever
 from service.settings import usable_cores
 
 CHILD = "serve-without-forward"
@@ -47,9 +49,6 @@ CHILD = "serve-without-forward"
 
 def serve_without_forward(argv: list[str]) -> None:
     """`ctl serve ARGV` with Retriever.encode_pixels answering from one scene encoded at load (no backbone)."""
-    import jobs.serve
-    from retrieval.retriever import Retriever
-
     class ForwardFree(Retriever):
         @classmethod
         def load(cls, *args, **kwargs):
@@ -66,6 +65,12 @@ def serve_without_forward(argv: list[str]) -> None:
 
     jobs.serve.Retriever = ForwardFree
     jobs.serve.serve_command.main(argv, prog_name="ctl serve (forward-free)")
+
+
+def machine_idle_seconds() -> float:
+    """Idle + iowait CPU seconds of the whole machine since boot (/proc/stat), every core together."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_args(argv=None):
@@ -90,10 +95,12 @@ def measure(url: str, pid: int, payloads, args) -> list[dict]:
          clients=args.clients)    # connections, arenas and caches settle first
     levels = []
     for c in [int(c) for c in args.concurrency.split(",")]:
-        cpu0, main0 = cpu_seconds(pid), cpu_seconds(pid, pid)
+        cpu0, main0, idle0 = cpu_seconds(pid), cpu_seconds(pid, pid), machine_idle_seconds()
         r = load(url, payloads, concurrency=c, requests=max(args.requests, 4 * c), duration=args.duration,
                  endpoint=endpoint, params=params, clients=args.clients)
         ok = max(1, r["ok"])
+        # idle cores of the whole machine (other processes included), not usable cores minus ours
+        r["machine_idle_cores"] = (machine_idle_seconds() - idle0) / r["wall_s"]
         r["server_cpu_per_request_ms"] = 1e3 * (cpu_seconds(pid) - cpu0) / ok
         r["event_loop_cpu_per_request_ms"] = 1e3 * (cpu_seconds(pid, pid) - main0) / ok
         r["one_process_bound"] = 1e3 / r["event_loop_cpu_per_request_ms"]
@@ -107,18 +114,18 @@ def measure(url: str, pid: int, payloads, args) -> list[dict]:
               f"{r['one_process_bound']:,.0f} req/s); p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms; "
               f"{r['statuses']}  [server ms: {stages}]  client CPU {r['client_cpu_per_request_ms']:.2f} ms/req; "
               f"cores busy: server {r['server_cores_busy']:.2f}, clients {r['client_cores_busy']:.2f} of "
-              f"{usable_cores()}; load {r['load_after']:.1f}", flush=True)
+              f"{usable_cores()}, idle {r['machine_idle_cores']:.2f}; load {r['load_after']:.1f}", flush=True)
     return levels
 
 
 def verdict(levels: list[dict], target: float, endpoint: str) -> str:
-    """What the levels say about one process: its best requests/s, whether cores were left idle at it (then
-    something serialises the work, the GIL first of all, and more cores would not raise it), and the event loop's
-    own bound."""
+    """What the levels say about one process: its best requests/s, whether the machine's cores were left idle at
+    it (then something serialises the work, the GIL first of all, and more cores would not raise it), and the event
+    loop's own bound."""
     top = max(levels, key=lambda r: r["throughput"])
-    idle = usable_cores() - top["server_cores_busy"] - top["client_cores_busy"]
+    idle = top["machine_idle_cores"]
     limit = (f"{idle:.2f} of {usable_cores()} cores idle at it: serialised (the GIL), not short of cores"
-             if idle > 0.25 else "every core busy at it: short of cores")
+             if idle > 0.25 else "no core idle at it: short of cores (or shared with other work)")
     loop = min(levels, key=lambda r: r["event_loop_cpu_per_request_ms"])
     return (f"one forward-free process answered {top['throughput']:,.0f} requests/s at best (concurrency "
             f"{top['concurrency']}; {limit}); the GPU target for {endpoint} is {target:,.0f}. Its event loop alone "
