@@ -37,6 +37,7 @@ from bench.bench_serve import (
     add_serve_options,
     cpu_seconds,
     load,
+    main_threads_cpu_seconds,
     serve_flags,
     start_server,
     wait_ready,
@@ -95,42 +96,44 @@ def measure(url: str, pid: int, payloads, args) -> list[dict]:
          clients=args.clients)    # connections, arenas and caches settle first
     levels = []
     for c in [int(c) for c in args.concurrency.split(",")]:
-        cpu0, main0, idle0 = cpu_seconds(pid), cpu_seconds(pid, pid), machine_idle_seconds()
+        cpu0, main0, idle0 = cpu_seconds(pid), main_threads_cpu_seconds(pid), machine_idle_seconds()
         r = load(url, payloads, concurrency=c, requests=max(args.requests, 4 * c), duration=args.duration,
                  endpoint=endpoint, params=params, clients=args.clients)
         ok = max(1, r["ok"])
         # idle cores of the whole machine (other processes included), not usable cores minus ours
         r["machine_idle_cores"] = (machine_idle_seconds() - idle0) / r["wall_s"]
         r["server_cpu_per_request_ms"] = 1e3 * (cpu_seconds(pid) - cpu0) / ok
-        r["event_loop_cpu_per_request_ms"] = 1e3 * (cpu_seconds(pid, pid) - main0) / ok
-        r["one_process_bound"] = 1e3 / r["event_loop_cpu_per_request_ms"]
+        r["event_loop_cpu_per_request_ms"] = 1e3 * (main_threads_cpu_seconds(pid) - main0) / ok
+        # each front end has its event loop: N of them bound N times as many requests/s
+        r["event_loops_bound"] = (args.frontends or 1) * 1e3 / r["event_loop_cpu_per_request_ms"]
         r["server_cores_busy"] = r["server_cpu_per_request_ms"] * r["throughput"] / 1e3
         r["client_cores_busy"] = r["client_cpu_per_request_ms"] * r["throughput"] / 1e3
         r["load_after"] = os.getloadavg()[0]
         levels.append(r)
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["server_stage_ms"].items())
         print(f"  concurrency {c:>3}: {r['throughput']:7.1f} req/s; server CPU {r['server_cpu_per_request_ms']:.2f} "
-              f"ms/req, event loop {r['event_loop_cpu_per_request_ms']:.2f} ms/req (one process at most "
-              f"{r['one_process_bound']:,.0f} req/s); p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms; "
+              f"ms/req, event loop(s) {r['event_loop_cpu_per_request_ms']:.2f} ms/req (at most "
+              f"{r['event_loops_bound']:,.0f} req/s); p50 {r['p50_ms']:.1f} p99 {r['p99_ms']:.1f} ms; "
               f"{r['statuses']}  [server ms: {stages}]  client CPU {r['client_cpu_per_request_ms']:.2f} ms/req; "
               f"cores busy: server {r['server_cores_busy']:.2f}, clients {r['client_cores_busy']:.2f} of "
               f"{usable_cores()}, idle {r['machine_idle_cores']:.2f}; load {r['load_after']:.1f}", flush=True)
     return levels
 
 
-def verdict(levels: list[dict], target: float, endpoint: str) -> str:
-    """What the levels say about one process: its best requests/s, whether the machine's cores were left idle at
-    it (then something serialises the work, the GIL first of all, and more cores would not raise it), and the event
-    loop's own bound."""
+def verdict(levels: list[dict], target: float, endpoint: str, frontends: int = 1) -> str:
+    """What the levels say about the server's front end: its best requests/s, whether the machine's cores were left
+    idle at it (then something serialises the work, the GIL first of all, and more cores would not raise it), and
+    the event loops' own bound."""
     top = max(levels, key=lambda r: r["throughput"])
     idle = top["machine_idle_cores"]
     limit = (f"{idle:.2f} of {usable_cores()} cores idle at it: serialised (the GIL), not short of cores"
              if idle > 0.25 else "no core idle at it: short of cores (or shared with other work)")
     loop = min(levels, key=lambda r: r["event_loop_cpu_per_request_ms"])
-    return (f"one forward-free process answered {top['throughput']:,.0f} requests/s at best (concurrency "
-            f"{top['concurrency']}; {limit}); the GPU target for {endpoint} is {target:,.0f}. Its event loop alone "
-            f"spends {loop['event_loop_cpu_per_request_ms']:.2f} ms a request: at most "
-            f"{loop['one_process_bound']:,.0f} requests/s even with every other part free")
+    who = "one forward-free process" if frontends == 1 else f"{frontends} forward-free front-end processes"
+    return (f"{who} answered {top['throughput']:,.0f} requests/s at best (concurrency "
+            f"{top['concurrency']}; {limit}); the GPU target for {endpoint} is {target:,.0f}. The event loops alone "
+            f"spend {loop['event_loop_cpu_per_request_ms']:.2f} ms a request: at most "
+            f"{loop['event_loops_bound']:,.0f} requests/s even with every other part free")
 
 
 def main(argv=None) -> int:
@@ -161,7 +164,8 @@ def main(argv=None) -> int:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    result["verdict"] = verdict(result["levels"], TARGET_GPU_RATE[args.endpoint], result["endpoint"])
+    result["verdict"] = verdict(result["levels"], TARGET_GPU_RATE[args.endpoint], result["endpoint"],
+                                args.frontends or 1)
     print(result["verdict"])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -68,7 +68,8 @@ TARGET_RSS_MB = 50
 TARGET_GPU_RATE = {"retrieve": 1500.0, "look": 1000.0}   # requests/s at concurrency 64
 TARGET_GPU_SCALING = 10.0         # throughput at 64 / at 1
 TARGET_GPU_P99_MS = 100.0
-SERVE_FLAGS = ("threads", "batch_threads", "model_threads", "max_batch", "decode_threads", "queue_size")
+SERVE_FLAGS = ("threads", "batch_threads", "model_threads", "max_batch", "decode_threads", "queue_size",
+               "frontends")
 SERVE_SWITCHES = ("pad_batches", "pipeline")
 
 
@@ -160,18 +161,45 @@ def start_server(checkpoint: Path, index_dir: Path, device: str, extra: list[str
             raise SystemExit(f"ctl serve exited with {proc.returncode}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (`ctl serve --frontends N`: the model process and its front ends)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return tree
+
+
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User + system CPU time of a process (all its threads), or of its thread `tid`."""
-    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live descendants (all their threads), or of its thread `tid`."""
+    def read(stat: Path) -> float:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:                    # gone between the listing and the read
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if tid is not None:
+        return read(Path(f"/proc/{pid}/task/{tid}/stat"))
+    return sum(read(Path(f"/proc/{p}/stat")) for p in process_tree(pid))
+
+
+def main_threads_cpu_seconds(pid: int) -> float:
+    """CPU time of the main thread of each process of the tree: the event loops (of every front end)."""
+    return sum(cpu_seconds(p, p) for p in process_tree(pid))
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of a process and its live descendants (pages they share are counted in each)."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 async def load_records(url: str, payloads: list[tuple[str, bytes]], *, concurrency: int, requests: int,

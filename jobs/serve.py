@@ -1,7 +1,6 @@
 """`ctl serve`: the HTTP API and the page over one index and checkpoint, loaded once, answering many."""
 from __future__ import annotations
 
-import gc
 import logging
 import socket
 import sys
@@ -16,6 +15,7 @@ from common.devices import DEVICE_PATTERN, resolve_device
 from common.errors import ArtifactError, InputError
 from jobs.cli_errors import OneLineCommand, release_logs
 from jobs.data.datasets import load_dataset
+from jobs.serve_frontends import freeze_heap, serve_with_frontends
 from jobs.training.run_layout import RunLayout
 from retrieval.retriever import Retriever
 from service.app import create_app
@@ -73,18 +73,6 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def freeze_heap() -> None:
-    """Move everything loaded so far (model, index, app: ~400,000 objects) out of the collector's sight.
-
-    Python's cyclic collector otherwise walks them all at every full collection: 170 ms holding the GIL,
-    every thread of the server stalled (measured with the synthetic catalogue on 2 busy cores; ~0 ms after
-    the freeze). A request's own objects are still collected as usual. Once per process, after loading and
-    before the first request (the collection first: no garbage is frozen).
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def device_name(ctx, param, value: str) -> str:
     if not DEVICE_PATTERN.fullmatch(value):
         raise click.BadParameter(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
@@ -137,13 +125,18 @@ def device_name(ctx, param, value: str) -> str:
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="one log line per request")
 @click.option("--stage1", type=click.Choice(defaults.STAGE1_MODES), default=defaults.STAGE1, show_default=True,
               help="what stage 1 searches the index by: each category's hybrid query or the scene's global embedding")
+@click.option("--frontends", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="front-end processes (HTTP, decoding, both stages, each with its own GIL) feeding one model "
+                   "process through shared memory; 1: everything in this process (docs/benchmarks-serve.md)")
 def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, threads: int | None,
                   batch_threads: int | None, model_threads: int | None, max_batch: int | None, pad_batches: bool | None,
                   decode_threads: int | None, pipeline: bool | None, queue_size: int,
                   max_upload_mb: float, watch_interval: float, reload_token: str | None, examples: str,
-                  trace: bool, log_level: str, access_log: bool, stage1: str) -> None:
+                  trace: bool, log_level: str, access_log: bool, stage1: str, frontends: int) -> None:
     """Serve the HTTP API (/v1/look, /v1/retrieve, ...) and the page at / until interrupted."""
     device = str(resolve_device(device))
+    if frontends > 1 and decode_threads is None:     # the device's decode threads, shared out among the front ends
+        decode_threads = max(1, ServeSettings.for_device(device).decode_threads // frontends)
     settings = ServeSettings.for_device(
         device, threads=threads, batch_threads=batch_threads, model_threads=model_threads, max_batch=max_batch,
         pad_batches=pad_batches,
@@ -156,27 +149,43 @@ def serve_command(index_dir: Path, checkpoint: Path, host: str, port: int, devic
     threads_before = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        _serve(index_dir, checkpoint, host, port, device, settings, log_level, access_log, stage1)
+        _serve(index_dir, checkpoint, host, port, device, settings, log_level, access_log, stage1, frontends)
     finally:
         torch.set_num_threads(threads_before)     # in-process callers (tests, embedding apps) keep their setting
 
 
 def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str, settings: ServeSettings,
-           log_level: str, access_log: bool, stage1: str = defaults.STAGE1) -> None:
+           log_level: str, access_log: bool, stage1: str = defaults.STAGE1, frontends: int = 1) -> None:
     sock = listen(host, port)          # before loading: a taken port fails in a second, not after the model
     try:
         retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device, stage1=stage1)
+        if frontends > 1:
+            serve_with_frontends(sock, retriever, index_dir, checkpoint, settings, frontends, log_level=log_level,
+                                 access_log=access_log, stage1=stage1,
+                                 announce=lambda: _announce(sock, retriever, device, settings, host, frontends))
+            sock.close()
+            return
         app = create_app(retriever, index_dir, settings)
     except BaseException:
         sock.close()
         raise
     freeze_heap()
+    _announce(sock, retriever, device, settings, host, frontends)
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=15,
+                            lifespan="on", server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _announce(sock: socket.socket, retriever: Retriever, device: str, settings: ServeSettings, host: str,
+              frontends: int) -> None:
+    """The one line saying where the server listens and how it runs (benchmarks wait for it), and its warnings."""
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     index = retriever.index
+    processes = "" if frontends == 1 else f"{frontends} front-end processes feeding "
     click.echo(f"serving http://{url_host}:{bound_port} ({index.version or 'flat index'}, {index.n:,} products, "
-               f"{len(retriever.categories)} categories; {device}: one model executor, {settings.model_threads} "
-               f"model thread(s) of {settings.threads} torch thread(s) alone / "
+               f"{len(retriever.categories)} categories; {device}: {processes}one model executor, "
+               f"{settings.model_threads} model thread(s) of {settings.threads} torch thread(s) alone / "
                f"{settings.batch_threads or settings.threads} batched"
                f"{', traced' if retriever.traced else ''}, batches up to {settings.max_batch}"
                f"{' padded' if settings.pad_batches else ''}, {settings.decode_threads} decode thread(s), "
@@ -188,6 +197,3 @@ def _serve(index_dir: Path, checkpoint: Path, host: str, port: int, device: str,
         click.echo(f"warning: listening on {host}: reachable from other machines, and the API has no "
                    "authentication (except the admin reload token)", err=True)
     sys.stderr.flush()
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=15,
-                            lifespan="on", server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])

@@ -73,6 +73,7 @@ class Retriever:
         # channels_last: measured 25-35% faster for one 224 px scene on 2 CPU cores (depthwise convolutions).
         self.embedder.backbone.to(memory_format=torch.channels_last)
         self._backbone = self.embedder.backbone   # what encode_scenes runs; trace_backbone swaps in a graph
+        self._forward = None                      # use_forward: encode_pixels answered elsewhere
         with torch.inference_mode():
             all_idx = torch.arange(len(embedder.categories), device=self.device)
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
@@ -189,6 +190,8 @@ class Retriever:
         shape) and the padding rows are cut off before anything is returned. In eval mode no layer mixes
         rows, so the real rows' values do not depend on the padding (tested).
         """
+        if self._forward is not None:
+            return self._forward(pixels, pad_to=pad_to)
         n = int(pixels.shape[0])
         if pad_to is not None and pad_to > n:
             pixels = torch.cat([pixels, pixels.new_zeros((pad_to - n, *pixels.shape[1:]))])
@@ -199,6 +202,15 @@ class Retriever:
                 f_s, f_i = self.embedder.scene_from_features(feature_map)
                 presence = self.embedder.presence_probabilities(feature_map)
         return f_s[:n].float(), f_i[:n].float(), None if presence is None else presence[:n].float()
+
+    def use_forward(self, forward) -> None:
+        """Answer encode_pixels with `forward` (same arguments and results) instead of this process's backbone.
+
+        For a front-end process of `ctl serve --frontends N`: the forward runs in the model process
+        (service.shared_forward.RemoteForward); stage 1, stage 2 and the heads' tables stay here. Retrievers
+        made by with_index and with_stage1 keep it.
+        """
+        self._forward = forward
 
     @property
     def scene_backbone(self) -> torch.nn.Module:

@@ -154,3 +154,100 @@ def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_serve(world, *flags) -> tuple[subprocess.Popen, str, list[str]]:
+    """`ctl serve FLAGS` in its own process on the world's index; (process, url, its log lines so far and to come)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--port", "0", "--device", "cpu", "--index-dir",
+           str(world.index_dir), "--checkpoint", str(world.checkpoint), "--examples", "none",
+           "--watch-interval", "0", "--no-access-log", *flags]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+    started = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            log.append(line)
+            if line.startswith("serving http://"):
+                started.set()
+    threading.Thread(target=read, daemon=True).start()
+    if not started.wait(180):
+        proc.kill()
+        raise AssertionError("".join(log))
+    url = re.match(r"serving (http://\S+) ", next(x for x in log if x.startswith("serving"))).group(1)
+    return proc, url, log
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children") for c in task.read_text().split()]
+
+
+def front_end_pids(pid: int) -> list[int]:
+    """The server's front-end processes (its other child is multiprocessing's resource tracker)."""
+    return [c for c in children(pid) if "multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_bytes().decode()
+            and "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes().decode()]
+
+
+def shared_segments() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("psm_*")}
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs Linux shared memory")
+def test_front_end_processes_answer_as_one_process_and_stop_on_sigterm(world, retriever):
+    """--frontends 2: the server says it is one once every front end is ready, answers as the in-process retriever
+    (the forward in the model process, both stages in a front end), answers what it admitted on SIGTERM, and leaves
+    no process or shared memory behind."""
+    segments = shared_segments()
+    proc, url, log = start_serve(world, "--frontends", "2", "--decode-threads", "1")
+    try:
+        assert "2 front-end processes feeding one model executor" in "".join(log)
+        fronts = front_end_pids(proc.pid)
+        assert len(fronts) == 2, fronts
+        assert shared_segments() - segments, "the slots live in shared memory"
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        want = retriever.retrieve(retriever.encode_scene(world.scenes[0]), k=5)
+        for _ in range(4):                       # whichever front end takes the connection
+            answer = httpx.post(f"{url}/v1/retrieve", params={"k": 5}, timeout=60,
+                                files={"image": ("s.jpg", world.scenes[0].read_bytes(), "image/jpeg")})
+            assert answer.status_code == 200, answer.text
+            hits = answer.json()["hits"]
+            assert [h["product_id"] for h in hits] == [h.product_id for h in want.hits]
+            assert [h["score"] for h in hits] == pytest.approx([h.score for h in want.hits], abs=1e-4)
+
+        def post(_):
+            return httpx.post(f"{url}/v1/retrieve", files={"image": ("s.jpg", world.scenes[1].read_bytes(),
+                                                                    "image/jpeg")}, timeout=120).status_code
+        # The model process stopped, queries pile up in the front ends waiting for their forwards; SIGTERM then
+        # reaches it first: it must keep forwarding until every front end has answered what it admitted.
+        os.kill(proc.pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(6) as ex:
+            answers = ex.map(post, range(6))
+            wait_until(lambda: queue_depth(url) >= 1, "a query waiting for the model process")
+            time.sleep(0.5)                      # the other posts admitted too (not a timed assertion)
+            proc.send_signal(signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGCONT)
+            assert list(answers) == [200] * 6
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0 and "Traceback" not in "".join(log), "".join(log)
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in fronts), "the front ends to be gone", 10)
+    wait_until(lambda: not (shared_segments() - segments), "the shared memory to be freed", 10)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs Linux shared memory")
+def test_a_front_end_that_dies_stops_the_server_with_one_line(world):
+    proc, url, log = start_serve(world, "--frontends", "2", "--decode-threads", "1")
+    try:
+        victim = front_end_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    errors = [line for line in log if "error:" in line]
+    assert code == 1 and len(errors) == 1, "".join(log)
+    assert re.search(r"front-end process ctl-serve-frontend-\d exited with code -9", errors[0]), errors
+    assert "Traceback" not in "".join(log)
