@@ -41,6 +41,7 @@ CONFIGS = {
     "decode1": ["--decode-threads", "1"],
     "pipeline": ["--pipeline"],
     "omp-passive": ["env:OMP_WAIT_POLICY=PASSIVE"],
+    "frontends2": ["--frontends", "2"],   # two front-end processes feeding one model process
 }
 
 

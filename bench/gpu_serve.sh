@@ -3,7 +3,8 @@
 # a synthetic catalogue of N products built there (default 100,000: random unit embeddings, the EfficientNet-Lite0
 # trunk), then bench/bench_serve.py for /v1/retrieve and /v1/look at concurrency 1, 4, 16, 64 beside the bare
 # traced backbone, with the server's warm-up, its CPU per request, stage times and RSS over RSS_REQUESTS requests
-# (5,000) after readiness; then one process's front end with a forward-free model (bench/bench_frontend.py: can it
+# (5,000) after readiness; then /v1/retrieve with FRONTENDS (4) front-end processes feeding one model process
+# (ctl serve --frontends); /v1/look; the front ends with a forward-free model (bench/bench_frontend.py: can they
 # reach the targets at all?); then, while the budget lasts, the same without padded shapes and without the stages
 # thread (what each default buys). Every section runs under `timeout`, in order of importance, and is skipped when
 # the budget left cannot fit it. Everything printed also goes to $OUT/gpu_serve.log, figures to $OUT/gpu_serve/.
@@ -16,7 +17,7 @@
 #   PY=.venv/bin/python DEVICE=cpu N=3000 LEVELS=1,4 REQUESTS=16 DURATION=10 RSS_REQUESTS=40 CLIENTS=2 \
 #     BUDGET_S=900 bash bench/gpu_serve.sh
 # Env: BUDGET_S (480), DEVICE (cuda), N (100000), LEVELS (1,4,16,64), REQUESTS (per level, 3000), DURATION (s per
-# level at most, 15), RSS_REQUESTS (5000), CLIENTS (client processes, 4), PY, OUT.
+# level at most, 15), RSS_REQUESTS (5000), CLIENTS (client processes, 4), FRONTENDS (4), PY, OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
@@ -78,12 +79,16 @@ bench() {  # bench TAG ENDPOINT [flags...]: one bench_serve run, its figures in 
 export PY DEVICE N LEVELS REQUESTS DURATION RSS_REQUESTS CLIENTS RESULTS
 export -f bench
 
-# In order of importance: both endpoints with the defaults, then what padding and the stages thread buy.
+# In order of importance: /v1/retrieve with the defaults (one process), then with FRONTENDS front-end processes
+# feeding one model process (the design one process's GIL asks for: docs/benchmarks-serve.md), /v1/look, the
+# front ends' own ceiling with a forward that costs nothing, then what padding and the stages thread buy.
+FRONTENDS=${FRONTENDS:-4}
+export FRONTENDS
 section retrieve 200 90 bench retrieve retrieve
+section retrieve_frontends 150 60 bench retrieve_frontends retrieve --frontends "$FRONTENDS" --rss-requests 1000
 section look 200 90 bench look look
-# one process's front end with a forward that costs nothing: does it reach the targets at all (docs/benchmarks-serve.md)
 section frontend 90 45 $PY -m bench.bench_frontend --device "$DEVICE" --synthetic "$N" --clients "$CLIENTS" \
-  --concurrency 16,64 --requests "$REQUESTS" --duration 10 --json "$RESULTS/frontend.json"
+  --concurrency 16,64 --requests "$REQUESTS" --duration 10 --frontends "$FRONTENDS" --json "$RESULTS/frontend.json"
 section retrieve_no_pad 120 60 bench retrieve_no_pad retrieve --no-pad-batches --rss-requests 0 --bare-seconds 1
 section retrieve_no_pipeline 120 60 bench retrieve_no_pipeline retrieve --no-pipeline --rss-requests 0 --bare-seconds 1
 
