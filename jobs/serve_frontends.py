@@ -4,9 +4,10 @@ The model process (this one) loads the checkpoint on the device, traces and warm
 ForwardServer (service/shared_forward.py). Each front end is a spawned process running the whole service
 (routes, page, metrics, hot swap of the index, its own executor, decode pool, stage 1 and stage 2 on the CPU)
 over the inherited listening socket, with `Retriever.use_forward` sending its forwards to the model process.
-What each front end keeps for itself: its queue (so `--queue-size` is per front end), its /metrics, its index
-watcher (every front end follows the index directory's pointer; an admin reload reaches the one front end that
-took it, the others at their next read of the pointer). The address is printed once every front end is ready.
+What each front end keeps for itself: its queue (so `--queue-size` is per front end), its index watcher (each
+follows the index directory's pointer; an admin reload reaches the front end that took it, the others at their
+next read of the pointer). /metrics, whichever front end answers it, sums them all (service/metrics.py). The
+address is printed once every front end is ready.
 SIGTERM or SIGINT stops the front ends first (each answers what it has admitted, through the model process),
 then the model process; a front end that dies stops the whole server with an error, for a supervisor to restart.
 """
@@ -16,8 +17,10 @@ import gc
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -32,6 +35,7 @@ from common.errors import CtlError
 from retrieval.retriever import Retriever
 from service.app import create_app
 from service.executor import power_buckets
+from service.metrics import MULTIPROCESS_DIR
 from service.settings import ServeSettings
 from service.shared_forward import ForwardServer, ForwardShape, RemoteForward, SlotHandle
 
@@ -90,6 +94,11 @@ def serve_with_frontends(sock: socket.socket, retriever: Retriever, index_dir: P
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     processes: list[multiprocessing.process.BaseProcess] = []
+    # The front ends' metrics, summed at each scrape (service/metrics.py); read from the environment when each
+    # front end imports prometheus_client, so set before they are spawned.
+    metrics_dir = tempfile.mkdtemp(prefix="ctl-serve-metrics-")
+    previous_dir = os.environ.get(MULTIPROCESS_DIR)
+    os.environ[MULTIPROCESS_DIR] = metrics_dir
     try:
         freeze_heap()
         server.start()
@@ -113,6 +122,11 @@ def serve_with_frontends(sock: socket.socket, retriever: Retriever, index_dir: P
     finally:
         _stop_frontends(processes)
         server.close()
+        if previous_dir is None:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+        else:
+            os.environ[MULTIPROCESS_DIR] = previous_dir
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -136,7 +136,6 @@ class ModelExecutor:
             self.buckets = (*self.buckets, self.max_batch)
         self.decode_threads, self.pipeline, self.model_threads = int(decode_threads), bool(pipeline), int(model_threads)
         self.metrics = metrics or ServiceMetrics()
-        self.metrics.watch_queue(self.depth, self.queue_size)
         self.clock = clock or Clock()
         self._ready: collections.deque[Query] = collections.deque()
         self._lock = threading.RLock()
@@ -154,6 +153,7 @@ class ModelExecutor:
         self.warm = threading.Event()
         self.warmed_sizes: tuple[int, ...] = ()
         self.warmup_seconds: float | None = None
+        self.metrics.watch_queue(self.depth, self.queue_size)   # last: depth() reads the state above
 
     # -- the retriever being served ------------------------------------------------------------------
     @property

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
+import os
 import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing import connection, shared_memory
+from multiprocessing import connection, reduction
 from multiprocessing.connection import Connection, Pipe
 
 import numpy as np
@@ -63,29 +65,58 @@ class ForwardShape:
                    categories=0 if presence is None else int(presence.shape[1]))
 
 
+class SharedFd:
+    """An anonymous shared file (memfd) that travels to a spawned process as a file descriptor.
+
+    No name anywhere: nothing to unlink, nothing left behind when a process is killed (the memory goes with the
+    last descriptor or mapping), and no resource tracker involved (multiprocessing.shared_memory's, shared by
+    spawned children, lost its bookkeeping when front ends attached and exited: KeyError tracebacks at shutdown).
+    """
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    @classmethod
+    def create(cls, size: int) -> SharedFd:
+        fd = os.memfd_create("ctl-forward-slot", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        return cls(fd)
+
+    def map(self) -> mmap.mmap:
+        return mmap.mmap(self.fd, 0)
+
+    def __reduce__(self):
+        # pickled into a spawned process: the descriptor is duplicated into it, as multiprocessing does for pipes
+        return _rebuild_shared_fd, (reduction.DupFd(self.fd),)
+
+
+def _rebuild_shared_fd(dup) -> SharedFd:
+    return SharedFd(dup.detach())
+
+
 class SlotViews:
     """Numpy views of one slot's shared memory: pixels in, f_s / f_i / presence out."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, shape: ForwardShape):
-        self.shm = shm
+    def __init__(self, memory: mmap.mmap, shape: ForwardShape):
+        self.memory = memory
         s, n, d, r, k = shape.size, shape.rows, shape.dim, shape.regions, shape.categories
-        self.pixels = np.ndarray((n, 3, s, s), dtype=np.uint8, buffer=shm.buf)
-        floats = np.ndarray((shape.output_floats,), dtype=np.float32, buffer=shm.buf, offset=shape.pixel_bytes)
+        self.pixels = np.ndarray((n, 3, s, s), dtype=np.uint8, buffer=memory)
+        floats = np.ndarray((shape.output_floats,), dtype=np.float32, buffer=memory, offset=shape.pixel_bytes)
         self.f_s = floats[:n * d].reshape(n, d)
         self.f_i = floats[n * d:n * d + n * r * d].reshape(n, r, d)
         self.presence = floats[n * d + n * r * d:].reshape(n, k) if k else None
 
     def release(self) -> None:
-        # The views hold the buffer; drop them before closing the mapping.
+        # The views hold the buffer: drop them before closing the mapping.
         self.pixels = self.f_s = self.f_i = self.presence = None
-        self.shm.close()
+        self.memory.close()
 
 
 @dataclass(frozen=True)
 class SlotHandle:
-    """What a front end receives for one slot (picklable into a spawned process): the memory's name, its pipe end."""
+    """What a front end receives for one slot (picklable into a spawned process): its memory, its pipe end."""
 
-    name: str
+    memory: SharedFd
     conn: Connection
     shape: ForwardShape
 
@@ -111,6 +142,7 @@ class ForwardServer:
         self.on_thread_start = on_thread_start
         self.handles: list[list[SlotHandle]] = []
         self._views: dict[int, SlotViews] = {}        # id(our pipe end) -> the slot's views
+        self._fds: list[SharedFd] = []
         self._conns: list[Connection] = []
         self._pending: deque[_Request] = deque()
         self._cond = threading.Condition()
@@ -122,11 +154,12 @@ class ForwardServer:
             for _ in range(frontends):
                 handles = []
                 for _ in range(slots):
-                    shm = shared_memory.SharedMemory(create=True, size=size)
+                    memory = SharedFd.create(size)
+                    self._fds.append(memory)
                     ours, theirs = Pipe(duplex=True)
-                    self._views[id(ours)] = SlotViews(shm, shape)
+                    self._views[id(ours)] = SlotViews(memory.map(), shape)
                     self._conns.append(ours)
-                    handles.append(SlotHandle(shm.name, theirs, shape))
+                    handles.append(SlotHandle(memory, theirs, shape))
                 self.handles.append(handles)
         except BaseException:
             self.close()
@@ -150,16 +183,17 @@ class ForwardServer:
         self._workers = []
 
     def close(self) -> None:
-        """Stop, then free the shared memory (the front ends must be gone)."""
+        """Stop, close the pipes and this process's mappings (the memory goes with the front ends' last ones)."""
         self.stop()
         for conn in self._conns:
             conn.close()
         for views in self._views.values():
-            shm = views.shm
             views.release()
-            shm.unlink()
+        for memory in self._fds:
+            os.close(memory.fd)
         self._views.clear()
         self._conns.clear()
+        self._fds.clear()
 
     # -- the two loops ---------------------------------------------------------------------------------
     def _receive(self) -> None:
@@ -238,10 +272,7 @@ class RemoteForward:
         self._free: queue.Queue[tuple[SlotViews, Connection]] = queue.Queue()
         self._slots: list[tuple[SlotViews, Connection]] = []
         for handle in handles:
-            # A spawned front end shares the model process's resource tracker: the creator's unlink at close
-            # is the one that counts, and the tracker unlinks what a killed model process left.
-            shm = shared_memory.SharedMemory(name=handle.name)
-            slot = (SlotViews(shm, handle.shape), handle.conn)
+            slot = (SlotViews(handle.memory.map(), handle.shape), handle.conn)
             self._slots.append(slot)
             self._free.put(slot)
 
