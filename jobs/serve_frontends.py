@@ -87,6 +87,9 @@ def serve_with_frontends(sock: socket.socket, retriever: Retriever, index_dir: P
     log.info("model process warm: batch shapes %s in %.1f s", list(buckets) or "unpadded", warm_s)
     shape = ForwardShape.of(retriever.encode_pixels, rows=settings.max_batch, size=retriever.input_size)
     front = frontend_settings(settings)
+    about = {"pid": os.getpid(), "device": str(retriever.device), "traced": retriever.traced,
+             "forward_threads": settings.model_threads, "max_batch": settings.max_batch, "buckets": list(buckets),
+             "warm_up_seconds": round(warm_s, 3), "frontends": frontends}
     forward_threads = settings.batch_threads or settings.threads
     server = ForwardServer(retriever.encode_pixels, shape, frontends=frontends, slots=front.model_threads + 1,
                            threads=settings.model_threads, buckets=buckets,
@@ -108,7 +111,7 @@ def serve_with_frontends(sock: socket.socket, retriever: Retriever, index_dir: P
             process = context.Process(
                 target=run_frontend, name=f"ctl-serve-frontend-{number}",
                 args=(number, sock, server.handles[number], index_dir, checkpoint, front, log_level, access_log,
-                      stage1, ready[number]))
+                      stage1, ready[number], about))
             process.start()
             processes.append(process)
         while not all(event.is_set() for event in ready):
@@ -167,7 +170,7 @@ def _signal_when_ready(app, ready) -> None:
 
 
 def run_frontend(number: int, sock: socket.socket, handles: list[SlotHandle], index_dir: Path, checkpoint: Path,
-                 settings: ServeSettings, log_level: str, access_log: bool, stage1: str, ready) -> None:
+                 settings: ServeSettings, log_level: str, access_log: bool, stage1: str, ready, about: dict) -> None:
     """A front-end process: the whole service on the CPU, its forwards through the model process."""
     logging.basicConfig(level=log_level.upper(),
                         format=f"%(asctime)s %(levelname)s %(name)s[frontend {number}]: %(message)s")
@@ -176,7 +179,7 @@ def run_frontend(number: int, sock: socket.socket, handles: list[SlotHandle], in
     remote = RemoteForward(handles)
     try:
         retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device="cpu", stage1=stage1)
-        retriever.use_forward(remote.encode_pixels)
+        retriever.use_forward(remote.encode_pixels, about={**about, "frontend": number})
         app = create_app(retriever, index_dir, settings)
     except Exception as exc:  # noqa: BLE001 - one line for the log; the model process stops the server
         click.echo(f"error: front end {number}: {exc}", err=True)

@@ -74,6 +74,7 @@ class Retriever:
         self.embedder.backbone.to(memory_format=torch.channels_last)
         self._backbone = self.embedder.backbone   # what encode_scenes runs; trace_backbone swaps in a graph
         self._forward = None                      # use_forward: encode_pixels answered elsewhere
+        self.forward_elsewhere: dict | None = None  # ... and what runs it there (for /readyz)
         with torch.inference_mode():
             all_idx = torch.arange(len(embedder.categories), device=self.device)
             self._category_table = embedder.category_embeddings(all_idx).float().contiguous()
@@ -203,14 +204,16 @@ class Retriever:
                 presence = self.embedder.presence_probabilities(feature_map)
         return f_s[:n].float(), f_i[:n].float(), None if presence is None else presence[:n].float()
 
-    def use_forward(self, forward) -> None:
+    def use_forward(self, forward, about: dict | None = None) -> None:
         """Answer encode_pixels with `forward` (same arguments and results) instead of this process's backbone.
 
         For a front-end process of `ctl serve --frontends N`: the forward runs in the model process
-        (service.shared_forward.RemoteForward); stage 1, stage 2 and the heads' tables stay here. Retrievers
-        made by with_index and with_stage1 keep it.
+        (service.shared_forward.RemoteForward); stage 1, stage 2 and the heads' tables stay here. `about` says
+        what runs it there (device, traced, padded shapes, ...), as `forward_elsewhere`. Retrievers made by
+        with_index and with_stage1 keep both.
         """
         self._forward = forward
+        self.forward_elsewhere = dict(about or {})
 
     @property
     def scene_backbone(self) -> torch.nn.Module:

@@ -51,6 +51,8 @@ async def readyz(service: ServiceDep):
         "queue": {"depth": ex.depth(), "capacity": ex.queue_size},
         "last_reload_error": service.swapper.last_error,
     }
+    if r.forward_elsewhere is not None:     # ctl serve --frontends: this front end's forwards run in the model process
+        state["model_process"] = r.forward_elsewhere
     if not ex.ready:
         status = "warming up" if ex.running else "not ready"
         return JSONResponse({"status": status, **state}, status_code=503, headers={"Retry-After": "1"})

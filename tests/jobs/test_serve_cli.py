@@ -200,7 +200,11 @@ def test_front_end_processes_answer_as_one_process_and_stop_on_sigterm(world, re
         assert len(fronts) == 2, fronts
         for pid in fronts:   # the slots: anonymous shared memory mapped by each front end
             assert "memfd:ctl-forward-slot" in Path(f"/proc/{pid}/maps").read_text()
-        assert httpx.get(f"{url}/readyz").status_code == 200
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 200
+        model = ready.json()["model_process"]     # where this front end's forwards run
+        assert model["pid"] == proc.pid and model["frontends"] == 2 and model["traced"] and model["device"] == "cpu"
+        assert model["frontend"] in (0, 1)
         want = retriever.retrieve(retriever.encode_scene(world.scenes[0]), k=5)
         for _ in range(4):                       # whichever front end takes the connection
             answer = httpx.post(f"{url}/v1/retrieve", params={"k": 5}, timeout=60,

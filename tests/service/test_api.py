@@ -47,6 +47,7 @@ def test_health_ready_and_metrics(serve, world):
     assert body["index_version"] == "v000001" and body["checkpoint_sha256"] == world.sha256
     assert body["queue"] == {"depth": 0, "capacity": 64} and body["last_reload_error"] is None
     assert body["stage1"] == "hybrid"     # what stage 1 searches the index by (ctl serve --stage1)
+    assert "model_process" not in body     # one process: the forward runs here (ctl serve --frontends 1)
     # a query naming no `candidates` re-ranks the retriever's own count (here k + margin capped at the world's size)
     want = min(defaults.K + max(defaults.K, defaults.CANDIDATES_EXACT_MARGIN), len(world.product_ids))
     assert body["default_candidates"]["retrieve"] == want
