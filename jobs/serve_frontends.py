@@ -69,6 +69,8 @@ def warm_forward(retriever: Retriever, buckets: tuple[int, ...]) -> float:
     """Every padded batch shape through the model process's forward once (cuDNN tunes each here); seconds taken."""
     start = time.perf_counter()
     size = retriever.input_size
+    if retriever.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed shapes: each tuned once, here (as ModelExecutor does)
     for rows in buckets or (1,):
         retriever.encode_pixels(torch.zeros((1, 3, size, size), dtype=torch.uint8), pad_to=rows)
     if retriever.device.type == "cuda":
