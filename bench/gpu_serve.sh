@@ -4,7 +4,7 @@
 # trunk), then bench/bench_serve.py for /v1/retrieve and /v1/look at concurrency 1, 4, 16, 64 beside the bare
 # traced backbone, with the server's warm-up, its CPU per request, stage times and RSS over RSS_REQUESTS requests
 # (5,000) after readiness; then /v1/retrieve with FRONTENDS (4) front-end processes feeding one model process
-# (ctl serve --frontends); /v1/look; the front ends with a forward-free model (bench/bench_frontend.py: can they
+# (ctl serve --frontends); /v1/look with the better of the two; the front ends with a forward-free model (bench/bench_frontend.py: can they
 # reach the targets at all?); then, while the budget lasts, the same without padded shapes and without the stages
 # thread (what each default buys). Every section runs under `timeout`, in order of importance, and is skipped when
 # the budget left cannot fit it. Everything printed also goes to $OUT/gpu_serve.log, figures to $OUT/gpu_serve/.
@@ -86,7 +86,18 @@ FRONTENDS=${FRONTENDS:-4}
 export FRONTENDS
 section retrieve 200 90 bench retrieve retrieve
 section retrieve_frontends 150 60 bench retrieve_frontends retrieve --frontends "$FRONTENDS" --rss-requests 1000
-section look 200 90 bench look look
+# /v1/look with whichever of the two answered more at the highest concurrency (one process when either is missing)
+BETTER='
+import json, pathlib, sys
+def best(tag):
+    path = pathlib.Path(sys.argv[1]) / f"{tag}.json"
+    levels = json.loads(path.read_text()).get("levels", []) if path.exists() else []
+    return max(levels, key=lambda r: r["concurrency"])["throughput"] if levels else 0.0
+print("--frontends " + sys.argv[2] if best("retrieve_frontends") > best("retrieve") > 0 else "")
+'
+LOOK_FLAGS=$($PY -c "$BETTER" "$RESULTS" "$FRONTENDS" 2>/dev/null)
+echo "== look with ${LOOK_FLAGS:-one process} (the better of the two retrieve runs at the highest concurrency)"
+section look 200 90 bench look look $LOOK_FLAGS
 section frontend 90 45 $PY -m bench.bench_frontend --device "$DEVICE" --synthetic "$N" --clients "$CLIENTS" \
   --concurrency 16,64 --requests "$REQUESTS" --duration 10 --frontends "$FRONTENDS" --json "$RESULTS/frontend.json"
 section retrieve_no_pad 120 60 bench retrieve_no_pad retrieve --no-pad-batches --rss-requests 0 --bare-seconds 1
