@@ -28,6 +28,8 @@ from multiprocessing.connection import Connection, Pipe
 import numpy as np
 import torch
 
+from service.executor import ServiceStopped
+
 log = logging.getLogger("ctl.serve")
 
 # A forward: B x 3 x S x S uint8 pixels -> (f_s B x d, f_i B x R x d, presence B x K or None), as
@@ -35,8 +37,12 @@ log = logging.getLogger("ctl.serve")
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
-class ForwardUnavailable(RuntimeError):
-    """The model process did not answer (it stopped, or its forward failed)."""
+class ForwardUnavailable(ServiceStopped):
+    """The model process did not answer (it is gone, or stuck): the client is told 503, to come back."""
+
+
+class ForwardFailed(RuntimeError):
+    """The model process's forward raised: answered 500, as a failed forward in one process is."""
 
 
 @dataclass(frozen=True)
@@ -297,7 +303,7 @@ class RemoteForward:
             raise ForwardUnavailable(f"the model process is gone ({type(exc).__name__})") from None
         try:
             if status != "ok":
-                raise ForwardUnavailable(detail)
+                raise ForwardFailed(detail)
             f_s = torch.from_numpy(views.f_s[:n].copy())
             f_i = torch.from_numpy(views.f_i[:n].copy())
             presence = None if views.presence is None else torch.from_numpy(views.presence[:n].copy())

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pipeline.images import image_to_tensor, load_image
-from service.shared_forward import ForwardServer, ForwardShape, ForwardUnavailable, RemoteForward
+from service.executor import ServiceStopped
+from service.shared_forward import ForwardFailed, ForwardServer, ForwardShape, ForwardUnavailable, RemoteForward
+from tests.service.service_helpers import files
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_a_failed_forward_is_answered_and_the_next_one_runs(retriever, pixels):
     server, (remote,) = started(recorder, retriever)
     try:
         recorder.fail_next = True
-        with pytest.raises(ForwardUnavailable, match="device lost"):
+        with pytest.raises(ForwardFailed, match="device lost"):     # a 500, as in one process
             remote.encode_pixels(pixels[:2])
         assert_same(remote.encode_pixels(pixels[:2]), retriever.encode_pixels(pixels[:2]))
     finally:
@@ -135,8 +137,9 @@ def test_a_model_process_that_is_gone_is_a_clear_error(retriever, pixels):
     server, (remote,) = started(retriever.encode_pixels, retriever)
     server.close()
     try:
-        with pytest.raises(ForwardUnavailable, match="gone"):
+        with pytest.raises(ForwardUnavailable, match="gone") as raised:
             remote.encode_pixels(pixels[:1])
+        assert isinstance(raised.value, ServiceStopped)              # answered 503 + Retry-After by the routes
     finally:
         remote.close()
 
@@ -161,3 +164,22 @@ def test_a_retriever_using_a_remote_forward_answers_as_the_local_one(world, retr
         assert server.batches == calls + 2
     finally:
         close(server, [remote])
+
+
+def test_a_front_end_answers_503_when_its_model_process_is_gone(serve, served_retriever, world):
+    """Through the service: a forward that cannot reach the model process is a 503 with Retry-After (come back),
+    not a 500; /readyz of such a front end says where its forwards ran."""
+    server, (remote,) = started(served_retriever.encode_pixels, served_retriever)
+    try:
+        front = served_retriever.with_index(served_retriever.index)
+        front.use_forward(remote.encode_pixels, about={"device": "cpu", "frontends": 1})
+        client = serve(retriever=front, max_batch=2)
+        assert client.get("/readyz").json()["model_process"] == {"device": "cpu", "frontends": 1}
+        assert client.post("/v1/retrieve", files=files(world)).status_code == 200
+        server.close()
+        answer = client.post("/v1/retrieve", files=files(world))
+        assert answer.status_code == 503 and "Retry-After" in answer.headers, answer.text
+        assert "model process is gone" in answer.json()["message"]
+    finally:
+        remote.close()
+        server.close()
