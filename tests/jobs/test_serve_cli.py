@@ -108,23 +108,8 @@ def test_queries_in_flight_are_answered_on_sigterm(world, tmp_path):  # noqa: F8
     rng = np.random.default_rng(0)
     big = io.BytesIO()       # a large noisy JPEG: its decode keeps the queries in flight for a while
     Image.fromarray(rng.integers(0, 256, (1200, 1200, 3), dtype=np.uint8)).save(big, "JPEG", quality=95)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--port", "0", "--device", "cpu", "--index-dir",
-           str(world.index_dir), "--checkpoint", str(world.checkpoint), "--examples", "none",
-           "--watch-interval", "0", "--no-access-log", "--decode-threads", "1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    log: list[str] = []
-    started = threading.Event()
-
-    def read():
-        for line in proc.stderr:
-            log.append(line)
-            if line.startswith("serving http://"):
-                started.set()
-    threading.Thread(target=read, daemon=True).start()
+    proc, url, log = start_serve(world, "--decode-threads", "1")
     try:
-        assert started.wait(120), "".join(log)
-        url = re.match(r"serving (http://\S+) ", next(x for x in log if x.startswith("serving"))).group(1)
         wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "ready")
 
         def post(_):
