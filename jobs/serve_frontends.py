@@ -182,6 +182,7 @@ def run_frontend(number: int, sock: socket.socket, handles: list[SlotHandle], in
     try:
         retriever = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device="cpu", stage1=stage1)
         retriever.use_forward(remote.encode_pixels, about={**about, "frontend": number})
+        retriever.drop_backbone()
         app = create_app(retriever, index_dir, settings)
     except Exception as exc:  # noqa: BLE001 - one line for the log; the model process stops the server
         click.echo(f"error: front end {number}: {exc}", err=True)

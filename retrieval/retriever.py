@@ -215,6 +215,18 @@ class Retriever:
         self._forward = forward
         self.forward_elsewhere = dict(about or {})
 
+    def drop_backbone(self) -> None:
+        """Free the backbone's weights in a process whose forwards run elsewhere (after use_forward).
+
+        A front end of `ctl serve --frontends N` never runs the backbone: without this each front end would
+        hold a copy of its weights (~100 MB for ResNet-50). The embedder is shared with every retriever made
+        from this one by with_index or with_stage1, so they lose it too.
+        """
+        if self._forward is None:
+            raise RetrievalError("the backbone can be dropped only once encode_pixels runs elsewhere (use_forward)")
+        self.embedder.backbone = None
+        self._backbone = None
+
     @property
     def scene_backbone(self) -> torch.nn.Module:
         """What encode_scenes runs on the input tensor: the backbone, or its traced graph."""

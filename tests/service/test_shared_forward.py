@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pipeline.images import image_to_tensor, load_image
+from retrieval.results import RetrievalError
+from retrieval.retriever import Retriever
 from service.executor import ServiceStopped
 from service.shared_forward import ForwardFailed, ForwardServer, ForwardShape, ForwardUnavailable, RemoteForward
 from tests.service.service_helpers import files
@@ -183,3 +185,22 @@ def test_a_front_end_answers_503_when_its_model_process_is_gone(serve, served_re
     finally:
         remote.close()
         server.close()
+
+
+def test_a_front_end_drops_the_backbone_it_never_runs(world, retriever):
+    """Its own retriever (drop_backbone frees the embedder's backbone, which with_index shares): the answers stay
+    those of the local retriever, and the backbone cannot be dropped where the forward still runs here."""
+    server, (remote,) = started(retriever.encode_pixels, retriever)
+    front = Retriever.load(checkpoint=world.checkpoint, index_dir=world.index_dir)
+    try:
+        with pytest.raises(RetrievalError, match="use_forward"):
+            front.drop_backbone()
+        front.use_forward(remote.encode_pixels)
+        front.drop_backbone()
+        assert front.embedder.backbone is None and not front.traced
+        want = retriever.look(retriever.encode_scene(world.scenes[0]), k=3)
+        got = front.look(front.encode_scene(world.scenes[0]), k=3)
+        assert [[h.product_id for h in c.hits] for c in got.categories] == \
+            [[h.product_id for h in c.hits] for c in want.categories]
+    finally:
+        close(server, [remote])
