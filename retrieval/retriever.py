@@ -39,7 +39,7 @@ from pipeline.calibration import FILE as CALIBRATION_FILE
 from pipeline.calibration import CalibrationError, Cohort, Platt, cohort_normalise, load_calibrations
 from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
 from pipeline.distances import all_distances_by_category, attention_weights, hybrid_queries
-from pipeline.images import image_to_tensor, load_image
+from pipeline.images import image_to_tensor, load_scene
 from retrieval.candidate_count import CandidateCount, candidate_count
 from retrieval.results import (
     CategoryLook,
@@ -260,9 +260,8 @@ class Retriever:
             graph = torch.jit.freeze(torch.jit.trace(self.embedder.backbone.eval(), x, check_trace=False))
         self._backbone = graph
 
-    @staticmethod
-    def _rgb(image: Image.Image | str | os.PathLike) -> Image.Image:
-        img = image if isinstance(image, Image.Image) else load_image(image)
+    def _rgb(self, image: Image.Image | str | os.PathLike) -> Image.Image:
+        img = image if isinstance(image, Image.Image) else load_scene(image, self.input_size)
         return img if img.mode == "RGB" else img.convert("RGB")
 
     def scene_tensor(self, img: Image.Image) -> torch.Tensor:

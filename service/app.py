@@ -40,7 +40,8 @@ def create_executor(retriever: Retriever, settings: ServeSettings, metrics: Serv
                          max_batch=settings.max_batch,
                          queue_size=settings.queue_size, decode_threads=settings.decode_threads,
                          buckets=power_buckets(settings.max_batch) if settings.pad_batches else (),
-                         pipeline=settings.pipeline, model_threads=settings.model_threads, metrics=metrics)
+                         pipeline=settings.pipeline, model_threads=settings.model_threads,
+                         exact_decode=settings.exact_decode, metrics=metrics)
 
 
 def create_app(retriever: Retriever, index_dir: str | Path, settings: ServeSettings | None = None) -> FastAPI:

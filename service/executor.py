@@ -35,7 +35,7 @@ from PIL import Image
 
 from common import defaults
 from common.errors import CtlError
-from pipeline.images import image_to_tensor, load_image
+from pipeline.images import image_to_tensor, load_scene
 from retrieval.results import Scene
 from retrieval.retriever import Retriever
 from service.metrics import STAGES, ServiceMetrics
@@ -121,7 +121,7 @@ class ModelExecutor:
     def __init__(self, retriever: Retriever, *, threads: int, max_batch: int, queue_size: int,
                  batch_threads: int | None = None, buckets: Sequence[int] = (), decode_threads: int = 2,
                  pipeline: bool = False, model_threads: int = 1, metrics: ServiceMetrics | None = None,
-                 clock: Clock | None = None):
+                 exact_decode: bool = False, clock: Clock | None = None):
         batch_threads = threads if batch_threads is None else batch_threads
         for name, value in (("threads", threads), ("batch_threads", batch_threads), ("max_batch", max_batch),
                             ("queue_size", queue_size), ("decode_threads", decode_threads),
@@ -129,6 +129,7 @@ class ModelExecutor:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._retriever = retriever
+        self.exact_decode = bool(exact_decode)   # False: large JPEGs DCT-scaled (pipeline.images.load_scene)
         self.threads, self.batch_threads = int(threads), int(batch_threads)
         self.max_batch, self.queue_size = int(max_batch), int(queue_size)
         self.buckets = tuple(sorted({int(b) for b in buckets if 0 < int(b) <= self.max_batch}))
@@ -267,7 +268,7 @@ class ModelExecutor:
         """Decode and resize one upload; False when it is not a usable image, answered here, alone."""
         start = self.clock.now()
         try:
-            picture = load_image(query.image)
+            picture = load_scene(query.image, self._retriever.input_size, exact=self.exact_decode)
             query.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
             query.pixels = image_to_tensor(query.picture, self._retriever.input_size)
         except Exception as exc:  # noqa: BLE001 - ImageError and any other: answered to this query alone

@@ -37,6 +37,7 @@ class ServeSettings:
     reload_token: str | None = field(default=None, repr=False)   # None: POST /v1/admin/reload is disabled
     examples: tuple[Path, ...] = ()   # scene images the page offers as examples
     trace: bool = True                # run the backbone as a traced TorchScript graph (Retriever.trace_backbone)
+    exact_decode: bool = False        # decode every upload in full (default: large JPEGs DCT-scaled, load_scene)
 
     @classmethod
     def for_device(cls, device: str | torch.device, **given) -> ServeSettings:

@@ -11,10 +11,10 @@ from PIL import Image
 
 from common import defaults
 from index.store import ProductIndex
-from pipeline.images import load_image
+from pipeline.images import load_image, load_scene
 from service.product_images import ProductImageError, ProductImages
 from service.state import SAMPLE_MODEL_NOTICE
-from tests.helpers import png_header
+from tests.helpers import photo, png_header
 from tests.retrieval.world import CATEGORIES, PER_CATEGORY
 from tests.service.service_helpers import assert_error, upload
 
@@ -306,3 +306,19 @@ def test_rgb_and_grey_uploads_agree_with_the_library(client, world, retriever):
     grey.save(buf, "PNG")
     r = client.post("/v1/retrieve", params={"k": 4}, files=upload(buf.getvalue(), "grey.png", "image/png"))
     assert_same_hits(r.json()["hits"], retriever.retrieve(Image.open(io.BytesIO(buf.getvalue())), k=4).hits)
+
+
+@pytest.mark.parametrize("exact_decode", [False, True])
+def test_a_phone_size_jpeg_is_decoded_as_load_scene_decodes_it(serve, retriever, exact_decode):
+    """By default a large JPEG is DCT-scaled while decoding (pipeline.images.load_scene); --exact-decode
+    decodes it in full. Each way the answer is the library's for that decode, and the two ways differ."""
+    data = photo(2000, 1840)
+    client = serve(exact_decode=exact_decode)
+    assert client.app.state.service.executor.exact_decode is exact_decode
+    r = client.post("/v1/retrieve", params={"k": 6}, files=upload(data, "phone.jpg"))
+    assert r.status_code == 200, r.text
+    want = retriever.retrieve(load_scene(data, retriever.input_size, exact=exact_decode), k=6)
+    other = retriever.retrieve(load_scene(data, retriever.input_size, exact=not exact_decode), k=6)
+    assert_same_hits(r.json()["hits"], want.hits)
+    with pytest.raises(AssertionError):
+        assert_same_hits(r.json()["hits"], other.hits)
