@@ -10,6 +10,8 @@ from PIL import Image
 
 from common import defaults
 from jobs.retrieve_cli import main
+from pipeline.images import load_scene
+from tests.helpers import photo
 from tests.retrieval.world import CATEGORIES, PER_CATEGORY, PLATT
 
 
@@ -55,6 +57,20 @@ def test_json(world):
         assert {"rank", "product_id", "category", "score", "global_distance", "local_distance", "image"} <= set(hit)
         assert hit["rank"] == rank
         assert hit["score"] == pytest.approx(1 - (hit["global_distance"] + hit["local_distance"]) / 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_phone_size_jpeg_is_decoded_as_load_scene_decodes_it(world, retriever, tmp_path, exact):
+    scene = tmp_path / "phone.jpg"
+    scene.write_bytes(photo(2000, 1840))
+    result = run(world, "--scene", str(scene), "--k", "5", "--format", "json", *(["--exact-decode"] if exact else []))
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    for way in (exact, not exact):
+        want = retriever.retrieve(load_scene(scene, retriever.input_size, exact=way), k=5)
+        same = [h["product_id"] for h in got] == [h.product_id for h in want.hits] and \
+            [h["global_distance"] for h in got] == pytest.approx([h.global_distance for h in want.hits], abs=1e-6)
+        assert same is (way == exact)      # the answer of this decode, and not of the other one
 
 
 def test_stage1_global_reranks_the_global_candidates_and_hybrid_the_hybrids_own(world, retriever, global_retriever,
