@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import ArtifactError
+from common.errors import ArtifactError, InputError
 from common.files import write_json_atomic
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -79,6 +79,25 @@ def make_split(scene_ids: Iterable[str], *, seed: int, fractions: dict[str, floa
     shuffled = [ids[i] for i in order]
     return SceneSplit(train=tuple(sorted(shuffled[:n_train])), val=tuple(sorted(shuffled[n_train:n_train + n_val])),
                       test=tuple(sorted(shuffled[n_train + n_val:])), seed=seed)
+
+
+def hold_out_same(held: SceneSplit, scene_ids: Iterable[str]) -> SceneSplit:
+    """`held`'s validation and test scenes, and every other one of `scene_ids` for training.
+
+    More training looks scored on the same held-out looks (a learning curve, docs/quality.md, eleventh round).
+    InputError when a held-out scene is not among `scene_ids` (the two runs would not score the same looks)
+    or when `held` records no seed (its queries could not be drawn again).
+    """
+    ids = set(scene_ids)
+    held_out = set(held.val) | set(held.test)
+    missing = sorted(held_out - ids)
+    if missing:
+        raise InputError(f"{len(missing)} of the {len(held_out)} held-out scenes are not in this dataset "
+                         f"(first: {missing[0]}): it would not be scored on the same looks")
+    if held.seed is None:
+        raise InputError("the held-out split records no seed (a split.json from before seeds were saved): "
+                         "its queries cannot be drawn again; train that run once more first")
+    return SceneSplit(train=tuple(sorted(ids - held_out)), val=held.val, test=held.test, seed=held.seed)
 
 
 def load_or_make_split(path: str | os.PathLike, scene_ids: Iterable[str], *, seed: int) -> SceneSplit:

@@ -27,6 +27,8 @@ class TrainConfig(JobConfig):
     seed: int = defaults.SEED
     data_seed: int | None = None    # the split, the image views and the queries (None: `seed`); a fixed one
                                     #   compares training seeds on the same data and shares their feature cache
+    hold_out_from: str | None = None   # a run folder whose validation and test scenes this run holds out too,
+                                       #   training on every other scene (its data seed becomes data_seed)
     backbone: str = defaults.TRAIN_BACKBONE
     backbone_weights: str = defaults.BACKBONE_WEIGHTS
     mode: str = "frozen"            # frozen: heads on cached features; finetune: end to end

@@ -33,7 +33,14 @@ from jobs.training.resume import Progress, load_state, save_state
 from jobs.training.run_layout import RunLayout, TrainSummary
 from jobs.training.schedule import selection_score, set_epoch_lr
 from jobs.training.strategy import StepStrategy
-from jobs.training.training_data import Readable, TrainingData, prepare_data, trainable_pairs, usable_queries
+from jobs.training.training_data import (
+    Readable,
+    TrainingData,
+    hold_out_like,
+    prepare_data,
+    trainable_pairs,
+    usable_queries,
+)
 from pipeline.backbones import BACKBONES
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.embedder import StyleEmbedder
@@ -154,6 +161,7 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
     cfg = (config or TrainConfig()).check()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = hold_out_like(cfg, data_dir, out_dir)
     run = RunLayout(out_dir)
     started = time.time()
     device = resolve_device(cfg.device)
@@ -229,17 +237,21 @@ def train(data_dir, out_dir, *, config: TrainConfig | None = None, resume: bool 
 @click.option("--attention", type=click.Choice(ATTENTION), default=TrainConfig.attention, show_default=True,
               help="sharpness: each category's attention over the scene's regions learns how sharp it is; "
                    "paper: softmax(-||f_i - e_c||^2) with a unit e_c")
+@click.option("--hold-out-from", "hold_out_from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="hold out that run's validation and test scenes and train on every other scene of "
+                                 "--data: more looks scored on the same held-out looks (`ctl compare` the two runs)")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in --out")
 def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epochs, batch_size, lr, dim, hidden,
                   dropout, lr_schedule, negatives, negatives_from, exclusion, device, workers, loss, per_half_loss,
-                  symmetric_loss, mining, warmup_epochs, hybrid, attention, resume):
+                  symmetric_loss, mining, warmup_epochs, hybrid, attention, hold_out_from, resume):
     """Train the style embedding with a hybrid-distance ranking loss (triplet or softmax)."""
     cfg = TrainConfig(seed=seed, mode=mode, backbone=backbone, backbone_weights=backbone_weights, epochs=epochs,
                       batch_size=batch_size, lr=lr, dim=dim, hidden=hidden, dropout=dropout,
                       lr_schedule=lr_schedule, negatives=negatives, negatives_from=negatives_from,
                       exclusion=exclusion, device=device,
                       workers=workers, loss=loss, per_half_loss=per_half_loss, symmetric_loss=symmetric_loss,
-                      mining=mining, warmup_epochs=warmup_epochs, hybrid=hybrid, attention=attention)
+                      mining=mining, warmup_epochs=warmup_epochs, hybrid=hybrid, attention=attention,
+                      hold_out_from=str(hold_out_from) if hold_out_from else None)
     summary = train(data_dir, out_dir, config=cfg, resume=resume)
     last = summary.history[-1] if summary.history else {}
     click.echo(f"trained {len(summary.history)} epochs in {summary.seconds} s on {summary.device}; "

@@ -7,7 +7,7 @@ from pathlib import Path
 from common.errors import InputError
 from common.seeds import seed_from_key
 from jobs.data.datasets import load_dataset
-from jobs.data.splits import SceneSplit
+from jobs.data.splits import SceneSplit, hold_out_same
 from jobs.training.config import TrainConfig
 from jobs.training.feature_cache import CacheItem, FeatureTable, compute_features, decodable
 from jobs.training.run_layout import RunLayout
@@ -28,6 +28,24 @@ class TrainingData:
     scenes: FeatureTable | None = None     # rows keyed by pair index (str), maps
     products: FeatureTable | None = None   # rows keyed by product id, pooled
     negatives_pool: dict = field(default_factory=dict)   # pair index -> candidate negative product ids
+
+
+def hold_out_like(cfg: TrainConfig, data_dir, out_dir) -> TrainConfig:
+    """With `cfg.hold_out_from`, write `out_dir`'s split (that run's validation and test scenes, every other
+    scene of `data_dir` for training) and return the config with that run's data seed, so that this run's
+    queries are that run's; without it, `cfg` as it is.
+
+    Training calls it once; evaluation reads the split written here (the data seed matches it).
+    """
+    if not cfg.hold_out_from:
+        return cfg
+    held = RunLayout(cfg.hold_out_from).read_split()
+    if not Path(data_dir).is_dir():
+        raise InputError(f"{data_dir}: no such dataset folder")
+    split = hold_out_same(held, [p.scene_id for p in load_dataset(data_dir).pairs])
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    split.write(RunLayout(out_dir).split)
+    return cfg.replace(data_seed=split.seed)
 
 
 def prepare_data(data_dir, out_dir, cfg: TrainConfig) -> TrainingData:
