@@ -106,20 +106,24 @@ def test_queries_in_flight_are_answered_on_sigterm(world, tmp_path):  # noqa: F8
     """SIGTERM while queries wait for decoding and the model: every one of them is answered 200, then the
     process ends cleanly (uvicorn drains the connections before the executor stops)."""
     rng = np.random.default_rng(0)
-    big = io.BytesIO()       # a large noisy JPEG: its decode keeps the queries in flight for a while
-    Image.fromarray(rng.integers(0, 256, (1200, 1200, 3), dtype=np.uint8)).save(big, "JPEG", quality=95)
+    # A noisy 1,400 px PNG decodes in ~70 ms on one thread (a PNG has no reduced-size draft decode), so twelve
+    # queries stay admitted for most of a second. Six 1,200 px JPEGs (~30 ms each) left a window the /metrics
+    # poll could miss on a CI machine (it timed out there once).
+    big = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1400, 1400, 3), dtype=np.uint8)).save(big, "PNG")
+    queries = 12
     proc, url, log = start_serve(world, "--decode-threads", "1")
     try:
         wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, "ready")
 
         def post(_):
-            return httpx.post(f"{url}/v1/retrieve", files={"image": ("big.jpg", big.getvalue(), "image/jpeg")},
+            return httpx.post(f"{url}/v1/retrieve", files={"image": ("big.png", big.getvalue(), "image/png")},
                               timeout=120).status_code
-        with ThreadPoolExecutor(6) as ex:
-            answers = ex.map(post, range(6))
+        with ThreadPoolExecutor(queries) as ex:
+            answers = ex.map(post, range(queries))
             wait_until(lambda: queue_depth(url) >= 3, "three queries in flight")
             proc.send_signal(signal.SIGTERM)
-            assert list(answers) == [200] * 6
+            assert list(answers) == [200] * queries
         code = proc.wait(60)
     finally:
         if proc.poll() is None:
