@@ -8,7 +8,9 @@ from jobs.training import presence
 from jobs.training.presence import (
     cross_fitted,
     fit_presence,
+    fit_presence_heads,
     fit_thresholds,
+    fit_with_cross_fitting,
     presence_scores,
     probabilities,
     scene_folds,
@@ -139,6 +141,55 @@ def test_fitting_on_standardised_regions_once_equals_training_the_head_through_i
             optimizer.step()
     assert torch.allclose(fast.weight, slow.weight, atol=1e-5) and torch.allclose(fast.bias, slow.bias, atol=1e-5)
     assert fast.weight.abs().max() > 0.01                   # it learned something
+
+
+def _head_fitted_alone(x: np.ndarray, y: np.ndarray, steps: int) -> PresenceHead:
+    """The oracle: one head, its standardisation from its own rows' regions, trained through its forward."""
+    head = PresenceHead(x.shape[1], y.shape[1], regions=x.ndim == 4)
+    per_channel = torch.from_numpy(x).transpose(0, 1).flatten(1)
+    head.mean.copy_(per_channel.mean(1))
+    head.scale.copy_(per_channel.std(1, unbiased=False).clamp_min(1e-6))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=presence.LR, weight_decay=presence.WEIGHT_DECAY)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(head(torch.from_numpy(x)),
+                                                                 torch.from_numpy(y)).backward()
+            optimizer.step()
+    return head.eval()
+
+
+@pytest.mark.parametrize("shape", ["maps", "pooled"])
+def test_heads_fitted_together_equal_each_head_fitted_alone_on_its_rows(shape):
+    x, y = _maps(0, 40)
+    x[:, 1] += 5.0                                          # a channel far from zero: the affine fold must hold
+    x = x if shape == "maps" else x.mean((2, 3))
+    subsets = [np.ones(40, bool), np.arange(40) % 3 != 0, np.arange(40) < 25]
+    together = fit_presence_heads(x, y, subsets, steps=25)
+    for mask, got in zip(subsets, together, strict=True):
+        alone = _head_fitted_alone(x[mask], y[mask], steps=25)
+        assert got.pools_regions == (shape == "maps")
+        for name in ("mean", "scale", "weight", "bias"):
+            assert torch.allclose(getattr(got, name), getattr(alone, name), atol=2e-5, rtol=1e-5), name
+        assert np.allclose(probabilities(got, x), probabilities(alone, x), atol=1e-5)
+    assert not torch.allclose(together[1].weight, together[2].weight, atol=1e-3)   # each learned from its own rows
+
+
+def test_a_subset_without_rows_is_refused():
+    x, y = _maps(0, 10)
+    with pytest.raises(ValueError, match="at least one row"):
+        fit_presence_heads(x, y, [np.ones(10, bool), np.zeros(10, bool)], steps=2)
+
+
+def test_the_main_head_fitted_beside_the_folds_is_the_head_fitted_on_every_row():
+    x, y = _maps(0, 30)
+    extra_x, extra_y = _maps(1, 45)
+    ids = [f"s{i}" for i in range(30)]
+    extra_ids = [ids[i % 30] for i in range(45)]
+    head, out_of_fold = fit_with_cross_fitting(x, y, ids, extra_x, extra_y, extra_ids, folds=3, steps=20)
+    alone = fit_presence(np.concatenate([x, extra_x]), np.concatenate([y, extra_y]), steps=20)
+    assert np.allclose(probabilities(head, x), probabilities(alone, x), atol=1e-6)
+    assert np.array_equal(out_of_fold, cross_fitted(x, y, ids, extra_x, extra_y, extra_ids, folds=3, steps=20))
 
 
 def test_cross_fitting_gives_each_scene_the_probability_of_a_head_that_never_saw_it():
