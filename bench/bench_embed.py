@@ -2,14 +2,16 @@
 
     python -m bench.bench_embed [--n 256] [--repeats 3] [--sweep] [--device cpu|cuda] [--backbone NAME]
                                 [--manifest catalog.parquet] [--batch-size B] [--workers W]
+                                [--batch-sweep 32,16,8,4]
 
-(1) bare: the backbone's forward on pre-decoded uint8 tensors, batch 32 (256 on CUDA), channels_last,
+(1) bare: the backbone's forward on pre-decoded uint8 tensors, the job's batch (4 on CPU, 256 on CUDA), channels_last,
     inference_mode (bf16 autocast on CUDA) -- the rate no pipeline over this network can beat;
 (2) job: ``embed_catalog`` on the same JPEGs, with its defaults, end to end (catalogue read,
     checkpoint load, worker start, decode, resize, forward, heads, parquet writes) and its steady
     state (the loop alone). The ratio job / bare is the figure of merit (target >= 0.9 on 2 CPU cores).
 The two are interleaved `--repeats` times and the best of each is reported: other processes on a
-shared machine only ever slow a measurement down. `--sweep` also times other worker counts.
+shared machine only ever slow a measurement down. `--sweep` also times other worker counts; `--batch-sweep`
+times the bare forward and the job at each batch size given, interleaved, against the default batch.
 CPU seconds per image (this process and its DataLoader workers, from getrusage) are reported too:
 on a machine shared with other jobs the wall-clock rates mostly measure the share of the cores the
 scheduler gave each run (more processes get a bigger share), while CPU cost per image does not.
@@ -31,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from common import defaults
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
 from jobs.data.catalog_manifest import read_catalog
 from jobs.workers import default_workers
@@ -105,9 +108,11 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "resnet50"])
     ap.add_argument("--manifest", type=Path, default=None, help="an existing catalogue (else data/sample or generated)")
     ap.add_argument("--bare-images", type=int, default=1024, help="at most this many decoded images for the bare rate")
+    ap.add_argument("--batch-sweep", default=None,
+                    help="comma-separated batch sizes: time the bare forward and the job at each (then stop)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    batch = args.batch_size or (256 if device.type == "cuda" else 32)
+    batch = args.batch_size or (defaults.BATCH_SIZE_GPU if device.type == "cuda" else defaults.BATCH_SIZE_CPU)
     workers = default_workers(device.type) if args.workers is None else args.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -141,6 +146,9 @@ def main() -> None:
         if len(tensors) < n:
             print(f"  (bare rate over the first {len(tensors)} decoded images; it does not depend on the content)")
 
+        if args.batch_sweep:
+            batch_sweep(model.backbone, tensors, manifest, ckpt, tmp, n, batch, workers, args)
+            return
         configs = [workers] + ([w for w in (0, 1, 2) if w != workers] if args.sweep else [])
         bare, bare_cpu = [], []
         e2e, steady, cpu = ({w: [] for w in configs} for _ in range(3))
@@ -168,6 +176,26 @@ def main() -> None:
             paired = sorted(j / b for j, b in zip(e2e[w], bare, strict=True))
             print(f"  paired per-repeat ratios (job end to end / bare of the same repeat): "
                   f"{', '.join(f'{r:.2f}' for r in paired)}; median {paired[len(paired) // 2]:.2f}")
+
+def batch_sweep(backbone, tensors, manifest, ckpt, tmp: Path, n: int, default: int, workers: int, args) -> None:
+    """Bare forward and job, end to end, at each batch size, interleaved over the repeats; best of each, and
+    the ratio of each rate to the default batch's."""
+    sizes = [int(b) for b in args.batch_sweep.split(",")]
+    sizes = sizes if default in sizes else [default, *sizes]
+    device = torch.device(args.device)
+    bare = {b: [] for b in sizes}
+    job = {b: [] for b in sizes}
+    for r in range(args.repeats):
+        for b in sizes:
+            bare[b].append(bare_rate(backbone, tensors, b, device, total=n)[0])
+            job[b].append(job_rate(manifest, ckpt, tmp / "out", batch_size=b, workers=workers, device=args.device)[0])
+        print(f"  repeat {r + 1}: " + "; ".join(f"batch {b} bare {bare[b][-1]:.1f}, job {job[b][-1]:.1f} img/s"
+                                                for b in sizes), flush=True)
+    for b in sizes:
+        print(f"batch {b}{' (default)' if b == default else ''}: bare {max(bare[b]):.1f} img/s "
+              f"(x{max(bare[b]) / max(bare[default]):.2f} the default's), job end to end {max(job[b]):.1f} img/s "
+              f"(x{max(job[b]) / max(job[default]):.2f})")
+
 
 if __name__ == "__main__":
     main()
