@@ -2,7 +2,7 @@
 
     python -m bench.bench_embed [--n 256] [--repeats 3] [--sweep] [--device cpu|cuda] [--backbone NAME]
                                 [--manifest catalog.parquet] [--batch-size B] [--workers W]
-                                [--batch-sweep 32,16,8,4]
+                                [--batch-sweep 32,16,8,4] [--graph-compare]
 
 (1) bare: the backbone's forward on pre-decoded uint8 tensors, the job's batch (4 on CPU, 256 on CUDA), channels_last,
     inference_mode (bf16 autocast on CUDA) -- the rate no pipeline over this network can beat;
@@ -11,7 +11,9 @@
     state (the loop alone). The ratio job / bare is the figure of merit (target >= 0.9 on 2 CPU cores).
 The two are interleaved `--repeats` times and the best of each is reported: other processes on a
 shared machine only ever slow a measurement down. `--sweep` also times other worker counts; `--batch-sweep`
-times the bare forward and the job at each batch size given, interleaved, against the default batch.
+times the bare forward and the job at each batch size given, interleaved, against the default batch;
+`--graph-compare` times the bare forward and the job with the backbone eager (`--no-trace`) and traced (`--trace`),
+interleaved, and compares the two jobs' embeddings.
 CPU seconds per image (this process and its DataLoader workers, from getrusage) are reported too:
 on a machine shared with other jobs the wall-clock rates mostly measure the share of the cores the
 scheduler gave each run (more processes get a bigger share), while CPU cost per image does not.
@@ -37,6 +39,7 @@ from common import defaults
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
 from jobs.data.catalog_manifest import read_catalog
 from jobs.workers import default_workers
+from pipeline.backbones import traced_backbone
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.embedder import build_embedder
 from pipeline.images import image_to_tensor, load_image
@@ -110,6 +113,8 @@ def main() -> None:
     ap.add_argument("--bare-images", type=int, default=1024, help="at most this many decoded images for the bare rate")
     ap.add_argument("--batch-sweep", default=None,
                     help="comma-separated batch sizes: time the bare forward and the job at each (then stop)")
+    ap.add_argument("--graph-compare", action="store_true",
+                    help="time the bare forward and the job eager and traced, interleaved (then stop)")
     args = ap.parse_args()
     device = torch.device(args.device)
     batch = args.batch_size or (defaults.BATCH_SIZE_GPU if device.type == "cuda" else defaults.BATCH_SIZE_CPU)
@@ -148,6 +153,9 @@ def main() -> None:
 
         if args.batch_sweep:
             batch_sweep(model.backbone, tensors, manifest, ckpt, tmp, n, batch, workers, args)
+            return
+        if args.graph_compare:
+            graph_compare(model.backbone, tensors, manifest, ckpt, tmp, n, batch, workers, args)
             return
         configs = [workers] + ([w for w in (0, 1, 2) if w != workers] if args.sweep else [])
         bare, bare_cpu = [], []
@@ -195,6 +203,40 @@ def batch_sweep(backbone, tensors, manifest, ckpt, tmp: Path, n: int, default: i
         print(f"batch {b}{' (default)' if b == default else ''}: bare {max(bare[b]):.1f} img/s "
               f"(x{max(bare[b]) / max(bare[default]):.2f} the default's), job end to end {max(job[b]):.1f} img/s "
               f"(x{max(job[b]) / max(job[default]):.2f})")
+
+
+def graph_compare(backbone, tensors, manifest, ckpt, tmp: Path, n: int, batch: int, workers: int, args) -> None:
+    """Bare forward and job (end to end, steady state), eager and traced, interleaved over the repeats; best of
+    each, the traced/eager ratios, and how far the traced job's embeddings are from the eager job's."""
+    device = torch.device(args.device)
+    t = time.perf_counter()
+    graphs = {"eager": backbone, "traced": traced_backbone(backbone, size=backbone.input_size, device=device)}
+    print(f"  traced and frozen in {time.perf_counter() - t:.1f} s")
+    rates = {(kind, g): [] for kind in ("bare", "end to end", "steady", "CPU ms/img") for g in graphs}
+    embeddings = {}
+    for r in range(args.repeats):
+        for g in graphs:
+            rates["bare", g].append(bare_rate(graphs[g], tensors, batch, device, total=n)[0])
+            out = tmp / f"out-{g}"
+            e2e, steady, cpu = job_rate(manifest, ckpt, out, batch_size=batch, workers=workers, device=args.device,
+                                        trace=g == "traced")
+            rates["end to end", g].append(e2e)
+            rates["steady", g].append(steady)
+            rates["CPU ms/img", g].append(cpu)
+            table = pq.read_table(out / "part-00000.parquet")
+            embeddings[g] = np.asarray(table.column("embedding").combine_chunks().flatten(),
+                                       dtype=np.float32).reshape(len(table), -1)
+        print(f"  repeat {r + 1}: " + "; ".join(
+            f"{g}: bare {rates['bare', g][-1]:.1f}, job {rates['end to end', g][-1]:.1f} end to end "
+            f"({rates['CPU ms/img', g][-1]:.0f} CPU ms/img)" for g in graphs), flush=True)
+    for kind in ("bare", "end to end", "steady"):
+        e, tr = max(rates[kind, "eager"]), max(rates[kind, "traced"])
+        print(f"{kind:>10}: eager {e:.1f} img/s, traced {tr:.1f} img/s (x{tr / e:.2f})")
+    e, tr = min(rates["CPU ms/img", "eager"]), min(rates["CPU ms/img", "traced"])
+    print(f"CPU per image end to end: eager {e:.1f} ms, traced {tr:.1f} ms (x{e / tr:.2f} less)")
+    a, b = embeddings["eager"], embeddings["traced"]
+    print(f"embeddings traced vs eager: max |difference| {np.abs(a - b).max():.2e}, "
+          f"min cosine {float(np.min(np.sum(a * b, axis=1))):.7f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import contextlib
 import copy
 import os
 import time
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ from common import defaults
 from common.devices import resolve_device
 from common.naming import match_category
 from index.store import ProductIndex
+from pipeline.backbones import traced_backbone
 from pipeline.calibration import FILE as CALIBRATION_FILE
 from pipeline.calibration import CalibrationError, Cohort, Platt, cohort_normalise, load_calibrations
 from pipeline.checkpoint import Checkpoint, check_checkpoint, load_checkpoint
@@ -250,15 +250,7 @@ class Retriever:
         """
         if self.traced:
             return
-        x = torch.zeros(1, 3, self.input_size, self.input_size, dtype=torch.uint8, device=self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)   # shape checks traced as constants
-            # torch 2.14 marks jit.trace/freeze deprecated for torch.compile; they work in the pinned torch, and
-            # compile neither runs without the GIL nor starts in seconds on a CPU. Revisit when torch is bumped.
-            warnings.simplefilter("ignore", FutureWarning)
-            graph = torch.jit.freeze(torch.jit.trace(self.embedder.backbone.eval(), x, check_trace=False))
-        self._backbone = graph
+        self._backbone = traced_backbone(self.embedder.backbone, size=self.input_size, device=self.device)
 
     def _rgb(self, image: Image.Image | str | os.PathLike) -> Image.Image:
         img = image if isinstance(image, Image.Image) else load_scene(image, self.input_size)

@@ -33,7 +33,7 @@ PACKAGES = tuple(ALLOWED)
 # commands, training, evaluation (which reads training's strategies and calibration), catalogue embedding and
 # indexing (which reads the data layouts), and the commands that string stages together on top. Floor ->
 # the floors its modules may import. A top-level module of jobs/ is a command unless it is one of JOBS_SHARED.
-JOBS_SHARED = {"jobs", "jobs.cli_errors", "jobs.workers"}
+JOBS_SHARED = {"jobs", "jobs.backbone_graph", "jobs.cli_errors", "jobs.workers"}
 JOBS_ALLOWED = {
     "shared": {"shared"},
     "data": {"shared", "data"},

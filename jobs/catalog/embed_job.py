@@ -38,6 +38,7 @@ class EmbedCatalogConfig(JobConfig):
     decode: str = "auto"                # local: "cpu" (Pillow in worker processes), "gpu" (JPEG batches on the
                                         # device), "both" (the two at once), "auto" (both on CUDA, else cpu)
     compile: bool = False               # torch.compile the backbone (its compile time is reported apart)
+    trace: bool | None = None           # the backbone as a traced graph; None: jobs.backbone_graph.choose_graph
     jpeg_draft: bool = False            # decode large JPEGs DCT-scaled, down to twice the input size
 
     def __post_init__(self):
@@ -55,6 +56,8 @@ class EmbedCatalogConfig(JobConfig):
             raise InputError("--address and --num-gpus-per-worker need --engine ray")
         if self.decode not in DECODES:
             raise InputError(f"decode must be one of {', '.join(DECODES)}, got {self.decode!r}")
+        if self.trace and self.compile:
+            raise InputError("--trace and --compile are two ways to build the backbone's graph: choose one")
         if self.engine == "ray" and (self.decode in ("gpu", "both") or self.compile):
             raise InputError(f"--decode {self.decode} and --compile run with --engine local "
                              "(Ray actors decode on their CPUs)" if self.decode in ("gpu", "both")
@@ -79,6 +82,8 @@ class EmbedJob:
     size: int                       # network input size
     device: torch.device
     config: EmbedCatalogConfig
+    backbone: Callable | None = None  # what runs the backbone's forward (a traced graph); None: the embedder's own
+    traced: bool = False            # the engine traces the backbone itself (Ray actors: each its own graph)
 
     @property
     def paths(self) -> list[str]:
@@ -120,10 +125,12 @@ class StaticBatch:
         return self._buffer
 
 
-def forward(embedder, images: torch.Tensor, device: torch.device, static: StaticBatch | None = None) -> torch.Tensor:
+def forward(embedder, images: torch.Tensor, device: torch.device, static: StaticBatch | None = None, *,
+            backbone: Callable | None = None) -> torch.Tensor:
     """Unit product embeddings of a uint8 image batch: channels_last; bf16 autocast for the backbone on CUDA,
-    the heads in fp32; with `static`, the backbone sees the batch padded to its fixed size. Call under
-    torch.inference_mode()."""
+    the heads in fp32; with `static`, the backbone sees the batch padded to its fixed size; `backbone` runs
+    the backbone's forward instead of the embedder's own (its traced graph). Call under torch.inference_mode()."""
+    backbone = embedder.backbone if backbone is None else backbone
     n = len(images)
     x = images.to(device, non_blocking=True)
     if static is not None:
@@ -131,17 +138,17 @@ def forward(embedder, images: torch.Tensor, device: torch.device, static: Static
     x = x.contiguous(memory_format=torch.channels_last)
     if device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            fmap = embedder.backbone(x)
+            fmap = backbone(x)
     else:
-        fmap = embedder.backbone(x)
+        fmap = backbone(x)
     return embedder.product_from_features(fmap[:n])
 
 
-def forward_to_host(embedder, images: torch.Tensor, device: torch.device,
-                    static: StaticBatch | None = None) -> tuple[torch.Tensor, object]:
+def forward_to_host(embedder, images: torch.Tensor, device: torch.device, static: StaticBatch | None = None, *,
+                    backbone: Callable | None = None) -> tuple[torch.Tensor, object]:
     """`forward`, then the copy of its result to the host: on CUDA started asynchronously, with the event
     that fires when it has landed (the writer waits on it, so the next batch's network need not)."""
-    f_p = forward(embedder, images, device, static)
+    f_p = forward(embedder, images, device, static, backbone=backbone)
     if device.type != "cuda":
         return f_p, None
     embeddings = f_p.to("cpu", non_blocking=True)

@@ -102,7 +102,7 @@ def _embed(job: EmbedJob, merge: Merge, static: StaticBatch | None) -> Iterator[
                         stream = torch.cuda.current_stream(job.device)
                         stream.wait_event(batch.ready)
                         images.record_stream(stream)
-                    embeddings, ready = forward_to_host(embedder, images, job.device, static)
+                    embeddings, ready = forward_to_host(embedder, images, job.device, static, backbone=job.backbone)
                 batch.done()
                 yield Embedded(batch.rows, embeddings, ready, batch.rejects, batch.hashes)
         _report(merge, static, graphs)

@@ -25,6 +25,7 @@ from common.ray_cluster import connect, import_ray
 from jobs.catalog.catalog_images import decode_row
 from jobs.catalog.embed_job import Embedded, EmbedJob, forward
 from jobs.workers import lower_priority
+from pipeline.backbones import traced_backbone
 from pipeline.checkpoint import load_checkpoint
 
 # rows per input block: one batch on small runs (an actor's output reaches the writer a batch at a time; with
@@ -59,7 +60,7 @@ def _decode(batch: dict, *, size: int, nice: bool, draft: bool = False) -> dict:
 class ProductEmbedder:
     """Ray Data callable class: one per actor, holding the checkpoint's model."""
 
-    def __init__(self, checkpoint, *, gpus: float, threads: int | None):
+    def __init__(self, checkpoint, *, gpus: float, threads: int | None, trace: bool = False, size: int = 224):
         ray = import_ray()
         payload = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
         self.device = torch.device("cuda" if gpus > 0 else "cpu")
@@ -70,6 +71,8 @@ class ProductEmbedder:
             path.write_bytes(payload)
             self.embedder = load_checkpoint(path, device=self.device).embedder.eval()
         self.embedder.to(memory_format=torch.channels_last)
+        # each actor its own graph (the job's choice, jobs.backbone_graph): a traced graph is not sent to actors
+        self.backbone = traced_backbone(self.embedder.backbone, size=size, device=self.device) if trace else None
 
     def __call__(self, batch: dict) -> dict:
         ok = np.asarray(batch["reason"] == "", dtype=bool)
@@ -77,7 +80,7 @@ class ProductEmbedder:
         if ok.any():
             with torch.inference_mode():
                 images = torch.from_numpy(batch["image"][ok])
-                emb[ok] = forward(self.embedder, images, self.device).float().cpu().numpy()
+                emb[ok] = forward(self.embedder, images, self.device, backbone=self.backbone).float().cpu().numpy()
         return {"row": batch["row"], "embedding": emb, "reason": batch["reason"], "sha": batch["sha"]}
 
 
@@ -110,7 +113,8 @@ def open_engine(job: EmbedJob) -> Iterator[Embedded]:
         node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
         actor_cpus = max(0.05, min(1.0, (min(node_cpus, default=1) - DECODE_CPUS) / workers))
         ds = ds.map_batches(ProductEmbedder, fn_constructor_args=(ray.put(Path(job.checkpoint_path).read_bytes()),),
-                            fn_constructor_kwargs={"gpus": gpus, "threads": threads}, batch_size=batch_size,
+                            fn_constructor_kwargs={"gpus": gpus, "threads": threads, "trace": job.traced,
+                                                   "size": job.size}, batch_size=batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
                             num_gpus=gpus or None, num_cpus=round(actor_cpus, 2))
     except BaseException:

@@ -23,8 +23,9 @@ from common import defaults
 from common.errors import InputError
 from common.files import atomic_path, write_json_atomic
 from common.progress import progress_bar
+from jobs.backbone_graph import choose_graph
 from jobs.workers import default_workers, lower_priority
-from pipeline.backbones import Backbone, pooled
+from pipeline.backbones import Backbone, pooled, traced_backbone
 from pipeline.images import ImageError, image_to_tensor, load_image
 from pipeline.scene_crops import exclude_product
 
@@ -104,11 +105,12 @@ def decodable(items: list[CacheItem], size: int, exclusion: str, *, workers: int
     return np.concatenate(flags).astype(bool) if flags else np.zeros(0, bool)
 
 
-def _fingerprint(items: list[CacheItem], backbone: Backbone, exclusion: str, keep_map: bool) -> str:
+def _fingerprint(items: list[CacheItem], backbone: Backbone, exclusion: str, keep_map: bool, traced: bool) -> str:
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps([backbone.name, str(backbone.weights), exclusion, defaults.EXCLUSION_MARGIN, keep_map]).encode()
-    )
+    # The traced graph's features differ from eager ones in the last bits: a cache is made by one of them (an
+    # eager cache keeps the fingerprint it had before traced graphs were an option).
+    digest.update(json.dumps([backbone.name, str(backbone.weights), exclusion, defaults.EXCLUSION_MARGIN, keep_map]
+                             + (["traced"] if traced else [])).encode())
     for it in items:
         digest.update(json.dumps([it.key, it.image_path, it.bbox, it.augment_seed]).encode())
     return digest.hexdigest()
@@ -147,10 +149,16 @@ def compute_features(
     workers: int | None = None,
     device: str = "cpu",
     desc: str = "features",
+    trace: bool | None = None,
 ) -> FeatureTable:
-    """Backbone features for `items`, computed once and cached under `cache_dir` (resumable by parts)."""
+    """Backbone features for `items`, computed once and cached under `cache_dir` (resumable by parts).
+
+    `trace`: run the backbone as its traced graph (True), eagerly (False), or as jobs.backbone_graph chooses for
+    this many items on this device (None: traced on a CPU from a few hundred items, ~1.7x the eager rate).
+    """
     cache_dir = Path(cache_dir)
-    fingerprint = _fingerprint(items, backbone, exclusion, keep_map)
+    graph = choose_graph(torch.device(device).type, len(items), asked=trace)
+    fingerprint = _fingerprint(items, backbone, exclusion, keep_map, graph.traced)
     meta_path = cache_dir / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") != fingerprint:
         for stale in cache_dir.glob("part-*.npz"):
@@ -170,9 +178,11 @@ def compute_features(
                         worker_init_fn=lower_priority if device == "cpu" else None) if todo_rows else []
     pending: dict[int, dict[int, tuple[np.ndarray, bool]]] = {}
     position = 0
+    forward = traced_backbone(backbone, size=backbone.input_size, device=device) if graph.traced and todo_rows \
+        else backbone
     with torch.inference_mode():
         for images, ok in loader:
-            fmap = backbone(images.to(device).contiguous(memory_format=torch.channels_last))
+            fmap = forward(images.to(device).contiguous(memory_format=torch.channels_last))
             out = (fmap if keep_map else pooled(fmap)).float().cpu().numpy().astype(np.float16)
             for feat, good in zip(out, ok.numpy(), strict=True):
                 row = todo_rows[position]

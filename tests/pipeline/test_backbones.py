@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.backbones import BackboneWeightsError, build_backbone, pooled
+from pipeline.backbones import BackboneWeightsError, build_backbone, pooled, traced_backbone
 from pipeline.images import image_to_tensor
 
 
@@ -91,3 +91,17 @@ def test_the_multi_scale_backbone_is_the_last_map_plus_earlier_stages_pooled_ont
             expected = MULTI_SCALE_TAP_SCALE * tap.unfold(2, stride, stride).unfold(3, stride, stride).mean((-1, -2))
             assert torch.allclose(fmap[:, start:start + size], expected, atol=1e-4)
             start += size
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite0-ms"])
+def test_the_traced_graph_computes_the_eager_forward_at_any_batch_size(name):
+    backbone = build_backbone(name=name, weights="imagenet").eval()
+    graph = traced_backbone(backbone, size=64, device="cpu")     # traced at batch 1
+    g = torch.Generator().manual_seed(0)
+    for batch in (1, 3):
+        x = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8, generator=g)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            eager, traced = backbone(x), graph(x)
+        assert traced.shape == eager.shape and eager.abs().max() > 0.1   # real weights: a map worth comparing
+        torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-4)

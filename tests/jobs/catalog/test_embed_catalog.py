@@ -79,6 +79,30 @@ def test_embeddings_equal_the_model_in_manifest_order_and_shards(tmp_path, ckpt,
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
+def test_the_traced_backbone_embeds_as_the_model_does_and_is_chosen_by_size(tmp_path, ckpt, model):
+    manifest = make_catalog(tmp_path / "cat", 9)
+    traced = run(manifest, ckpt, tmp_path / "traced", trace=True)
+    eager = run(manifest, ckpt, tmp_path / "eager", trace=False)
+    chosen = run(manifest, ckpt, tmp_path / "chosen")
+    assert (traced["graph"], eager["graph"], chosen["graph"]) == ("traced", "eager", "eager")
+    assert traced["trace_seconds"] > 0 and eager["trace_seconds"] is None
+    assert "asked for" in traced["graph_reason"] and "9 images" in chosen["graph_reason"]
+    table = read_shards(tmp_path / "traced")
+    expected = oracle(model, table.column("image_path").to_pylist())
+    np.testing.assert_allclose(embeddings_of(table), expected, atol=1e-4)
+    np.testing.assert_allclose(embeddings_of(read_shards(tmp_path / "eager")), expected, atol=1e-5)
+
+
+def test_the_cli_says_it_traced_and_refuses_trace_with_compile(tmp_path, ckpt):
+    manifest = make_catalog(tmp_path / "cat", 2)
+    result = CliRunner().invoke(embed_catalog_command, cli_args(manifest, ckpt, tmp_path / "t", "--trace"))
+    assert result.exit_code == 0 and "; traced backbone (trace and warm-up " in result.output, result.output
+    assert_one_line_error(CliRunner().invoke(embed_catalog_command,
+                                             cli_args(manifest, ckpt, tmp_path / "o", "--trace", "--compile")),
+                          "--trace and --compile", "choose one")
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_manifest_records_the_draft_setting_and_a_run_with_the_other_one_is_refused(tmp_path, ckpt):
     manifest = make_catalog(tmp_path / "cat", 6)
     out = tmp_path / "emb"

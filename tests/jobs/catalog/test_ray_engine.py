@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from index.embedding_shards import MANIFEST
+from jobs.catalog.ray_engine import ProductEmbedder
 from tests.jobs.catalog.catalogs import (
     ROOT,
     SIZE,
@@ -56,6 +59,18 @@ def test_ray_shards_equal_local_shards(tmp_path, ckpt, local_ray):
     a, b = (json.loads((d / MANIFEST).read_text()) for d in (local, distributed))
     assert a["shards"] == b["shards"] and b["complete"] and b["engine"] == "ray"
     assert run(manifest, ckpt, distributed, engine="ray", workers=1)["noop"]
+
+
+def test_ray_actors_trace_their_own_backbone_when_asked(tmp_path, ckpt, local_ray):
+    manifest = make_catalog(tmp_path / "cat", 7)
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    run(manifest, ckpt, local, trace=False)
+    summary = run(manifest, ckpt, distributed, engine="ray", workers=1, trace=True)
+    assert summary["graph"] == "traced" and summary["trace_seconds"] is None   # traced inside the actors
+    np.testing.assert_allclose(embeddings_of(read_shards(distributed)), embeddings_of(read_shards(local)), atol=1e-4)
+    actor = ProductEmbedder(Path(ckpt).read_bytes(), gpus=0, threads=1, trace=True, size=SIZE)
+    assert isinstance(actor.backbone, torch.jit.ScriptModule)
+    assert ProductEmbedder(Path(ckpt).read_bytes(), gpus=0, threads=1).backbone is None
 
 
 def test_corrupt_images_are_rejected_rows_with_reasons(tmp_path, ckpt, local_ray):

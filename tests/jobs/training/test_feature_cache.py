@@ -77,3 +77,27 @@ def test_augmentation_is_seeded():
     img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     assert augment(img, 3).tobytes() == augment(img, 3).tobytes()
     assert augment(img, 3).tobytes() != augment(img, 4).tobytes()
+
+
+def test_the_traced_graph_caches_the_eager_features_and_a_cache_is_made_by_one_of_them(images, backbone, tmp_path):
+    items = _items(images[0])
+    eager = compute_features(items, backbone, tmp_path / "eager", keep_map=True, workers=0, trace=False)
+    seen = []
+    hook = backbone.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    try:
+        traced = compute_features(items, backbone, tmp_path / "traced", keep_map=True, workers=0, trace=True)
+    finally:
+        hook.remove()
+    assert seen == [1]                  # the module ran once, to be traced; the rows came from the graph
+    assert traced.valid.tolist() == eager.valid.tolist()
+    # float16 rows: equal to one float16 step of the feature's size (the graph differs from eager in the last bits)
+    np.testing.assert_allclose(traced.features.astype(np.float32), eager.features.astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+    seen.clear()
+    hook = backbone.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    try:
+        again = compute_features(items, backbone, tmp_path / "traced", keep_map=True, workers=0, trace=False)
+    finally:
+        hook.remove()
+    assert sum(seen) == len(items)      # the eager run does not take the traced cache for its own
+    assert np.array_equal(again.features, eager.features)
