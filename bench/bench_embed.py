@@ -39,7 +39,7 @@ from common import defaults
 from jobs.catalog.embed_catalog import EmbedCatalogConfig, embed_catalog
 from jobs.data.catalog_manifest import read_catalog
 from jobs.workers import default_workers
-from pipeline.backbones import traced_backbone
+from pipeline.backbones import BACKBONES, traced_backbone
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.embedder import build_embedder
 from pipeline.images import image_to_tensor, load_image
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--sweep", action="store_true", help="also time the job with 0, 1 and 2 workers")
     ap.add_argument("--weights", default="random", help="backbone weights (speed does not depend on them)")
-    ap.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "resnet50"])
+    ap.add_argument("--backbone", default="efficientnet-lite0", choices=list(BACKBONES))
     ap.add_argument("--manifest", type=Path, default=None, help="an existing catalogue (else data/sample or generated)")
     ap.add_argument("--bare-images", type=int, default=1024, help="at most this many decoded images for the bare rate")
     ap.add_argument("--batch-sweep", default=None,
