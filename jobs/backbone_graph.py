@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from common.errors import InputError
 
 # Tracing and freezing (1 to 3 s on 2 cores) and the profiling executor's first two forwards cost about 4 s
-# on 2 cores; the graph then saves ~11 ms per image at batch 4 (27 -> 16 ms: 37 -> 62 img/s, EfficientNet-
-# Lite0-ms, docs/benchmarks-embed.md). Below a few hundred images tracing costs more than it saves.
+# on 2 cores; the graph then saves ~10 ms of a 2-core job's 27 to 34 ms per image (bench_embed --graph-compare,
+# EfficientNet-Lite0-ms: 29.7 -> 45.4 img/s end to end at best, docs/benchmarks-embed.md). Below a few hundred
+# images tracing costs more than it saves.
 TRACE_MIN_IMAGES = 512
 
 
@@ -43,4 +44,4 @@ def choose_graph(device_type: str, images: int, *, compile: bool = False, asked:
     if images < TRACE_MIN_IMAGES:
         return GraphChoice(False, f"{images} images: tracing (~4 s on 2 cores) would cost more than it saves "
                                   f"below {TRACE_MIN_IMAGES}")
-    return GraphChoice(True, f"{images} images on a CPU: the frozen graph is ~1.7x the eager forward's rate")
+    return GraphChoice(True, f"{images} images on a CPU: the frozen graph, 1.1-1.5x the eager job's rate measured")

@@ -166,10 +166,10 @@ def traced_backbone(backbone: Backbone, *, size: int, device: str | torch.device
 
     Freezing folds the batch norms into the convolutions, and the graph runs in C++ without taking the GIL
     between operators. On a CPU it is the faster forward: the service's scene queries (several model threads
-    forwarding in parallel) and the batch jobs' (EfficientNet-Lite0-ms, batch 4, 2 cores: 62 against 37 img/s,
-    docs/benchmarks-embed.md). Its feature maps agree with eager to float rounding (~3e-5 with ImageNet
-    weights). Tracing and freezing take 1 to 3 s on 2 cores, and the first two forwards run the profiling
-    executor's passes (about as long again).
+    forwarding in parallel) and the batch jobs' (EfficientNet-Lite0-ms, batch 4, 2 cores: the bare forward 1.4x,
+    an embed-catalog job 1.1-1.5x, docs/benchmarks-embed.md). Its feature maps agree with eager to float rounding
+    (~3e-5 with ImageNet weights). Tracing and freezing take 1 to 3 s on 2 cores, and the first two forwards run
+    the profiling executor's passes (about as long again).
     """
     x = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():

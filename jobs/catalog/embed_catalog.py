@@ -405,7 +405,8 @@ def _run(job: EmbedJob, out_dir: Path, manifest: EmbeddingsManifest, shard_rows:
                    "steady-state rate).")
 @click.option("--trace/--no-trace", default=None,
               help="Run the backbone as a frozen TorchScript graph (CPU). Default: traced on a CPU from "
-                   f"{TRACE_MIN_IMAGES} images to embed (about 1.7x the eager rate on 2 cores), else eager.")
+                   f"{TRACE_MIN_IMAGES} images to embed (measured 1.1-1.5x the eager job's rate on 2 cores), "
+                   "else eager.")
 @click.option("--jpeg-draft", is_flag=True,
               help="Decode JPEGs of 900 px and more at a reduced scale (DCT scaling, never below twice the input "
                    "size) on the Pillow path: about 2x faster there, embeddings off by up to 0.003 in cosine.")

@@ -154,7 +154,7 @@ def compute_features(
     """Backbone features for `items`, computed once and cached under `cache_dir` (resumable by parts).
 
     `trace`: run the backbone as its traced graph (True), eagerly (False), or as jobs.backbone_graph chooses for
-    this many items on this device (None: traced on a CPU from a few hundred items, ~1.7x the eager rate).
+    this many items on this device (None: traced on a CPU from a few hundred items, 1.1-1.5x the eager rate measured).
     """
     cache_dir = Path(cache_dir)
     graph = choose_graph(torch.device(device).type, len(items), asked=trace)
