@@ -25,7 +25,12 @@ from pathlib import Path
 
 from bench.bench_query import find_artifacts
 from bench.bench_serve import Bare, cpu_seconds, load, start_server, wait_ready
+from common.allocator import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
 
+# common.allocator's setting applied from outside: glibc reads these variables when the process starts (a fixed
+# threshold, as mallopt sets it). docs/benchmarks-serve.md, 2026-12-07 seventh session.
+KEEP_FREED = [f"env:MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD_BYTES}",
+              f"env:MALLOC_TRIM_THRESHOLD_={TRIM_THRESHOLD_BYTES}"]
 CONFIGS = {
     "default": [],
     "before": [],                     # the --before checkout's server, its defaults
@@ -42,6 +47,9 @@ CONFIGS = {
     "pipeline": ["--pipeline"],
     "omp-passive": ["env:OMP_WAIT_POLICY=PASSIVE"],
     "frontends2": ["--frontends", "2"],   # two front-end processes feeding one model process
+    "keep": KEEP_FREED,                       # the server keeping freed memory (the batch jobs' allocator setting)
+    "batch1-keep": ["--max-batch", "1", *KEEP_FREED],   # batches of one, without their page faults
+    "arena2": ["env:MALLOC_ARENA_MAX=2"],     # at most 2 glibc malloc arenas: steadier RSS, more CPU (measured)
 }
 
 
