@@ -18,7 +18,8 @@
     answered request comes from /proc/PID/stat (the clients excluded), its stage times from Server-Timing.
     With `--rounds R` every level runs R times (all levels in turn, then again), each beside its own bare
     baseline; the targets are judged on the median ratio over the rounds, printed with the lowest and highest.
-(3) memory: the server's RSS after a warm-up at the highest concurrency and after `--rss-requests` more.
+(3) memory: the server's RSS after a warm-up at the highest concurrency and after `--rss-requests` more, read
+    after each quarter of them too (a step that stays flat is not a leak).
 
 Targets (issue 18). CPU: server CPU per request <= 1.3 x the bare CPU per image; throughput at
 concurrency 4, 16, 64 >= 0.7 x the bare best; p99 at 16 <= 1.5 x (16 / throughput); RSS growth < 50 MB
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import multiprocessing
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -202,6 +205,27 @@ def rss_mb(pid: int) -> float:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) / 1024
     return total
+
+
+def rss_in_parts(run_part: Callable[[int], dict], read_rss: Callable[[], float], requests: int, *,
+                 before_mb: float, parts: int = 4) -> dict:
+    """`requests` more requests in `parts` equal parts (`run_part(n)` loads n and returns load's summary), the RSS
+    read after each: growth is judged from `before_mb` to the last reading, the readings between tell a step that
+    stays flat (the allocator settling after a change of load) from a steady climb (a leak)."""
+    sizes = [requests // parts + (j < requests % parts) for j in range(parts)] if requests >= parts else [requests]
+    trace, statuses, done, ok, wall = [], collections.Counter(), 0, 0, 0.0
+    for n in sizes:
+        part = run_part(n)
+        trace.append(read_rss())
+        done, ok, wall = done + part["requests"], ok + part["ok"], wall + part["wall_s"]
+        statuses.update(part["statuses"])
+    return {"before_mb": before_mb, "after_mb": trace[-1], "trace_mb": trace, "requests": done,
+            "statuses": dict(statuses), "throughput": ok / wall if wall > 0 else 0.0}
+
+
+def readings(rss: dict) -> str:
+    """The RSS readings of rss_in_parts against the first one, e.g. 'readings: +65 +65 +65 +65 MB'."""
+    return "readings: " + " ".join(f"{t - rss['before_mb']:+.0f}" for t in rss.get("trace_mb", [])) + " MB"
 
 
 async def load_records(url: str, payloads: list[tuple[str, bytes]], *, concurrency: int, requests: int,
@@ -405,13 +429,13 @@ def serve_and_measure(args, checkpoint: Path, index_dir: Path, scenes: list[Path
             result["rounds"].append(measure_levels(bare, result["bare"]["best_layout"], url, proc.pid, payloads,
                                                    args, endpoint, params))
         result["levels"] = median_over_rounds(result["rounds"])
-        more = load(url, payloads, concurrency=min(16, top), requests=args.rss_requests, duration=3600,
-                    endpoint=endpoint, params=params, clients=args.clients,
-                 client=args.client)
-        result["rss"] = {"before_mb": rss_before, "after_mb": rss_mb(proc.pid), "requests": more["requests"],
-                         "statuses": more["statuses"]}
-        print(f"(3) server RSS {rss_before:.0f} MB after the first pass, {result['rss']['after_mb']:.0f} MB after "
-              f"{more['requests']} more requests ({more['throughput']:.1f} req/s)", flush=True)
+        result["rss"] = rss_in_parts(
+            lambda n: load(url, payloads, concurrency=min(16, top), requests=n, duration=3600, endpoint=endpoint,
+                           params=params, clients=args.clients, client=args.client),
+            lambda: rss_mb(proc.pid), args.rss_requests, before_mb=rss_before)
+        rss = result["rss"]
+        print(f"(3) server RSS {rss_before:.0f} MB after the first pass, {rss['after_mb']:.0f} MB after "
+              f"{rss['requests']} more requests ({rss['throughput']:.1f} req/s); {readings(rss)}", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -466,7 +490,7 @@ def checks(result: dict, device: str, endpoint: str) -> list[tuple[bool, str]]:
     out.append((not bad, f"5xx other than 503 (and client errors): {bad or 'none'}"))
     growth = result["rss"]["after_mb"] - result["rss"]["before_mb"]
     out.append((growth < TARGET_RSS_MB, f"RSS growth over {result['rss']['requests']} requests: {growth:+.1f} MB "
-                f"(target < {TARGET_RSS_MB} MB)"))
+                f"(target < {TARGET_RSS_MB} MB; {readings(result['rss'])})"))
     return out
 
 

@@ -39,3 +39,30 @@ def test_the_targets_are_judged_on_the_median_not_on_the_worst_round():
     assert verdicts["5xx other than 503 (and client errors)"] is False
     lines = [what for _, what in checks(result, "cpu", "retrieve")]
     assert any("x1.20 [1.10, 1.50] at 1" in line for line in lines), lines
+
+
+def test_the_rss_is_read_after_each_part_and_growth_is_judged_from_the_first_reading():
+    from bench.bench_serve import readings, rss_in_parts
+    asked, rss = [], iter([1065.0, 1065.0, 1066.0, 1064.0])
+
+    def part(n):
+        asked.append(n)
+        return {"requests": n, "ok": n - 1, "wall_s": 2.0, "statuses": {"200": n - 1, "503": 1}}
+
+    out = rss_in_parts(part, lambda: next(rss), 2001, before_mb=1000.0)
+    assert asked == [501, 500, 500, 500]                      # every request asked for, in four parts
+    assert out["trace_mb"] == [1065.0, 1065.0, 1066.0, 1064.0] and out["after_mb"] == 1064.0
+    assert (out["requests"], out["statuses"]) == (2001, {"200": 1997, "503": 4})
+    assert out["throughput"] == 1997 / 8.0                   # answered requests over the parts' wall time
+    assert readings(out) == "readings: +65 +65 +66 +64 MB"    # a step, then flat
+    result = {"levels": [level(1, 1.2, 0.4, {"200": 5}, 30.0)], "rss": out}
+    line = [what for ok, what in checks(result, "cpu", "retrieve") if what.startswith("RSS")][0]
+    assert "+64.0 MB" in line and "readings: +65 +65 +66 +64 MB" in line
+
+
+def test_fewer_requests_than_parts_run_as_one_part():
+    from bench.bench_serve import rss_in_parts
+    asked = []
+    out = rss_in_parts(lambda n: asked.append(n) or {"requests": n, "ok": n, "wall_s": 0.0, "statuses": {}},
+                       lambda: 5.0, 0, before_mb=5.0)
+    assert asked == [0] and out["trace_mb"] == [5.0] and out["throughput"] == 0.0
