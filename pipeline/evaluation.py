@@ -6,6 +6,7 @@ and embeddings arrive as a :class:`QueryEmbeddings`, however they were computed.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,9 @@ COMPARISONS = (("hybrid", "backbone"), ("hybrid", "global"), ("hybrid", "local")
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(21))
 WEIGHT_TOLERANCE = 0.05
 MIN_CATEGORY_QUERIES = 15
+# The out-of-fold check of those weights (a diagnostic, docs/quality.md fourteenth round): 5 folds by scene, 5 repeats.
+OUT_OF_FOLD_FOLDS = 5
+OUT_OF_FOLD_REPEATS = 5
 
 CategoryEmbedding = Callable[[str], torch.Tensor]
 
@@ -281,21 +285,13 @@ def _pick_weight(scores: np.ndarray, grid, tolerance: float) -> float:
     return float(grid[best]) if means[best] - means[paper] > tolerance else float(grid[paper])
 
 
-def fit_local_weights(d_global: np.ndarray, d_local: np.ndarray, queries: list[Query], emb: QueryEmbeddings, *,
-                      grid=WEIGHT_GRID, tolerance: float = WEIGHT_TOLERANCE,
-                      min_queries: int = MIN_CATEGORY_QUERIES) -> dict:
-    """The hybrid's local weight per category, fitted on (validation) queries' global and local matrices.
-
-    Returns {"weights": {category: w}, "global_weight": w over all queries, "per_category_fitted": [names],
-    "n_queries": {category: n}}; a category with fewer than `min_queries` queries takes the global weight.
-    """
-    if not queries:
-        raise ValueError("no queries to fit the hybrid weights on")
-    scores = weight_grid_scores(d_global, d_local, queries, emb, grid)
+def _weights_from_scores(scores: np.ndarray, categories: list[str], grid, tolerance: float, min_queries: int
+                         ) -> tuple[dict[str, float], float, list[str]]:
+    """(weight per category, the weight over all queries, the categories fitted on their own) from a score grid."""
     overall = _pick_weight(scores, grid, tolerance)
     rows: dict[str, list[int]] = {}
-    for qi, query in enumerate(queries):
-        rows.setdefault(query.category, []).append(qi)
+    for qi, category in enumerate(categories):
+        rows.setdefault(category, []).append(qi)
     weights, own = {}, []
     for category, members in sorted(rows.items()):
         if len(members) >= min_queries:
@@ -303,6 +299,67 @@ def fit_local_weights(d_global: np.ndarray, d_local: np.ndarray, queries: list[Q
             own.append(category)
         else:
             weights[category] = overall
+    return weights, overall, own
+
+
+def fold_of(group: str, repeat: int, folds: int) -> int:
+    """The fold of a query's group (its scene: a scene's queries stay together) in repeat `repeat`: a hash, no
+    random stream, so the same scenes fall in the same folds on every machine."""
+    return zlib.crc32(f"{repeat}/{group}".encode()) % folds
+
+
+def out_of_fold_scores(scores: np.ndarray, categories: list[str], groups: list[str], *, grid=WEIGHT_GRID,
+                       tolerance: float = WEIGHT_TOLERANCE, min_queries: int = MIN_CATEGORY_QUERIES,
+                       folds: int = OUT_OF_FOLD_FOLDS, repeats: int = OUT_OF_FOLD_REPEATS) -> dict:
+    """How the per-category weights score on queries they were not fitted on, beside the paper's 1/2.
+
+    `scores` is weight_grid_scores' Q x len(grid). In each of `repeats` repeats the queries are split into `folds`
+    folds by their group (fold_of); each fold is scored under weights fitted on the other folds (the same rule as
+    fit_local_weights: a category with fewer than `min_queries` there takes their overall weight). Returns the
+    mean score per query of the fitted weights (mean over repeats, and its spread), of 1/2, their difference,
+    and whether the fitted weights came out ahead. The fitted weights' own validation score is in-sample and
+    always at or above 1/2's; this is the figure that can say they are not (docs/quality.md, fourteenth round).
+    """
+    paper = grid.index(min(grid, key=lambda w: abs(w - PAPER_LOCAL_WEIGHT)))
+    per_repeat = []
+    for repeat in range(repeats):
+        fold = np.array([fold_of(g, repeat, folds) for g in groups])
+        chosen = np.zeros(len(categories))
+        for f in range(folds):
+            held, fit_on = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+            if not len(held):
+                continue
+            if not len(fit_on):          # one fold holds every group: nothing to fit on, the paper's form
+                chosen[held] = scores[held, paper]
+                continue
+            weights, overall, _ = _weights_from_scores(scores[fit_on], [categories[i] for i in fit_on], grid,
+                                                       tolerance, min_queries)
+            for i in held:
+                chosen[i] = scores[i, grid.index(weights.get(categories[i], overall))]
+        per_repeat.append(float(chosen.mean()))
+    fitted, half = float(np.mean(per_repeat)), float(scores[:, paper].mean())
+    return {"fitted": fitted, "fitted_spread": float(np.std(per_repeat)), "paper": half,
+            "fitted_minus_paper": fitted - half, "fitted_ahead": fitted > half, "folds": folds, "repeats": repeats,
+            "grouped_by": "scene"}
+
+
+def fit_local_weights(d_global: np.ndarray, d_local: np.ndarray, queries: list[Query], emb: QueryEmbeddings, *,
+                      grid=WEIGHT_GRID, tolerance: float = WEIGHT_TOLERANCE,
+                      min_queries: int = MIN_CATEGORY_QUERIES) -> dict:
+    """The hybrid's local weight per category, fitted on (validation) queries' global and local matrices.
+
+    Returns {"weights": {category: w}, "global_weight": w over all queries, "per_category_fitted": [names],
+    "n_queries": {category: n}, "out_of_fold": out_of_fold_scores(...)}; a category with fewer than
+    `min_queries` queries takes the global weight. The out-of-fold figures are a diagnostic: they change no weight.
+    """
+    if not queries:
+        raise ValueError("no queries to fit the hybrid weights on")
+    scores = weight_grid_scores(d_global, d_local, queries, emb, grid)
+    categories = [q.category for q in queries]
+    weights, overall, own = _weights_from_scores(scores, categories, grid, tolerance, min_queries)
     return {"weights": weights, "global_weight": overall, "per_category_fitted": own,
-            "n_queries": {c: len(m) for c, m in sorted(rows.items())}, "grid": list(grid), "tolerance": tolerance,
-            "min_category_queries": min_queries, "score": "mean per-query expected FITB + hit@10"}
+            "n_queries": {c: categories.count(c) for c in sorted(set(categories))}, "grid": list(grid),
+            "tolerance": tolerance, "min_category_queries": min_queries,
+            "score": "mean per-query expected FITB + hit@10",
+            "out_of_fold": out_of_fold_scores(scores, categories, [q.scene_id for q in queries], grid=grid,
+                                              tolerance=tolerance, min_queries=min_queries)}

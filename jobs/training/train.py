@@ -257,3 +257,9 @@ def train_command(data_dir, out_dir, seed, mode, backbone, backbone_weights, epo
     click.echo(f"trained {len(summary.history)} epochs in {summary.seconds} s on {summary.device}; "
                f"best epoch {summary.best_epoch} -> {summary.checkpoint} "
                f"(last loss {last.get('loss', float('nan')):.3f})")
+    check = (summary.hybrid or {}).get("out_of_fold")
+    if check:
+        click.echo(f"hybrid weights per category: out of fold on validation {check['fitted']:.3f} against "
+                   f"{check['paper']:.3f} for the paper's 1/2 (expected FITB + hit@10 a query): "
+                   + ("ahead" if check["fitted_ahead"] else
+                      "not ahead, so validation cannot tell them from 1/2 (`--hybrid paper` trains that form)"))

@@ -13,6 +13,8 @@ from pipeline.evaluation import (
     QueryEmbeddings,
     distance_matrices,
     fit_local_weights,
+    fold_of,
+    out_of_fold_scores,
     weight_grid_scores,
 )
 
@@ -156,3 +158,64 @@ def test_fitted_weights_travel_in_the_checkpoint_and_an_older_one_loads_as_the_p
     assert any("paper" in note for note in loaded.notes)
     with pytest.raises(ValueError, match="local weight"):
         heads.set_local_weights({"A|Bags": 1.5})
+
+
+def _explicit_pick(rows: np.ndarray, tolerance: float) -> float:
+    """The weight rule written out: the best mean score, ties to the weight nearest 1/2, 1/2 unless beaten by more
+    than `tolerance`."""
+    means = rows.mean(axis=0)
+    half = WEIGHT_GRID.index(0.5)
+    best = max(range(len(WEIGHT_GRID)), key=lambda i: (round(float(means[i]), 12), -abs(WEIGHT_GRID[i] - 0.5)))
+    return WEIGHT_GRID[best] if means[best] - means[half] > tolerance else 0.5
+
+
+def test_out_of_fold_scores_equal_an_explicit_loop_over_held_out_queries():
+    rng = np.random.default_rng(3)
+    q = 90
+    scores = rng.random((q, len(WEIGHT_GRID))) + np.linspace(0, 0.3, len(WEIGHT_GRID)) * (rng.random((q, 1)) > 0.4)
+    categories = [("shoes", "bags", "hats")[i % 3] for i in range(q)]
+    groups = [f"scene{i // 3}" for i in range(q)]            # three queries a scene, one of each category
+    got = out_of_fold_scores(scores, categories, groups, tolerance=0.02, min_queries=10, folds=4, repeats=3)
+    per_repeat = []
+    for repeat in range(3):
+        total = 0.0
+        for i in range(q):
+            train = [j for j in range(q) if fold_of(groups[j], repeat, 4) != fold_of(groups[i], repeat, 4)]
+            overall = _explicit_pick(scores[train], 0.02)
+            own = [j for j in train if categories[j] == categories[i]]
+            w = _explicit_pick(scores[own], 0.02) if len(own) >= 10 else overall
+            total += scores[i, WEIGHT_GRID.index(w)]
+        per_repeat.append(total / q)
+    assert got["fitted"] == pytest.approx(np.mean(per_repeat), abs=1e-12)
+    assert got["fitted_spread"] == pytest.approx(np.std(per_repeat), abs=1e-12)
+    assert got["paper"] == pytest.approx(scores[:, WEIGHT_GRID.index(0.5)].mean(), abs=1e-12)
+    assert got["fitted_minus_paper"] == pytest.approx(got["fitted"] - got["paper"], abs=1e-12)
+
+
+def test_a_scenes_queries_are_never_fitted_and_scored_in_the_same_fold():
+    # Every "hats" query is in one scene and scores w = 1 far above the rest; the other categories are flat. Fitted
+    # in-sample, hats would take w = 1; out of fold its scene is held out whole, so hats falls back to the other
+    # scenes' overall weight (1/2) and scores exactly what 1/2 does.
+    q = 60
+    scores = np.full((q, len(WEIGHT_GRID)), 0.5)
+    categories = ["hats" if i < 20 else ("shoes" if i % 2 else "bags") for i in range(q)]
+    groups = ["the hat scene" if i < 20 else f"scene{i}" for i in range(q)]
+    scores[:20, -1] = 2.0
+    got = out_of_fold_scores(scores, categories, groups, min_queries=5)
+    assert got["fitted"] == pytest.approx(got["paper"], abs=1e-12) and not got["fitted_ahead"]
+    split_by_query = out_of_fold_scores(scores, categories, [str(i) for i in range(q)], min_queries=5)
+    assert split_by_query["fitted"] > split_by_query["paper"]   # the same data with each query its own group
+
+
+def test_the_fit_reports_its_out_of_fold_check_and_it_changes_no_weight(setup):
+    emb, _, queries = setup
+    queries = [Query(q.pair_index, f"s{i // 2}", q.product_id, q.category, q.fitb_negatives, q.rank_negatives)
+               for i, q in enumerate(queries)]                # two queries a scene
+    d_g, d_l = fake_matrices(queries, emb, {"shoes": "local", "bags": "global"})
+    fit = fit_local_weights(d_g, d_l, queries, emb, min_queries=2)
+    check = fit["out_of_fold"]
+    assert check["fitted_ahead"] and check["fitted"] > check["paper"]   # the evidence is real: it holds out of fold
+    assert (check["folds"], check["repeats"], check["grouped_by"]) == (5, 5, "scene")
+    assert fit["weights"]["shoes"] > 0.5 > fit["weights"]["bags"]      # the same weights as without the check
+    assert [fold_of("s1", r, 5) for r in range(5)] == [fold_of("s1", r, 5) for r in range(5)]
+    assert all(0 <= fold_of(f"s{i}", 0, 5) < 5 for i in range(50))

@@ -30,6 +30,26 @@ def test_training_writes_checkpoint_config_and_a_scene_split(trained):
     assert len(summary.history) == CFG.epochs
     assert summary.history[-1]["loss"] < summary.history[0]["loss"]
     assert summary.n_train_pairs > 0 and summary.n_val_queries > 0 and summary.triplets_per_second > 0
+    if summary.hybrid["form"] == "fitted":   # the weights' out-of-fold check travels with them
+        check = summary.hybrid["out_of_fold"]
+        assert check["folds"] == 5 and check["fitted_minus_paper"] == check["fitted"] - check["paper"]
+        assert ckpt.extra["hybrid"]["out_of_fold"] == check
+
+
+def test_ctl_train_says_whether_the_fitted_weights_hold_out_of_fold(tmp_path, monkeypatch):
+    import jobs.training.train as train_module
+    from jobs.training.run_layout import TrainSummary
+
+    def fake_train(data_dir, out_dir, *, config, resume):
+        check = {"fitted": 1.09, "paper": 1.11, "fitted_ahead": False}
+        return TrainSummary(checkpoint=str(out_dir / "checkpoint.pt"), best_epoch=3,
+                            history=[{"epoch": 1, "loss": 1.0}], hybrid={"form": "fitted", "out_of_fold": check})
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    result = CliRunner().invoke(ctl, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "out of fold on validation 1.090 against 1.110" in result.output
+    assert "not ahead, so validation cannot tell them from 1/2" in result.output
 
 
 def _heads(run):
