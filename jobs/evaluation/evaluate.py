@@ -169,7 +169,9 @@ def run_evaluation(run_dir, *, data_dir=None, split: str = "test", seed: int | N
             "threshold_rule": calibrations.info.get("threshold_rule"), "refitted_by_evaluate": refitted,
             "ece": f"expected calibration error over {BINS} equal-width probability bins, weighted"},
         "hybrid": {"form": ckpt.hybrid_form, "local_weights": weights,
-                   "definition": "d_h = (1 - w_c) d_g + w_c d_l; 'paper' is w = 1/2"},
+                   "definition": "d_h = (1 - w_c) d_g + w_c d_l; 'paper' is w = 1/2",
+                   # the fitted weights against 1/2 out of fold on validation (absent in older checkpoints)
+                   **({"out_of_fold": oof} if (oof := ckpt.extra.get("hybrid", {}).get("out_of_fold")) else {})},
         "checkpoint_sha256": ckpt.sha256,
         "data": str(data_dir),
         "backbone": cfg.backbone,

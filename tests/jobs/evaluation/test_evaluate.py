@@ -34,6 +34,9 @@ def test_evaluation_report_has_every_method_and_metric(run):
         assert gap[metric]["diff"] == pytest.approx(diff)
         assert gap[metric]["ci95"][0] <= diff <= gap[metric]["ci95"][1]
     assert json.loads((run / "report.json").read_text())["methods"] == report["methods"]
+    if report["hybrid"]["form"] == "fitted":   # the weights' out-of-fold check, from the checkpoint
+        summary = json.loads((run / "train_summary.json").read_text())
+        assert report["hybrid"]["out_of_fold"] == summary["hybrid"]["out_of_fold"]
     for png in ("report.png", "attention.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
