@@ -47,9 +47,10 @@ CONFIGS = {
     "pipeline": ["--pipeline"],
     "omp-passive": ["env:OMP_WAIT_POLICY=PASSIVE"],
     "frontends2": ["--frontends", "2"],   # two front-end processes feeding one model process
-    "keep": KEEP_FREED,                       # the server keeping freed memory (the batch jobs' allocator setting)
+    "keep": KEEP_FREED,   # the two thresholds from outside (the seventh session); the server now sets them with a top pad
     "batch1-keep": ["--max-batch", "1", *KEEP_FREED],   # batches of one, without their page faults
     "arena2": ["env:MALLOC_ARENA_MAX=2"],     # at most 2 glibc malloc arenas: steadier RSS, more CPU (measured)
+    "release": ["--release-freed-memory"],    # glibc's own thresholds: the default before the eighth session
 }
 
 

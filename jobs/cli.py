@@ -26,9 +26,8 @@ JOBS = {
     "serve": "jobs.serve:serve_command",
 }
 # The batch jobs that run the backbone over many images keep freed memory in the heap (common.allocator: on 2 cores
-# `ctl embed-catalog` spent 15 s of 43 in the kernel page-faulting activations back in). Not `serve`: its batches of
-# 1 to 4 scenes made no page faults at concurrency 1 and 4 with the default allocator either (0.3-1.0 ms of kernel
-# time a request both ways, docs/benchmarks-serve.md), and a server's memory should be able to shrink.
+# `ctl embed-catalog` spent 15 s of 43 in the kernel page-faulting activations back in). `serve` does too, by its own
+# option (`--release-freed-memory` turns it off).
 KEEP_FREED_MEMORY = frozenset({"train", "evaluate", "quality", "embed-catalog", "demo", "update-demo"})
 DATA_JOBS = {
     "stl": "jobs.data.stl_ingest:stl_command",

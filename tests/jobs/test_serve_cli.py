@@ -66,6 +66,16 @@ def test_bad_flags(world, tmp_path):
         assert result.exit_code == 2 and flag in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_the_server_keeps_freed_memory_unless_told_not_to(world, monkeypatch):
+    import jobs.serve
+    applied, served = [], []
+    monkeypatch.setattr(jobs.serve, "keep_freed_memory", lambda: applied.append(True) or True)
+    monkeypatch.setattr(jobs.serve, "_serve", lambda *args, **kwargs: served.append(args))
+    base = ["--index-dir", str(world.index_dir), "--checkpoint", str(world.checkpoint), "--examples", "none"]
+    assert serve(*base).exit_code == 0 and applied == [True] and len(served) == 1
+    assert serve(*base, "--release-freed-memory").exit_code == 0 and applied == [True] and len(served) == 2
+
+
 def test_examples_are_the_runs_held_out_test_scenes(tmp_path):
     data = tmp_path / "sample"
     generate(data, seed=0, scenes=4, products=12, categories=3, image_size=32, workers=1, progress=False)
