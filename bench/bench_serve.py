@@ -191,6 +191,34 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return sum(read(Path(f"/proc/{p}/stat")) for p in process_tree(pid))
 
 
+def kernel_seconds_and_faults(pid: int) -> tuple[float, int]:
+    """System CPU time and minor page faults of a process and its live descendants: what a server spends mapping
+    memory it freed back in (glibc's thresholds, common/allocator.py) shows here and nowhere else."""
+    seconds, faults = 0.0, 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:                    # gone between the listing and the read
+            continue
+        seconds += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+        faults += int(fields[7])
+    return seconds, faults
+
+
+def per_request_counters(pid: int, before: tuple[float, float, int], ok: int) -> dict:
+    """The server's CPU, kernel time and minor page faults per answered request since `before` (`counters`)."""
+    cpu, kernel, faults = counters(pid)
+    n = max(1, ok)
+    return {"server_cpu_per_request_ms": 1e3 * (cpu - before[0]) / n,
+            "server_kernel_per_request_ms": 1e3 * (kernel - before[1]) / n,
+            "server_minor_faults_per_request": (faults - before[2]) / n}
+
+
+def counters(pid: int) -> tuple[float, float, int]:
+    """(CPU seconds, kernel seconds, minor page faults) of the process tree, for `per_request_counters`."""
+    return (cpu_seconds(pid), *kernel_seconds_and_faults(pid))
+
+
 def main_threads_cpu_seconds(pid: int) -> float:
     """CPU time of the main thread of each process of the tree: the event loops (of every front end)."""
     return sum(cpu_seconds(p, p) for p in process_tree(pid))
@@ -329,7 +357,8 @@ def summarise(records: list, wall: float, concurrency: int) -> dict:
 # 2026-12-07 the server CPU ratio at concurrency 1 measured 1.11 to 1.41 over six runs of the same code), so a
 # verdict is better made on the median of a few rounds than on one draw.
 ROUND_MEDIANS = ("throughput", "bare", "ratio", "server_cpu_per_request_ms", "bare_cpu_per_image_ms", "cpu_ratio",
-                 "p50_ms", "p95_ms", "p99_ms", "client_cpu_per_request_ms")
+                 "p50_ms", "p95_ms", "p99_ms", "client_cpu_per_request_ms", "server_kernel_per_request_ms",
+                 "server_minor_faults_per_request")
 
 
 def median_over_rounds(rounds: list[list[dict]]) -> list[dict]:
@@ -342,7 +371,7 @@ def median_over_rounds(rounds: list[list[dict]]) -> list[dict]:
         level = dict(same_level[0])
         level["rounds"] = len(same_level)
         level["range"] = {}
-        for key in ROUND_MEDIANS:
+        for key in (k for k in ROUND_MEDIANS if all(k in r for r in same_level)):
             values = [r[key] for r in same_level]
             level[key] = statistics.median(values)
             level["range"][key] = (min(values), max(values))
@@ -385,11 +414,11 @@ def measure_levels(bare: Bare, best_layout, url: str, pid: int, payloads, args, 
     out = []
     for c in [int(c) for c in args.concurrency.split(",")]:
         base, base_cpu = bare.rate(*best_layout, seconds=args.bare_seconds)   # the baseline, right now
-        cpu0 = cpu_seconds(pid)
+        before = counters(pid)
         r = load(url, payloads, concurrency=c, requests=max(args.requests, 4 * c), duration=args.duration,
                  endpoint=endpoint, params=params, clients=args.clients,
                  client=args.client)
-        r["server_cpu_per_request_ms"] = 1e3 * (cpu_seconds(pid) - cpu0) / max(1, r["ok"])
+        r.update(per_request_counters(pid, before, r["ok"]))
         r["bare"], r["bare_cpu_per_image_ms"] = base, 1e3 * base_cpu
         r["ratio"] = r["throughput"] / base
         r["cpu_ratio"] = r["server_cpu_per_request_ms"] / r["bare_cpu_per_image_ms"]
@@ -398,7 +427,9 @@ def measure_levels(bare: Bare, best_layout, url: str, pid: int, payloads, args, 
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["server_stage_ms"].items())
         print(f"  concurrency {c:>3}: {r['throughput']:7.1f} req/s, bare now {base:6.1f} img/s: x{r['ratio']:.2f}; "
               f"server CPU {r['server_cpu_per_request_ms']:.1f} ms/req vs bare {r['bare_cpu_per_image_ms']:.1f} "
-              f"ms/img: x{r['cpu_ratio']:.2f}; p50 {r['p50_ms']:.0f}  p95 {r['p95_ms']:.0f}  p99 {r['p99_ms']:.0f} "
+              f"ms/img: x{r['cpu_ratio']:.2f} (kernel {r['server_kernel_per_request_ms']:.1f} ms, "
+              f"{r['server_minor_faults_per_request']:.0f} page faults a request); "
+              f"p50 {r['p50_ms']:.0f}  p95 {r['p95_ms']:.0f}  p99 {r['p99_ms']:.0f} "
               f"ms; {r['statuses']}  [server ms: {stages}]  client CPU {r['client_cpu_per_request_ms']:.1f} ms/req; "
               f"load {r['load_after']:.1f}", flush=True)
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 from bench.bench_query import find_artifacts
-from bench.bench_serve import Bare, cpu_seconds, load, start_server, wait_ready
+from bench.bench_serve import Bare, counters, load, per_request_counters, start_server, wait_ready
 from common.allocator import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
 
 # common.allocator's setting applied from outside: glibc reads these variables when the process starts (a fixed
@@ -47,7 +48,7 @@ CONFIGS = {
     "pipeline": ["--pipeline"],
     "omp-passive": ["env:OMP_WAIT_POLICY=PASSIVE"],
     "frontends2": ["--frontends", "2"],   # two front-end processes feeding one model process
-    "keep": KEEP_FREED,   # the two thresholds from outside (the seventh session); the server now sets them with a top pad
+    "keep": KEEP_FREED,   # the two thresholds from outside (seventh session); the server now sets them, and a top pad
     "batch1-keep": ["--max-batch", "1", *KEEP_FREED],   # batches of one, without their page faults
     "arena2": ["env:MALLOC_ARENA_MAX=2"],     # at most 2 glibc malloc arenas: steadier RSS, more CPU (measured)
     "release": ["--release-freed-memory"],    # glibc's own thresholds: the default before the eighth session
@@ -72,10 +73,10 @@ def run_config(flags: list[str], checkpoint: Path, index_dir: Path, payloads, ar
         load(url, payloads, concurrency=4, requests=12, duration=60, endpoint=endpoint, params=params)
         out = {"warm_up_s": (ready.get("warm_up") or {}).get("seconds"), "load_before": os.getloadavg()[0]}
         for c in [int(c) for c in args.concurrency.split(",")]:
-            cpu0 = cpu_seconds(proc.pid)
+            before = counters(proc.pid)
             r = load(url, payloads, concurrency=c, requests=max(args.requests, 4 * c), duration=args.duration,
                      endpoint=endpoint, params=params)
-            r["server_cpu_per_request_ms"] = 1e3 * (cpu_seconds(proc.pid) - cpu0) / max(1, r["ok"])
+            r.update(per_request_counters(proc.pid, before, r["ok"]))
             out[c] = r
         return out
     finally:
@@ -89,15 +90,19 @@ def report(results: dict[str, list[dict]], bare: list[tuple[float, float]], leve
     cpu_bare = 1e3 * statistics.median(c for _, c in bare)
     lines = [f"bare traced backbone (both cores, batch 1, one thread each): {rate_bare:.1f} img/s, {cpu_bare:.1f} "
              f"ms CPU/img (rounds: {', '.join(f'{b:.1f} img/s, {1e3 * c:.1f} ms' for b, c in bare)})",
-             "| config | concurrency | req/s | x bare | server CPU ms/req | x bare CPU | p50 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | concurrency | req/s | x bare | server CPU ms/req | x bare CPU | kernel ms/req "
+             "| page faults/req | p50 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, rounds in results.items():
         for c in levels:
             figures = [r[c] for r in rounds]
             rate = statistics.median(f["throughput"] for f in figures)
             errors = sum(n for f in figures for s, n in f["statuses"].items() if s != "200")
             cpu = statistics.median(f["server_cpu_per_request_ms"] for f in figures)
+            kernel = statistics.median(f.get("server_kernel_per_request_ms", math.nan) for f in figures)
+            faults = statistics.median(f.get("server_minor_faults_per_request", math.nan) for f in figures)
             lines.append(f"| {name} | {c} | {rate:.1f} | {rate / rate_bare:.2f} | {cpu:.1f} | {cpu / cpu_bare:.2f} | "
+                         f"{kernel:.1f} | {faults:.0f} | "
                          f"{statistics.median(f['p50_ms'] for f in figures):.0f} | "
                          f"{statistics.median(f['p99_ms'] for f in figures):.0f} | {errors} |")
     return lines
@@ -141,7 +146,9 @@ def main(argv=None) -> int:
             results[name].append(run_config(CONFIGS[name], checkpoint, index_dir, payloads, args, root=root))
             last = results[name][-1]
             print(f"round {round_ + 1} {name}: " + "; ".join(
-                f"c{c} {last[c]['throughput']:.1f} req/s, {last[c]['server_cpu_per_request_ms']:.1f} ms CPU"
+                f"c{c} {last[c]['throughput']:.1f} req/s, {last[c]['server_cpu_per_request_ms']:.1f} ms CPU "
+                f"({last[c]['server_kernel_per_request_ms']:.1f} kernel, "
+                f"{last[c]['server_minor_faults_per_request']:.0f} faults)"
                 for c in levels) + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
     print("\n".join(report(results, bare, levels)))
     if args.json:

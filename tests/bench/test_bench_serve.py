@@ -1,5 +1,10 @@
 """bench_serve's rounds: the targets are judged on the median over rounds, the range kept beside it."""
-from bench.bench_serve import checks, median_over_rounds
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.bench_serve import checks, counters, median_over_rounds, per_request_counters
 
 
 def level(c: int, cpu_ratio: float, ratio: float, statuses: dict, forward_ms: float) -> dict:
@@ -66,3 +71,16 @@ def test_fewer_requests_than_parts_run_as_one_part():
     out = rss_in_parts(lambda n: asked.append(n) or {"requests": n, "ok": n, "wall_s": 0.0, "statuses": {}},
                        lambda: 5.0, 0, before_mb=5.0)
     assert asked == [0] and out["trace_mb"] == [5.0] and out["throughput"] == 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_the_servers_page_faults_and_kernel_time_are_counted_per_request():
+    pid = os.getpid()
+    before = counters(pid)
+    block = bytearray(48 * 2**20)               # fresh anonymous memory: every page faults in when written
+    block[::4096] = b"\x01" * len(block[::4096])
+    figures = per_request_counters(pid, before, ok=2)
+    pages = len(block) // 4096
+    assert figures["server_minor_faults_per_request"] >= pages / 2 * 0.9, figures
+    assert figures["server_kernel_per_request_ms"] >= 0.0
+    assert figures["server_cpu_per_request_ms"] >= figures["server_kernel_per_request_ms"]
