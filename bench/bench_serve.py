@@ -60,6 +60,7 @@ import torch
 
 from bench.bench_query import find_artifacts
 from common import defaults
+from common.allocator import keep_freed_memory
 from pipeline.images import image_to_tensor, load_image
 from retrieval.retriever import Retriever
 from service.settings import usable_cores
@@ -113,6 +114,10 @@ class Bare:
     """The served checkpoint's backbone in this process, on held-out scenes decoded and resized once."""
 
     def __init__(self, checkpoint: Path, index_dir: Path, scenes: list[Path], device: str):
+        # As the server does by default: with glibc's own thresholds each loop thread's batch of 4 page-faulted its
+        # activations in again, 2,000 faults and 6.6 ms of kernel time an image, and batch 1 did not (eighth
+        # session), so the sweep's rows would not compare the batch sizes but the allocator.
+        keep_freed_memory()
         eager = Retriever.load(checkpoint=checkpoint, index_dir=index_dir, device=device)
         traced = eager.with_index(eager.index)
         traced.trace_backbone()                     # the graph the service runs by default (--trace)
