@@ -74,10 +74,9 @@ SERVE_MAX_K = 100                     # k above this is refused (422): each hit 
 SERVE_MAX_CANDIDATES = 10_000         # stage-1 candidates above this are refused (422)
 SERVE_WATCH_SECONDS = 2.0             # how often the index directory's pointer is read
 # The model executor per device (docs/benchmarks-serve.md). CPU: the forward on every usable core
-# (ServeSettings.for_device), batches of what is waiting up to 2, exact shapes: with two forwards side by side the
-# bare backbone's CPU per image is level at batches of 1 and 2 and 2 to 23 % dearer at 4, and the server spent less
-# CPU a request with batches up to 2 than up to 4 at concurrency 4 in 6 rounds of 6, at 16 in 4, at 64 in 5 (2026-12-07,
-# eighth session, its memory kept). GPU (still to be measured): batches up to 64 padded to powers of two (each shape
-# warmed before ready), stages on their own thread beside the next forward.
-SERVE_CPU = {"max_batch": 2, "pad_batches": False, "pipeline": False}
+# (ServeSettings.for_device), batches of what is waiting up to 4, exact shapes (batches up to 2 measured against it
+# on 2026-12-07, eighth session: lower CPU a request at 16 and 64 in 14 of 26 interleaved rounds, a coin toss, so
+# the default stays). GPU (still to be measured): batches up to 64 padded to powers of two (each shape warmed before
+# ready), stages on their own thread beside the next forward.
+SERVE_CPU = {"max_batch": 4, "pad_batches": False, "pipeline": False}
 SERVE_GPU = {"threads": 1, "max_batch": 64, "pad_batches": True, "pipeline": True}

@@ -98,7 +98,7 @@ def device_name(ctx, param, value: str) -> str:
                    "every usable core, GPU 1]")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="most scenes per backbone forward: the executor batches what is waiting, never waits for "
-                   "more [default: CPU 2, GPU 64]")
+                   "more [default: CPU 4, GPU 64]")
 @click.option("--pad-batches/--no-pad-batches", default=None,
               help="pad each batch to a power of two (fixed shapes, each warmed before /readyz says ready) "
                    "[default: on a GPU]")
